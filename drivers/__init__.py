@@ -1,0 +1,1 @@
+"""Hardware drivers: protocols, never the station."""

@@ -1,0 +1,1 @@
+"""swapd: edge daemon for battery-swap stations."""
