@@ -13,12 +13,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Protocol
 
+from drivers.can.bus import BusOwner
 from drivers.can.codec import (
     BMS_ADDR,
     CHARGER_ADDR,
@@ -33,7 +36,9 @@ from drivers.can.codec import (
     encode_bmt,
     encode_bmv,
 )
+from drivers.can.config import CanBusConfig
 from drivers.can.j1939 import MessageReceived, TransportSession
+from drivers.can.runner import CoreRunner
 
 # Open-circuit voltage per cell vs SOC (%), typical published shapes.
 OCV_CURVES: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
@@ -617,3 +622,41 @@ class BmsCore:
             "BSM_ConnectorState": 0,
             "BSM_ChargePermitted": 0 if Fault.PAUSE in f else 1,
         }
+
+
+class FrameTransport(Protocol):
+    """A BusOwner (python-can bus) or an SLCAN-over-TCP port: same three methods."""
+
+    def send(self, frame: CanFrame) -> bool: ...
+
+    def set_handler(self, handler: Callable[[CanFrame], None]) -> None: ...
+
+    async def run(self) -> None: ...
+
+
+class SimPack:
+    """A simulated pack on a transport: BmsCore driven in real time (two named tasks)."""
+
+    def __init__(self, name: str, core: BmsCore, transport: FrameTransport) -> None:
+        self.name = name
+        self.core = core
+        self.transport = transport
+        self.runner = CoreRunner(core, transport.send)
+        transport.set_handler(self.runner.on_frame)
+
+    @classmethod
+    def on_bus(cls, name: str, core: BmsCore, config: CanBusConfig) -> SimPack:
+        return cls(name, core, BusOwner(f"pack-{name}", config))
+
+    def inject(self, fault: Fault) -> None:
+        self.core.inject(fault)
+        self.runner.dispatch([])
+
+    def clear(self, fault: Fault) -> None:
+        self.core.clear(fault)
+        self.runner.dispatch([])
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.transport.run(), name=f"pack-transport-{self.name}")
+            tg.create_task(self.runner.run(), name=f"pack-bms-{self.name}")
