@@ -237,13 +237,11 @@ class BusOwner:
         finally:
             self.state = BusState.BACKOFF
             self.opened.clear()
-            if threaded:
-                # The reader thread exits within its recv timeout; join it off the loop.
-                await asyncio.shield(asyncio.to_thread(notifier.stop, 1.0))
-            else:
-                notifier.stop(0.0)
-            with contextlib.suppress(Exception):
-                bus.shutdown()
+            if not threaded:
+                notifier.stop(0.0)  # removes the fd reader: must run in the loop thread
+            # Joining the reader thread (up to one recv timeout) and closing the device can
+            # block: both go off the loop.
+            await asyncio.shield(asyncio.to_thread(_close, bus, notifier if threaded else None))
 
     def _flush(self, bus: can.BusABC) -> None:
         times = self.send_times
@@ -301,6 +299,25 @@ class BusOwner:
         if key not in self._logged:
             self._logged.add(key)
             log.warning(text)
+
+
+def _close(bus: can.BusABC, notifier: can.Notifier | None) -> None:
+    if notifier is not None:
+        notifier.stop(1.0)
+    # slcan over socket://: shutdown() skips closing the port when its goodbye fails, and
+    # pyserial's close() drops the socket unclosed when shutdown(2) fails on a dead peer.
+    port = getattr(bus, "serialPortOrig", None)
+    sock = getattr(port, "_socket", None)
+    try:
+        bus.shutdown()
+    except Exception:  # noqa: BLE001 - a dead link fails its goodbye; close what is left
+        pass
+    if sock is not None:
+        with contextlib.suppress(Exception):
+            sock.close()
+    if port is not None:
+        with contextlib.suppress(Exception):
+            port.close()
 
 
 def _has_fileno(bus: can.BusABC) -> bool:
