@@ -22,6 +22,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 import can
+import serial
 
 from drivers.alarm_sink import AlarmSink
 from drivers.can.codec import CanFrame, MalformedFrameError, UnknownFrameError
@@ -32,6 +33,11 @@ log = logging.getLogger(__name__)
 
 ALARM_BUS_ERROR = "can.bus_error"
 CAN_ERR_BUSOFF = 0x40  # error-class bit in an error frame's id (linux/can/error.h)
+MAX_FRAMES_PER_WAKEUP = 256
+
+# `swapsock://` = pyserial's socket:// with a receive buffer (drivers/can/protocol_swapsock.py).
+if "drivers.can" not in serial.protocol_handler_packages:
+    serial.protocol_handler_packages.append("drivers.can")
 
 
 class FrameHandler(Protocol):
@@ -86,6 +92,16 @@ class _GuardedNotifier(can.Notifier):
     def _on_message_available(self, bus: can.BusABC) -> None:
         try:
             super()._on_message_available(bus)
+            # A buffered slcan port may hold more frames than the one just read; the fd
+            # will not signal them again, so drain them now.
+            port = getattr(bus, "serialPortOrig", None)
+            n = 0
+            while int(getattr(port, "buffered", 0)) > 0 and n < MAX_FRAMES_PER_WAKEUP:
+                msg = bus.recv(0)
+                if msg is None:
+                    break
+                self._on_message_received(msg)
+                n += 1
         except Exception as exc:  # noqa: BLE001 - any reader failure means: reopen the bus
             if self._loop is not None:
                 with contextlib.suppress(Exception):
@@ -108,6 +124,9 @@ def _bus_kwargs(config: CanBusConfig) -> dict[str, Any]:
     if config.interface == "slcan":
         kw["bitrate"] = config.bitrate
         kw["sleep_after_open"] = 0.0  # the 2 s default is for USB adapters resetting
+        if config.channel.startswith("socket://"):
+            kw["channel"] = "swapsock://" + config.channel.removeprefix("socket://")
+            kw["timeout"] = 0  # reads run on the event loop: never wait in them
     elif config.interface == "virtual":
         kw["receive_own_messages"] = False
     return kw
