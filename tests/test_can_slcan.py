@@ -152,3 +152,29 @@ async def test_lost_connection_raises_alarm_and_reopens_with_backoff() -> None:
         for t in (otask, ptask):
             t.cancel()
         await asyncio.gather(otask, ptask, return_exceptions=True)
+
+
+async def test_frames_arriving_in_one_segment_are_all_delivered_at_once() -> None:
+    port = SlcanPort(0)
+    ptask = asyncio.create_task(port.run(), name="slcan-burst")
+    got: list[CanFrame] = []
+    try:
+        await port.listening.wait()
+        conf = CanBusConfig(interface="slcan", channel=f"socket://127.0.0.1:{port.port}")
+        owner = BusOwner("burst", conf, got.append)
+        otask = asyncio.create_task(owner.run(), name="bus-burst")
+        try:
+            await asyncio.wait_for(owner.opened.wait(), 10)
+            await until(lambda: port._open)
+            frames = [CanFrame(0x181056F4, bytes([i, 0x0F, 0xD0, 0x07, 0x02])) for i in range(50)]
+            for f in frames:  # written back to back: they share TCP segments
+                port.send(f)
+            await until(lambda: len(got) == 50, 5)
+            assert got == frames
+            assert owner.counters.rx == 50
+        finally:
+            otask.cancel()
+            await asyncio.gather(otask, return_exceptions=True)
+    finally:
+        ptask.cancel()
+        await asyncio.gather(ptask, return_exceptions=True)
