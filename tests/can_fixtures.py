@@ -26,14 +26,16 @@ class Wire:
     in_flight: list[tuple[float, CanFrame, bool]] = field(default_factory=list)
     # A filter that may drop or alter frames from the BMS: return None to drop.
     bms_filter: Callable[[CanFrame], CanFrame | None] | None = None
+    charger_filter: Callable[[CanFrame], CanFrame | None] | None = None
     # Follow the charger's current: integrate a perfect charger delivering the request.
     ideal_charger: bool = True
 
     def _take(self, outs: list[SessionOutput] | list[CanFrame], from_charger: bool) -> None:
         for o in outs:
             if isinstance(o, CanFrame):
-                if not from_charger and self.bms_filter is not None:
-                    f = self.bms_filter(o)
+                flt = self.charger_filter if from_charger else self.bms_filter
+                if flt is not None:
+                    f = flt(o)
                     if f is None:
                         continue
                     o = f

@@ -380,3 +380,36 @@ def test_broken_tp_is_rejected_and_next_bcs_reassembles() -> None:
     w.run_until(4.5)
     assert len(w.of(PackStatus)) > n_status
     assert w.charger.phase is Phase.CHARGING
+
+
+def test_condition_reached_stop_and_csd_time_energy() -> None:
+    w = make_wire()
+    w.do(w.charger.start(w.now))
+    w.run_until(125.0)
+    w.do(w.charger.stop(w.now, StopReason.CONDITION_REACHED))
+    w.run_until(128.0)
+    assert w.frames("CST", True)[0][1].data == bytes.fromhex("0100F0F0")
+    csd = C.decode_frame(w.frames("CSD", True)[0][1]).signals
+    assert csd["CSD_ChargeTime"] == 2  # minutes since charging began
+    # ~ 250 A at ~370 V for ~2 min, integrated by the session from the measurements
+    assert csd["CSD_Energy"] == pytest.approx(w.charger.energy_kwh, abs=0.1)
+    assert 2.0 < csd["CSD_Energy"] < 4.0
+    assert csd["CSD_ChargerNumber"] == 1
+    ccs = C.decode_frame(w.frames("CCS", True)[-1][1]).signals
+    assert ccs["CCS_ChargeTime"] == 2
+    assert ccs["CCS_OutputCurrent"] < 0  # GB/T sign on the wire: charging is negative
+
+
+def test_bms_ccs_timeout_bem_then_rehandshake() -> None:
+    w = make_wire()
+    w.do(w.charger.start(w.now))
+    w.run_until(3.0)
+    ccs_id = C.frame_id("CCS")
+    w.charger_filter = lambda f: None if f.arbitration_id == ccs_id else f
+    w.run_until(5.0)
+    assert [e.timeouts for e in w.of(BmsError)][0] == ("CCS",)
+    assert w.bms.counters.timeouts == ["CCS"]
+    assert w.frames("BEM", False)[0][1].data == bytes.fromhex("F0F0F1FC")
+    w.charger_filter = None
+    w.run_until(9.0)
+    assert w.charger.phase is Phase.CHARGING and w.charger.rehandshakes == 1

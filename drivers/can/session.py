@@ -159,7 +159,10 @@ class ChargerLimits:
 
 @dataclass(frozen=True, slots=True)
 class ChargerMeasurements:
-    """What the charger delivers now (CCS/CSD). Current positive into the pack."""
+    """What the charger delivers now (CCS/CSD). Current positive into the pack.
+
+    `charge_time_min` / `energy_kwh` left at 0: the session counts charging time itself and
+    integrates V x I between CCS frames."""
 
     voltage_v: float = 0.0
     current_a: float = 0.0
@@ -207,6 +210,9 @@ class ChargerSession:
         self._paused_since: float | None = None
         self._bst_seen = False
         self._csd_left = 0
+        self._charging_since: float | None = None
+        self._last_ccs: float | None = None
+        self.energy_kwh = 0.0  # integrated from the measurements, this session
         self._cst_signals: Signals = dict(_CST_ZERO)
         self._cem_signals: Signals = dict(_CEM_ZERO)
         self._cem_until = 0.0
@@ -242,6 +248,9 @@ class ChargerSession:
         self.stop_reason = None
         self.bhm_max_voltage_v = None
         self._cem_until = 0.0
+        self._charging_since = None
+        self._last_ccs = None
+        self.energy_kwh = 0.0
         self._enter(Phase.HANDSHAKE, now, out)
         self._watch = {"BHM": now + self.timers.bhm_timeout_s}
         self._periodic = {"CHM": (self.timers.chm_period_s, now)}
@@ -461,6 +470,9 @@ class ChargerSession:
     def _on_bcl(self, d: Decoded, now: float, out: list[SessionOutput]) -> None:
         if self.phase is Phase.PARAMETERS and self._cro_ready_sent:
             self._enter(Phase.CHARGING, now, out)
+            if self._charging_since is None:
+                self._charging_since = now
+            self._last_ccs = None
             self._periodic = {"CCS": (self.timers.ccs_period_s, now)}
             self._watch.pop("BCL_FIRST", None)
             self._watch.setdefault("BCS", now + self.timers.bcs_timeout_s)
@@ -560,7 +572,11 @@ class ChargerSession:
         self._periodic = {"CSD": (self.timers.csd_period_s, now)}
 
     def _on_bem(self, d: Decoded, now: float, out: list[SessionOutput]) -> None:
-        if self.phase not in ACTIVE_PHASES:
+        # A BMS repeats BEM until it sees our CRM 0x00: BEMs that arrive while we are (re)starting
+        # identification are that tail, not a new error.
+        if self.phase not in (Phase.PARAMETERS, Phase.CHARGING) and not (
+            self.phase is Phase.IDENTIFICATION and self._recognised
+        ):
             return
         timeouts = tuple(n for sig, n in _BEM_NAMES.items() if int(d.signals.get(sig, 0)) == 1)
         out.append(BmsError(timeouts))
@@ -669,13 +685,18 @@ class ChargerSession:
         c = self.codec
         if name == "CCS":
             m = self.measurements
+            if self._last_ccs is not None:
+                self.energy_kwh += (
+                    m.voltage_v * max(0.0, m.current_a) * (now - self._last_ccs) / 3.6e6
+                )
+            self._last_ccs = now
             permitted = 0 if self._paused_since is not None else 1
             return c.frame(
                 "CCS",
                 {
                     "CCS_OutputVoltage": max(0.0, min(6553.5, m.voltage_v)),
                     "CCS_OutputCurrent": _gbt_current(m.current_a),
-                    "CCS_ChargeTime": max(0, min(600, m.charge_time_min)),
+                    "CCS_ChargeTime": self._charge_time_min(now),
                     "CCS_ChargePermitted": permitted,
                 },
             )
@@ -720,8 +741,8 @@ class ChargerSession:
             return c.frame(
                 "CSD",
                 {
-                    "CSD_ChargeTime": max(0, min(600, m.charge_time_min)),
-                    "CSD_Energy": max(0.0, min(6553.5, m.energy_kwh)),
+                    "CSD_ChargeTime": self._charge_time_min(now),
+                    "CSD_Energy": max(0.0, min(6553.5, m.energy_kwh or self.energy_kwh)),
                     "CSD_ChargerNumber": self.charger_number,
                 },
             )
@@ -730,6 +751,12 @@ class ChargerSession:
                 return None
             return c.frame("CEM", self._cem_signals)
         raise KeyError(name)
+
+    def _charge_time_min(self, now: float) -> int:
+        minutes = self.measurements.charge_time_min
+        if not minutes and self._charging_since is not None:
+            minutes = int((now - self._charging_since) // 60)
+        return max(0, min(600, minutes))
 
     def _region_raw(self) -> int:
         if not self.region_code:
