@@ -413,3 +413,18 @@ def test_bms_ccs_timeout_bem_then_rehandshake() -> None:
     w.charger_filter = None
     w.run_until(9.0)
     assert w.charger.phase is Phase.CHARGING and w.charger.rehandshakes == 1
+
+
+def test_late_tick_keeps_the_ccs_grid() -> None:
+    w = make_wire()
+    w.do(w.charger.start(w.now))
+    w.run_until(3.0)
+    ccs = w.frames("CCS")
+    grid0 = ccs[0][0]
+    due = w.charger._periodic["CCS"][1]
+    late = due + 0.125  # the loop was 125 ms late
+    out = w.charger.tick(late)
+    assert sum(1 for o in out if isinstance(o, CanFrame) and o.arbitration_id == 0x1812F456) == 1
+    nxt = w.charger._periodic["CCS"][1]
+    assert nxt > late and nxt - late <= 0.05 + 1e-9
+    assert ((nxt - grid0) / 0.05) == pytest.approx(round((nxt - grid0) / 0.05), abs=1e-6)

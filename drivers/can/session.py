@@ -17,6 +17,7 @@ count is per start() (per docking), so a pack that keeps dropping out cannot loo
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -676,8 +677,8 @@ class ChargerSession:
                 continue
             out.append(frame)
             nxt = due + period
-            if nxt <= now:  # woke up late by more than a period: restart the grid
-                nxt = now + period
+            if nxt <= now:  # woke up late by more than a period: skip to the next grid point
+                nxt += math.ceil((now - nxt) / period + 1e-9) * period
             if name in self._periodic:
                 self._periodic[name] = (period, nxt)
 
