@@ -5,7 +5,7 @@ pyserial's socket handler answers each with a select() and a recv(1), and report
 byte waiting, so on the event loop every received byte costs a syscall pair and a loop
 callback (27 per GB/T frame). Here `in_waiting` drains the socket into a buffer and `read`
 serves from it, so one readable event yields whole frames. `close()` also skips pyserial's
-0.3 s sleep and always closes the socket. The bus owner maps `slcan` + `socket://` channels
+0.3 s sleep and always closes the socket; TCP_NODELAY is set (one small write per frame). The bus owner maps `slcan` + `socket://` channels
 to this scheme; config files keep saying `socket://`.
 """
 
@@ -24,6 +24,12 @@ class BufferedSocketSerial(_SocketSerial):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._rxbuf = bytearray()
         super().__init__(*args, **kwargs)
+
+    def open(self) -> None:
+        super().open()
+        # One SLCAN line per CAN frame: Nagle would hold a frame back for the peer's ACK.
+        if self._socket is not None:
+            self._socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def _fill(self) -> None:
         sock: socket.socket | None = self._socket

@@ -144,8 +144,18 @@ class PackModel:
         return self.temperature_c - 1.0
 
     @property
+    def _taper_a(self) -> float:
+        """Current that keeps the top cell at the CV voltage."""
+        s = self.spec
+        headroom_v = CV_CELL_V[s.chemistry] - (self.ocv_cell_v + s.cell_spread_v / 2)
+        return max(0.0, headroom_v / s.cell_resistance_ohm)
+
+    @property
     def full(self) -> bool:
-        return self.soc_pct >= self.spec.target_soc_pct
+        """SOC target reached, or the CV taper fell below C/50 (how a BMS ends a CV charge)."""
+        return (
+            self.soc_pct >= self.spec.target_soc_pct or self._taper_a < 0.02 * self.spec.capacity_ah
+        )
 
     @property
     def cv_voltage_v(self) -> float:
@@ -157,14 +167,12 @@ class PackModel:
         if self.full:
             return 0.0
         s = self.spec
-        headroom_v = CV_CELL_V[s.chemistry] - (self.ocv_cell_v + s.cell_spread_v / 2)
-        taper = max(0.0, headroom_v / s.cell_resistance_ohm)
-        limit = min(s.max_charge_current_a, taper)
+        limit = min(s.max_charge_current_a, self._taper_a)
         if self.temperature_c < 0 or self.max_temperature_c > s.max_temperature_c:
             return 0.0
         if self.temperature_c < 10 or self.max_temperature_c > s.max_temperature_c - 5:
             limit *= 0.5
-        return max(limit, 2.0 if headroom_v > 0 else 0.0)
+        return limit
 
     @property
     def constant_voltage(self) -> bool:
@@ -549,7 +557,7 @@ class BmsCore:
                 "BCS",
                 {
                     "BCS_ChargeVoltage": round(m.voltage_v, 1),
-                    "BCS_ChargeCurrent": -round(max(0.0, self.charger_current_a), 1),
+                    "BCS_ChargeCurrent": -round(max(0.0, self._measured_current_a()), 1),
                     "BCS_MaxCellVoltage": round(m.max_cell_v, 2),
                     "BCS_MaxCellGroup": 1,
                     "BCS_SOC": int(round(m.soc_pct)),
@@ -596,6 +604,10 @@ class BmsCore:
             data = bytes(self._rng.getrandbits(8) for _ in range(self._rng.randint(0, 8)))
             return [CanFrame(0x0070F4B5 + self._rng.randint(0, 3) * 0x10000, data)]
         raise KeyError(name)
+
+    def _measured_current_a(self) -> float:
+        # From CCS in a CAN-only bench; from the model when a charger simulator drives it.
+        return self.charger_current_a if self.current_from_ccs else self.model.current_a
 
     def _tp_send(self, pgn: int, payload: bytes, now: float) -> list[CanFrame]:
         frames = [o for o in self.tp.send(pgn, payload, now) if isinstance(o, CanFrame)]
