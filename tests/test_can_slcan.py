@@ -178,3 +178,44 @@ async def test_frames_arriving_in_one_segment_are_all_delivered_at_once() -> Non
     finally:
         ptask.cancel()
         await asyncio.gather(ptask, return_exceptions=True)
+
+
+async def test_cross_process_fault_injection_bcl_timeout_and_rehandshake() -> None:
+    from drivers.can.events import Timeout
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "drivers.sim.slcan_server", "--count", "1", "--control-stdin"],
+        stdout=subprocess.PIPE,
+        stdin=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stdin is not None
+    try:
+        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 20)
+        port = int(line.split()[1])
+        events: list[SessionEvent] = []
+        conf = CanBusConfig(interface="slcan", channel=f"socket://127.0.0.1:{port}")
+        link = ChargerLink("x2", conf, LIMITS, events.append)
+        task = asyncio.create_task(link.run(), name="link-x2")
+        try:
+            await asyncio.wait_for(link.bus.opened.wait(), 10)
+            link.start()
+            await until(lambda: link.session.phase is Phase.CHARGING, 15)
+            proc.stdin.write("0 bcl_stops\n")
+            proc.stdin.flush()
+            await until(lambda: any(isinstance(e, Timeout) for e in events), 10)
+            to = next(e for e in events if isinstance(e, Timeout))
+            assert to.missing == "BCL" and to.will_retry
+            proc.stdin.write("0 bcl_stops clear\n")
+            proc.stdin.flush()
+            await until(
+                lambda: link.session.phase is Phase.CHARGING and link.session.rehandshakes == 1, 15
+            )
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    finally:
+        proc.stdin.close()
+        proc.terminate()
+        proc.wait(10)
+        proc.stdout.close()

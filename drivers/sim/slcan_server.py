@@ -10,7 +10,8 @@ Commands are acknowledged with CR, errors with BEL. Received frames are not ackn
 
 `SlcanPort` is a frame transport (`send`, `set_handler`, `run`) like drivers.can.bus.BusOwner,
 so a SimPack runs on either. `python -m drivers.sim.slcan_server --count N` serves N simulated
-packs (one port each) and prints `READY <port> <port> ...` once listening.
+packs (one port each) and prints `READY <port> <port> ...` once listening; with
+`--control-stdin` it reads fault commands `<pack index> <fault> [clear]` (drivers.sim.pack.Fault).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import contextlib
 import logging
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from drivers.can.codec import CanFrame
 
@@ -183,6 +185,7 @@ async def serve_packs(
     speed: float = 1.0,
     chemistry: str = "LFP",
     ready: Callable[[list[int]], None] | None = None,
+    control: asyncio.StreamReader | None = None,
 ) -> None:
     """Run `count` simulated packs, one SLCAN port each (consecutive ports, or ephemeral)."""
     from drivers.sim.pack import BmsCore, PackModel, PackSpec, SimPack
@@ -203,6 +206,27 @@ async def serve_packs(
             ports.append(p.transport.port)
         if ready is not None:
             ready(ports)
+        if control is not None:
+            tg.create_task(_control(control, packs), name="sim-pack-control")
+
+
+async def _control(lines: asyncio.StreamReader, packs: list[Any]) -> None:
+    """Fault injection from another process: lines `<pack index> <fault> [clear]`."""
+    from drivers.sim.pack import Fault
+
+    while line := await lines.readline():
+        parts = line.decode().split()
+        try:
+            pack = packs[int(parts[0])]
+            fault = Fault(parts[1])
+        except (IndexError, ValueError) as exc:
+            print(f"ERROR {exc}", flush=True)
+            continue
+        if len(parts) > 2 and parts[2] == "clear":
+            pack.clear(fault)
+        else:
+            pack.inject(fault)
+        print(f"OK {parts[0]} {fault.value}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -212,16 +236,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--soc", type=float, default=30.0)
     ap.add_argument("--speed", type=float, default=1.0)
     ap.add_argument("--chemistry", choices=["LFP", "NMC"], default="LFP")
+    ap.add_argument(
+        "--control-stdin",
+        action="store_true",
+        help="read fault commands from stdin: `<pack index> <fault> [clear]`",
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 
     def ready(ports: list[int]) -> None:
         print("READY " + " ".join(str(p) for p in ports), flush=True)
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(
-            serve_packs(args.count, args.base_port, args.soc, args.speed, args.chemistry, ready)
+    async def run() -> None:
+        control = None
+        if args.control_stdin:
+            loop = asyncio.get_running_loop()
+            control = asyncio.StreamReader()
+            await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(control), sys.stdin)
+        await serve_packs(
+            args.count, args.base_port, args.soc, args.speed, args.chemistry, ready, control
         )
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
     return 0
 
 
