@@ -428,3 +428,16 @@ def test_late_tick_keeps_the_ccs_grid() -> None:
     nxt = w.charger._periodic["CCS"][1]
     assert nxt > late and nxt - late <= 0.05 + 1e-9
     assert ((nxt - grid0) / 0.05) == pytest.approx(round((nxt - grid0) / 0.05), abs=1e-6)
+
+
+def test_bmv_long_tp_transfer_gives_cell_voltages() -> None:
+    from drivers.can.events import CellVoltages
+
+    w = make_wire()
+    w.bms.send_bmv = True
+    w.do(w.charger.start(w.now))
+    w.run_until(3.0)
+    cells = w.of(CellVoltages)
+    assert cells and len(cells[0].cells) == 112  # 224 bytes = 32 TP.DT packets
+    assert all(3.0 < v < 3.6 and g == 0 for v, g in cells[0].cells)
+    assert w.charger.phase is Phase.CHARGING
