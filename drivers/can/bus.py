@@ -197,7 +197,7 @@ class BusOwner:
             while True:
                 self.state = BusState.OPENING
                 try:
-                    bus = await asyncio.to_thread(can.Bus, **_bus_kwargs(self.config))
+                    bus = await _open_bus(self.config)
                 except (can.CanError, OSError, ValueError, ImportError) as exc:
                     failures += 1
                     await self._after_failure(exc, failures, "open failed")
@@ -318,6 +318,22 @@ class BusOwner:
         if key not in self._logged:
             self._logged.add(key)
             log.warning(text)
+
+
+async def _open_bus(config: CanBusConfig) -> can.BusABC:
+    """Open in a worker thread (connecting can block); if we are cancelled meanwhile, the bus
+    the thread still returns is closed rather than leaked."""
+    fut = asyncio.ensure_future(asyncio.to_thread(can.Bus, **_bus_kwargs(config)))
+    try:
+        return await asyncio.shield(fut)
+    except asyncio.CancelledError:
+
+        def _late(f: asyncio.Future[can.BusABC]) -> None:
+            if not f.cancelled() and f.exception() is None:
+                _close(f.result(), None)
+
+        fut.add_done_callback(_late)
+        raise
 
 
 def _close(bus: can.BusABC, notifier: can.Notifier | None) -> None:
