@@ -332,3 +332,12 @@ def test_with_real_session_and_sim_pack_over_temperature_within_one_bsm_period()
     # Detection is the BSM frame (every 250 ms); the reaction leaves in the same call.
     assert off[0] - t_inject <= 0.25 + 0.002 and alarm[0] == off[0]
     assert w.charger.phase in (Phase.STOPPING, Phase.STATISTICS, Phase.ENDED)
+
+
+def test_every_alarm_code_the_core_uses_is_in_the_catalogue_for_slot() -> None:
+    import edge.slot_core as sc
+
+    codes = [v for k, v in vars(sc).items() if k.startswith("A_")]
+    assert len(codes) == 7
+    for code in codes:
+        assert CATALOGUE[code].component == "slot", code
