@@ -86,6 +86,7 @@ def mqtt_config(host: str, port: int, **kw: Any) -> MqttConfig:
         "host": host,
         "port": port,
         "keepalive_s": 5,
+        "connect_timeout_s": 2.0,
         "backoff_initial_s": 0.05,
         "backoff_max_s": 0.5,
     }

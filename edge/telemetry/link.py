@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import random
 from enum import StrEnum
-from typing import Any
+from typing import Any, Self
 
 import aiomqtt
 import paho.mqtt.client as paho
 from paho.mqtt.reasoncodes import ReasonCode
 
 from drivers.clock import Clock
+from edge.telemetry.tls import TrackingContext
 
 
 class LinkState(StrEnum):
@@ -83,6 +84,18 @@ class Client(aiomqtt.Client):
         super().__init__(*args, **kwargs)
         self._refused: dict[int, ReasonCode] = {}
         self.pending_calls_threshold = 10_000  # our windows are bounded; no warning per call
+        tls = kwargs.get("tls_context")
+        self._tls = tls if isinstance(tls, TrackingContext) else None
+
+    async def __aenter__(self) -> Self:
+        try:
+            return await super().__aenter__()
+        except BaseException:
+            # aiomqtt leaves paho's socket (and its reader) behind after a failed attempt.
+            self._client._sock_close()
+            if self._tls is not None:
+                self._tls.close_strays()
+            raise
 
     def _on_publish(
         self,

@@ -101,6 +101,11 @@ class Telemetry:
         self.commands_bad_topic = 0
 
     @property
+    def failures(self) -> int:
+        """Connection attempts failed in a row (0 while connected)."""
+        return self._backoff.failures
+
+    @property
     def boot_id(self) -> str:
         return self.outbox.boot_id
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import ssl
+import weakref
 from pathlib import Path
+from typing import Any
 
 from edge.telemetry.config import TlsConfig
 
@@ -31,11 +33,34 @@ def _resolve(file: Path | None, credential: str | None, what: str) -> Path | Non
     return file
 
 
-def build_context(cfg: TlsConfig) -> ssl.SSLContext:
+class TrackingContext(ssl.SSLContext):
+    """paho drops the socket of a failed TLS handshake without closing it; this context
+    remembers what it wrapped so the link can close strays after a failed attempt."""
+
+    def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
+        sock = super().wrap_socket(*args, **kwargs)
+        _made.setdefault(self, weakref.WeakSet()).add(sock)
+        return sock
+
+    def close_strays(self) -> None:
+        for sock in list(_made.get(self, ())):
+            sock.close()
+
+
+_made: weakref.WeakKeyDictionary[TrackingContext, weakref.WeakSet[ssl.SSLSocket]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def build_context(cfg: TlsConfig) -> TrackingContext:
     ca = _resolve(cfg.ca_file, cfg.ca_credential, "ca")
     cert = _resolve(cfg.cert_file, cfg.cert_credential, "cert")
     key = _resolve(cfg.key_file, cfg.key_credential, "key")
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca) if ca else None)
+    ctx = TrackingContext(ssl.PROTOCOL_TLS_CLIENT)
+    if ca is not None:
+        ctx.load_verify_locations(cafile=str(ca))
+    else:
+        ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.check_hostname = cfg.verify_hostname
     ctx.verify_mode = ssl.CERT_REQUIRED
