@@ -12,4 +12,10 @@ Sub = Any  # argparse's _SubParsersAction is private
 Register = Callable[[Sub, dict[str, Handler]], None]
 
 
-REGISTRY: list[Register] = []
+def register_asyncapi(sub: Sub, handlers: dict[str, Handler]) -> None:
+    from edge.telemetry.cli import register_asyncapi as register
+
+    register(sub, handlers)
+
+
+REGISTRY: list[Register] = [register_asyncapi]

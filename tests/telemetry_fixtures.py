@@ -4,6 +4,7 @@ test broker, and a subscriber that records everything under the station's root."
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -12,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
+import jsonschema
 import orjson
 
+from edge.telemetry.asyncapi import build
 from edge.telemetry.config import MqttConfig, TelemetryConfig
 from edge.telemetry.models import (
     GridMode,
@@ -190,3 +193,24 @@ def make_telemetry(
         target or InMemoryTarget(),
         version="0.1.0-test",
     )
+
+
+class Contract:
+    """The AsyncAPI document as a checker: topic -> channel, payload -> schema."""
+
+    def __init__(self) -> None:
+        self.doc = build()
+        self.channels: list[tuple[re.Pattern[str], str]] = []
+        for cid, c in self.doc["channels"].items():
+            pattern = re.escape(c["address"]).replace(r"\{", "{").replace(r"\}", "}")
+            pattern = re.sub(r"\{[a-z_]+\}", "[^/]+", pattern)
+            self.channels.append((re.compile(f"^{pattern}$"), cid))
+
+    def check(self, m: Received) -> str:
+        matches = [cid for rx, cid in self.channels if rx.match(m.topic)]
+        assert len(matches) == 1, f"{m.topic} matches {matches}"
+        cid = matches[0]
+        ref = self.doc["components"]["messages"][cid]["payload"]["$ref"]
+        schema = {**self.doc, "$ref": ref}
+        jsonschema.Draft202012Validator(schema).validate(orjson.loads(m.payload))
+        return cid

@@ -12,6 +12,7 @@ from edge.telemetry.target import InMemoryTarget
 from tests.conftest import Broker
 from tests.telemetry_fixtures import (
     STATION_ID,
+    Contract,
     command,
     make_telemetry,
     recorder,
@@ -182,3 +183,58 @@ async def test_live_telemetry_does_not_wait_behind_a_replay(
     evs = rec.events()
     assert all(e["replayed"] for e in evs)
     assert [int(e["msg_id"].split(":")[1]) for e in evs] == list(range(1, backlog + 1))
+
+
+async def test_disk_cap_overflow_names_exactly_the_dropped_events(
+    mosquitto: Broker, tmp_path: Path
+) -> None:
+    tel = make_telemetry(mosquitto.host, mosquitto.port, tmp_path, outbox_max_bytes=32_768)
+    mosquitto.kill9()
+    pad = "x" * 200
+    kinds: dict[str, str] = {}
+    async with running(tel):
+        for i in range(400):
+            kind = "alarm.raised" if i % 10 == 0 else "swap.step"
+            details = (
+                {
+                    "code": "c",
+                    "source": "s",
+                    "severity": "minor",
+                    "text": pad,
+                    "raised_at": "2026-01-01T00:00:00Z",
+                }
+                if kind == "alarm.raised"
+                else {"swap_id": "w", "step": f"{i}{pad}", "state": "done"}
+            )
+            kinds[tel.emit_event(kind, details)] = kind
+        assert tel.outbox.stored_bytes <= 32_768 and tel.outbox.overflows >= 1
+        mosquitto.start()
+        async with recorder(mosquitto.host, mosquitto.port, f"{ROOT}/event/#") as rec:
+            total = tel.outbox.seq
+            await rec.wait_for(
+                lambda: (
+                    {int(e["msg_id"].split(":")[1]) for e in rec.events()} | _named(rec.events())
+                    >= set(range(1, total + 1))
+                )
+            )
+    contract = Contract()
+    for m in rec.messages:
+        contract.check(m)
+    evs = rec.events()
+    got = {e["msg_id"] for e in evs}
+    named = {f"{tel.boot_id}:{s}" for s in _named(evs)}
+    assert got.isdisjoint(named)
+    assert got | named == {f"{tel.boot_id}:{s}" for s in range(1, tel.outbox.seq + 1)}
+    assert all(kinds[m] == "swap.step" for m in named)  # alarms are kept
+    assert all(m in got for m, k in kinds.items() if k == "alarm.raised")
+
+
+def _named(evs: list[dict[str, object]]) -> set[int]:
+    out: set[int] = set()
+    for e in evs:
+        if e["type"] == "outbox.overflow":
+            details = e["details"]
+            assert isinstance(details, dict)
+            for r in details["ranges"]:
+                out.update(range(r["first_seq"], r["last_seq"] + 1))
+    return out
