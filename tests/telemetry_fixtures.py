@@ -214,3 +214,58 @@ class Contract:
         schema = {**self.doc, "$ref": ref}
         jsonschema.Draft202012Validator(schema).validate(orjson.loads(m.payload))
         return cid
+
+
+class Gate:
+    """A TCP relay in front of the broker that the test opens and closes, so the link reconnects
+    only once the test's subscriber is ready (no race with a restarted broker)."""
+
+    def __init__(self, broker_port: int) -> None:
+        self.broker_port = broker_port
+        self.is_open = True
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def __aenter__(self) -> Gate:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for w in self._writers:
+            w.close()
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()
+
+    async def _serve(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        self._writers.add(w)
+        if not self.is_open:
+            w.close()
+            return
+        try:
+            br, bw = await asyncio.open_connection("127.0.0.1", self.broker_port)
+        except OSError:
+            w.close()
+            return
+        self._writers.add(bw)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except OSError:
+                pass
+            finally:
+                dst.close()
+
+        for a, b in ((r, bw), (br, w)):
+            t = asyncio.create_task(pipe(a, b), name="test-gate-pipe")
+            self._tasks.add(t)
+            t.add_done_callback(self._tasks.discard)

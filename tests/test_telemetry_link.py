@@ -13,6 +13,7 @@ from tests.conftest import Broker
 from tests.telemetry_fixtures import (
     STATION_ID,
     Contract,
+    Gate,
     command,
     make_telemetry,
     recorder,
@@ -54,6 +55,7 @@ async def test_birth_state_events_and_orderly_stop(
             ev = rec.events()[0]
             assert ev["msg_id"] == mid and ev["type"] == "swap.started"
             assert ev["replayed"] is False and ev["details"]["swap_id"] == "w1"
+            await asyncio.wait_for(_until(lambda: tel.outbox.stored_bytes == 0), 10)
         await rec.wait_for(lambda: len(rec.on("/status")) >= 2)
         last = rec.on("/status")[-1].json()
         assert last["online"] is False and last["boot_id"] == tel.boot_id
@@ -109,43 +111,42 @@ async def test_commands_each_get_one_result_and_repeats_are_byte_identical(
 async def test_broker_outage_every_event_arrives_in_order_without_gaps(
     mosquitto: Broker, tmp_path: Path
 ) -> None:
-    tel = make_telemetry(mosquitto.host, mosquitto.port, tmp_path)
-    tel.update_slot("s01", slot())
     n_before, n_during, n_after = 50, 120, 50
-    async with running(tel):
-        await asyncio.wait_for(tel.connected.wait(), 10)
-        async with recorder(mosquitto.host, mosquitto.port, f"{ROOT}/event/#") as rec:
-            for i in range(n_before):
-                tel.emit_event("swap.step", {"swap_id": "w", "step": f"s{i}", "state": "done"})
-            await rec.wait_for(lambda: len(rec.events()) >= n_before)
-        mosquitto.kill9()
-        for i in range(n_during):
-            tel.emit_event("swap.step", {"swap_id": "w", "step": f"d{i}", "state": "done"})
-            if i % 10 == 0:
-                await asyncio.sleep(0.01)  # let the link notice the outage while events flow
-        await asyncio.wait_for(_until(lambda: not tel.connected.is_set()), 10)
-        mosquitto.start()
-        async with recorder(mosquitto.host, mosquitto.port, f"{ROOT}/event/#") as rec2:
-            await asyncio.wait_for(tel.connected.wait(), 15)
-            for i in range(n_after):
-                tel.emit_event("swap.step", {"swap_id": "w", "step": f"a{i}", "state": "done"})
-            await rec2.wait_for(
-                lambda: any(e["details"]["step"] == f"a{n_after - 1}" for e in rec2.events())
-            )
+    async with Gate(mosquitto.port) as gate:
+        tel = make_telemetry(mosquitto.host, gate.port, tmp_path)
+        tel.update_slot("s01", slot())
+        async with running(tel):
+            await asyncio.wait_for(tel.connected.wait(), 10)
+            async with recorder(mosquitto.host, mosquitto.port, f"{ROOT}/event/#") as rec:
+                for i in range(n_before):
+                    tel.emit_event("swap.step", {"swap_id": "w", "step": f"s{i}", "state": "done"})
+                await rec.wait_for(lambda: len(rec.events()) >= n_before)
+                for i in range(n_during):  # the broker dies while these flow
+                    tel.emit_event("swap.step", {"swap_id": "w", "step": f"d{i}", "state": "done"})
+                    if i == 20:
+                        gate.is_open = False  # the link reconnects only when we are listening
+                        mosquitto.kill9()
+                    if i % 10 == 0:
+                        await asyncio.sleep(0.01)
+            await asyncio.wait_for(_until(lambda: not tel.connected.is_set()), 10)
+            mosquitto.start()
+            async with recorder(mosquitto.host, mosquitto.port, f"{ROOT}/event/#") as rec2:
+                gate.is_open = True
+                await asyncio.wait_for(tel.connected.wait(), 15)
+                for i in range(n_after):
+                    tel.emit_event("swap.step", {"swap_id": "w", "step": f"a{i}", "state": "done"})
+                await rec2.wait_for(
+                    lambda: any(e["details"]["step"] == f"a{n_after - 1}" for e in rec2.events())
+                )
+                await asyncio.wait_for(_until(lambda: tel.outbox.stored_bytes == 0), 10)
     seqs = [int(e["msg_id"].split(":")[1]) for e in rec.events() + rec2.events()]
     # In order; duplicates only as QoS 1 allows (a resend of what was in flight); no gaps.
     dedup = sorted(set(seqs))
     assert dedup == list(range(1, n_before + n_during + n_after + 1))
     assert _first_occurrences(seqs) == dedup
-    replayed = [e for e in rec2.events() if e["replayed"]]
-    assert len({e["msg_id"] for e in replayed}) >= n_during
-    assert tel.outbox.stored_bytes == 0
-
-
-async def _until(pred: object) -> None:
-    assert callable(pred)
-    while not pred():
-        await asyncio.sleep(0.01)
+    assert tel.connects == 2
+    assert any(e["replayed"] for e in rec2.events())
+    assert not any(e["replayed"] for e in rec.events())
 
 
 def _first_occurrences(seqs: list[int]) -> list[int]:
@@ -189,34 +190,34 @@ async def test_disk_cap_overflow_names_exactly_the_dropped_events(
     mosquitto: Broker, tmp_path: Path
 ) -> None:
     tel = make_telemetry(mosquitto.host, mosquitto.port, tmp_path, outbox_max_bytes=32_768)
-    mosquitto.kill9()
     pad = "x" * 200
     kinds: dict[str, str] = {}
-    async with running(tel):
-        for i in range(400):
-            kind = "alarm.raised" if i % 10 == 0 else "swap.step"
-            details = (
-                {
-                    "code": "c",
-                    "source": "s",
-                    "severity": "minor",
-                    "text": pad,
-                    "raised_at": "2026-01-01T00:00:00Z",
-                }
-                if kind == "alarm.raised"
-                else {"swap_id": "w", "step": f"{i}{pad}", "state": "done"}
+    for i in range(400):  # the link is not running yet: all of this waits in the outbox
+        kind = "alarm.raised" if i % 10 == 0 else "swap.step"
+        details = (
+            {
+                "code": "c",
+                "source": "s",
+                "severity": "minor",
+                "text": pad,
+                "raised_at": "2026-01-01T00:00:00Z",
+            }
+            if kind == "alarm.raised"
+            else {"swap_id": "w", "step": f"{i}{pad}", "state": "done"}
+        )
+        kinds[tel.emit_event(kind, details)] = kind
+    assert tel.outbox.stored_bytes <= 32_768 and tel.outbox.overflows >= 1
+    total = tel.outbox.seq
+    async with (
+        recorder(mosquitto.host, mosquitto.port, f"{ROOT}/event/#") as rec,
+        running(tel),
+    ):
+        await rec.wait_for(
+            lambda: (
+                {int(e["msg_id"].split(":")[1]) for e in rec.events()} | _named(rec.events())
+                >= set(range(1, total + 1))
             )
-            kinds[tel.emit_event(kind, details)] = kind
-        assert tel.outbox.stored_bytes <= 32_768 and tel.outbox.overflows >= 1
-        mosquitto.start()
-        async with recorder(mosquitto.host, mosquitto.port, f"{ROOT}/event/#") as rec:
-            total = tel.outbox.seq
-            await rec.wait_for(
-                lambda: (
-                    {int(e["msg_id"].split(":")[1]) for e in rec.events()} | _named(rec.events())
-                    >= set(range(1, total + 1))
-                )
-            )
+        )
     contract = Contract()
     for m in rec.messages:
         contract.check(m)
@@ -238,3 +239,9 @@ def _named(evs: list[dict[str, object]]) -> set[int]:
             for r in details["ranges"]:
                 out.update(range(r["first_seq"], r["last_seq"] + 1))
     return out
+
+
+async def _until(pred: object) -> None:
+    assert callable(pred)
+    while not pred():
+        await asyncio.sleep(0.01)

@@ -9,8 +9,10 @@ before delete), commands in and results out. Live telemetry never waits behind a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,7 +35,7 @@ from edge.telemetry.models import (
     StationTelemetry,
     StatusPayload,
 )
-from edge.telemetry.outbox import Outbox, StoredEvent, open_db
+from edge.telemetry.outbox import Outbox, open_db
 from edge.telemetry.target import CommandTarget
 from edge.telemetry.tls import build_context
 from edge.telemetry.topics import Topics, check_level
@@ -42,6 +44,7 @@ log = logging.getLogger(__name__)
 
 MAX_PAYLOAD_BYTES = 128 * 1024
 EVENT_BATCH = 200
+EVENT_WINDOW = 16  # QoS 1 publishes in flight (paho's own limit is 20)
 STOP_PUBLISH_TIMEOUT_S = 2.0
 
 
@@ -285,31 +288,51 @@ class Telemetry:
         while True:
             self._changed.clear()
             now = self._clock.monotonic()
-            for key in self._tracker.due(now):
-                payload = dict(self._tracker.current(key))
-                payload["ts"] = utc_iso(self._clock.now())
-                await client.publish(self._key_topic[key], orjson.dumps(payload), qos=0)
-                self._tracker.mark_published(key, now)
-                self.telemetry_published += 1
+            due = self._tracker.due(now)
+            if due:
+                ts = utc_iso(self._clock.now())
+                sends = []
+                for key in due:
+                    payload = dict(self._tracker.current(key))
+                    payload["ts"] = ts
+                    sends.append(client.publish(self._key_topic[key], orjson.dumps(payload)))
+                    self._tracker.mark_published(key, now)
+                # All due keys go out together: one write for the batch, not one loop turn each.
+                await asyncio.gather(*sends)
+                self.telemetry_published += len(sends)
             deadline = self._tracker.next_deadline()
             timeout = None if deadline is None else max(0.0, deadline - self._clock.monotonic())
             await self._wait(self._changed, timeout)
 
     async def _event_loop(self, client: Client) -> None:
+        """Outbox -> broker in id order, EVENT_WINDOW publishes in flight; a row is deleted only
+        once it and every row before it have their PUBACK."""
         limiter = RateLimiter(self._clock, self.cfg.replay_rate_per_s)
-        sent_upto = 0  # highest id published (and acknowledged) in this session
-        deleted_upto = 0
+        window: deque[tuple[int, bool, asyncio.Task[None]]] = deque()
+        queued_upto = acked_upto = deleted_upto = 0
+
+        async def settle() -> None:
+            nonlocal acked_upto
+            event_id, replayed, task = window.popleft()
+            await task
+            acked_upto = event_id
+            self.events_published += 1
+            self.events_replayed += replayed
+
         try:
             while True:
                 self._events_ready.clear()
                 overflows = self.outbox.overflows
-                batch = self.outbox.pending(sent_upto, EVENT_BATCH)
+                batch = self.outbox.pending(queued_upto, EVENT_BATCH)
                 if not batch:
-                    if sent_upto > deleted_upto:
-                        self.outbox.delete_upto(sent_upto)
-                        deleted_upto = sent_upto
+                    while window:
+                        await settle()
+                    if acked_upto > deleted_upto:
+                        self.outbox.delete_upto(acked_upto)
+                        deleted_upto = acked_upto
                         self._maybe_clear_overflow()
-                    await self._events_ready.wait()
+                    if not self._events_ready.is_set():
+                        await self._events_ready.wait()
                     continue
                 for ev in batch:
                     if self.outbox.overflows != overflows:
@@ -317,23 +340,35 @@ class Telemetry:
                     replayed = ev.id <= self._replay_upto
                     if replayed:
                         await limiter.acquire()
-                    await self._publish_event(client, ev, replayed)
-                    sent_upto = ev.id
-                if sent_upto - deleted_upto >= EVENT_BATCH:
-                    self.outbox.delete_upto(sent_upto)
-                    deleted_upto = sent_upto
+                    while len(window) >= EVENT_WINDOW:
+                        await settle()
+                    self.outbox.inflight_upto = ev.id
+                    publish = client.publish_confirmed(
+                        self.topics.event(ev.type), ev.wire(replayed), qos=1
+                    )
+                    window.append((ev.id, replayed, asyncio.create_task(publish)))
+                    queued_upto = ev.id
+                while window and window[0][2].done():
+                    await settle()
+                if acked_upto - deleted_upto >= EVENT_BATCH:
+                    self.outbox.delete_upto(acked_upto)
+                    deleted_upto = acked_upto
         finally:
-            if sent_upto > deleted_upto:
-                self.outbox.delete_upto(sent_upto)
-
-    async def _publish_event(self, client: Client, ev: StoredEvent, replayed: bool) -> None:
-        self.outbox.inflight_upto = ev.id
-        await client.publish_confirmed(
-            self.topics.event(ev.type), ev.wire(replayed), qos=1, retain=False
-        )
-        self.events_published += 1
-        if replayed:
-            self.events_replayed += 1
+            # Count what the broker already acknowledged, then abandon the rest (replayed later).
+            while window and window[0][2].done() and not window[0][2].cancelled():
+                if window[0][2].exception() is not None:
+                    break
+                event_id, replayed, _ = window.popleft()
+                acked_upto = event_id
+                self.events_published += 1
+                self.events_replayed += replayed
+            for _, _, task in window:
+                task.cancel()
+            for _, _, task in window:
+                with contextlib.suppress(BaseException):
+                    await task
+            if acked_upto > deleted_upto:
+                self.outbox.delete_upto(acked_upto)
 
     def _maybe_clear_overflow(self) -> None:
         if self._overflow_alarm and len(self.outbox) == 0:
