@@ -65,15 +65,15 @@ class RateLimiter:
         self._last = clock.monotonic()
 
     async def acquire(self) -> None:
-        now = self._clock.monotonic()
-        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
-        self._last = now
-        if self._tokens < 1:
-            wait_s = (1 - self._tokens) / self.rate
-            await self._clock.sleep(wait_s)
-            self._tokens += wait_s * self.rate
-            self._last = self._clock.monotonic()
-        self._tokens -= 1
+        while True:
+            now = self._clock.monotonic()
+            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+            self._last = now
+            if self._tokens >= 1:
+                self._tokens -= 1
+                return
+            # Refill in chunks: a sleep shorter than the loop's resolution would only drift.
+            await self._clock.sleep(max((1 - self._tokens) / self.rate, 0.005))
 
 
 class Client(aiomqtt.Client):
@@ -123,6 +123,17 @@ class Client(aiomqtt.Client):
         reason = self._refused.pop(info.mid, None)
         if reason is not None:
             raise PublishRefused(topic, reason)
+
+    async def publish_qos0_batch(self, items: list[tuple[str, bytes]]) -> None:
+        """Queue every message with paho at once and wait for the last one's write: paho sends
+        in order, so all are on the wire (one loop turn per batch instead of one per message)."""
+        if not items:
+            return
+        for topic, payload in items[:-1]:
+            info = self._client.publish(topic, payload, 0, False)
+            if info.rc != paho.MQTT_ERR_SUCCESS:
+                raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
+        await self.publish(items[-1][0], items[-1][1], qos=0)
 
     async def wait_disconnected(self) -> None:
         try:
