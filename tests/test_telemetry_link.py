@@ -245,3 +245,29 @@ async def _until(pred: object) -> None:
     assert callable(pred)
     while not pred():
         await asyncio.sleep(0.01)
+
+
+async def test_mqtt5_refused_event_is_reported_not_taken_for_delivered(
+    broker_factory: type[Broker], tmp_path: Path
+) -> None:
+    """aiomqtt treats any PUBACK as success; under MQTT 5 a refusal (reason >= 0x80) is not
+    a delivery: it is counted and logged, and it does not stall the events behind it."""
+    acl = tmp_path / "acl"
+    acl.write_text(
+        "\n".join(
+            f"topic readwrite {ROOT}/{t}"
+            for t in ("status", "telemetry/#", "cmd/#", "event/swap.started", "event/swap.step")
+        )
+        + "\n"
+    )
+    b = broker_factory(f"acl_file {acl}")
+    b.start()
+    tel = make_telemetry(b.host, b.port, tmp_path, mqtt={"protocol": "5"})
+    async with recorder(b.host, b.port, f"{ROOT}/event/#") as rec, running(tel):
+        tel.emit_event("swap.started", {"swap_id": "w1"})
+        tel.emit_event("swap.failed", {"swap_id": "w1", "reason": "denied by ACL"})
+        tel.emit_event("swap.step", {"swap_id": "w1", "step": "x", "state": "done"})
+        await rec.wait_for(lambda: len(rec.events()) >= 2)
+        await asyncio.wait_for(_until(lambda: tel.outbox.stored_bytes == 0), 10)
+    assert [e["type"] for e in rec.events()] == ["swap.started", "swap.step"]
+    assert tel.events_refused == 1 and tel.events_published == 3

@@ -27,7 +27,7 @@ from drivers.clock import Clock, SystemClock, utc_iso
 from edge.telemetry.changes import ChangeTracker
 from edge.telemetry.commands import CommandProcessor, CommandStore
 from edge.telemetry.config import MqttConfig, TelemetryConfig
-from edge.telemetry.link import Backoff, Client, LinkState, RateLimiter
+from edge.telemetry.link import Backoff, Client, LinkState, PublishRefused, RateLimiter
 from edge.telemetry.models import (
     EVENT_DETAILS,
     Details,
@@ -102,6 +102,7 @@ class Telemetry:
         self.telemetry_published = 0
         self.events_published = 0
         self.events_replayed = 0
+        self.events_refused = 0
         self.commands_bad_topic = 0
 
     @property
@@ -316,7 +317,12 @@ class Telemetry:
         async def settle() -> None:
             nonlocal acked_upto
             event_id, replayed, task = window.popleft()
-            await task
+            try:
+                await task
+            except PublishRefused as e:
+                # The broker will refuse it again (ACL, size): do not stall every later event.
+                self.events_refused += 1
+                log.error("event %d dropped: %s", event_id, e)
             acked_upto = event_id
             self.events_published += 1
             self.events_replayed += replayed
@@ -359,7 +365,7 @@ class Telemetry:
             # Count what the broker already acknowledged, then abandon the rest (replayed later).
             while window and window[0][2].done() and not window[0][2].cancelled():
                 if window[0][2].exception() is not None:
-                    break
+                    break  # refused ones are sent (and refused) again next time
                 event_id, replayed, _ = window.popleft()
                 acked_upto = event_id
                 self.events_published += 1
