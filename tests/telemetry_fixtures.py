@@ -16,6 +16,7 @@ import aiomqtt
 import jsonschema
 import orjson
 
+from drivers.alarm_sink import AlarmSink
 from edge.telemetry.asyncapi import build
 from edge.telemetry.config import MqttConfig, TelemetryConfig
 from edge.telemetry.models import (
@@ -184,6 +185,7 @@ def make_telemetry(
     tmp_path: Path,
     target: InMemoryTarget | None = None,
     mqtt: dict[str, Any] | None = None,
+    alarms: AlarmSink | None = None,
     **cfg: Any,
 ) -> Telemetry:
     return Telemetry(
@@ -192,6 +194,7 @@ def make_telemetry(
         telemetry_config(tmp_path, **cfg),
         target or InMemoryTarget(),
         version="0.1.0-test",
+        alarms=alarms,
     )
 
 

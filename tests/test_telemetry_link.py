@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from drivers.alarm_sink import RecordingAlarmSink
 from edge.telemetry.target import InMemoryTarget
 from tests.conftest import Broker
 from tests.telemetry_fixtures import (
@@ -69,7 +70,7 @@ async def test_commands_each_get_one_result_and_repeats_are_byte_identical(
     target = InMemoryTarget()
     tel = make_telemetry(mosquitto.host, mosquitto.port, tmp_path, target=target)
     async with (
-        recorder(mosquitto.host, mosquitto.port, f"{ROOT}/cmd/+/result") as rec,
+        recorder(mosquitto.host, mosquitto.port, f"{ROOT}/#") as rec,
         running(tel),
     ):
         await asyncio.wait_for(tel.connected.wait(), 10)
@@ -90,8 +91,9 @@ async def test_commands_each_get_one_result_and_repeats_are_byte_identical(
             ]
             for name, payload in sent:
                 await cloud.publish(f"{ROOT}/cmd/{name}", payload, qos=1)
-            await rec.wait_for(lambda: len(rec.messages) >= len(sent))
-    results = [m.json() for m in rec.messages]
+            await rec.wait_for(lambda: len(rec.on("/result")) >= len(sent))
+            await rec.wait_for(lambda: len(rec.events()) >= 2)
+    results = [m.json() for m in rec.on("/result")]
     codes = [(r["cmd_id"], r["error"]["code"] if r["error"] else None) for r in results]
     assert codes == [
         ("c1", None),
@@ -102,9 +104,22 @@ async def test_commands_each_get_one_result_and_repeats_are_byte_identical(
         ("c4", "not_allowed"),
         ("c5", "rejected"),
     ]
-    assert rec.messages[0].payload == rec.messages[4].payload
-    assert rec.messages[6].topic == f"{ROOT}/cmd/start_swap/result"
+    res = rec.on("/result")
+    assert res[0].payload == res[4].payload
+    assert res[6].topic == f"{ROOT}/cmd/start_swap/result"
     assert [c for c, _ in target.calls] == ["set_mode", "start_swap"]
+    # The commands that reached the station leave an audit event each; refusals do not.
+    audit = [(e["type"], e["details"]) for e in rec.events()]
+    assert audit == [
+        (
+            "command.executed",
+            {"cmd_id": "c1", "command": "set_mode", "ok": True, "error_code": None},
+        ),
+        (
+            "command.executed",
+            {"cmd_id": "c5", "command": "start_swap", "ok": False, "error_code": "rejected"},
+        ),
+    ]
     assert target.mode == "maintenance"
 
 
@@ -189,7 +204,10 @@ async def test_live_telemetry_does_not_wait_behind_a_replay(
 async def test_disk_cap_overflow_names_exactly_the_dropped_events(
     mosquitto: Broker, tmp_path: Path
 ) -> None:
-    tel = make_telemetry(mosquitto.host, mosquitto.port, tmp_path, outbox_max_bytes=32_768)
+    sink = RecordingAlarmSink()
+    tel = make_telemetry(
+        mosquitto.host, mosquitto.port, tmp_path, alarms=sink, outbox_max_bytes=32_768
+    )
     pad = "x" * 200
     kinds: dict[str, str] = {}
     for i in range(400):  # the link is not running yet: all of this waits in the outbox
@@ -207,6 +225,7 @@ async def test_disk_cap_overflow_names_exactly_the_dropped_events(
         )
         kinds[tel.emit_event(kind, details)] = kind
     assert tel.outbox.stored_bytes <= 32_768 and tel.outbox.overflows >= 1
+    assert sink.active == {("outbox.overflow", "outbox")}
     total = tel.outbox.seq
     async with (
         recorder(mosquitto.host, mosquitto.port, f"{ROOT}/event/#") as rec,
@@ -271,3 +290,26 @@ async def test_mqtt5_refused_event_is_reported_not_taken_for_delivered(
         await asyncio.wait_for(_until(lambda: tel.outbox.stored_bytes == 0), 10)
     assert [e["type"] for e in rec.events()] == ["swap.started", "swap.step"]
     assert tel.events_refused == 1 and tel.events_published == 3
+
+
+async def test_stop_is_bounded_while_the_broker_never_answers(tmp_path: Path) -> None:
+    async def silent(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await r.read()  # accepts TCP, never sends CONNACK
+        w.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    tel = make_telemetry("127.0.0.1", port, tmp_path, mqtt={"connect_timeout_s": 60})
+    task = asyncio.create_task(tel.run(), name="telemetry-under-test")
+    try:
+        await _until(lambda: tel.state == "connecting")
+        await asyncio.sleep(0.2)  # the attempt is waiting for CONNACK
+        tel.stop()
+        async with asyncio.timeout(5):  # far below the 60 s connect timeout
+            await task
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        tel.close()
+        server.close()
+        await server.wait_closed()

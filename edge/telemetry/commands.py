@@ -100,12 +100,14 @@ class CommandProcessor:
         store: CommandStore,
         clock: Clock,
         on_refresh: Callable[[], None],
+        on_executed: Callable[[str, str, CommandError | None], None] | None = None,
     ) -> None:
         self._cfg = cfg
         self._target = target
         self._store = store
         self._clock = clock
         self._on_refresh = on_refresh
+        self._on_executed = on_executed
         self._allowed = frozenset(cfg.commands_allowed)
         self.handled = 0
         self.refused = 0
@@ -171,6 +173,8 @@ class CommandProcessor:
             self.refused += 1
         out = self._result(cmd_id, error)
         self._store.finish(cmd_id, out)
+        if self._on_executed is not None:
+            self._on_executed(name, cmd_id, error)
         return out
 
     def _check(self, name: str, payload: bytes, now: datetime) -> CommandEnvelope:

@@ -30,6 +30,8 @@ from edge.telemetry.config import MqttConfig, TelemetryConfig
 from edge.telemetry.link import Backoff, Client, LinkState, PublishRefused, RateLimiter
 from edge.telemetry.models import (
     EVENT_DETAILS,
+    CommandError,
+    CommandExecuted,
     Details,
     RobotTelemetry,
     SlotTelemetry,
@@ -38,7 +40,7 @@ from edge.telemetry.models import (
 )
 from edge.telemetry.outbox import Outbox, open_db
 from edge.telemetry.target import CommandTarget
-from edge.telemetry.tls import build_context
+from edge.telemetry.tls import TlsSetupError, build_context
 from edge.telemetry.topics import Topics, check_level
 
 log = logging.getLogger(__name__)
@@ -85,7 +87,7 @@ class Telemetry:
         self._db = open_db(cfg.outbox_path, cfg.outbox_synchronous)
         self.outbox = Outbox(self._db, cfg.outbox_max_bytes, boot_id)
         self.commands = CommandProcessor(
-            cfg, target, CommandStore(self._db), self._clock, self.refresh
+            cfg, target, CommandStore(self._db), self._clock, self.refresh, self._audit
         )
         self._tracker = ChangeTracker(cfg.deadbands, cfg.min_interval_s, cfg.refresh_s)
         self._key_topic: dict[str, str] = {}
@@ -163,6 +165,18 @@ class Telemetry:
                 )
         return msg_id
 
+    def _audit(self, name: str, cmd_id: str, error: CommandError | None) -> None:
+        """Every command that reached the station leaves a durable trace."""
+        self.emit_event(
+            "command.executed",
+            CommandExecuted(
+                cmd_id=cmd_id,
+                command=name,
+                ok=error is None,
+                error_code=error.code if error is not None else None,
+            ),
+        )
+
     # ---- the owner task -----------------------------------------------------------------
 
     def stop(self) -> None:
@@ -211,10 +225,8 @@ class Telemetry:
             while not self._stop.is_set():
                 self.state = LinkState.CONNECTING
                 try:
-                    client = self._make_client()
-                    async with client:
-                        await self._session(client)
-                except* aiomqtt.MqttError as eg:
+                    await self._connection()
+                except* (aiomqtt.MqttError, TlsSetupError, OSError) as eg:
                     self._failed(eg.exceptions[0])
                 finally:
                     self._end_session()
@@ -224,6 +236,30 @@ class Telemetry:
                 await self._wait(self._stop, self._backoff.next_delay())
         finally:
             self.state = LinkState.STOPPED
+
+    async def _connection(self) -> None:
+        """One connection, from connect to disconnect. A stop while still connecting cancels
+        the attempt (bounded shutdown); once connected the session says offline itself."""
+        attempt = asyncio.create_task(self._connect_and_serve(), name="mqtt-connection")
+        stop_wait = asyncio.create_task(self._stop.wait(), name="mqtt-stop-wait")
+        try:
+            await asyncio.wait({attempt, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            if not attempt.done() and self.state is LinkState.CONNECTING:
+                attempt.cancel()
+            try:
+                await attempt
+            except asyncio.CancelledError:
+                if not (attempt.cancelled() and self._stop.is_set()):
+                    raise
+        finally:
+            stop_wait.cancel()
+            if not attempt.done():
+                attempt.cancel()
+
+    async def _connect_and_serve(self) -> None:
+        client = self._make_client()
+        async with client:
+            await self._session(client)
 
     def _failed(self, e: BaseException) -> None:
         if isinstance(e, MqttConnectError) and _rc_value(e.rc) in (4, 5, 134, 135):
