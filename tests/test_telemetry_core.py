@@ -319,3 +319,37 @@ async def test_station_errors_and_slow_station_become_rejected(tmp_path: Path) -
     r = await e.run("set_mode", _cmd("z2", {"mode": "drain"}))
     assert _code(r) == "rejected" and "did not answer" in r["error"]["message"]
     e.db.close()
+
+
+def test_alarm_events_follow_the_manager_and_never_break_raising(clock: ManualClock) -> None:
+    from edge.alarms import AlarmManager
+    from edge.telemetry.alarm_events import AlarmEvents, alarm_refs
+    from edge.telemetry.models import Details
+    from edge.telemetry.outbox import OutboxError
+
+    class Sink:
+        def __init__(self) -> None:
+            self.got: list[tuple[str, dict[str, Any]]] = []
+            self.fail = False
+
+        def emit_event(self, event_type: str, details: Details) -> str:
+            if self.fail:
+                raise OutboxError("disk full")
+            self.got.append((event_type, details.model_dump(mode="json")))
+            return "b:1"
+
+    mgr = AlarmManager(clock)
+    sink = Sink()
+    AlarmEvents(mgr, sink)
+    r = mgr.raiser("slot")
+    r.raise_alarm("pack.fault", "s01", "BSM flag")
+    assert [a.code for a in alarm_refs(mgr.active)] == ["pack.fault"]
+    r.clear_alarm("pack.fault", "s01")
+    assert [(t, d["code"], d["source"]) for t, d in sink.got] == [
+        ("alarm.raised", "pack.fault", "s01"),
+        ("alarm.cleared", "pack.fault", "s01"),
+    ]
+    assert sink.got[0][1]["raised_at"] == "2026-01-01T00:00:00.000Z"
+    sink.fail = True
+    r.raise_alarm("pack.fault", "s02")  # the safety path carries on
+    assert mgr.is_active("pack.fault", "s02")

@@ -3,12 +3,16 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Protocol
 
 from drivers.clock import utc_iso
 from edge.alarms import ActiveAlarm, AlarmChange, AlarmManager
 from edge.telemetry.models import AlarmDetails, AlarmRef, Details
+from edge.telemetry.outbox import OutboxError
+
+log = logging.getLogger(__name__)
 
 
 class EventSink(Protocol):
@@ -30,7 +34,11 @@ class AlarmEvents:
             detail=a.detail,
             raised_at=utc_iso(a.raised_at),
         )
-        self._sink.emit_event("alarm.raised" if change.raised else "alarm.cleared", details)
+        try:
+            self._sink.emit_event("alarm.raised" if change.raised else "alarm.cleared", details)
+        except OutboxError:
+            # Raising an alarm is on safety paths: a full or broken disk must not break it.
+            log.exception("alarm event %s %s not stored", a.code, a.source)
 
 
 def alarm_refs(active: Iterable[ActiveAlarm]) -> list[AlarmRef]:

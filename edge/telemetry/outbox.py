@@ -118,7 +118,10 @@ class Outbox:
         if size > self.max_bytes // 4:
             raise EventTooLarge(f"event {event_type} of {size} bytes exceeds a quarter of the cap")
         if self.stored_bytes + size > self.max_bytes:
-            self._make_room(size, ts)
+            try:
+                self._make_room(size, ts)
+            except sqlite3.Error as e:
+                raise OutboxError(f"cannot make room in the outbox: {e}") from e
         return self._insert(event_type, ts, details, size)
 
     def _insert(self, event_type: str, ts: str, details: bytes, size: int) -> str:
@@ -184,10 +187,13 @@ class Outbox:
             self._insert("outbox.overflow", ts, body, size)
 
     def pending(self, after_id: int, limit: int = 200) -> list[StoredEvent]:
-        rows = self._db.execute(
-            "SELECT id, msg_id, type, ts, details FROM events WHERE id > ? ORDER BY id LIMIT ?",
-            (after_id, limit),
-        ).fetchall()
+        try:
+            rows = self._db.execute(
+                "SELECT id, msg_id, type, ts, details FROM events WHERE id > ? ORDER BY id LIMIT ?",
+                (after_id, limit),
+            ).fetchall()
+        except sqlite3.Error as e:
+            raise OutboxError(f"cannot read the outbox: {e}") from e
         return [StoredEvent(r[0], r[1], r[2], r[3], bytes(r[4])) for r in rows]
 
     def last_id(self) -> int:
@@ -195,16 +201,19 @@ class Outbox:
 
     def delete_upto(self, event_id: int) -> None:
         """Forget every event up to `event_id`: the broker acknowledged them (in order)."""
-        self._db.execute("BEGIN IMMEDIATE")
         try:
-            freed = self._db.execute(
-                "SELECT COALESCE(SUM(size), 0) FROM events WHERE id <= ?", (event_id,)
-            ).fetchone()[0]
-            self._db.execute("DELETE FROM events WHERE id <= ?", (event_id,))
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                freed = self._db.execute(
+                    "SELECT COALESCE(SUM(size), 0) FROM events WHERE id <= ?", (event_id,)
+                ).fetchone()[0]
+                self._db.execute("DELETE FROM events WHERE id <= ?", (event_id,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as e:
+            raise OutboxError(f"cannot delete delivered events: {e}") from e
         self.stored_bytes -= int(freed)
 
 

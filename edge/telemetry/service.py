@@ -38,7 +38,7 @@ from edge.telemetry.models import (
     StationTelemetry,
     StatusPayload,
 )
-from edge.telemetry.outbox import Outbox, open_db
+from edge.telemetry.outbox import Outbox, OutboxError, open_db
 from edge.telemetry.target import CommandTarget
 from edge.telemetry.tls import TlsSetupError, build_context
 from edge.telemetry.topics import Topics, check_level
@@ -226,7 +226,7 @@ class Telemetry:
                 self.state = LinkState.CONNECTING
                 try:
                     await self._connection()
-                except* (aiomqtt.MqttError, TlsSetupError, OSError) as eg:
+                except* (aiomqtt.MqttError, TlsSetupError, OutboxError, OSError) as eg:
                     self._failed(eg.exceptions[0])
                 finally:
                     self._end_session()
@@ -262,10 +262,12 @@ class Telemetry:
             await self._session(client)
 
     def _failed(self, e: BaseException) -> None:
+        level = logging.WARNING if self._backoff.failures == 0 else logging.DEBUG
+        if isinstance(e, OutboxError):
+            level = logging.ERROR
+        log.log(level, "mqtt %s:%d: %s; reconnecting", self.mqtt.host, self.mqtt.port, e)
         if isinstance(e, MqttConnectError) and _rc_value(e.rc) in (4, 5, 134, 135):
             self._backoff.to_max()  # bad credentials: retrying soon will not help
-        level = logging.WARNING if self._backoff.failures == 0 else logging.DEBUG
-        log.log(level, "mqtt %s:%d: %s; reconnecting", self.mqtt.host, self.mqtt.port, e)
 
     def _end_session(self) -> None:
         self.connected.clear()
@@ -313,11 +315,11 @@ class Telemetry:
         """Until `event` is set or `timeout_s` passes on the injected clock."""
         if event.is_set():
             return
-        waiter = asyncio.ensure_future(event.wait())
         if timeout_s is None:
-            await waiter
+            await event.wait()
             return
-        sleeper = asyncio.ensure_future(self._clock.sleep(timeout_s))
+        waiter = asyncio.create_task(event.wait(), name="telemetry-wait-event")
+        sleeper = asyncio.create_task(self._clock.sleep(timeout_s), name="telemetry-wait-timer")
         try:
             await asyncio.wait({waiter, sleeper}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -390,7 +392,8 @@ class Telemetry:
                     publish = client.publish_confirmed(
                         self.topics.event(ev.type), ev.wire(replayed), qos=1
                     )
-                    window.append((ev.id, replayed, asyncio.create_task(publish)))
+                    task = asyncio.create_task(publish, name="mqtt-event-publish")
+                    window.append((ev.id, replayed, task))
                     queued_upto = ev.id
                 while window and window[0][2].done():
                     await settle()
@@ -428,7 +431,12 @@ class Telemetry:
                 self.commands_bad_topic += 1
                 continue
             result = await self.commands.handle(name, bytes(msg.payload))
-            await client.publish_confirmed(self.topics.cmd_result(name), result, qos=1)
+            try:
+                await client.publish_confirmed(self.topics.cmd_result(name), result, qos=1)
+            except PublishRefused as e:
+                # A result topic the broker refuses (ACL) must not cost the connection; the
+                # result is stored, a repeat of the command gets it.
+                log.error("command result refused: %s", e)
 
 
 def _rc_value(rc: int | ReasonCode | None) -> int | None:
