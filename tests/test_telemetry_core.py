@@ -353,3 +353,25 @@ def test_alarm_events_follow_the_manager_and_never_break_raising(clock: ManualCl
     sink.fail = True
     r.raise_alarm("pack.fault", "s02")  # the safety path carries on
     assert mgr.is_active("pack.fault", "s02")
+
+
+def test_emit_event_checks_type_and_details_and_stores_before_returning(tmp_path: Path) -> None:
+    from edge.telemetry.models import SwapStarted
+    from edge.telemetry.service import Telemetry, UnknownEventType
+
+    cfg = TelemetryConfig.model_validate({"outbox_path": tmp_path / "o.sqlite"})
+    tel = Telemetry("st1", MqttConfig(), cfg, InMemoryTarget(), boot_id="abc", version="t")
+    try:
+        with pytest.raises(UnknownEventType):
+            tel.emit_event("swap.teleported", {})
+        with pytest.raises(ValidationError):
+            tel.emit_event("swap.failed", {"swap_id": "w1"})  # reason missing
+        assert tel.emit_event("swap.started", SwapStarted(swap_id="w1", lane=2)) == "abc:1"
+        assert tel.emit_event("charge.started", {"slot_id": "s1"}) == "abc:2"
+        stored = tel.outbox.pending(0)
+        assert [orjson.loads(e.details) for e in stored] == [
+            {"swap_id": "w1", "vehicle_id": None, "pack_type": None, "lane": 2},
+            {"slot_id": "s1", "pack_id": None},
+        ]
+    finally:
+        tel.close()
