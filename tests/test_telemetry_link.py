@@ -313,3 +313,26 @@ async def test_stop_is_bounded_while_the_broker_never_answers(tmp_path: Path) ->
         tel.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_password_from_the_environment_and_bad_credentials_back_off_to_the_max(
+    broker_factory: type[Broker], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import subprocess
+
+    pw = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-c", "-b", str(pw), "station", "s3cret"], check=True)
+    pw.chmod(0o600)
+    b = broker_factory(f"password_file {pw}\nallow_anonymous false")
+    b.start()
+    monkeypatch.setenv("SWAPD_MQTT_PASSWORD", "s3cret")
+    tel = make_telemetry(b.host, b.port, tmp_path, mqtt={"username": "station"})
+    async with running(tel):
+        await asyncio.wait_for(tel.connected.wait(), 10)
+        assert tel.stats()["state"] == "connected"
+    monkeypatch.setenv("SWAPD_MQTT_PASSWORD", "wrong")
+    tel2 = make_telemetry(b.host, b.port, tmp_path / "2", mqtt={"username": "station"})
+    async with running(tel2):
+        await asyncio.wait_for(_until(lambda: tel2.failures >= 1), 10)
+        assert tel2.connects == 0
+        assert tel2.failures > 30  # refused credentials: the longest backoff at once

@@ -107,6 +107,25 @@ class Telemetry:
         self.events_refused = 0
         self.commands_bad_topic = 0
 
+    def stats(self) -> dict[str, object]:
+        """For health and `swapd ctl status`."""
+        return {
+            "state": str(self.state),
+            "boot_id": self.boot_id,
+            "connects": self.connects,
+            "failures": self.failures,
+            "outbox_events": len(self.outbox),
+            "outbox_bytes": self.outbox.stored_bytes,
+            "events_emitted": self.outbox.seq,
+            "events_published": self.events_published,
+            "events_replayed": self.events_replayed,
+            "events_refused": self.events_refused,
+            "events_dropped": self.outbox.dropped_total,
+            "telemetry_published": self.telemetry_published,
+            "commands_handled": self.commands.handled,
+            "commands_refused": self.commands.refused,
+        }
+
     @property
     def failures(self) -> int:
         """Connection attempts failed in a row (0 while connected)."""
