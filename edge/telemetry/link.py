@@ -109,6 +109,15 @@ class Client(aiomqtt.Client):
             self._refused[mid] = reason_code
         super()._on_publish(client, userdata, mid, reason_code, properties)
 
+    async def __aexit__(self, *exc_info: Any) -> None:
+        try:
+            await super().__aexit__(*exc_info)
+        finally:
+            # The disconnect reason is logged by the caller; mark it retrieved so asyncio does
+            # not report "Future exception was never retrieved" when nobody awaited it.
+            if self._disconnected.done() and not self._disconnected.cancelled():
+                self._disconnected.exception()
+
     async def publish_confirmed(
         self, topic: str, payload: bytes, qos: int = 1, retain: bool = False
     ) -> None:
