@@ -245,6 +245,8 @@ class ModbusDevice:
                     next_tick = self._clock.monotonic()
                     continue
                 await self._cycle_once()
+                if self._state is DeviceState.OFFLINE:
+                    continue  # straight into backoff
                 next_tick += self._tick_s
                 now = self._clock.monotonic()
                 if next_tick < now:

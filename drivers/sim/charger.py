@@ -184,9 +184,20 @@ class ChargerFaults:
     exception_code: int | None = None  # every request answered with this Modbus exception
     short_answers: bool = False  # reads answered with one register (8 bits) too few
     garbage: bool = False  # answers replaced by random bytes
+    ignore_writes: bool = (
+        False  # writes acknowledged but not applied (read-back shows the old value)
+    )
 
 
-FAULT_NAMES = ("silent", "slow", "invalid_values", "exception", "short_answers", "garbage")
+FAULT_NAMES = (
+    "silent",
+    "slow",
+    "invalid_values",
+    "exception",
+    "short_answers",
+    "garbage",
+    "ignore_writes",
+)
 
 
 class ChargerSim:
@@ -208,6 +219,7 @@ class ChargerSim:
         self.faults = ChargerFaults()
         self._clock = clock or SystemClock()
         self.requests: Counter[int] = Counter()  # function code -> count, as seen by the server
+        self.request_log: Counter[tuple[int, int, int]] = Counter()  # (fc, address, count)
         self.words: dict[str, dict[int, int]] = {"holding": {}, "input": {}}
         self.bits: dict[str, dict[int, bool]] = {"coil": {}, "discrete": {}}
         for p in regmap.points.values():
@@ -364,6 +376,8 @@ class ChargerSim:
             f.short_answers = active
         elif name == "garbage":
             f.garbage = active
+        elif name == "ignore_writes":
+            f.ignore_writes = active
         else:
             raise ValueError(
                 f"unknown fault {name!r} (known: {', '.join(FAULT_NAMES)}, bit:<flag>)"
@@ -416,6 +430,8 @@ async def _action(
     table = _FC_TABLE.get(function_code)
     if table is None:
         return ExcCodes.ILLEGAL_FUNCTION
+    if set_values is not None and f.ignore_writes:
+        return None  # acknowledged; reads keep serving the image, which did not change
     if table in BIT_TABLES:
         bits = sim.bits[table]
         if set_values is not None:
@@ -477,6 +493,9 @@ class ChargerSimServer:
             if sim is None:
                 return pdu
             sim.requests[pdu.function_code] += 1
+            addr = int(getattr(pdu, "address", -1))
+            count = int(getattr(pdu, "count", 1) or 1)
+            sim.request_log[(pdu.function_code, addr, count)] += 1
             return None if sim.faults.silent else pdu  # None: the server sends nothing
         self._sending = sim
         if sim is not None and sim.faults.short_answers:

@@ -1,0 +1,344 @@
+"""Device owner against a real pymodbus charger simulator on loopback TCP. The same tests run
+against both charger maps: a new vendor is a file, not code."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from drivers.alarm_sink import RecordingAlarmSink
+from drivers.clock import SystemClock
+from drivers.modbus import (
+    DeviceOfflineError,
+    DeviceState,
+    ModbusDevice,
+    ModbusLink,
+    ModbusTiming,
+    PointError,
+    Quality,
+    WriteRangeError,
+    WriteVerifyError,
+    load_register_map,
+    plan_map,
+)
+from drivers.sim.charger import ChargerSimSpec, run_charger_sims
+from tests.conftest import free_port
+from tests.modbus_fixtures import FAST, MAPS, charger_rig, until
+
+BOTH = pytest.mark.parametrize("map_name", ["generic", "vendorb"])
+
+
+@BOTH
+async def test_reads_are_coalesced_into_planned_blocks(map_name: str) -> None:
+    async with charger_rig(map_name) as rig:
+        plan = plan_map(rig.map)
+        for _ in range(9):
+            await rig.step()
+        # 10 cycles: cycle 1 reads every group; then only "fast" (control every 1 s, slow 10 s)
+        n_all = sum(len(b) for b in plan.values())
+        n_fast = len(plan["fast"])
+        assert rig.reads() == n_all + 9 * n_fast
+        assert n_fast == 1
+        planned = {(b.table, b.start, b.count) for bs in plan.values() for b in bs}
+        fc_table = {1: "coil", 2: "discrete", 3: "holding", 4: "input"}
+        seen = {(fc_table[fc], a, c) for (fc, a, c) in rig.sim.request_log if fc in fc_table}
+        assert seen == planned  # no per-point reads, nothing outside the plan
+        # one more second: control falls due once, the watchdog is fed once more
+        for _ in range(10):
+            await rig.step()
+        assert rig.reads() == n_all + 19 * n_fast + len(plan["control"])
+        assert rig.writes_to("watchdog") == 2
+        assert rig.dev.counters.cycles == 20
+
+
+@BOTH
+async def test_setpoints_drive_the_simulated_output(map_name: str) -> None:
+    async with charger_rig(map_name) as rig:
+        await rig.dev.write("voltage_setpoint_v", 400.0)
+        await rig.dev.write("current_limit_a", 80.0)
+        await rig.dev.write("enable", True)
+        assert rig.dev.desired == {
+            "voltage_setpoint_v": 400.0,
+            "current_limit_a": 80.0,
+            "enable": True,
+        }
+        rig.sim.step(2.0)  # physics: ramps 100 A/s to the 80 A limit
+        snap = await rig.step()
+        assert snap.state is DeviceState.ONLINE
+        assert snap["output_current_a"].quality is Quality.GOOD
+        assert snap.good("output_current_a") == pytest.approx(80.0, abs=0.1)
+        assert snap.good("output_voltage_v") == pytest.approx(
+            rig.sim.physics.output_voltage_v, abs=0.1
+        )
+        assert snap.good("state") == "charging"
+        assert snap.good("fault_bits") == ()
+        assert "output_current_a" in snap.fresh and "max_voltage_v" not in snap.fresh
+        assert snap.good("max_current_a") == pytest.approx(250.0)
+        # a device fault bit reaches the station by its canonical name
+        rig.sim.apply_fault("bit:over_temperature")
+        rig.sim.step(0.1)
+        snap = await rig.step()
+        assert snap.good("state") == "fault"
+        assert snap.good("fault_bits") == ("over_temperature",)
+        assert snap.good("output_current_a") == 0.0
+
+
+@BOTH
+async def test_write_checks_range_and_access_before_sending(map_name: str) -> None:
+    async with charger_rig(map_name) as rig:
+        before = sum(rig.sim.requests.values())
+        with pytest.raises(WriteRangeError):
+            await rig.dev.write("voltage_setpoint_v", 1200.0)  # above the map max
+        with pytest.raises(WriteRangeError):
+            await rig.dev.write("current_limit_a", -1.0)
+        with pytest.raises(WriteRangeError):
+            await rig.dev.write("enable", 2)
+        with pytest.raises(WriteRangeError):
+            await rig.dev.write("current_limit_a", "lots")
+        with pytest.raises(PointError):
+            await rig.dev.write("output_voltage_v", 1.0)  # read-only
+        with pytest.raises(PointError):
+            await rig.dev.write("watchdog", 5)  # the owner feeds it
+        with pytest.raises(PointError):
+            await rig.dev.write("no_such_point", 5)
+        assert sum(rig.sim.requests.values()) == before
+        assert rig.dev.desired == {}
+
+
+async def test_offline_backoff_and_recovery_rewrites_setpoints_before_clearing() -> None:
+    seen_at_clear: dict[str, object] = {}
+
+    class Sink(RecordingAlarmSink):
+        def clear_alarm(self, code: str, source: str) -> None:
+            if code == "modbus.offline":
+                seen_at_clear.update(
+                    voltage=rig.sim.get("voltage_setpoint_v"), enable=rig.sim.get("enable")
+                )
+            super().clear_alarm(code, source)
+
+    async with charger_rig("generic", alarms=Sink()) as rig:
+        await rig.dev.write("voltage_setpoint_v", 380.0)
+        await rig.dev.write("enable", True)
+        rig.sim.faults.silent = True
+        states = []
+        for _ in range(FAST.offline_after_cycles):
+            states.append((await rig.step()).state)
+        assert states[:-1] == [DeviceState.DEGRADED] * (FAST.offline_after_cycles - 1)
+        assert states[-1] is DeviceState.OFFLINE
+        snap = rig.dev.snapshot()
+        assert all(v.quality is Quality.STALE for v in snap.values())
+        assert snap["voltage_setpoint_v"].value == 380.0  # kept for display, marked stale
+        assert rig.alarms.active == {("modbus.offline", "c1")}
+        with pytest.raises(DeviceOfflineError):
+            await rig.dev.write("current_limit_a", 50.0)  # remembered for the reconnect
+        # capped exponential backoff between probes: 0.5, 1, 2, 2 s
+        probes = []
+        for delay in (0.5, 1.0, 2.0, 2.0):
+            await until(lambda: rig.clock.sleepers >= 1)
+            n = sum(rig.sim.requests.values())
+            rig.clock.advance(delay - 0.01)
+            await asyncio.sleep(0.02)
+            assert sum(rig.sim.requests.values()) == n  # not yet
+            rig.clock.advance(0.01)
+            await until(lambda n=n: sum(rig.sim.requests.values()) > n)
+            probes.append(delay)
+        assert rig.dev.state is DeviceState.OFFLINE
+        assert rig.alarms.history.count(("raised", "modbus.offline", "c1")) == 1
+        # the device comes back having forgotten its setpoints (a reboot)
+        rig.sim.words["holding"].update({100: 0, 101: 0, 102: 0})
+        rig.sim.physics.enabled = False
+        rig.sim.faults.silent = False
+        await until(lambda: rig.clock.sleepers >= 1)
+        rig.clock.advance(2.0)
+        await until(lambda: rig.dev.state is DeviceState.ONLINE)
+        assert seen_at_clear == {"voltage": 380.0, "enable": True}
+        assert rig.sim.get("current_limit_a") == 50.0
+        assert rig.alarms.active == set()
+        assert rig.dev.counters.restores == 1
+        snap = await rig.step()
+        assert snap["output_voltage_v"].quality is Quality.GOOD
+
+
+async def test_offline_within_3_s_of_silence_with_default_timing() -> None:
+    t = ModbusTiming()
+    bound = t.offline_after_cycles * (t.retries + 1) * t.timeout_max_s + 0.1
+    assert bound <= 3.0  # the defaults' worst case, by construction
+    m = load_register_map(MAPS["generic"])
+    port = free_port()
+    async with run_charger_sims([ChargerSimSpec("c1", m, port=port)]) as sims:
+        link = ModbusLink.tcp("127.0.0.1", port)
+        alarms = RecordingAlarmSink()
+        dev = ModbusDevice("c1", m, link, unit_id=1, clock=SystemClock(), alarms=alarms)
+        async with asyncio.TaskGroup() as tg:
+            lt = tg.create_task(link.run(), name="test-link")
+            dt = tg.create_task(dev.run(), name="test-device")
+            async with asyncio.timeout(5):
+                await dev.online.wait()
+            sims["c1"].faults.silent = True
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            async with asyncio.timeout(3.0):
+                await until(lambda: dev.state is DeviceState.OFFLINE, timeout_s=3.0)
+            assert loop.time() - t0 < 3.0
+            assert alarms.active == {("modbus.offline", "c1")}
+            dt.cancel()
+            lt.cancel()
+
+
+@BOTH
+async def test_invalid_raw_values_are_flagged_not_passed_on(map_name: str) -> None:
+    async with charger_rig(map_name) as rig:
+        rig.sim.apply_fault("invalid_values")
+        snap = await rig.step()
+        assert snap["output_voltage_v"].quality is Quality.INVALID
+        assert snap["output_voltage_v"].value is None
+        assert snap["temperature_c"].quality is Quality.INVALID
+        assert snap["state"].quality is Quality.GOOD
+        assert rig.dev.counters.invalid_values >= 2
+        assert ("modbus.invalid_value", "c1") in rig.alarms.active
+        with pytest.raises(PointError):
+            snap.good("output_voltage_v")
+        rig.sim.apply_fault("invalid_values", False)
+        snap = await rig.step()
+        assert snap["output_voltage_v"].quality is Quality.GOOD
+        assert ("modbus.invalid_value", "c1") not in rig.alarms.active
+        assert rig.dev.state is DeviceState.ONLINE
+
+
+@BOTH
+async def test_failed_write_verification_raises_and_alarms(map_name: str) -> None:
+    async with charger_rig(map_name) as rig:
+        rig.sim.apply_fault("ignore_writes")
+        with pytest.raises(WriteVerifyError):
+            await rig.dev.write("current_limit_a", 42.0)
+        assert rig.writes_to("current_limit_a") == 2  # the write and one retry
+        assert rig.dev.counters.write_verify_failures == 1
+        assert ("modbus.write_failed", "c1") in rig.alarms.active
+        rig.sim.apply_fault("ignore_writes", False)
+        await rig.dev.write("current_limit_a", 42.0)
+        assert rig.sim.get("current_limit_a") == 42.0
+        assert ("modbus.write_failed", "c1") not in rig.alarms.active
+
+
+@BOTH
+async def test_exception_responses_are_counted_and_survived(map_name: str) -> None:
+    async with charger_rig(map_name) as rig:
+        rig.sim.apply_fault("exception", True, 6)  # device busy
+        for _ in range(FAST.offline_after_cycles + 1):
+            snap = await rig.step()
+        assert snap["output_voltage_v"].quality is Quality.STALE
+        assert rig.dev.counters.exception_responses >= FAST.offline_after_cycles
+        assert rig.dev.state is DeviceState.ONLINE  # it answers: not a communication loss
+        with pytest.raises(WriteVerifyError):
+            await rig.dev.write("current_limit_a", 10.0)
+        rig.sim.apply_fault("exception", False)
+        snap = await rig.step()
+        assert snap["output_voltage_v"].quality is Quality.GOOD
+
+
+@BOTH
+@pytest.mark.parametrize("fault", ["short_answers", "garbage"])
+async def test_malformed_answers_are_dropped_and_the_loop_survives(
+    map_name: str, fault: str
+) -> None:
+    async with charger_rig(map_name) as rig:
+        rig.sim.apply_fault(fault)
+        snap = await rig.step()
+        assert snap["output_voltage_v"].quality is Quality.STALE
+        c = rig.dev.counters
+        if fault == "short_answers":
+            assert c.malformed >= 1
+        else:
+            assert c.malformed + c.timeouts >= 1
+        rig.sim.apply_fault(fault, False)
+        for _ in range(FAST.offline_after_cycles + 1):
+            snap = await rig.step()
+            if snap.state is DeviceState.ONLINE and snap["output_voltage_v"].good:
+                break
+        else:
+            raise AssertionError(f"not recovered: {rig.dev.state} {c}")
+
+
+async def test_watchdog_is_fed_until_told_to_stop_then_the_charger_stops() -> None:
+    async with charger_rig("generic") as rig:
+        await rig.dev.write("voltage_setpoint_v", 400.0)
+        await rig.dev.write("current_limit_a", 50.0)
+        await rig.dev.write("enable", True)
+        for _ in range(25):
+            await rig.step()
+        assert rig.writes_to("watchdog") == 3  # t = 0, 1, 2 s (period 1 s)
+        assert rig.sim.get("watchdog") == 3
+        rig.sim_clock.advance(4.0)  # device-side time; its timeout is 5 s
+        for _ in range(10):
+            await rig.step()
+        rig.sim.step(1.0)
+        assert not rig.sim.watchdog_expired
+        assert rig.sim.physics.output_current_a > 0
+        rig.dev.stop_watchdog()
+        assert not rig.dev.watchdog_feeding
+        for _ in range(30):
+            await rig.step()
+        assert rig.writes_to("watchdog") == 4
+        rig.sim_clock.advance(6.0)
+        rig.sim.step(0.1)
+        assert rig.sim.watchdog_expired
+        assert rig.sim.physics.output_current_a == 0.0
+        for _ in range(10):
+            snap = await rig.step()
+        assert snap.good("enable") is False  # the charger dropped its own enable
+        assert "watchdog_expired" in snap.good("fault_bits")
+        assert snap.good("output_current_a") == 0.0
+        rig.dev.resume_watchdog()
+        await rig.step()
+        assert rig.writes_to("watchdog") == 5
+        rig.sim.step(0.1)
+        assert not rig.sim.watchdog_expired
+
+
+async def test_updates_iterator_yields_each_cycle() -> None:
+    async with charger_rig("generic") as rig:
+        got: list[int] = []
+
+        async def consume() -> None:
+            async for snap in rig.dev.updates():
+                got.append(snap.cycle)
+                if len(got) == 3:
+                    return
+
+        task = asyncio.create_task(consume(), name="test-consumer")
+        await asyncio.sleep(0)
+        for _ in range(3):
+            await rig.step()
+        async with asyncio.timeout(5):
+            await task
+        assert got == sorted(got) and len(set(got)) == 3
+
+
+async def test_connection_refused_goes_offline_and_recovers_when_the_device_appears() -> None:
+    m = load_register_map(MAPS["generic"])
+    port = free_port()
+    timing = ModbusTiming(
+        timeout_floor_s=0.05,
+        timeout_max_s=0.2,
+        offline_after_cycles=2,
+        backoff_initial_s=0.05,
+        backoff_max_s=0.1,
+    )
+    link = ModbusLink.tcp("127.0.0.1", port, connect_timeout_s=0.5)
+    alarms = RecordingAlarmSink()
+    dev = ModbusDevice("c9", m, link, unit_id=1, clock=SystemClock(), alarms=alarms, timing=timing)
+    async with asyncio.TaskGroup() as tg:
+        lt = tg.create_task(link.run(), name="test-link")
+        dt = tg.create_task(dev.run(), name="test-device")
+        await until(lambda: dev.state is DeviceState.OFFLINE)
+        assert dev.counters.connection_errors >= 2
+        async with run_charger_sims([ChargerSimSpec("c9", m, port=port)]):
+            await until(lambda: dev.state is DeviceState.ONLINE)
+            assert alarms.active == set()
+            assert alarms.history == [
+                ("raised", "modbus.offline", "c9"),
+                ("cleared", "modbus.offline", "c9"),
+            ]
+            dt.cancel()
+            lt.cancel()
