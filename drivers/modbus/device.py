@@ -245,7 +245,7 @@ class ModbusDevice:
                     next_tick = self._clock.monotonic()
                     continue
                 await self._cycle_once()
-                if self._state is DeviceState.OFFLINE:
+                if self._offline():
                     continue  # straight into backoff
                 next_tick += self._tick_s
                 now = self._clock.monotonic()
@@ -255,6 +255,9 @@ class ModbusDevice:
                 await self._clock.sleep(next_tick - now)
         finally:
             self._set_state(DeviceState.STOPPED)
+
+    def _offline(self) -> bool:
+        return self._state is DeviceState.OFFLINE
 
     async def _cycle_once(self) -> None:
         now = self._clock.monotonic()
