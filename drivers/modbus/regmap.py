@@ -124,14 +124,6 @@ class RegisterMap(_Strict):
     watchdog: WatchdogSpec | None = None
     points: dict[str, PointSpec] = Field(min_length=1)
 
-    @field_validator("points")
-    @classmethod
-    def _names(cls, v: dict[str, PointSpec]) -> dict[str, PointSpec]:
-        for name in v:
-            if not re.match(_NAME_PATTERN, name):
-                raise ValueError(f"point name {name!r} must be lower_snake_case")
-        return v
-
     def point(self, name: str) -> PointSpec:
         try:
             return self.points[name]
@@ -154,6 +146,11 @@ def cross_check(m: RegisterMap, file: Path | str, index: dict[PathKey, int]) -> 
     }
     for name, p in m.points.items():
         loc: PathKey = ("points", name)
+        if not re.match(_NAME_PATTERN, name):
+            bad(
+                loc,
+                "point names are canonical lower_snake_case names with units (output_voltage_v)",
+            )
         if p.is_bit and p.type != "bool":
             bad((*loc, "type"), f"a {p.table} point holds one bit: type must be bool, not {p.type}")
         if p.access == "rw" and p.table in READ_ONLY_TABLES:
