@@ -12,7 +12,7 @@ import logging
 import struct
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pymodbus import FramerType
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
@@ -30,6 +30,7 @@ from drivers.modbus.regmap import Table
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 Words = list[int]
 Bits = list[bool]
 
@@ -160,6 +161,7 @@ class ModbusLink:
     async def run(self) -> None:
         """The connection's owner task. Survives every request failure; closes on cancel."""
         self._running = True
+        req: _Request | None = None
         try:
             while True:
                 req = await self._queue.get()
@@ -170,11 +172,19 @@ class ModbusLink:
                 except ModbusCommError as e:
                     if not req.future.done():
                         req.future.set_exception(e)
+                except Exception as e:  # a driver bug or an OS error we did not foresee
+                    log.exception("%s: request failed unexpectedly; reopening", self.name)
+                    self.counters.connection_errors += 1
+                    self._client.close()
+                    if not req.future.done():
+                        req.future.set_exception(ModbusConnectionError(f"{self.name}: {e!r}"))
                 else:
                     if not req.future.done():
                         req.future.set_result(result)
         finally:
             self._running = False
+            if req is not None and not req.future.done():
+                req.future.set_exception(ModbusConnectionError(f"{self.name}: link stopped"))
             while not self._queue.empty():
                 req = self._queue.get_nowait()
                 if not req.future.done():
@@ -189,13 +199,13 @@ class ModbusLink:
             return
         self.counters.connects += 1
         try:
-            async with asyncio.timeout(self._connect_timeout_s):
-                ok = await self._client.connect()
+            ok = await self._bounded(self._client.connect(), self._connect_timeout_s, "connect")
         except TimeoutError:
             ok = False
-        except OSError as e:
+        except Exception as e:  # OSError, termios.error, serial.SerialException: all "cannot open"
             self.counters.connection_errors += 1
-            raise ModbusConnectionError(f"{self.name}: cannot connect: {e}") from e
+            self._client.close()
+            raise ModbusConnectionError(f"{self.name}: cannot connect: {e!r}") from e
         if not ok:
             self._client.close()
             self.counters.connection_errors += 1
@@ -207,8 +217,7 @@ class ModbusLink:
         self.counters.requests += 1
         t0 = loop.time()
         try:
-            async with asyncio.timeout(req.timeout_s):
-                rr = await self._call(req)
+            rr = await self._bounded(self._call(req), req.timeout_s, "request")
         except TimeoutError:
             self.counters.timeouts += 1
             raise ModbusTimeoutError(
@@ -230,6 +239,25 @@ class ModbusLink:
         except ModbusMalformedResponse:
             self.counters.malformed += 1
             raise
+
+    async def _bounded(self, aw: Awaitable[T], timeout_s: float, what: str) -> T:
+        """Await `aw` in its own task, at most `timeout_s`. pymodbus waits with
+        `asyncio.wait_for`, which on Python 3.11 can swallow a cancellation that arrives with the
+        answer; run in a child task, our own task's cancellation always gets through."""
+
+        async def call() -> T:
+            return await aw
+
+        inner = asyncio.create_task(call(), name=f"{self.name} {what}")
+        try:
+            done, _ = await asyncio.wait((inner,), timeout=timeout_s)
+        except asyncio.CancelledError:
+            inner.cancel()
+            raise
+        if not done:
+            inner.cancel()
+            raise TimeoutError
+        return inner.result()
 
     def _call(self, req: _Request) -> Awaitable[ModbusPDU]:
         c = self._client
