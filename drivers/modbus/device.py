@@ -81,6 +81,7 @@ class Snapshot(Mapping[str, PointValue]):
     at: float
     points: Mapping[str, PointValue]
     fresh: frozenset[str] = frozenset()
+    cycle_s: float = 0.0  # how long the cycle that produced this snapshot took
 
     def __getitem__(self, name: str) -> PointValue:
         return self.points[name]
@@ -162,6 +163,7 @@ class ModbusDevice:
         self._cycle = 0
         self._snapshot = Snapshot(device_id, self._state, 0, clock.monotonic(), dict(self._values))
         self._update = asyncio.Event()
+        self._cycle_started = clock.monotonic()
         self.state_changed = asyncio.Event()  # set (and replaced) on each state change
         self.online = asyncio.Event()  # set while ONLINE
         self.counters = DeviceCounters()
@@ -179,6 +181,11 @@ class ModbusDevice:
     @property
     def state(self) -> DeviceState:
         return self._state
+
+    @property
+    def tick_s(self) -> float:
+        """The cycle period (the fastest poll group)."""
+        return self._tick_s
 
     @property
     def timeout_s(self) -> float:
@@ -232,8 +239,12 @@ class ModbusDevice:
         return dict(self._desired)
 
     # ---- the owner task -----------------------------------------------------------------
-    async def run(self) -> None:
+    async def run(self, start_delay_s: float = 0.0) -> None:
+        """The owner task. `start_delay_s` offsets this device's cycle phase, so many devices
+        on one host do not all poll in the same millisecond."""
         self._set_state(DeviceState.CONNECTING)
+        if start_delay_s > 0:
+            await self._clock.sleep(start_delay_s)
         now = self._clock.monotonic()
         self._due = dict.fromkeys(self._periods, now)
         self._wd_next = now
@@ -261,6 +272,7 @@ class ModbusDevice:
 
     async def _cycle_once(self) -> None:
         now = self._clock.monotonic()
+        self._cycle_started = now
         due = [g for g, t in self._due.items() if now >= t - 1e-9]
         for g in due:
             nxt = self._due[g] + self._periods[g]
@@ -496,13 +508,15 @@ class ModbusDevice:
 
     def _publish(self, fresh: frozenset[str]) -> None:
         self._cycle += 1
+        now = self._clock.monotonic()
         self._snapshot = Snapshot(
             self.device_id,
             self._state,
             self._cycle,
-            self._clock.monotonic(),
+            now,
             dict(self._values),
             fresh,
+            now - self._cycle_started,
         )
         ev, self._update = self._update, asyncio.Event()
         ev.set()

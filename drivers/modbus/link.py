@@ -199,7 +199,7 @@ class ModbusLink:
             return
         self.counters.connects += 1
         try:
-            ok = await self._bounded(self._client.connect(), self._connect_timeout_s, "connect")
+            ok = await self._bounded(self._client.connect(), self._connect_timeout_s)
         except TimeoutError:
             ok = False
         except Exception as e:  # OSError, termios.error, serial.SerialException: all "cannot open"
@@ -217,7 +217,7 @@ class ModbusLink:
         self.counters.requests += 1
         t0 = loop.time()
         try:
-            rr = await self._bounded(self._call(req), req.timeout_s, "request")
+            rr = await self._bounded(self._call(req), req.timeout_s)
         except TimeoutError:
             self.counters.timeouts += 1
             raise ModbusTimeoutError(
@@ -240,24 +240,16 @@ class ModbusLink:
             self.counters.malformed += 1
             raise
 
-    async def _bounded(self, aw: Awaitable[T], timeout_s: float, what: str) -> T:
-        """Await `aw` in its own task, at most `timeout_s`. pymodbus waits with
-        `asyncio.wait_for`, which on Python 3.11 can swallow a cancellation that arrives with the
-        answer; run in a child task, our own task's cancellation always gets through."""
-
-        async def call() -> T:
-            return await aw
-
-        inner = asyncio.create_task(call(), name=f"{self.name} {what}")
-        try:
-            done, _ = await asyncio.wait((inner,), timeout=timeout_s)
-        except asyncio.CancelledError:
-            inner.cancel()
-            raise
-        if not done:
-            inner.cancel()
-            raise TimeoutError
-        return inner.result()
+    async def _bounded(self, aw: Awaitable[T], timeout_s: float) -> T:
+        """Await `aw` for at most `timeout_s`. pymodbus waits with `asyncio.wait_for`, which on
+        Python 3.11 can swallow a cancellation of our task that arrives with the answer; the
+        task's pending-cancel count survives that, so re-raise it here."""
+        async with asyncio.timeout(timeout_s):
+            result = await aw
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError
+        return result
 
     def _call(self, req: _Request) -> Awaitable[ModbusPDU]:
         c = self._client

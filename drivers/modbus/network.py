@@ -78,5 +78,9 @@ class ModbusNetwork:
             for key, link in self.links.items():
                 tg.create_task(link.run(), name=f"modbus-link:{key}")
             await asyncio.sleep(0)
-            for dev_id, dev in self.devices.items():
-                tg.create_task(dev.run(), name=f"modbus-device:{dev_id}")
+            n = len(self.devices)
+            for i, (dev_id, dev) in enumerate(self.devices.items()):
+                # spread the cycles over the tick: no burst of every request at once
+                tg.create_task(
+                    dev.run(start_delay_s=dev.tick_s * i / n), name=f"modbus-device:{dev_id}"
+                )
