@@ -4,6 +4,7 @@ against both charger maps: a new vendor is a file, not code."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +15,8 @@ from drivers.modbus import (
     DeviceState,
     ModbusDevice,
     ModbusLink,
+    ModbusNetwork,
+    ModbusTcpEndpoint,
     ModbusTiming,
     PointError,
     Quality,
@@ -342,3 +345,44 @@ async def test_connection_refused_goes_offline_and_recovers_when_the_device_appe
             ]
             dt.cancel()
             lt.cancel()
+
+
+async def test_slow_answers_stretch_the_adaptive_timeout_and_values_stay_good() -> None:
+    async with charger_rig("generic") as rig:
+        assert rig.dev.timeout_s == FAST.timeout_floor_s
+        rig.sim.apply_fault("slow", True, 0.04)
+        snap = await rig.step()
+        assert snap["output_voltage_v"].good
+        assert rig.dev.timeout_s > FAST.timeout_floor_s  # 4 x the measured latency
+        assert rig.dev.timeout_s <= FAST.timeout_max_s
+        rig.sim.apply_fault("slow", False)
+        for _ in range(3):
+            snap = await rig.step()
+        assert snap["output_voltage_v"].good and rig.dev.state is DeviceState.ONLINE
+
+
+async def test_gateway_with_two_unit_ids_shares_one_connection(tmp_path: Path) -> None:
+    port = free_port()
+    specs = [
+        ChargerSimSpec("a", MAPS["generic"], unit_id=1, port=port),
+        ChargerSimSpec("b", MAPS["vendorb"], unit_id=2, port=port),
+    ]
+    eps = [
+        ModbusTcpEndpoint(id="a", host="127.0.0.1", port=port, unit_id=1, map=str(MAPS["generic"])),
+        ModbusTcpEndpoint(id="b", host="127.0.0.1", port=port, unit_id=2, map=str(MAPS["vendorb"])),
+    ]
+    net = ModbusNetwork(eps, config_dir=tmp_path, clock=SystemClock(), alarms=RecordingAlarmSink())
+    assert list(net.links) == [f"tcp://127.0.0.1:{port}"]
+    async with run_charger_sims(specs) as sims:
+        runner = asyncio.create_task(net.run(), name="test-network")
+        try:
+            async with asyncio.timeout(5):
+                await net.devices["a"].online.wait()
+                await net.devices["b"].online.wait()
+            await net.devices["b"].write("current_limit_a", 12.5)
+            assert sims["b"].get("current_limit_a") == 12.5
+            assert sims["a"].get("current_limit_a") == 0.0
+        finally:
+            runner.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await runner

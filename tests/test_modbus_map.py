@@ -17,6 +17,7 @@ from drivers.modbus import (
     ModbusRtuEndpoint,
     ModbusTcpEndpoint,
     WriteRangeError,
+    check_endpoint_against_map,
     check_endpoints,
     load_register_map,
     resolve_map_path,
@@ -234,4 +235,20 @@ def test_check_endpoints_finds_clashes() -> None:
         (1, "id", "duplicate id 'a' (also item 0)"),
         (1, "unit_id", "unit 1 on tcp://h:502 also used by item 0"),
         (3, "baudrate", "line settings differ from item 2 on the same port"),
+    ]
+
+
+def test_endpoint_settings_checked_against_the_map() -> None:
+    m = load_register_map(MAPS["generic"])
+    ok = ModbusTcpEndpoint(id="a", host="h", map="m", poll_periods_s={"fast": 0.2})
+    assert check_endpoint_against_map(ok, m) == []
+    bad = ModbusTcpEndpoint(
+        id="a", host="h", map="m", poll_periods_s={"fats": 0.2}, watchdog_period_s=6
+    )
+    assert check_endpoint_against_map(bad, m) == [
+        (
+            "poll_periods_s.fats",
+            "map 'charger-generic' has no poll group 'fats' (known: control, fast, slow)",
+        ),
+        ("watchdog_period_s", "6.0 s does not feed a 5.0 s device watchdog"),
     ]

@@ -6,6 +6,7 @@ from drivers.modbus.config import (
     ModbusRtuEndpoint,
     ModbusTcpEndpoint,
     ModbusTiming,
+    check_endpoint_against_map,
     check_endpoints,
     resolve_map_path,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "Value",
     "WriteRangeError",
     "WriteVerifyError",
+    "check_endpoint_against_map",
     "check_endpoints",
     "load_register_map",
     "plan_blocks",

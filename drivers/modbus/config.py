@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from drivers.modbus.planner import DEFAULT_MAX_GAP_RTU, DEFAULT_MAX_GAP_TCP
+from drivers.modbus.regmap import RegisterMap
 
 
 class ModbusTiming(BaseModel):
@@ -132,4 +133,32 @@ def check_endpoints(
                 out.append(
                     (i, "baudrate", f"line settings differ from item {first[0]} on the same port")
                 )
+    return out
+
+
+def check_endpoint_against_map(
+    endpoint: ModbusTcpEndpoint | ModbusRtuEndpoint, regmap: RegisterMap
+) -> list[tuple[str, str]]:
+    """(field, message) for endpoint settings the map cannot honour (for check-config)."""
+    out: list[tuple[str, str]] = []
+    for group in endpoint.poll_periods_s:
+        if group not in regmap.poll_groups:
+            known = ", ".join(sorted(regmap.poll_groups))
+            out.append(
+                (
+                    f"poll_periods_s.{group}",
+                    f"map {regmap.name!r} has no poll group {group!r} (known: {known})",
+                )
+            )
+    if endpoint.watchdog_period_s is not None and regmap.watchdog is None:
+        out.append(("watchdog_period_s", f"map {regmap.name!r} declares no watchdog"))
+    if regmap.watchdog is not None:
+        period = endpoint.watchdog_period_s or regmap.watchdog.period_s
+        if period >= regmap.watchdog.timeout_s:
+            out.append(
+                (
+                    "watchdog_period_s",
+                    f"{period} s does not feed a {regmap.watchdog.timeout_s} s device watchdog",
+                )
+            )
     return out
