@@ -386,3 +386,25 @@ async def test_gateway_with_two_unit_ids_shares_one_connection(tmp_path: Path) -
             runner.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await runner
+
+
+async def test_an_unexpected_error_in_a_cycle_is_logged_and_polling_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with charger_rig("generic") as rig:
+        original = rig.dev._store
+        calls = {"n": 0}
+
+        def broken_once(*args: object) -> None:
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise RuntimeError("decoder bug")
+            original(*args)  # type: ignore[arg-type]
+
+        rig.dev._store = broken_once  # type: ignore[method-assign]
+        await until(lambda: rig.clock.sleepers >= 1)
+        rig.clock.advance(rig.dev.tick_s)
+        await until(lambda: rig.dev.counters.internal_errors == 1)
+        snap = await rig.step()
+        assert snap["output_voltage_v"].good
+        assert "decoder bug" in caplog.text

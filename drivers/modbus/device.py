@@ -116,6 +116,7 @@ class DeviceCounters:
     watchdog_feeds: int = 0
     offline_events: int = 0
     restores: int = 0
+    internal_errors: int = 0  # unexpected exceptions caught by the loop (bugs), logged
     by_error: dict[str, int] = field(default_factory=dict)
 
 
@@ -252,10 +253,19 @@ class ModbusDevice:
         try:
             while True:
                 if self._state is DeviceState.OFFLINE:
-                    await self._probe_until_back()
+                    try:
+                        await self._probe_until_back()
+                    except Exception:
+                        self.counters.internal_errors += 1
+                        log.exception("%s: probe failed unexpectedly", self.device_id)
+                        await self._clock.sleep(self._backoff.max_s)
                     next_tick = self._clock.monotonic()
                     continue
-                await self._cycle_once()
+                try:
+                    await self._cycle_once()
+                except Exception:  # a bug here must not stop the polling of this device
+                    self.counters.internal_errors += 1
+                    log.exception("%s: cycle failed unexpectedly", self.device_id)
                 if self._offline():
                     continue  # straight into backoff
                 next_tick += self._tick_s
