@@ -107,6 +107,10 @@ async def test_write_checks_range_and_access_before_sending(map_name: str) -> No
             await rig.dev.write("no_such_point", 5)
         assert sum(rig.sim.requests.values()) == before
         assert rig.dev.desired == {}
+        # an unverified write (momentary commands): one request, no read-back, not remembered
+        await rig.dev.write("current_limit_a", 5.0, verify=False)
+        assert sum(rig.sim.requests.values()) == before + 1
+        assert rig.sim.get("current_limit_a") == 5.0 and rig.dev.desired == {}
 
 
 async def test_offline_backoff_and_recovery_rewrites_setpoints_before_clearing() -> None:

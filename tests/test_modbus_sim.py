@@ -75,13 +75,15 @@ def test_temperature_rises_with_power_then_derates_and_trips() -> None:
 def test_watchdog_expiry_stops_the_output_in_protocol_time() -> None:
     clock = ManualClock()
     sim = ChargerSim("c", load_register_map(MAPS["vendorb"]), clock=clock)  # timeout 3 s
+    pack = FixedLoad(360.0, 120.0)
+    sim.attach_load(pack)
     sim.physics.voltage_setpoint_v, sim.physics.current_limit_a, sim.physics.enabled = (
         400.0,
         50.0,
         True,
     )
     sim.step(1.0)
-    assert sim.physics.output_current_a > 0
+    assert sim.physics.output_current_a > 0 and pack.ah > 0
     clock.advance(2.9)
     sim.step(0.1)
     assert not sim.watchdog_expired

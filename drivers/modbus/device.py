@@ -220,19 +220,25 @@ class ModbusDevice:
             self._wd_feeding = True
             self._wd_next = self._clock.monotonic()
 
-    async def write(self, name: str, value: Value) -> None:
+    async def write(self, name: str, value: Value, *, verify: bool = True) -> None:
         """Write a point by name and confirm it by reading it back (one retry). Raises
-        PointError, WriteRangeError (nothing sent), DeviceOfflineError, WriteVerifyError."""
+        PointError, WriteRangeError (nothing sent), DeviceOfflineError, WriteVerifyError.
+        `verify=False` is for momentary command registers the device clears by itself: sent
+        once, not read back, not remembered for a reconnect; a failure raises ModbusCommError."""
         spec = self.map.point(name)
         if spec.access != "rw":
             raise PointError(f"{self.device_id}.{name} is read-only")
         if name == self._wd_point:
             raise PointError(f"{self.device_id}.{name} is the watchdog: the owner feeds it")
         payload = encode(spec, self.map.word_order_of(spec), name, value)
-        self._desired[name] = value  # rewritten after a reconnect, even if this write fails
+        if verify:
+            self._desired[name] = value  # rewritten after a reconnect, even if this write fails
         if self._state in (DeviceState.OFFLINE, DeviceState.STOPPED):
             raise DeviceOfflineError(f"{self.device_id} is {self._state}: {name} not written")
-        await self._write_verified(name, payload)
+        if verify:
+            await self._write_verified(name, payload)
+        else:
+            await self._write_raw(name, payload)
 
     @property
     def desired(self) -> Mapping[str, Value]:

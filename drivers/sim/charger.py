@@ -235,6 +235,10 @@ class ChargerSim:
         self.watchdog_expired = False
         self.refresh()
 
+    def attach_load(self, load: ChargerLoad) -> None:
+        """Connect the output to a load (e.g. the CAN pack simulator)."""
+        self.physics.load = load
+
     # ---- register image ----------------------------------------------------------------
     def _set(self, name: str, value: Value) -> None:
         p = self.map.points.get(name)
