@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import resource
 import socket
 import statistics
@@ -146,7 +147,9 @@ async def bench(args: argparse.Namespace) -> None:
             runner.cancel()
             for c in consumers:
                 c.cancel()
-        cpu = (r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime) / (t1 - t0) * 100
+        user = (r1.ru_utime - r0.ru_utime) / (t1 - t0) * 100
+        system = (r1.ru_stime - r0.ru_stime) / (t1 - t0) * 100
+        cpu = user + system
         rpc = {
             k: (d.counters.requests - before[k][0]) / max(1, d.counters.cycles - before[k][1])
             for k, d in net.devices.items()
@@ -171,7 +174,11 @@ async def bench(args: argparse.Namespace) -> None:
             f"  requests/device/cycle  chargers mean {statistics.mean(charger_rpc):.2f} max {max(charger_rpc):.2f}, "
             f"plc {rpc['plc']:.2f}   (goal <= 2)"
         )
-        print(f"  cycles/s {cycles / (t1 - t0):.0f}   CPU {cpu:.1f} % of one core   (goal < 15 %)")
+        print(
+            f"  cycles/s {cycles / (t1 - t0):.0f}   CPU {cpu:.1f} % of one core "
+            f"(user {user:.1f} + system {system:.1f})   (goal < 15 %)"
+        )
+        print(f"  load average during the run: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     finally:
         child.terminate()
         child.wait(5)
