@@ -139,6 +139,9 @@ async def test_offline_backoff_and_recovery_rewrites_setpoints_before_clearing()
         assert rig.alarms.active == {("modbus.offline", "c1")}
         with pytest.raises(DeviceOfflineError):
             await rig.dev.write("current_limit_a", 50.0)  # remembered for the reconnect
+        # the safety logic wants the output off when the charger returns: remembered too
+        with pytest.raises(DeviceOfflineError):
+            await rig.dev.write("enable", False)
         # capped exponential backoff between probes: 0.5, 1, 2, 2 s
         probes = []
         for delay in (0.5, 1.0, 2.0, 2.0):
@@ -153,13 +156,12 @@ async def test_offline_backoff_and_recovery_rewrites_setpoints_before_clearing()
         assert rig.dev.state is DeviceState.OFFLINE
         assert rig.alarms.history.count(("raised", "modbus.offline", "c1")) == 1
         # the device comes back having forgotten its setpoints (a reboot)
-        rig.sim.words["holding"].update({100: 0, 101: 0, 102: 0})
-        rig.sim.physics.enabled = False
+        rig.sim.words["holding"].update({100: 0, 101: 0, 102: 1})  # came back enabled
         rig.sim.faults.silent = False
         await until(lambda: rig.clock.sleepers >= 1)
         rig.clock.advance(2.0)
         await until(lambda: rig.dev.state is DeviceState.ONLINE)
-        assert seen_at_clear == {"voltage": 380.0, "enable": True}
+        assert seen_at_clear == {"voltage": 380.0, "enable": False}
         assert rig.sim.get("current_limit_a") == 50.0
         assert rig.alarms.active == set()
         assert rig.dev.counters.restores == 1

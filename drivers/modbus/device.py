@@ -352,6 +352,7 @@ class ModbusDevice:
                 log.debug("%s still offline: %s", self.device_id, e)
                 if self._state is DeviceState.RESTORING:
                     self._set_state(DeviceState.OFFLINE)
+                self._publish(frozenset())  # consumers waiting on updates still hear from us
                 continue
             self._backoff.reset()
             self._detector.failed_in_row = 0
