@@ -54,7 +54,7 @@ class Rig:
         await until(lambda: self.clock.sleepers >= 1)
         waiter = asyncio.create_task(self.dev.next_update(), name="test-next-update")
         await asyncio.sleep(0)
-        self.clock.advance(self.dev._tick_s if dt is None else dt)
+        self.clock.advance(self.dev.tick_s if dt is None else dt)
         async with asyncio.timeout(5.0):
             return await waiter
 
