@@ -13,6 +13,7 @@ from drivers.clock import SystemClock
 from drivers.modbus import (
     DeviceOfflineError,
     DeviceState,
+    ModbusCommError,
     ModbusDevice,
     ModbusLink,
     ModbusNetwork,
@@ -414,3 +415,25 @@ async def test_an_unexpected_error_in_a_cycle_is_logged_and_polling_goes_on(
         snap = await rig.step()
         assert snap["output_voltage_v"].good
         assert "decoder bug" in caplog.text
+
+
+async def test_write_to_a_silent_device_is_a_comm_error_and_a_refused_restore_still_comes_online() -> (
+    None
+):
+    async with charger_rig("generic") as rig:
+        await rig.dev.write("current_limit_a", 20.0)
+        rig.sim.faults.silent = True
+        with pytest.raises(ModbusCommError) as ei:
+            await rig.dev.write("current_limit_a", 30.0)
+        assert not isinstance(ei.value, WriteVerifyError)
+        assert ("modbus.write_failed", "c1") not in rig.alarms.active
+        for _ in range(FAST.offline_after_cycles):
+            await rig.step()
+        assert rig.dev.state is DeviceState.OFFLINE
+        # it comes back answering but refusing writes: online, with write_failed, not offline
+        rig.sim.faults.silent = False
+        rig.sim.faults.ignore_writes = True
+        await until(lambda: rig.clock.sleepers >= 1)
+        rig.clock.advance(FAST.backoff_initial_s)
+        await until(lambda: rig.dev.state is DeviceState.ONLINE)
+        assert rig.alarms.active == {("modbus.write_failed", "c1")}

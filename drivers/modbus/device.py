@@ -350,6 +350,7 @@ class ModbusDevice:
                 await self._restore_setpoints()
             except ModbusCommError as e:
                 log.debug("%s still offline: %s", self.device_id, e)
+                self._all_stale()
                 if self._state is DeviceState.RESTORING:
                     self._set_state(DeviceState.OFFLINE)
                 self._publish(frozenset())  # consumers waiting on updates still hear from us
@@ -373,13 +374,21 @@ class ModbusDevice:
             if name in self._desired:
                 spec = self.map.points[name]
                 payload = encode(spec, self.map.word_order_of(spec), name, self._desired[name])
-                await self._write_verified(name, payload)
+                try:
+                    await self._write_verified(name, payload)
+                except WriteVerifyError:
+                    # it answers but refuses this value: that is `modbus.write_failed` (raised),
+                    # not a reason to stay offline
+                    log.warning("%s: %s not restored after reconnect", self.device_id, name)
 
-    def _go_offline(self) -> None:
-        self.counters.offline_events += 1
+    def _all_stale(self) -> None:
         for name, v in self._values.items():
             if v.quality is not Quality.STALE:
                 self._values[name] = PointValue(v.value, Quality.STALE, v.read_at)
+
+    def _go_offline(self) -> None:
+        self.counters.offline_events += 1
+        self._all_stale()
         self._alarms.raise_alarm(
             ALARM_OFFLINE, self.device_id, f"{self.link.name} unit {self.unit_id}: no answer"
         )
@@ -461,13 +470,19 @@ class ModbusDevice:
         block = point_block(name, spec, self.map.word_order_of(spec))
         expect: Words | Bits = [payload] if isinstance(payload, bool) else payload
         last = ""
+        answered = False
+        lost: ModbusCommError | None = None
         for _attempt in range(2):
             try:
                 await self._write_raw(name, payload)
                 got = await self._read_block(block, retries=0)
-            except ModbusCommError as e:
-                last = str(e)
+            except (ModbusTimeoutError, ModbusConnectionError) as e:
+                last, lost = str(e), e
                 continue
+            except ModbusCommError as e:  # answered, but refused or garbled
+                last, answered = str(e), True
+                continue
+            answered = True
             if list(got) == list(expect):
                 fresh: set[str] = set()
                 self._store(block, got, fresh)
@@ -477,6 +492,9 @@ class ModbusDevice:
                         self._alarms.clear_alarm(ALARM_WRITE_FAILED, self.device_id)
                 return
             last = f"read back {list(got)} after writing {list(expect)}"
+        if not answered and lost is not None:
+            # nothing answered: a communication loss (the poll takes it offline), not a refusal
+            raise lost
         self.counters.write_verify_failures += 1
         self._failed_writes.add(name)
         self._alarms.raise_alarm(ALARM_WRITE_FAILED, self.device_id, f"{name}: {last}")
