@@ -15,7 +15,7 @@ import pytest
 from drivers.alarm_sink import RecordingAlarmSink
 from drivers.clock import SystemClock
 from drivers.modbus import DeviceState, ModbusNetwork, ModbusRtuEndpoint, Quality
-from drivers.sim.charger import ChargerSimSpec, run_charger_sims
+from drivers.sim.charger import run_charger_sims, spec_from_endpoint
 from tests.modbus_fixtures import MAPS, until
 
 
@@ -48,10 +48,6 @@ def pty_pair(tmp_path: Path) -> Iterator[tuple[str, str]]:
 
 async def test_two_units_on_one_serial_line(pty_pair: tuple[str, str], tmp_path: Path) -> None:
     server_end, client_end = pty_pair
-    specs = [
-        ChargerSimSpec("c1", MAPS["generic"], unit_id=1, serial_port=server_end, parity="N"),
-        ChargerSimSpec("c2", MAPS["vendorb"], unit_id=2, serial_port=server_end, parity="N"),
-    ]
     timing = {
         "timeout_floor_s": 0.1,
         "timeout_max_s": 0.2,
@@ -69,6 +65,9 @@ async def test_two_units_on_one_serial_line(pty_pair: tuple[str, str], tmp_path:
             id="c2", serial_port=client_end, unit_id=2, map=str(MAPS["vendorb"]), **timing
         ),
     ]
+    # the simulators come from the same endpoint configs, on the other end of the line
+    specs = [spec_from_endpoint(e, tmp_path, serial_port=server_end) for e in endpoints]
+    assert [(s.unit_id, s.parity) for s in specs] == [(1, "N"), (2, "N")]
     alarms = RecordingAlarmSink()
     net = ModbusNetwork(endpoints, config_dir=tmp_path, clock=SystemClock(), alarms=alarms)
     assert len(net.links) == 1  # one owner for the line

@@ -33,6 +33,7 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 
 from drivers.clock import Clock, SystemClock
 from drivers.modbus.codec import Value, decode_bit, decode_words, encode
+from drivers.modbus.config import ModbusRtuEndpoint, ModbusTcpEndpoint, resolve_map_path
 from drivers.modbus.errors import WriteRangeError
 from drivers.modbus.regmap import BIT_TABLES, PointSpec, RegisterMap, load_register_map
 
@@ -642,3 +643,37 @@ async def serve_charger_sims(
     """Run simulated chargers until cancelled (the `swapd sim` entry)."""
     async with run_charger_sims(specs, clock=clock, speed=speed):
         await asyncio.Event().wait()
+
+
+def spec_from_endpoint(
+    endpoint: ModbusTcpEndpoint | ModbusRtuEndpoint,
+    config_dir: Path | str,
+    *,
+    serial_port: str | None = None,
+    ratings: ChargerRatings | None = None,
+    load: ChargerLoad | None = None,
+) -> ChargerSimSpec:
+    """The simulator for a station config's charger entry: it answers where the station will
+    ask (TCP host:port and unit id). For RTU give the simulator's end of the line
+    (`serial_port`, e.g. the other side of a pty pair); default: the endpoint's own port."""
+    path = resolve_map_path(endpoint, config_dir)
+    if isinstance(endpoint, ModbusRtuEndpoint):
+        return ChargerSimSpec(
+            endpoint.id,
+            path,
+            unit_id=endpoint.unit_id,
+            serial_port=serial_port or endpoint.serial_port,
+            baudrate=endpoint.baudrate,
+            parity=endpoint.parity,
+            ratings=ratings or ChargerRatings(),
+            load=load,
+        )
+    return ChargerSimSpec(
+        endpoint.id,
+        path,
+        unit_id=endpoint.unit_id,
+        host=endpoint.host,
+        port=endpoint.port,
+        ratings=ratings or ChargerRatings(),
+        load=load,
+    )
