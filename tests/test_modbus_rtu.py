@@ -99,6 +99,13 @@ async def test_two_units_on_one_serial_line(pty_pair: tuple[str, str], tmp_path:
             await until(lambda: c1.counters.cycles >= cycles + 3, 10)
             sims["c2"].faults.silent = False
             await until(lambda: c2.state is DeviceState.ONLINE, 10)
+            # line noise on unit 1's answers: CRC failures are dropped, the line carries on
+            errors = c1.counters.timeouts + c1.counters.malformed
+            sims["c1"].faults.garbage = True
+            await until(lambda: c1.counters.timeouts + c1.counters.malformed > errors, 10)
+            sims["c1"].faults.garbage = False
+            await until(lambda: c1.snapshot()["output_voltage_v"].good, 10)
+            await until(lambda: c2.state is DeviceState.ONLINE, 10)
             assert alarms.active == set()
             assert sims["c2"].requests[16] >= 1  # the setpoint (f32, FC16) was rewritten
             assert sum(sims["c1"].requests.values()) > 10

@@ -10,11 +10,22 @@ from drivers.modbus.config import (
     check_endpoints,
     resolve_map_path,
 )
-from drivers.modbus.device import DeviceState, ModbusDevice, PointValue, Quality, Snapshot
+from drivers.modbus.device import (
+    DeviceCounters,
+    DeviceState,
+    ModbusDevice,
+    PointValue,
+    Quality,
+    Snapshot,
+)
 from drivers.modbus.errors import (
     DeviceOfflineError,
     ModbusCommError,
+    ModbusConnectionError,
     ModbusError,
+    ModbusExceptionResponse,
+    ModbusMalformedResponse,
+    ModbusTimeoutError,
     PointError,
     WriteRangeError,
     WriteVerifyError,
@@ -26,17 +37,22 @@ from drivers.modbus.regmap import RegisterMap, load_register_map, validate_map_f
 
 __all__ = [
     "Block",
+    "DeviceCounters",
     "DeviceOfflineError",
     "DeviceState",
     "ModbusCommError",
+    "ModbusConnectionError",
     "ModbusDevice",
     "ModbusEndpoint",
     "ModbusError",
+    "ModbusExceptionResponse",
+    "ModbusMalformedResponse",
     "ModbusLink",
     "ModbusNetwork",
     "ModbusRtuEndpoint",
     "ModbusTcpEndpoint",
     "ModbusTiming",
+    "ModbusTimeoutError",
     "PointError",
     "PointValue",
     "Quality",
