@@ -437,3 +437,26 @@ async def test_write_to_a_silent_device_is_a_comm_error_and_a_refused_restore_st
         rig.clock.advance(FAST.backoff_initial_s)
         await until(lambda: rig.dev.state is DeviceState.ONLINE)
         assert rig.alarms.active == {("modbus.write_failed", "c1")}
+
+
+async def test_setpoints_asked_before_the_first_connection_are_written_when_it_comes() -> None:
+    m = load_register_map(MAPS["vendorb"])
+    port = free_port()
+    link = ModbusLink.tcp("127.0.0.1", port)
+    dev = ModbusDevice(
+        "c1", m, link, unit_id=1, clock=SystemClock(), alarms=RecordingAlarmSink(), timing=FAST
+    )
+    with pytest.raises(DeviceOfflineError):
+        await dev.write("current_limit_a", 33.0)
+    async with (
+        run_charger_sims([ChargerSimSpec("c1", m, port=port)]) as sims,
+        asyncio.TaskGroup() as tg,
+    ):
+        lt = tg.create_task(link.run(), name="test-link")
+        dt = tg.create_task(dev.run(), name="test-device")
+        async with asyncio.timeout(5):
+            await dev.online.wait()
+        assert sims["c1"].get("current_limit_a") == 33.0
+        assert dev.snapshot()["current_limit_a"].value == 33.0
+        dt.cancel()
+        lt.cancel()

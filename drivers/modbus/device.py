@@ -169,6 +169,7 @@ class ModbusDevice:
         self.online = asyncio.Event()  # set while ONLINE
         self.counters = DeviceCounters()
         self._desired: dict[str, Value] = {}
+        self._unconfirmed: set[str] = set()  # desired values not yet confirmed by a read-back
         self._failed_writes: set[str] = set()
         self._invalid_alarm = False
         wd = regmap.watchdog
@@ -233,6 +234,7 @@ class ModbusDevice:
         payload = encode(spec, self.map.word_order_of(spec), name, value)
         if verify:
             self._desired[name] = value  # rewritten after a reconnect, even if this write fails
+            self._unconfirmed.add(name)
         if self._state in (DeviceState.OFFLINE, DeviceState.STOPPED):
             raise DeviceOfflineError(f"{self.device_id} is {self._state}: {name} not written")
         if verify:
@@ -323,6 +325,12 @@ class ModbusDevice:
             self._go_offline()
         elif answered:
             if self._state in (DeviceState.CONNECTING, DeviceState.DEGRADED):
+                if self._unconfirmed:
+                    # asked before the first connection or during a blip: write them now
+                    try:
+                        await self._restore_setpoints(only=set(self._unconfirmed))
+                    except ModbusCommError as e:
+                        log.debug("%s: setpoints not yet written: %s", self.device_id, e)
                 self._set_state(DeviceState.ONLINE)
         elif self._state is DeviceState.ONLINE:
             self._set_state(DeviceState.DEGRADED)
@@ -366,12 +374,12 @@ class ModbusDevice:
             self._set_state(DeviceState.ONLINE)
             return
 
-    async def _restore_setpoints(self) -> None:
+    async def _restore_setpoints(self, only: set[str] | None = None) -> None:
         # Feed the watchdog first so the device accepts the setpoints, then rewrite them in
         # map order (setpoints before enable when the map lists them so).
         await self._feed_watchdog(force=True)
         for name in self.map.points:
-            if name in self._desired:
+            if name in self._desired and (only is None or name in only):
                 spec = self.map.points[name]
                 payload = encode(spec, self.map.word_order_of(spec), name, self._desired[name])
                 try:
@@ -486,6 +494,7 @@ class ModbusDevice:
             if list(got) == list(expect):
                 fresh: set[str] = set()
                 self._store(block, got, fresh)
+                self._unconfirmed.discard(name)
                 if name in self._failed_writes:
                     self._failed_writes.discard(name)
                     if not self._failed_writes:
