@@ -178,6 +178,7 @@ class ModbusDevice:
         self._wd_feeding = wd is not None
         self._wd_counter = 0
         self._wd_next = 0.0
+        self._due: dict[str, float] = {}
 
     # ---- consumer API -------------------------------------------------------------------
     @property
@@ -197,7 +198,8 @@ class ModbusDevice:
         return self._snapshot
 
     async def next_update(self) -> Snapshot:
-        """Wait for the end of the next cycle (or a state change) and return its snapshot."""
+        """Wait for the end of the next cycle (or of the next failed probe while offline) and
+        return its snapshot."""
         ev = self._update
         await ev.wait()
         return self._snapshot
