@@ -50,6 +50,8 @@ def _eng(p: PointSpec, x: float | int) -> float | int:
 
 def decode_words(p: PointSpec, order: WordOrder, words: Sequence[int]) -> tuple[Value, bool]:
     """(value, valid) of a register point from exactly `p.words` registers."""
+    if len(words) != p.words:
+        raise ValueError(f"{len(words)} registers for a {p.words}-register point")
     raw = combine(words, order)
     if _is_invalid_raw(p, raw):
         return raw, False

@@ -172,6 +172,7 @@ class ModbusDevice:
         self._unconfirmed: set[str] = set()  # desired values not yet confirmed by a read-back
         self._failed_writes: set[str] = set()
         self._invalid_alarm = False
+        self._invalid_names: set[str] = set()
         wd = regmap.watchdog
         self._wd_point = wd.point if wd else None
         self._wd_period_s = t.watchdog_period_s or (wd.period_s if wd else 1.0)
@@ -395,6 +396,7 @@ class ModbusDevice:
         for name, v in self._values.items():
             if v.quality is not Quality.STALE:
                 self._values[name] = PointValue(v.value, Quality.STALE, v.read_at)
+        self._invalid_names.clear()
 
     def _go_offline(self) -> None:
         self.counters.offline_events += 1
@@ -442,18 +444,20 @@ class ModbusDevice:
         now = self._clock.monotonic()
         for it in b.items:
             try:
-                if it.spec.is_bit:
+                if it.words == 0:
                     value, ok = decode_bit(it.spec, bool(data[it.offset]))
                 else:
-                    words = [int(w) for w in data[it.offset : it.offset + it.spec.words]]
+                    words = data[it.offset : it.offset + it.words]
                     value, ok = decode_words(it.spec, it.order, words)
-            except (ValueError, IndexError):
+            except (ValueError, IndexError, TypeError):
                 value, ok = None, False
             if not ok:
                 self.counters.invalid_values += 1
                 self._values[it.name] = PointValue(None, Quality.INVALID, now)
+                self._invalid_names.add(it.name)
             else:
                 self._values[it.name] = PointValue(value, Quality.GOOD, now)
+                self._invalid_names.discard(it.name)
             fresh.add(it.name)
 
     def _mark_stale(self, b: Block) -> None:
@@ -461,6 +465,7 @@ class ModbusDevice:
             v = self._values[it.name]
             if v.quality is not Quality.STALE:
                 self._values[it.name] = PointValue(v.value, Quality.STALE, v.read_at)
+            self._invalid_names.discard(it.name)
 
     async def _write_raw(self, name: str, payload: list[int] | bool) -> None:
         spec = self.map.points[name]
@@ -533,10 +538,10 @@ class ModbusDevice:
 
     # ---- state and publication ----------------------------------------------------------
     def _check_invalid_alarm(self) -> None:
-        invalid = any(v.quality is Quality.INVALID for v in self._values.values())
+        invalid = bool(self._invalid_names)
         if invalid and not self._invalid_alarm:
-            names = sorted(n for n, v in self._values.items() if v.quality is Quality.INVALID)
-            self._alarms.raise_alarm(ALARM_INVALID_VALUE, self.device_id, ", ".join(names))
+            names = ", ".join(sorted(self._invalid_names))
+            self._alarms.raise_alarm(ALARM_INVALID_VALUE, self.device_id, names)
         elif not invalid and self._invalid_alarm:
             self._alarms.clear_alarm(ALARM_INVALID_VALUE, self.device_id)
         self._invalid_alarm = invalid

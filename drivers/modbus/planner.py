@@ -27,6 +27,7 @@ class BlockItem:
     spec: PointSpec
     offset: int  # registers (or bits) from the block start
     order: WordOrder
+    words: int  # registers the point spans; 0 for a coil/discrete bit
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +45,10 @@ class Block:
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(i.name for i in self.items)
+
+
+def _words(p: PointSpec) -> int:
+    return 0 if p.table in BIT_TABLES else p.words
 
 
 def _length(p: PointSpec) -> int:
@@ -92,7 +97,7 @@ def plan_blocks(
         for run in runs:
             start = run[0][1].address
             stop = max(s.address + _length(s) for _, s, _ in run)
-            items_t = tuple(BlockItem(n, s, s.address - start, o) for n, s, o in run)
+            items_t = tuple(BlockItem(n, s, s.address - start, o, _words(s)) for n, s, o in run)
             blocks.append(Block(run[0][1].table, start, stop - start, group, items_t))
     return blocks
 
@@ -121,5 +126,9 @@ def plan_map(
 def point_block(name: str, spec: PointSpec, order: WordOrder) -> Block:
     """The one-point block used to read a point back after writing it."""
     return Block(
-        spec.table, spec.address, _length(spec), spec.group, (BlockItem(name, spec, 0, order),)
+        spec.table,
+        spec.address,
+        _length(spec),
+        spec.group,
+        (BlockItem(name, spec, 0, order, _words(spec)),),
     )
