@@ -32,6 +32,9 @@ FAST = ModbusTiming(
     backoff_max_s=2.0,
 )
 
+# For tests that count requests exactly: a loaded machine must not cause a retry.
+STEADY = ModbusTiming(timeout_floor_s=1.0, timeout_max_s=2.0)
+
 
 async def until(pred: Callable[[], bool], timeout_s: float = 5.0) -> None:
     async with asyncio.timeout(timeout_s):

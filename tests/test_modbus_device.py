@@ -28,14 +28,14 @@ from drivers.modbus import (
 )
 from drivers.sim.charger import ChargerSimSpec, run_charger_sims
 from tests.conftest import free_port
-from tests.modbus_fixtures import FAST, MAPS, charger_rig, until
+from tests.modbus_fixtures import FAST, MAPS, STEADY, charger_rig, until
 
 BOTH = pytest.mark.parametrize("map_name", ["generic", "vendorb"])
 
 
 @BOTH
 async def test_reads_are_coalesced_into_planned_blocks(map_name: str) -> None:
-    async with charger_rig(map_name) as rig:
+    async with charger_rig(map_name, timing=STEADY) as rig:
         plan = plan_map(rig.map)
         for _ in range(9):
             await rig.step()
@@ -90,7 +90,7 @@ async def test_setpoints_drive_the_simulated_output(map_name: str) -> None:
 
 @BOTH
 async def test_write_checks_range_and_access_before_sending(map_name: str) -> None:
-    async with charger_rig(map_name) as rig:
+    async with charger_rig(map_name, timing=STEADY) as rig:
         before = sum(rig.sim.requests.values())
         with pytest.raises(WriteRangeError):
             await rig.dev.write("voltage_setpoint_v", 1200.0)  # above the map max
@@ -218,7 +218,7 @@ async def test_invalid_raw_values_are_flagged_not_passed_on(map_name: str) -> No
 
 @BOTH
 async def test_failed_write_verification_raises_and_alarms(map_name: str) -> None:
-    async with charger_rig(map_name) as rig:
+    async with charger_rig(map_name, timing=STEADY) as rig:
         rig.sim.apply_fault("ignore_writes")
         with pytest.raises(WriteVerifyError):
             await rig.dev.write("current_limit_a", 42.0)
@@ -271,7 +271,7 @@ async def test_malformed_answers_are_dropped_and_the_loop_survives(
 
 
 async def test_watchdog_is_fed_until_told_to_stop_then_the_charger_stops() -> None:
-    async with charger_rig("generic") as rig:
+    async with charger_rig("generic", timing=STEADY) as rig:
         await rig.dev.write("voltage_setpoint_v", 400.0)
         await rig.dev.write("current_limit_a", 50.0)
         await rig.dev.write("enable", True)
@@ -355,13 +355,14 @@ async def test_connection_refused_goes_offline_and_recovers_when_the_device_appe
 
 
 async def test_slow_answers_stretch_the_adaptive_timeout_and_values_stay_good() -> None:
-    async with charger_rig("generic") as rig:
-        assert rig.dev.timeout_s == FAST.timeout_floor_s
-        rig.sim.apply_fault("slow", True, 0.04)
+    timing = ModbusTiming(timeout_floor_s=0.25, timeout_max_s=1.0)
+    async with charger_rig("generic", timing=timing) as rig:
+        assert rig.dev.timeout_s == 0.25
+        rig.sim.apply_fault("slow", True, 0.08)
         snap = await rig.step()
         assert snap["output_voltage_v"].good
-        assert rig.dev.timeout_s > FAST.timeout_floor_s  # 4 x the measured latency
-        assert rig.dev.timeout_s <= FAST.timeout_max_s
+        assert rig.dev.timeout_s > 0.25  # 4 x the measured latency
+        assert rig.dev.timeout_s <= 1.0
         rig.sim.apply_fault("slow", False)
         for _ in range(3):
             snap = await rig.step()
