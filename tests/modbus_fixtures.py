@@ -24,8 +24,8 @@ MAPS = {
 
 # Short timeouts so silence tests run fast; a generous ceiling for a loaded 2-core machine.
 FAST = ModbusTiming(
-    timeout_floor_s=0.1,
-    timeout_max_s=0.2,
+    timeout_floor_s=0.25,
+    timeout_max_s=0.5,
     retries=1,
     offline_after_cycles=3,
     backoff_initial_s=0.5,
