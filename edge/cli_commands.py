@@ -13,3 +13,7 @@ Register = Callable[[Sub, dict[str, Handler]], None]
 
 
 REGISTRY: list[Register] = []
+
+from edge.scheduler.cli import register_simulate_day  # noqa: E402
+
+REGISTRY.append(register_simulate_day)

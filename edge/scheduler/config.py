@@ -7,6 +7,7 @@ simulated day and the live station read the same grid description. Times of day 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -127,14 +128,27 @@ class PackModel(_Model):
 
     def curve_kw(self, soc_pct: float) -> float:
         """BMS-requested power (grid-side) at `soc_pct`, linear between points."""
-        pts = self.charging_curve
-        if soc_pct <= pts[0].soc_pct:
-            return pts[0].power_kw
-        for a, b in zip(pts, pts[1:], strict=False):
-            if soc_pct <= b.soc_pct:
-                f = (soc_pct - a.soc_pct) / (b.soc_pct - a.soc_pct)
-                return a.power_kw + f * (b.power_kw - a.power_kw)
-        return pts[-1].power_kw
+        return self.curve()(soc_pct)
+
+    def curve(self) -> Callable[[float], float]:
+        """A fast function soc_pct -> kW for hot loops."""
+        xs = [p.soc_pct for p in self.charging_curve]
+        ys = [p.power_kw for p in self.charging_curve]
+        segs = [
+            (xs[i + 1], ys[i], (ys[i + 1] - ys[i]) / (xs[i + 1] - xs[i]), xs[i])
+            for i in range(len(xs) - 1)
+        ]
+        first_x, first_y, last_y = xs[0], ys[0], ys[-1]
+
+        def kw(soc_pct: float) -> float:
+            if soc_pct <= first_x:
+                return first_y
+            for x_end, y0, slope, x0 in segs:
+                if soc_pct <= x_end:
+                    return y0 + slope * (soc_pct - x0)
+            return last_y
+
+        return kw
 
 
 class ReserveConfig(_Model):

@@ -67,27 +67,23 @@ class SlotInput:
     bidirectional: bool = False
     capacity_kwh: float = 70.0
 
+    # Derived once (the allocation reads them many times).
+    charge_limit_kw: float = field(init=False, default=0.0)
+    export_limit_kw: float = field(init=False, default=0.0)
+    available: bool = field(init=False, default=False)
+
+    def __post_init__(self) -> None:
+        available = self.soc_pct is not None and not self.faulted
+        rated = self.charger_rating_kw * min(1.0, max(0.0, self.derate_factor))
+        charge = max(0.0, min(self.bms_limit_kw, rated)) if available else 0.0
+        export = max(0.0, rated) if available and self.bidirectional else 0.0
+        object.__setattr__(self, "available", available)
+        object.__setattr__(self, "charge_limit_kw", charge)
+        object.__setattr__(self, "export_limit_kw", export)
+
     @property
     def docked(self) -> bool:
         return self.soc_pct is not None
-
-    @property
-    def available(self) -> bool:
-        """A healthy pack that can be charged or handed out."""
-        return self.soc_pct is not None and not self.faulted
-
-    @property
-    def charge_limit_kw(self) -> float:
-        if not self.available:
-            return 0.0
-        rated = self.charger_rating_kw * min(1.0, max(0.0, self.derate_factor))
-        return max(0.0, min(self.bms_limit_kw, rated))
-
-    @property
-    def export_limit_kw(self) -> float:
-        if not self.available or not self.bidirectional:
-            return 0.0
-        return max(0.0, self.charger_rating_kw * min(1.0, max(0.0, self.derate_factor)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +137,7 @@ class PolicyContext:
     ready_packs: int
     reserve_packs: int
     queue: int  # vehicles waiting for a ready pack
+    trigger: str  # why this allocation runs: "period" or the triggers since the last one
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +154,11 @@ class Policy(Protocol):
 
 def is_ready(slot: SlotInput, ready_soc_pct: float) -> bool:
     return slot.available and slot.soc_pct is not None and slot.soc_pct >= ready_soc_pct - 1e-9
+
+
+def count_ready(slots: Sequence[SlotInput], ready_soc_pct: float) -> int:
+    r = ready_soc_pct - 1e-9
+    return sum(1 for s in slots if s.available and s.soc_pct is not None and s.soc_pct >= r)
 
 
 class Scheduler:
@@ -269,7 +271,7 @@ class Scheduler:
         if self._export is not None and cfg.bidirectional:
             export_kw = self._export.power_kw
         factor = self.forecast.factor(now.t_s, now.day_s)
-        ready = sum(1 for s in slots if is_ready(s, cfg.ready_soc_pct))
+        ready = count_ready(slots, cfg.ready_soc_pct)
         expected = self.forecast.expected(now.day_s, cfg.reserve.horizon_s, factor)
         reserve = math.ceil(expected - 1e-6) + cfg.reserve.margin_packs + self._queue
         period = self.tariff.at(now.day_s)
@@ -288,6 +290,7 @@ class Scheduler:
             ready_packs=ready,
             reserve_packs=reserve,
             queue=self._queue,
+            trigger=trigger,
         )
         decision = self.policy.decide(ctx)
         grants = _enforce(slots, decision.power_kw, limit_kw, export_kw)
@@ -324,18 +327,20 @@ def _enforce(
 ) -> tuple[Grant, ...]:
     """Clamp a policy's proposal to the invariants (per-slot limits, station limit, export)."""
     powers: list[float] = []
+    charge = out = 0.0
     for s in slots:
         p = wanted.get(s.slot_id, 0.0)
-        if not math.isfinite(p):
-            p = 0.0
-        lo = -min(s.export_limit_kw, export_kw)
-        powers.append(min(max(p, lo), s.charge_limit_kw))
-    charge = sum(p for p in powers if p > 0)
+        if p > 0.0:
+            p = min(p, s.charge_limit_kw) if math.isfinite(p) else 0.0
+            charge += p
+        elif p < 0.0:
+            p = max(p, -min(s.export_limit_kw, export_kw)) if math.isfinite(p) else 0.0
+            out -= p
+        powers.append(p)
     if charge > limit_kw + _EPS_KW:
         # A policy asked for too much: scale its charging down rather than trust it.
         f = max(0.0, limit_kw) / charge
         powers = [p * f if p > 0 else p for p in powers]
-    out = -sum(p for p in powers if p < 0)
     if out > export_kw + _EPS_KW:
         f = export_kw / out
         powers = [p * f if p < 0 else p for p in powers]

@@ -135,11 +135,10 @@ class SmartPolicy:
     # -- planning ---------------------------------------------------------------------------
 
     def _replan_key(self, ctx: PolicyContext) -> tuple[object, ...]:
+        # Dock/removal/fault/derating changes come as triggers; the rest is in the key.
         return (
             int(ctx.now.day_s // self.bucket_s),
-            tuple(
-                (s.slot_id, s.docked_at_s, s.faulted, round(s.derate_factor, 3)) for s in ctx.slots
-            ),
+            len(ctx.slots),
             ctx.limit_kw,
             ctx.limit_until_s,
             ctx.queue,
@@ -249,7 +248,7 @@ class SmartPolicy:
     def decide(self, ctx: PolicyContext) -> Decision:
         cfg = ctx.config
         key = self._replan_key(ctx)
-        if key != self._key:
+        if key != self._key or ctx.trigger != "period":
             self._plan(ctx)
             self._key = key
         by_id = {s.slot_id: s for s in ctx.slots}
@@ -266,11 +265,11 @@ class SmartPolicy:
 
         # 1. Reserve first, whatever the price.
         deficit = ctx.reserve_packs - ctx.ready_packs
-        nonready = sorted(
-            (s for s in ctx.slots if s.available and not is_ready(s, cfg.ready_soc_pct)),
-            key=lambda s: (-(s.soc_pct or 0.0), s.slot_id),
-        )
         if deficit > 0:
+            nonready = sorted(
+                (s for s in ctx.slots if s.available and not is_ready(s, cfg.ready_soc_pct)),
+                key=lambda s: (-(s.soc_pct or 0.0), s.slot_id),
+            )
             for s in nonready[:deficit]:
                 give(s)
             reasons.append(f"reserve short: {ctx.ready_packs} ready of {ctx.reserve_packs} needed")

@@ -107,6 +107,7 @@ def simulate_day(
     eff = pack.charging_efficiency
     ready_soc = grid.ready_soc_pct
     max_soc = grid.max_soc_pct
+    curve = pack.curve()
     sched = Scheduler(grid, make_policy(policy))
     tariff = Tariff(grid.tariff)
     arrivals = deque(draw_arrivals(scenario, seed))
@@ -130,21 +131,32 @@ def simulate_day(
     alloc: Allocation | None = None
     next_progress = 0.0
 
+    bidir = st.bidirectional and grid.bidirectional
+    cache: dict[int, tuple[tuple[object, ...], SlotInput]] = {}
+
     def slot_inputs() -> list[SlotInput]:
-        return [
-            SlotInput(
-                slot_id=s.slot_id,
-                soc_pct=s.soc_pct,
-                bms_limit_kw=pack.curve_kw(s.soc_pct) if s.soc_pct is not None else 0.0,
-                charger_rating_kw=st.charger_rating_kw,
-                derate_factor=s.derate,
-                faulted=s.faulted,
-                docked_at_s=s.docked_at_s,
-                bidirectional=st.bidirectional and grid.bidirectional,
-                capacity_kwh=cap_kwh,
-            )
-            for s in slots
-        ]
+        out: list[SlotInput] = []
+        for i, s in enumerate(slots):
+            key = (s.soc_pct, s.derate, s.faulted, s.docked_at_s)
+            hit = cache.get(i)
+            if hit is None or hit[0] != key:
+                hit = (
+                    key,
+                    SlotInput(
+                        slot_id=s.slot_id,
+                        soc_pct=s.soc_pct,
+                        bms_limit_kw=curve(s.soc_pct) if s.soc_pct is not None else 0.0,
+                        charger_rating_kw=st.charger_rating_kw,
+                        derate_factor=s.derate,
+                        faulted=s.faulted,
+                        docked_at_s=s.docked_at_s,
+                        bidirectional=bidir,
+                        capacity_kwh=cap_kwh,
+                    ),
+                )
+                cache[i] = hit
+            out.append(hit[1])
+        return out
 
     def draw_kw(s: _Slot) -> float:
         """What the pack actually takes now (grid-side, + charge / - export)."""
@@ -154,7 +166,7 @@ def simulate_day(
         if s.power_kw > 0:
             if s.soc_pct >= max_soc - 1e-9:
                 return 0.0
-            return min(s.power_kw, pack.curve_kw(s.soc_pct), rated)
+            return min(s.power_kw, curve(s.soc_pct), rated)
         if s.soc_pct <= grid.export_floor_soc_pct + 1e-9:
             return 0.0
         return max(s.power_kw, -rated)
