@@ -225,10 +225,10 @@ class Scheduler:
     # -- timing -----------------------------------------------------------------------------
 
     def _expire(self, now_t_s: float) -> None:
-        if self._lease is not None and now_t_s >= self._lease.valid_until_s:
+        if self._lease is not None and now_t_s >= self._lease.valid_until_s - 1e-6:
             self._lease = None
             self._pending.append("dispatch_limit_expired")
-        if self._export is not None and now_t_s >= self._export.valid_until_s:
+        if self._export is not None and now_t_s >= self._export.valid_until_s - 1e-6:
             self._export = None
             self._pending.append("export_expired")
 
@@ -243,7 +243,8 @@ class Scheduler:
         return due
 
     def needs_reallocation(self, now_t_s: float) -> bool:
-        return now_t_s >= self.next_due_s()
+        # A microsecond of slack: clocks that add float steps land a hair short of the period.
+        return now_t_s >= self.next_due_s() - 1e-6
 
     @property
     def pending_triggers(self) -> tuple[str, ...]:
@@ -254,7 +255,7 @@ class Scheduler:
         base = self.config.base_limit_kw
         base_src = "cap" if self.config.default_limit_kw is None else "default"
         lease = self._lease
-        if lease is not None and now_t_s < lease.valid_until_s:
+        if lease is not None and now_t_s < lease.valid_until_s - 1e-6:
             return min(lease.power_kw, self.config.cap_kw), "dispatch", lease.valid_until_s
         return base, base_src, None
 
