@@ -98,20 +98,21 @@ class _Supply:
 
 
 class SmartPolicy:
-    """Plan-then-act. On each replan (new 15-min bucket, a pack docked or removed, a limit,
-    fault, derating or queue change) it
-      1. turns the forecast into demands: the k-th expected swap needs a ready pack
-         `reserve.horizon_s` before it is expected (the reserve rule), plus `margin_packs`
-         and queued vehicles needing one now;
+    """Plan-then-act. On each replan (new 15-min bucket, a trigger: pack docked or removed,
+    fault, derating; a limit or queue change) it
+      1. turns the forecast into demands: the k-th expected swap needs a ready pack when it is
+         expected (`lead_s` earlier if set), queued vehicles and `reserve.margin_packs` now;
       2. matches demands in time order to supplies: ready packs, then charging packs by SOC,
          then the depleted packs the forecast vehicles will bring;
       3. gives each supply's energy (to `ready_soc_pct` + a small margin) to the cheapest
          buckets of its window (earliest first among equal prices) under the station limit
          (a dispatch lease counts until it ends) and the pack's own rate.
     Between replans each pack charges at full rate until it reaches this bucket's planned SOC.
-    A reserve deficit overrides the plan (the packs closest to ready charge at full rate), at
-    the cheapest price of the horizon every pack is topped up to `max_soc_pct`, and export
-    requests are served only from packs outside the reserve.
+    The reserve rule overrides the plan: while ready packs are fewer than the swaps expected
+    within `reserve.horizon_s` plus `margin_packs` (plus queued vehicles), the packs closest
+    to ready charge at full rate whatever the price. At the cheapest price of the day every
+    pack is topped up to `max_soc_pct`; export requests are served only by packs outside the
+    reserve.
     """
 
     name = "smart"
@@ -122,8 +123,10 @@ class SmartPolicy:
         bucket_s: float = 900.0,
         horizon_s: float = 12 * _HOUR_S,
         ready_margin_pct: float = 0.5,
+        lead_s: float = 0.0,
     ) -> None:
         self.bucket_s = bucket_s
+        self.lead_s = lead_s
         self.horizon_s = horizon_s
         self.ready_margin_pct = ready_margin_pct
         self._key: tuple[object, ...] | None = None
@@ -193,7 +196,7 @@ class SmartPolicy:
         arr_soc = ctx.forecast.arrival_soc_pct
         supplies += [_Supply(None, arr_soc, 0.0, future_rated) for _ in range(ctx.queue)]
         supplies += [_Supply(None, arr_soc, a, future_rated) for a in arrivals]
-        lead = cfg.reserve.horizon_s
+        lead = self.lead_s
         deadlines = [0.0] * (ctx.queue + cfg.reserve.margin_packs)
         deadlines += [max(0.0, a - lead) for a in arrivals]
         goal: dict[str, float] = {}
