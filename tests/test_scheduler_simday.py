@@ -179,3 +179,26 @@ def test_unknown_policy_is_bad_input(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as ei:
         main(["simulate-day", "--scenario", str(write_small(tmp_path)), "--policy", "greedy"])
     assert ei.value.code == 2
+
+
+def test_export_request_served_from_surplus_and_lp_refuses_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = (
+        SMALL_SCENARIO.replace(
+            "  charger_rating_kw: 60\n", "  charger_rating_kw: 60\n  bidirectional: true\n"
+        )
+        .replace("  cap_kw: 150\n", "  cap_kw: 150\n  bidirectional: true\n  max_export_kw: 100\n")
+        .replace(
+            "events:\n",
+            'events:\n  - {kind: export_request, at: "02:00", until: "03:00", power_kw: 100}\n',
+        )
+    )
+    path = write_small(tmp_path, text)
+    k = simulate_day(load_scenario(path), "smart", seed=1).kpis
+    # Quiet night, four full packs, reserve of one: the three others export (down to 50 %).
+    assert float(k["export_kwh"]) > 50  # type: ignore[arg-type]
+    assert k["swaps_served"] == k["swaps_requested"]
+    assert k["cap_violations"] == 0
+    assert main(["simulate-day", "--scenario", str(path), "--policy", "optimal"]) == 1
+    assert "does not model export" in capsys.readouterr().err

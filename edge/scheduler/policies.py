@@ -283,24 +283,7 @@ class SmartPolicy:
                 continue
             if planned.soc_pct < self._goal.get(sid, 0.0) - 1e-6:
                 give(planned)
-        # 3. Cheapest power of the horizon: top everything up.
-        price = ctx.tariff.at(ctx.now.day_s).price_per_kwh
-        if price <= ctx.tariff.min_price + 1e-9:
-            tops = sorted(
-                (
-                    s
-                    for s in ctx.slots
-                    if s.available
-                    and s.slot_id not in out
-                    and (s.soc_pct or 0.0) < cfg.max_soc_pct - 1e-6
-                ),
-                key=lambda s: (-(s.soc_pct or 0.0), s.slot_id),
-            )
-            for s in tops:
-                give(s)
-            if tops:
-                reasons.append(f"cheapest tariff: topping up to {cfg.max_soc_pct:g} %")
-        # 4. Export from packs outside the reserve.
+        # 3. Export from packs outside the reserve (they hold no top-up meanwhile).
         if ctx.export_request_kw > 0 and deficit <= 0:
             want = ctx.export_request_kw
             ranked = sorted(
@@ -319,6 +302,23 @@ class SmartPolicy:
                     want -= p
                     n += 1
             reasons.append(f"export request {ctx.export_request_kw:g} kW from {n} surplus packs")
+        # 4. Cheapest power of the day: top everything up, unless exporting.
+        price = ctx.tariff.at(ctx.now.day_s).price_per_kwh
+        if price <= ctx.tariff.min_price + 1e-9 and ctx.export_request_kw <= 0:
+            tops = sorted(
+                (
+                    s
+                    for s in ctx.slots
+                    if s.available
+                    and s.slot_id not in out
+                    and (s.soc_pct or 0.0) < cfg.max_soc_pct - 1e-6
+                ),
+                key=lambda s: (-(s.soc_pct or 0.0), s.slot_id),
+            )
+            for s in tops:
+                give(s)
+            if tops:
+                reasons.append(f"cheapest tariff: topping up to {cfg.max_soc_pct:g} %")
         if not reasons:
             reasons.append(self._plan_note if out else "reserve met, holding for cheaper power")
             if not any(s.available and (s.soc_pct or 0.0) < cfg.ready_soc_pct for s in ctx.slots):
