@@ -18,7 +18,9 @@ Why it is a relaxation (every real schedule maps to a feasible LP point of no hi
   - the day closes as it opened: every swap takes out at least ready-SOC energy and brings in
     its arrival SOC, so (energy bought + closing energy) x efficiency >= sum over swaps of
     (ready - arrival SOC) x capacity; closing energy is priced at the cheapest (valley) price;
-  - handed-out packs at 90 % and faults ignored: both only lower the bound.
+  - an initial pack handed out leaves with its initial SOC (the LP chooses how many are);
+    returned packs are counted as handed out at exactly the ready SOC, and faults are
+    ignored: both only lower the bound.
 """
 
 from __future__ import annotations
@@ -133,7 +135,8 @@ def solve_day(
         jobs.append((s_k, m, nv, a.soc_pct))
         nv += 3 * m
     m_var = nv
-    nv += 1
+    init_var = nv + 1  # initial packs handed out over the day
+    nv += 2
     cost = np.zeros(nv)
     lb = np.zeros(nv)
     ub = np.full(nv, np.inf)
@@ -199,18 +202,23 @@ def solve_day(
                 r += 1
             ready_rows[t].append(z)
     n_init_ready = st.packs if st.initial_soc_pct >= ready else 0
+    ub[init_var] = n_init_ready
     requested = [0] * n
     for a in arrivals:
         requested[min(n - 1, int(a.t_s // step_s))] += 1
     cum = 0
     for t in range(n):
         cum += requested[t]
-        # -(sum z) <= n_init - N_t
+        # -(sum z) - n_I <= -N_t: ready packs made (returned ones, plus the initial ones that
+        # get handed out at all) cover the swaps so far.
         for z in ready_rows[t]:
             rows.append(r)
             cols.append(z)
             vals.append(-1.0)
-        rhs.append(n_init_ready - cum)
+        rows.append(r)
+        cols.append(init_var)
+        vals.append(-1.0)
+        rhs.append(-cum)
         r += 1
         for q in grid_rows[t]:
             rows.append(r)
@@ -218,7 +226,10 @@ def solve_day(
             vals.append(1.0)
         rhs.append(lim_kw[t] * eff * dt_h)
         r += 1
-    # Closing: sum q + M >= e_min  ->  -sum q - M <= -e_min
+    # Closing: sum q + M >= e_min + n_I x (initial - ready) x cap: an initial pack leaves with
+    # its initial SOC (no export), and the closing also brings the stock from the initial SOC
+    # up to the max.
+    e_min += st.packs * max(0.0, top - st.initial_soc_pct) / 100 * cap_kwh
     for _s_k, m, base, _ in jobs:
         for j in range(m):
             rows.append(r)
@@ -227,6 +238,10 @@ def solve_day(
     rows.append(r)
     cols.append(m_var)
     vals.append(-1.0)
+    if n_init_ready:
+        rows.append(r)
+        cols.append(init_var)
+        vals.append(max(0.0, st.initial_soc_pct - ready) / 100 * cap_kwh)
     rhs.append(-e_min)
     r += 1
     cost[m_var] = tariff.min_price / eff
@@ -277,10 +292,9 @@ def solve_day(
     }
     samples: list[Sample] = []
     if record:
-        cum_ready = float(n_init_ready)
+        # The "ready packs" curve of an LP is its slack in the ready-count rows (fractional).
         cum_req = 0
         for t in range(n):
-            cum_ready += 0.0
             cum_req += requested[t]
             made = n_init_ready + sum(float(x[zc]) for zc in ready_rows[t])
             samples.append(
