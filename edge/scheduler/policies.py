@@ -122,7 +122,7 @@ class SmartPolicy:
         *,
         bucket_s: float = 900.0,
         horizon_s: float = 12 * _HOUR_S,
-        ready_margin_pct: float = 0.5,
+        ready_margin_pct: float = 0.1,
         lead_s: float = 0.0,
     ) -> None:
         self.bucket_s = bucket_s
