@@ -167,6 +167,8 @@ def solve_day(
             q, c, z = base + j, base + m + j, base + 2 * m + j
             cost[q] = price[t] / eff
             ub[q] = st.charger_rating_kw * der[t] * eff * dt_h
+            if j == 0:  # the pack is here only for the rest of its arrival step
+                ub[q] *= max(0.0, min(1.0, (starts[t] + step_s - arr.t_s) / step_s))
             ub[c] = e_room
             ub[z] = 1.0 if starts[t] + step_s >= ready_from_s - 1e-6 else 0.0
             grid_rows[t].append(q)
