@@ -60,6 +60,10 @@ def test_small_day_every_policy_and_event(tmp_path: Path) -> None:
     assert bound["lower_bound"] is True
     # The LP is a lower bound: no policy is cheaper.
     assert float(bound["energy_cost"]) <= float(smart["energy_cost"]) <= float(naive["energy_cost"])  # type: ignore[arg-type]
+    # Integer ready flags only tighten it, and it stays a bound.
+    tight = solve_day(sc, seed=3, integer_ready_s=10).kpis
+    assert float(bound["energy_cost"]) - 1e-6 <= float(tight["energy_cost"])  # type: ignore[arg-type]
+    assert float(tight["energy_cost"]) <= float(smart["energy_cost"])  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
