@@ -43,4 +43,15 @@ def register_asyncapi(sub: Sub, handlers: dict[str, Handler]) -> None:
     register(sub, handlers)
 
 
-REGISTRY: list[Register] = [register_check_config, register_run, register_asyncapi]
+def register_simulate_day(sub: Sub, handlers: dict[str, Handler]) -> None:
+    from edge.scheduler.cli import register_simulate_day as register
+
+    register(sub, handlers)
+
+
+REGISTRY: list[Register] = [
+    register_check_config,
+    register_run,
+    register_asyncapi,
+    register_simulate_day,
+]
