@@ -36,6 +36,7 @@ from drivers.modbus.config import (
     check_endpoints,
 )
 from drivers.modbus.regmap import RegisterMap, load_register_map
+from edge.scheduler.config import GridConfig
 from edge.telemetry.config import MqttConfig, TelemetryConfig
 
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -51,19 +52,6 @@ class StationInfo(Strict):
     name: str = ""
     state_dir: Path = Path("/var/lib/swapd")
     stop_deadline_s: Annotated[float, Field(gt=0, le=60)] = 5.0
-
-
-class TariffPeriod(Strict):
-    name: str
-    start: Annotated[str, Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")]
-    end: Annotated[str, Field(pattern=r"^([01]\d|2[0-4]):[0-5]\d$")]
-    price_per_kwh: Annotated[float, Field(ge=0)]
-
-
-class GridConfig(Strict):
-    cap_kw: Annotated[float, Field(gt=0)]
-    tariff: list[TariffPeriod] = []
-    currency: str = "CNY"
 
 
 ChargerConfig = ModbusEndpoint
