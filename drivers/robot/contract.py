@@ -24,7 +24,7 @@ class UnitState(IntEnum):
     BUSY = 1  # executing the command with seq == ack_seq
     DONE = 2  # the command with seq == ack_seq finished
     FAULT = 3  # the command with seq == ack_seq failed (fault_code says why)
-    HALTED = 4  # halt bit set; motion stopped
+    HALTED = 4  # reserved: halt is reported in the `halted` bits, a halted step as FAULT
 
 
 INPUT_NAMES: tuple[str, ...] = (
@@ -152,9 +152,12 @@ class RobotContract:
         self.command_start = min(hold)
         self.command_count = max(hold) - self.command_start + 1
         self.halt_address = self._points["halt"].address
-        self.halt_bits = {u: d.halt_bit for u, d in model.units.items()}
-        self.steps = {u: dict(s) for u, s in model.steps.items()}
-        self.step_names = {u: {c: n for n, c in s.items()} for u, s in model.steps.items()}
+        self.halt_bits: dict[str, int] = {u: d.halt_bit for u, d in model.units.items()}
+        self.steps: dict[str, dict[str, int]] = {u: dict(s) for u, s in model.steps.items()}
+        self.step_names: dict[str, dict[int, str]] = {
+            u: {c: n for n, c in s.items()} for u, s in model.steps.items()
+        }
+        self._units: dict[str, UnitDef] = {str(k): v for k, v in model.units.items()}
         self.fault_names = dict(model.fault_codes)
         self.fault_codes = {n: c for c, n in model.fault_codes.items()}
 
@@ -169,7 +172,7 @@ class RobotContract:
         return dict(self._points[point].bits or {})
 
     def command_address(self, unit: str) -> int:
-        return self._points[self.model.units[unit].command.step].address  # type: ignore[index]
+        return self._points[self._units[unit].command.step].address
 
     def step_code(self, unit: str, name: str) -> int:
         return self.steps[unit][name]
@@ -196,13 +199,15 @@ class RobotContract:
             return regs[self._points[name].address - self.status_start] & 0xFFFF
 
         units: dict[str, UnitStatus] = {}
-        for uname, u in self.model.units.items():
-            s = u.status
+        for uname, udef in self._units.items():
+            s = udef.status
             try:
                 state = UnitState(r(s.state))
             except ValueError:
                 raise ValueError(f"status: {uname} state {r(s.state)} unknown") from None
-            units[uname] = UnitStatus(r(s.ack_seq), state, r(s.step), r(s.fault_code), r(s.position))
+            units[uname] = UnitStatus(
+                r(s.ack_seq), state, r(s.step), r(s.fault_code), r(s.position)
+            )
         raw_inputs = r("inputs")
         inputs = {n: bool(raw_inputs >> b & 1) for n, b in self.bits("inputs").items()}
         raw_halt = r("halted")
@@ -224,13 +229,13 @@ class RobotContract:
         def w(name: str, value: int) -> None:
             regs[self._points[name].address - self.status_start] = value & 0xFFFF
 
-        for uname, u in self.model.units.items():
+        for uname, udef in self._units.items():
             us = status.units[uname]
-            w(u.status.ack_seq, us.ack_seq)
-            w(u.status.state, int(us.state))
-            w(u.status.step, us.step_code)
-            w(u.status.fault_code, us.fault_code)
-            w(u.status.position, us.position_mm)
+            w(udef.status.ack_seq, us.ack_seq)
+            w(udef.status.state, int(us.state))
+            w(udef.status.step, us.step_code)
+            w(udef.status.fault_code, us.fault_code)
+            w(udef.status.position, us.position_mm)
         raw = 0
         for n, b in self.bits("inputs").items():
             if status.inputs.get(n, False):
@@ -250,7 +255,7 @@ class RobotContract:
 
     def decode_commands(self, regs: list[int]) -> dict[str, CommandEcho]:
         out: dict[str, CommandEcho] = {}
-        for uname in self.model.units:
+        for uname in self._units:
             a = self.command_address(uname) - self.command_start
             out[uname] = CommandEcho(regs[a], regs[a + 1], regs[a + 2])
         return out

@@ -157,7 +157,7 @@ class RobotPlcSim:
 
     async def stop(self) -> None:
         if self._server is not None:
-            await self._server.shutdown()
+            await self._server.shutdown()  # type: ignore[no-untyped-call]
             self._server = None
 
     async def _action(
@@ -191,7 +191,6 @@ class RobotPlcSim:
             regs = c.encode_status(self.status())
             off = c.status_start - start_address
             registers[off : off + len(regs)] = regs
-        return None
 
     # ----- PLC logic
 
@@ -314,13 +313,11 @@ class RobotPlcSim:
                 self._finish(u)
 
     def _set_halt(self, units: frozenset[str]) -> None:
+        # A halt stops a running step (FAULT, code halted); a finished step stays DONE so the
+        # station can still tell that the motion completed before the halt arrived.
         for name, u in self.units.items():
-            if name in units and name not in self.halt_bits:
-                u.state = UnitState.HALTED
-                u.fault_code = self.contract.fault_codes["halted"]
-            elif name not in units and name in self.halt_bits:
-                u.state = UnitState.IDLE
-                u.fault_code = 0
+            if name in units and u.state == UnitState.BUSY:
+                self._fault(u, "halted")
         self.halt_bits = units
         self.changed.set()
 
