@@ -182,10 +182,10 @@ class RobotPlcSim:
                         if address <= a + i < address + len(vals):
                             new[i] = vals[a + i - address]
                     if new[2] != cur[2]:
-                        self._command(unit, new[0], new[1], new[2])
+                        self.command(unit, new[0], new[1], new[2])
             if address <= c.halt_address < address + len(vals):
                 raw = vals[c.halt_address - address]
-                self._set_halt(frozenset(u for u, b in c.halt_bits.items() if raw >> b & 1))
+                self.set_halt(frozenset(u for u, b in c.halt_bits.items() if raw >> b & 1))
         else:
             self.heartbeat = (self.heartbeat + 1) & 0xFFFF
             regs = c.encode_status(self.status())
@@ -234,7 +234,7 @@ class RobotPlcSim:
         else:
             self.places[place] = value
 
-    def _command(self, unit: str, code: int, arg: int, seq: int) -> None:
+    def command(self, unit: str, code: int, arg: int, seq: int) -> None:
         u = self.units[unit]
         if seq == u.ack_seq or unit in self.halt_bits or u.state == UnitState.BUSY:
             self.ignored_commands += 1
@@ -312,7 +312,7 @@ class RobotPlcSim:
             elif not u.stuck and now >= u.ends_at:
                 self._finish(u)
 
-    def _set_halt(self, units: frozenset[str]) -> None:
+    def set_halt(self, units: frozenset[str]) -> None:
         # A halt stops a running step (FAULT, code halted); a finished step stays DONE so the
         # station can still tell that the motion completed before the halt arrived.
         for name, u in self.units.items():

@@ -530,6 +530,12 @@ class SwapSequence:
                 continue
             if run.status != StepStatus.ACTIVE:
                 continue
+            lost = [i for i in sdef.interlocks if not st.inputs.get(i, False)]
+            if lost:
+                self._fail(
+                    sid, "interlock_lost", ",".join(lost), "robot.interlock_lost", out, halt=True
+                )
+                continue
             if us.ack_seq == run.seq and us.state == UnitState.FAULT:
                 name = self.graph.contract.fault_name(us.fault_code)
                 halted_by_us = sdef.unit in self.halted
@@ -538,12 +544,6 @@ class SwapSequence:
                 else:
                     run.status = StepStatus.FAILED
                     run.reason = name
-                continue
-            lost = [i for i in sdef.interlocks if not st.inputs.get(i, False)]
-            if lost:
-                self._fail(
-                    sid, "interlock_lost", ",".join(lost), "robot.interlock_lost", out, halt=True
-                )
                 continue
             if (
                 us.ack_seq != run.seq
