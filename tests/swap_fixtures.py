@@ -183,10 +183,15 @@ class Events:
         self.changed.set()
 
     async def wait_for(self, pred: Callable[[], bool], timeout_s: float = 20.0) -> None:
+        # wakes on each event, and every 10 ms for conditions no event announces
         async with asyncio.timeout(timeout_s):
             while not pred():
                 self.changed.clear()
-                await self.changed.wait()
+                try:
+                    async with asyncio.timeout(0.01):
+                        await self.changed.wait()
+                except TimeoutError:
+                    pass
 
     def has(self, type_: str, **match: Any) -> bool:
         return any(
@@ -271,9 +276,11 @@ async def live_rig(
     journal = Journal(tmp_path / "swap-journal.sqlite")
     events, outputs, alarms = Events(), Outputs(), RecordingAlarmSink()
     coord = make_coordinator(port, journal, graph, events, outputs, alarms, Views(RACK))
+    await port.connect()
     task = asyncio.create_task(coord.run(), name="test-swap-coordinator")
     try:
-        await port.connect()
+        async with asyncio.timeout(10):
+            await coord.online.wait()
         for sid, (pid, _, _) in RACK.items():
             await coord.pack_docked(sid, PackIdentity(pid, PACK_TYPE))
         vehicle = SimVehicle(sim, "V1", ANNOUNCED, PACK_TYPE)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from pymodbus.client import AsyncModbusTcpClient
@@ -35,15 +36,19 @@ class ModbusRobotPort:
             reconnect_delay_max=2.0,
         )
         self.malformed = 0  # answers that did not decode
+        self._connecting = asyncio.Lock()  # pymodbus misbehaves on concurrent connect()
 
     async def connect(self) -> bool:
-        return bool(await self._client.connect())
+        async with self._connecting:
+            if self._client.connected:
+                return True
+            return bool(await self._client.connect())
 
     def close(self) -> None:
         self._client.close()
 
     async def _call(self, what: str, coro: Any) -> Any:
-        if not self._client.connected and not await self._client.connect():
+        if not self._client.connected and not await self.connect():
             raise RobotOfflineError(f"{what}: PLC not connected")
         try:
             rr = await coro

@@ -131,6 +131,7 @@ class SwapCoordinator:
         self._failures = 0
         self.polls = 0
         self.changed = asyncio.Event()  # set after every executed batch (tests, live views)
+        self.online = asyncio.Event()  # set while the PLC answers
 
     # ----- the service task
 
@@ -163,10 +164,12 @@ class SwapCoordinator:
         except RobotPortError as e:
             self._failures += 1
             if self._failures >= self.offline_after:
+                self.online.clear()
                 await self.feed(PlcOffline(str(e)))
         else:
             self._failures = 0
             await self.feed(PlcStatus(st))
+            self.online.set()
         async with self._lock:
             await self._execute(self.core.tick(self.clock.monotonic()))
 
