@@ -13,3 +13,12 @@ Register = Callable[[Sub, dict[str, Handler]], None]
 
 
 REGISTRY: list[Register] = []
+
+
+def register_ctl(sub: Sub, handlers: dict[str, Handler]) -> None:
+    from edge.ctl import register
+
+    register(sub, handlers)
+
+
+REGISTRY.append(register_ctl)
