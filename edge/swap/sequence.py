@@ -267,8 +267,14 @@ class SwapSequence:
             case StartSwap():
                 self._start(event, now, out)
             case SlotOutputOff(slot_id=s):
-                if self.swap is not None and s in (self.swap.full_slot, self.swap.store_slot):
-                    self.swap.outputs_off.add(s)
+                sw = self.swap
+                if (
+                    sw is not None
+                    and s in (sw.full_slot, sw.store_slot)
+                    and s not in sw.outputs_off
+                ):
+                    sw.outputs_off.add(s)
+                    self._journal(out, "output_off_confirmed", slot=s)
             case SlotOutputFailed(slot_id=s, reason=r):
                 if self.swap is not None:
                     self._emit(
@@ -322,6 +328,9 @@ class SwapSequence:
         if self.latched:
             out.append(RequestAllOutputsOff())
         if self.swap is not None:
+            for slot in (self.swap.full_slot, self.swap.store_slot):
+                if slot not in self.swap.outputs_off:
+                    out.append(RequestOutputOff(slot))  # the confirmation died with the process
             for run in self.swap.runs.values():
                 run.started_at = now  # timeouts restart with the process
                 run.last_sent = -math.inf  # resend at once if the PLC has not acknowledged
