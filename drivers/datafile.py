@@ -96,14 +96,26 @@ def problems_from_validation(
 ) -> list[Problem]:
     out: list[Problem] = []
     for e in err.errors():
-        # Drop pydantic's own loc parts (union members, validators): they are not keys of the file.
-        loc = tuple(p for p in e["loc"] if isinstance(p, int) or ("[" not in p and "-" not in p))
-        full = (*prefix, *loc)
+        full = (*prefix, *_file_loc(e["loc"], index, prefix))
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
         out.append(Problem(file, line_of(index, full), ".".join(str(p) for p in full), msg))
     return out
+
+
+def _file_loc(loc: tuple[int | str, ...], index: dict[PathKey, int], prefix: PathKey) -> PathKey:
+    """Drop pydantic's own loc parts (union tags, validator names): not keys of the file.
+
+    A part is kept when the file has it at that place, or when it is the last part (a missing
+    required key is not in the file but is the field the user must add).
+    """
+    kept: list[str | int] = []
+    for i, part in enumerate(loc):
+        here = (*prefix, *kept, part)
+        if isinstance(part, int) or here in index or i == len(loc) - 1:
+            kept.append(part)
+    return tuple(kept)
 
 
 def load_model(model: type[M], path: Path | str, context: dict[str, Any] | None = None) -> M:

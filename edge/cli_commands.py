@@ -3,6 +3,7 @@ happen inside the handlers, never at module import."""
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable
 from typing import Any
 
@@ -12,7 +13,31 @@ Sub = Any  # argparse's _SubParsersAction is private
 Register = Callable[[Sub, dict[str, Handler]], None]
 
 
-REGISTRY: list[Register] = []
+def register_check_config(sub: Sub, handlers: dict[str, Handler]) -> None:
+    p = sub.add_parser("check-config", help="validate a station config; exit 2 on problems")
+    p.add_argument("path")
+
+    def run(args: argparse.Namespace) -> int:
+        from edge.config_cli import check_config
+
+        return check_config(args.path)
+
+    handlers["check-config"] = run
+
+
+def register_run(sub: Sub, handlers: dict[str, Handler]) -> None:
+    p = sub.add_parser("run", help="run the station daemon")
+    p.add_argument("--config", required=True)
+
+    def run(args: argparse.Namespace) -> int:
+        from edge.daemon import run_daemon
+
+        return run_daemon(args.config)
+
+    handlers["run"] = run
+
+
+REGISTRY: list[Register] = [register_check_config, register_run]
 
 
 def register_ctl(sub: Sub, handlers: dict[str, Handler]) -> None:

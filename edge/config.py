@@ -1,0 +1,319 @@
+"""The station config: one pydantic model tree, loaded from YAML.
+
+Unknown keys are errors (typos caught); cross-references are checked after the fields; every
+problem reads `FILE:LINE: dotted.field.path: message`. Secrets may come from the environment
+(`SWAPD_<SECTION>_<FIELD>`, e.g. SWAPD_MQTT_PASSWORD) or from a file (`password_file`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from drivers.datafile import (
+    DataFileError,
+    PathKey,
+    Problem,
+    problem_at,
+    problems_from_validation,
+    read_yaml,
+)
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StationInfo(Strict):
+    id: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+    name: str = ""
+    state_dir: Path = Path("/var/lib/swapd")
+    stop_deadline_s: Annotated[float, Field(gt=0, le=60)] = 5.0
+
+
+class TlsConfig(Strict):
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    # Names of systemd credentials (LoadCredential=) tried before the files.
+    key_credential: str | None = None
+    verify_hostname: bool = True
+
+
+class MqttConfig(Strict):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: Port = 1883
+    prefix: str = "swapstation/v1"
+    protocol: Literal["3.1.1", "5"] = "5"
+    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+    username: str | None = None
+    password: str | None = None
+    password_file: Path | None = None
+    tls: TlsConfig | None = None
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix_levels(cls, v: str) -> str:
+        if not v or v.startswith("/") or v.endswith("/") or any(c in v for c in "#+"):
+            raise ValueError(
+                "prefix must be topic levels without wildcards or leading/trailing '/'"
+            )
+        if len(v.split("/")) > 3:
+            raise ValueError("prefix may have at most 3 levels (topics stay within 7 levels)")
+        return v
+
+
+class TariffPeriod(Strict):
+    name: str
+    start: Annotated[str, Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")]
+    end: Annotated[str, Field(pattern=r"^([01]\d|2[0-4]):[0-5]\d$")]
+    price_per_kwh: Annotated[float, Field(ge=0)]
+
+
+class GridConfig(Strict):
+    cap_kw: Annotated[float, Field(gt=0)]
+    tariff: list[TariffPeriod] = []
+    currency: str = "CNY"
+
+
+class ModbusTcp(Strict):
+    id: Ident
+    host: str
+    port: Port = 502
+    unit_id: Annotated[int, Field(ge=0, le=247)] = 1
+    map: Path
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("empty host")
+        return v
+
+
+class ModbusRtu(Strict):
+    id: Ident
+    serial_port: str
+    baudrate: Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200] = 19200
+    unit_id: Annotated[int, Field(ge=1, le=247)] = 1
+    map: Path
+
+
+def _endpoint_kind(v: Any) -> str:
+    if isinstance(v, dict):
+        return "rtu" if "serial_port" in v else "tcp"
+    return "rtu" if isinstance(v, ModbusRtu) else "tcp"
+
+
+ChargerConfig = Annotated[
+    Annotated[ModbusTcp, Tag("tcp")] | Annotated[ModbusRtu, Tag("rtu")],
+    Discriminator(_endpoint_kind),
+]
+
+
+class CanBus(Strict):
+    interface: Literal["socketcan", "slcan", "virtual"]
+    channel: str
+    bitrate: Literal[125000, 250000, 500000] = 250000
+
+
+class SlotConfig(Strict):
+    id: Ident
+    charger: Ident
+    bus: CanBus
+
+
+class RobotConfig(Strict):
+    host: str = "127.0.0.1"
+    port: Port = 502
+    unit_id: Annotated[int, Field(ge=0, le=247)] = 1
+    map: Path = Path("registers/robot-plc.yaml")
+
+
+class SafetyConfig(Strict):
+    max_pack_temp_c: Annotated[float, Field(gt=0, le=80)] = 55.0
+    min_pack_temp_c: Annotated[float, Field(ge=-40, le=20)] = 0.0
+    max_cell_voltage_v: Annotated[float, Field(gt=0, le=5)] = 4.25
+    min_cell_voltage_v: Annotated[float, Field(gt=0, le=5)] = 2.5
+    bms_timeout_s: Annotated[float, Field(gt=0, le=10)] = 1.0
+    max_rehandshakes: Annotated[int, Field(ge=0, le=3)] = 3
+
+    @model_validator(mode="after")
+    def _windows(self) -> SafetyConfig:
+        if self.min_pack_temp_c >= self.max_pack_temp_c:
+            raise ValueError("min_pack_temp_c must be below max_pack_temp_c")
+        if self.min_cell_voltage_v >= self.max_cell_voltage_v:
+            raise ValueError("min_cell_voltage_v must be below max_cell_voltage_v")
+        return self
+
+
+class SimConfig(Strict):
+    enabled: bool = False
+    speed: Annotated[float, Field(gt=0, le=1000)] = 1.0
+    seed: int = 1
+
+
+class StationConfig(Strict):
+    station: StationInfo
+    mqtt: MqttConfig = MqttConfig()
+    grid: GridConfig
+    chargers: list[ChargerConfig]
+    slots: list[SlotConfig]
+    robot: RobotConfig = RobotConfig()
+    safety: SafetyConfig = SafetyConfig()
+    sim: SimConfig = SimConfig()
+
+    # Where the file lives: relative paths (maps) resolve against it.
+    source: Path | None = Field(default=None, exclude=True)
+
+    def resolve(self, p: Path) -> Path:
+        base = self.source.parent if self.source is not None else Path.cwd()
+        return p if p.is_absolute() else (base / p)
+
+    def charger(self, charger_id: str) -> ModbusTcp | ModbusRtu:
+        for c in self.chargers:
+            if c.id == charger_id:
+                return c
+        raise KeyError(charger_id)
+
+
+def _raw_list(data: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    v = data.get(key)
+    return [x if isinstance(x, dict) else {} for x in v] if isinstance(v, list) else []
+
+
+def _reference_checks(data: dict[str, Any]) -> list[tuple[PathKey, str]]:
+    """Checks across sections, run on the raw data so they report even beside field errors."""
+    out: list[tuple[PathKey, str]] = []
+    chargers, slots = _raw_list(data, "chargers"), _raw_list(data, "slots")
+
+    def dupes(items: list[dict[str, Any]], key: str, section: str) -> None:
+        seen: dict[Any, int] = {}
+        for i, it in enumerate(items):
+            v = it.get(key)
+            if v is None or not isinstance(v, str | int):
+                continue
+            if v in seen:
+                out.append(((section, i, key), f"duplicate {key} {v!r} (also {section}.{seen[v]})"))
+            else:
+                seen[v] = i
+
+    dupes(chargers, "id", "chargers")
+    dupes(slots, "id", "slots")
+    charger_ids = {c.get("id") for c in chargers}
+    for i, s in enumerate(slots):
+        ref = s.get("charger")
+        if isinstance(ref, str) and ref not in charger_ids:
+            out.append((("slots", i, "charger"), f"no charger with id {ref!r}"))
+    # GB/T 27930 is point-to-point: every slot has a bus of its own.
+    seen_bus: dict[tuple[Any, Any], int] = {}
+    for i, s in enumerate(slots):
+        bus = s.get("bus")
+        if not isinstance(bus, dict):
+            continue
+        key = (bus.get("interface"), bus.get("channel"))
+        if key in seen_bus:
+            out.append(
+                (
+                    ("slots", i, "bus", "channel"),
+                    f"bus already used by slots.{seen_bus[key]} (one bus per slot)",
+                )
+            )
+        else:
+            seen_bus[key] = i
+    # Two Modbus TCP devices at one address and unit id would answer for each other.
+    seen_ep: dict[tuple[Any, Any, Any], int] = {}
+    for i, c in enumerate(chargers):
+        if "host" in c:
+            ep = (c.get("host"), c.get("port", 502), c.get("unit_id", 1))
+            if ep in seen_ep:
+                out.append(
+                    (
+                        ("chargers", i, "port"),
+                        f"same host, port and unit_id as chargers.{seen_ep[ep]}",
+                    )
+                )
+            else:
+                seen_ep[ep] = i
+    return out
+
+
+def _file_checks(cfg: StationConfig) -> list[tuple[PathKey, str]]:
+    out: list[tuple[PathKey, str]] = []
+    for i, s in enumerate(cfg.slots):
+        ch = s.bus.channel
+        if s.bus.interface == "slcan" and not (ch.startswith(("socket://", "/dev/"))):
+            out.append(
+                (
+                    ("slots", i, "bus", "channel"),
+                    "slcan channel must be socket://host:port or a /dev/ serial device",
+                )
+            )
+    for i, c in enumerate(cfg.chargers):
+        if not cfg.resolve(c.map).is_file():
+            out.append((("chargers", i, "map"), f"register map not found: {cfg.resolve(c.map)}"))
+    if cfg.mqtt.tls is not None:
+        for name in ("ca_file", "cert_file", "key_file"):
+            p = getattr(cfg.mqtt.tls, name)
+            if p is not None and not cfg.resolve(p).is_file():
+                out.append((("mqtt", "tls", name), f"file not found: {cfg.resolve(p)}"))
+    return out
+
+
+def _apply_env(data: dict[str, Any]) -> None:
+    """Secrets from the environment: SWAPD_MQTT_PASSWORD and friends override the file."""
+    mqtt = data.get("mqtt")
+    if (
+        isinstance(mqtt, dict)
+        or "SWAPD_MQTT_PASSWORD" in os.environ
+        or "SWAPD_MQTT_USERNAME" in os.environ
+    ):
+        mqtt = dict(mqtt) if isinstance(mqtt, dict) else {}
+        for key in ("password", "username", "host"):
+            env = os.environ.get(f"SWAPD_MQTT_{key.upper()}")
+            if env is not None:
+                mqtt[key] = env
+        data["mqtt"] = mqtt
+
+
+def load_config(path: Path | str) -> StationConfig:
+    """Load and fully validate a station config. Raises DataFileError with every problem."""
+    p = Path(path)
+    data, index = read_yaml(p)
+    if not isinstance(data, dict):
+        raise DataFileError([Problem(str(p), 1, "", "the config must be a mapping of sections")])
+    _apply_env(data)
+    problems = [problem_at(p, index, loc, msg) for loc, msg in _reference_checks(data)]
+    try:
+        cfg = StationConfig.model_validate({**data, "source": p})
+    except ValidationError as e:
+        found = problems_from_validation(e, str(p), index) + problems
+        raise DataFileError(sorted(found, key=lambda x: x.line)) from None
+    problems += [problem_at(p, index, loc, msg) for loc, msg in _file_checks(cfg)]
+    if problems:
+        raise DataFileError(sorted(problems, key=lambda x: x.line))
+    if cfg.mqtt.password_file is not None and cfg.mqtt.password is None:
+        try:
+            secret = cfg.resolve(cfg.mqtt.password_file).read_text().strip()
+        except OSError as e:
+            raise DataFileError(
+                [problem_at(p, index, ("mqtt", "password_file"), f"cannot read: {e}")]
+            ) from None
+        cfg = cfg.model_copy(update={"mqtt": cfg.mqtt.model_copy(update={"password": secret})})
+    return cfg

@@ -1,0 +1,108 @@
+"""structlog set-up: JSON lines off a terminal (journald), readable console on one.
+
+Every line names its component. Repeated identical warnings and errors are rate-limited: one
+offline device must not flood the disk. The first occurrence is logged, the repeats within the
+window are counted, and the next line after the window says how many were suppressed.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import MutableMapping
+from typing import Any, TextIO
+
+import orjson
+import structlog
+
+_RATE_LIMITED_LEVELS = {"warning", "error", "critical"}
+
+
+class RateLimiter:
+    """structlog processor: identical (component, event, level) lines at most once per window."""
+
+    def __init__(self, window_s: float = 60.0, max_keys: int = 1024) -> None:
+        self.window_s = window_s
+        self.max_keys = max_keys
+        self._seen: dict[tuple[Any, ...], tuple[float, int]] = {}
+
+    def __call__(
+        self, _logger: Any, method: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        if method not in _RATE_LIMITED_LEVELS:
+            return event
+        key = (
+            event.get("component"),
+            event.get("event"),
+            method,
+            event.get("device"),
+            event.get("slot"),
+        )
+        now = time.monotonic()
+        first, suppressed = self._seen.get(key, (None, 0))
+        if first is not None and now - first < self.window_s:
+            self._seen[key] = (first, suppressed + 1)
+            raise structlog.DropEvent
+        if len(self._seen) >= self.max_keys:
+            self._seen.clear()
+        self._seen[key] = (now, 0)
+        if suppressed:
+            event["suppressed_repeats"] = suppressed
+        return event
+
+
+def _orjson_dumps(obj: Any, default: Any = None) -> str:
+    return orjson.dumps(obj, default=default or str).decode()
+
+
+def configure_logging(
+    level: str = "info", stream: TextIO | None = None, json: bool | None = None
+) -> None:
+    out = stream or sys.stderr
+    use_json = (not out.isatty()) if json is None else json
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        RateLimiter(),
+    ]
+    renderer: Any = (
+        structlog.processors.JSONRenderer(serializer=_orjson_dumps)
+        if use_json
+        else structlog.dev.ConsoleRenderer(colors=out.isatty())
+    )
+    structlog.configure(
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
+        cache_logger_on_first_use=False,
+    )
+    # Libraries (pymodbus, python-can, aiomqtt) log through stdlib logging: same format, same limits.
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared[:3], _library_component, shared[3]],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    # pymodbus logs every failed attempt at ERROR; our device owner reports offline once.
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
+
+def _library_component(
+    _logger: Any, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    record = event.get("_record")
+    if record is not None and "component" not in event:
+        event["component"] = f"lib.{record.name.split('.')[0]}"
+    return event
+
+
+def get_logger(component: str, **bound: Any) -> Any:
+    """A logger whose every line carries `component`."""
+    # Initial values stay lazy: module-level loggers made before configure_logging still follow it.
+    return structlog.get_logger(component=component, **bound)

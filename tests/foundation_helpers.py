@@ -1,0 +1,31 @@
+"""Shared helpers for tests that need a runnable copy of the example station config."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "config" / "station.yaml"
+
+
+def station_copy(tmp_path: Path, edit: dict[str, str] | None = None) -> Path:
+    """The example station config copied into tmp_path with its data files, state in tmp."""
+    dst = tmp_path / "cfg"
+    shutil.copytree(ROOT / "config", dst, dirs_exist_ok=True)
+    for name in ("charger-generic.yaml", "robot-plc.yaml"):
+        f = dst / "registers" / name
+        if not f.exists():
+            f.parent.mkdir(exist_ok=True)
+            f.write_text("{}\n")
+    text = (
+        (dst / "station.yaml")
+        .read_text()
+        .replace("state_dir: var/state", f"state_dir: {tmp_path / 'state'}")
+    )
+    for old, new in (edit or {}).items():
+        assert old in text, old
+        text = text.replace(old, new)
+    out = dst / "station.yaml"
+    out.write_text(text)
+    return out
