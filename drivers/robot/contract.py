@@ -42,69 +42,83 @@ class _Strict(BaseModel):
 
 
 class PointDef(_Strict):
-    name: str
+    """A point in the shared register-map format (docs/modbus.md); the subset a PLC uses."""
+
     table: Literal["holding", "input"]
     address: int = Field(ge=0, le=65535)
     type: Literal["u16", "bitfield"]
-    access: Literal["r", "rw"]
-    unit: str | None = None
-    bits: dict[str, int] | None = None
+    access: Literal["r", "rw"] = "r"
+    unit: str = ""
+    group: str = "fast"
+    enum: dict[int, str] | None = None
+    bits: dict[int, str] | None = None
+    description: str = ""
 
 
-class UnitCommandDef(_Strict):
-    step: str
-    arg: str
-    seq: str
+class PollGroupDef(_Strict):
+    period_s: float = Field(gt=0)
 
 
-class UnitStatusDef(_Strict):
-    ack_seq: str
-    state: str
-    step: str
-    fault_code: str
-    position: str
-
-
-class UnitDef(_Strict):
-    halt_bit: int = Field(ge=0, le=15)
-    command: UnitCommandDef
-    status: UnitStatusDef
+_UNIT_POINTS = (
+    "cmd_step",
+    "cmd_arg",
+    "cmd_seq",
+    "ack_seq",
+    "state",
+    "step",
+    "fault_code",
+    "position_mm",
+)
 
 
 class ContractModel(_Strict):
-    device: str
-    word_order: Literal["big", "little"]
-    units: dict[Literal["vehicle", "rack"], UnitDef]
-    points: list[PointDef]
-    unit_states: dict[str, int]
-    steps: dict[Literal["vehicle", "rack"], dict[str, int]]
-    fault_codes: dict[int, str]
+    """The robot PLC map: the shared map format, with the unit blocks found by point name."""
+
+    name: str
+    description: str = ""
+    device: str = ""
+    word_order: Literal["big", "little"] = "big"
+    poll_groups: dict[str, PollGroupDef] = Field(default_factory=dict)
+    points: dict[str, PointDef]
 
     @model_validator(mode="after")
     def _check(self) -> ContractModel:
-        names = [p.name for p in self.points]
-        if len(set(names)) != len(names):
-            raise ValueError("duplicate point names")
-        by_name = {p.name: p for p in self.points}
-        for need in ("halt", "inputs", "lock_engaged", "lock_torque_ok", "lock_head_count"):
-            if need not in by_name:
+        pts = self.points
+        for need in (
+            "halt",
+            "inputs",
+            "halted",
+            "lock_engaged",
+            "lock_torque_ok",
+            "lock_head_count",
+        ):
+            if need not in pts:
                 raise ValueError(f"point {need!r} missing")
-        inputs_bits = by_name["inputs"].bits or {}
+        names = set((pts["inputs"].bits or {}).values())
         for n in INPUT_NAMES:
-            if n not in inputs_bits:
-                raise ValueError(f"inputs bit {n!r} missing")
-        if set(self.units) != set(UNITS):
-            raise ValueError("units must be exactly vehicle and rack")
-        for uname, u in self.units.items():
-            cmd = [by_name.get(n) for n in (u.command.step, u.command.arg, u.command.seq)]
-            if any(p is None or p.table != "holding" for p in cmd):
-                raise ValueError(f"units.{uname}.command: points must exist in holding")
-            addrs = [p.address for p in cmd if p is not None]
-            if addrs != list(range(addrs[0], addrs[0] + 3)):
-                raise ValueError(f"units.{uname}.command: step, arg, seq must be contiguous")
-            for n in u.status.model_dump().values():
-                if n not in by_name or by_name[n].table != "input":
-                    raise ValueError(f"units.{uname}.status: {n!r} must be an input point")
+            if n not in names:
+                raise ValueError(f"points.inputs.bits: {n!r} missing")
+        for p in ("halt", "halted"):
+            if set((pts[p].bits or {}).values()) != set(UNITS):
+                raise ValueError(f"points.{p}.bits must name vehicle and rack")
+        for u in UNITS:
+            for suffix in _UNIT_POINTS:
+                if f"{u}_{suffix}" not in pts:
+                    raise ValueError(f"point {u}_{suffix!s} missing")
+            cmd = [pts[f"{u}_{x}"] for x in ("cmd_step", "cmd_arg", "cmd_seq")]
+            if any(c.table != "holding" or c.access != "rw" for c in cmd):
+                raise ValueError(f"{u}_cmd_*: must be rw holding registers")
+            a0 = cmd[0].address
+            if [c.address for c in cmd] != [a0, a0 + 1, a0 + 2]:
+                raise ValueError(f"{u}_cmd_step, _arg, _seq must be contiguous")
+            if not pts[f"{u}_cmd_step"].enum:
+                raise ValueError(f"points.{u}_cmd_step.enum: the unit's step codes are needed")
+            for x in ("ack_seq", "state", "step", "fault_code", "position_mm"):
+                if pts[f"{u}_{x}"].table != "input":
+                    raise ValueError(f"{u}_{x}: must be an input register")
+        states = pts["vehicle_state"].enum or {}
+        if {v: k for k, v in states.items()} != {s.name.lower(): s.value for s in UnitState}:
+            raise ValueError("points.vehicle_state.enum must be idle/busy/done/fault/halted 0..4")
         return self
 
 
@@ -144,22 +158,26 @@ class RobotContract:
 
     def __init__(self, model: ContractModel) -> None:
         self.model = model
-        self._points = {p.name: p for p in model.points}
-        inp = [p.address for p in model.points if p.table == "input"]
-        hold = [p.address for p in model.points if p.table == "holding"]
+        self._points = dict(model.points)
+        inp = [p.address for p in model.points.values() if p.table == "input"]
+        hold = [p.address for p in model.points.values() if p.table == "holding"]
         self.status_start = min(inp)
         self.status_count = max(inp) - self.status_start + 1
         self.command_start = min(hold)
         self.command_count = max(hold) - self.command_start + 1
         self.halt_address = self._points["halt"].address
-        self.halt_bits: dict[str, int] = {u: d.halt_bit for u, d in model.units.items()}
-        self.steps: dict[str, dict[str, int]] = {u: dict(s) for u, s in model.steps.items()}
-        self.step_names: dict[str, dict[int, str]] = {
-            u: {c: n for n, c in s.items()} for u, s in model.steps.items()
+        self.halt_bits: dict[str, int] = {
+            n: b for b, n in (self._points["halt"].bits or {}).items()
         }
-        self._units: dict[str, UnitDef] = {str(k): v for k, v in model.units.items()}
-        self.fault_names = dict(model.fault_codes)
-        self.fault_codes = {n: c for c, n in model.fault_codes.items()}
+        self.steps: dict[str, dict[str, int]] = {
+            u: {n: c for c, n in (self._points[f"{u}_cmd_step"].enum or {}).items() if c != 0}
+            for u in UNITS
+        }
+        self.step_names: dict[str, dict[int, str]] = {
+            u: {c: n for n, c in s.items()} for u, s in self.steps.items()
+        }
+        self.fault_names: dict[int, str] = dict(self._points["vehicle_fault_code"].enum or {})
+        self.fault_codes: dict[str, int] = {n: c for c, n in self.fault_names.items()}
 
     @classmethod
     def load(cls, path: Path | str = DEFAULT_CONTRACT) -> RobotContract:
@@ -169,10 +187,11 @@ class RobotContract:
         return self._points[point].address
 
     def bits(self, point: str) -> dict[str, int]:
-        return dict(self._points[point].bits or {})
+        """Flag name -> bit index."""
+        return {n: b for b, n in (self._points[point].bits or {}).items()}
 
     def command_address(self, unit: str) -> int:
-        return self._points[self._units[unit].command.step].address
+        return self._points[f"{unit}_cmd_step"].address
 
     def step_code(self, unit: str, name: str) -> int:
         return self.steps[unit][name]
@@ -199,14 +218,18 @@ class RobotContract:
             return regs[self._points[name].address - self.status_start] & 0xFFFF
 
         units: dict[str, UnitStatus] = {}
-        for uname, udef in self._units.items():
-            s = udef.status
+        for u in UNITS:
+            raw_state = r(f"{u}_state")
             try:
-                state = UnitState(r(s.state))
+                state = UnitState(raw_state)
             except ValueError:
-                raise ValueError(f"status: {uname} state {r(s.state)} unknown") from None
-            units[uname] = UnitStatus(
-                r(s.ack_seq), state, r(s.step), r(s.fault_code), r(s.position)
+                raise ValueError(f"status: {u} state {raw_state} unknown") from None
+            units[u] = UnitStatus(
+                r(f"{u}_ack_seq"),
+                state,
+                r(f"{u}_step"),
+                r(f"{u}_fault_code"),
+                r(f"{u}_position_mm"),
             )
         raw_inputs = r("inputs")
         inputs = {n: bool(raw_inputs >> b & 1) for n, b in self.bits("inputs").items()}
@@ -229,13 +252,13 @@ class RobotContract:
         def w(name: str, value: int) -> None:
             regs[self._points[name].address - self.status_start] = value & 0xFFFF
 
-        for uname, udef in self._units.items():
-            us = status.units[uname]
-            w(udef.status.ack_seq, us.ack_seq)
-            w(udef.status.state, int(us.state))
-            w(udef.status.step, us.step_code)
-            w(udef.status.fault_code, us.fault_code)
-            w(udef.status.position, us.position_mm)
+        for u in UNITS:
+            us = status.units[u]
+            w(f"{u}_ack_seq", us.ack_seq)
+            w(f"{u}_state", int(us.state))
+            w(f"{u}_step", us.step_code)
+            w(f"{u}_fault_code", us.fault_code)
+            w(f"{u}_position_mm", us.position_mm)
         raw = 0
         for n, b in self.bits("inputs").items():
             if status.inputs.get(n, False):
@@ -255,7 +278,7 @@ class RobotContract:
 
     def decode_commands(self, regs: list[int]) -> dict[str, CommandEcho]:
         out: dict[str, CommandEcho] = {}
-        for uname in self._units:
+        for uname in UNITS:
             a = self.command_address(uname) - self.command_start
             out[uname] = CommandEcho(regs[a], regs[a + 1], regs[a + 2])
         return out
