@@ -423,7 +423,7 @@ class SwapSequence:
         sw = self.swap
         plc = self.plc
         assert sw is not None and plc is not None
-        miss = [i for i in st.interlocks if not plc.inputs.get(i, False)]
+        miss: list[str] = [i for i in st.interlocks if not plc.inputs.get(i, False)]
         for r in st.requires:
             slot = {"output_off:full_slot": sw.full_slot, "output_off:store_slot": sw.store_slot}
             if r in slot and slot[r] not in sw.outputs_off:
