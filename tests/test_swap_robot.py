@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
 
 from edge.swap.sequence import Mode, PackIdentity, Rejected
@@ -70,3 +73,85 @@ async def test_faults_and_recovery_over_modbus(tmp_path: Path) -> None:
         with pytest.raises(Rejected) as ei:
             await rig.coord.execute("launch", {})
         assert ei.value.code == "unknown_command"
+
+
+class JournalCheckingPort:
+    """Wraps the Modbus port: every command must find its intent already on disk."""
+
+    def __init__(self, inner: Any, journal_path: Path) -> None:
+        self.inner = inner
+        self.path = journal_path
+        self.checked = 0
+
+    async def command(self, unit: str, step_code: int, arg: int, seq: int) -> None:
+        db = sqlite3.connect(self.path)  # another connection: sees only committed data
+        try:
+            rows = db.execute("SELECT data FROM records WHERE kind = 'step_intent'").fetchall()
+        finally:
+            db.close()
+        intents = [orjson.loads(r[0]) for r in rows]
+        assert any(
+            i["unit"] == unit and i["seq"] == seq and i["code"] == step_code for i in intents
+        )
+        self.checked += 1
+        await self.inner.command(unit, step_code, arg, seq)
+
+    async def read_status(self) -> Any:
+        return await self.inner.read_status()
+
+    async def set_halt(self, units: frozenset[str]) -> None:
+        await self.inner.set_halt(units)
+
+    async def read_commands(self) -> Any:
+        return await self.inner.read_commands()
+
+
+async def test_intent_is_on_disk_before_every_command(tmp_path: Path) -> None:
+    async with live_rig(tmp_path, speed=200.0) as rig:
+        checking = JournalCheckingPort(rig.coord.port, rig.journal.path)
+        rig.coord.port = checking
+        rig.vehicle.arrive()
+        await rig.coord.execute("start_swap", rig.vehicle.announcement())
+        await rig.events.wait_for(lambda: rig.events.has("swap.completed"))
+        assert checking.checked == 15
+
+
+async def test_plc_offline_holds_and_returns(tmp_path: Path) -> None:
+    async with live_rig(tmp_path, speed=50.0) as rig:
+        rig.vehicle.arrive()
+        await rig.coord.execute("start_swap", rig.vehicle.announcement())
+        await rig.events.wait_for(
+            lambda: rig.events.has("swap.step", step="lift", status="started")
+        )
+        port = rig.sim._server
+        assert port is not None
+        addr = port.comm_params.source_address
+        await rig.sim.stop()
+        await rig.events.wait_for(lambda: ("robot.plc_offline", "robot") in rig.alarms.active)
+        assert rig.coord.core.mode == Mode.HELD
+        with pytest.raises(Rejected, match="offline"):
+            await rig.coord.execute("retry_step", {})
+        await rig.sim.start(*addr)
+        await rig.events.wait_for(lambda: ("robot.plc_offline", "robot") not in rig.alarms.active)
+        await rig.coord.execute("retry_step", {})
+        await rig.events.wait_for(lambda: rig.events.has("swap.completed"))
+        check_occupancy(rig.sim, rig.coord.core.inventory)
+        assert [m.step for m in rig.sim.motions].count("lift") == 1
+        assert await rig.coord.shutdown(1.0)
+        assert rig.sim.halt_bits == {"vehicle", "rack"}
+
+
+async def test_sim_fault_names() -> None:
+    from drivers.sim.robot_plc import RobotPlcSim
+
+    sim = RobotPlcSim()
+    sim.apply_fault("estop")
+    assert not sim.inputs["estop_chain_healthy"]
+    sim.apply_fault("estop", clear=True)
+    sim.apply_fault("step_fault:rack.store")
+    sim.apply_fault("torque:2")
+    assert ("rack", "store") in sim.faults.step_fault and sim.faults.torque_heads == 2
+    with pytest.raises(ValueError, match="unknown fault"):
+        sim.apply_fault("meteor")
+    with pytest.raises(ValueError, match="want stuck"):
+        sim.apply_fault("stuck:rack.fly")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pymodbus.client import AsyncModbusTcpClient
@@ -47,11 +48,13 @@ class ModbusRobotPort:
     def close(self) -> None:
         self._client.close()
 
-    async def _call(self, what: str, coro: Any) -> Any:
-        if not self._client.connected and not await self.connect():
-            raise RobotOfflineError(f"{what}: PLC not connected")
+    async def _call(self, what: str, request: Callable[[], Awaitable[Any]]) -> Any:
+        # `request` builds the pymodbus call lazily: pymodbus raises while building it when the
+        # connection is down, so that must happen inside the try.
         try:
-            rr = await coro
+            if not self._client.connected and not await self.connect():
+                raise RobotOfflineError(f"{what}: PLC not connected")
+            rr = await request()
         except ModbusException as e:
             raise RobotOfflineError(f"{what}: {e}") from e
         except OSError as e:
@@ -64,7 +67,7 @@ class ModbusRobotPort:
         addr = self.contract.command_address(unit)
         await self._call(
             f"command {unit}",
-            self._client.write_registers(
+            lambda: self._client.write_registers(
                 addr, [step_code & 0xFFFF, arg & 0xFFFF, seq & 0xFFFF], device_id=self._device_id
             ),
         )
@@ -73,7 +76,7 @@ class ModbusRobotPort:
         c = self.contract
         rr = await self._call(
             "read status",
-            self._client.read_input_registers(
+            lambda: self._client.read_input_registers(
                 c.status_start, count=c.status_count, device_id=self._device_id
             ),
         )
@@ -87,7 +90,7 @@ class ModbusRobotPort:
         c = self.contract
         await self._call(
             "halt",
-            self._client.write_register(
+            lambda: self._client.write_register(
                 c.halt_address, c.halt_value(units), device_id=self._device_id
             ),
         )
@@ -96,7 +99,7 @@ class ModbusRobotPort:
         c = self.contract
         rr = await self._call(
             "read commands",
-            self._client.read_holding_registers(
+            lambda: self._client.read_holding_registers(
                 c.command_start, count=c.command_count, device_id=self._device_id
             ),
         )

@@ -346,6 +346,45 @@ class RobotPlcSim:
     def inject_torque_failure(self, heads: int) -> None:
         self.faults.torque_heads = heads
 
+    FAULTS = (
+        "estop",
+        "curtain",
+        "doors_open",
+        "hv_on",
+        "not_immobilised",
+        "step_fault:<unit>.<step>",
+        "stuck:<unit>.<step>",
+        "torque:<heads>",
+    )
+
+    def apply_fault(self, fault: str, *, clear: bool = False) -> None:
+        """Fault injection by name (for `swapd sim fault`): see FAULTS. Raises ValueError."""
+        name, _, param = fault.partition(":")
+        inputs = {
+            "estop": "estop_chain_healthy",
+            "curtain": "light_curtain_clear",
+            "doors_open": "doors_closed",
+            "hv_on": "vehicle_hv_off",
+            "not_immobilised": "vehicle_immobilised",
+        }
+        if name in inputs and not param:
+            self.set_input(inputs[name], clear)
+            return
+        if name in ("step_fault", "stuck"):
+            unit, _, step = param.partition(".")
+            if unit not in self.units or step not in self.contract.steps[unit]:
+                raise ValueError(f"{fault}: want {name}:<vehicle|rack>.<PLC step name>")
+            target = self.faults.step_fault if name == "step_fault" else self.faults.stuck
+            if clear:
+                target.discard((unit, step))
+            else:
+                target.add((unit, step))
+            return
+        if name == "torque" and param.isdigit() and 0 < int(param) <= self.lock_heads:
+            self.faults.torque_heads = 0 if clear else int(param)
+            return
+        raise ValueError(f"unknown fault {fault!r} (one of {', '.join(self.FAULTS)})")
+
     def vehicle_arrives(self, *, with_pack: bool = True, ready: bool = True) -> None:
         self.places["vehicle"] = with_pack
         self.released = False

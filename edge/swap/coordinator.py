@@ -234,6 +234,17 @@ class SwapCoordinator:
         except Exception:  # noqa: BLE001 - logged; the chargers' own watchdogs remain
             log.exception("emergency stop: switching every output off failed")
 
+    async def shutdown(self, timeout_s: float = 1.0) -> bool:
+        """Safe stop: halt both units within `timeout_s` (the PLC may not answer). A swap that
+        was running is held after the restart (its step reports the halt as a fault)."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self.port.set_halt(frozenset({"vehicle", "rack"}))
+        except (TimeoutError, RobotPortError) as e:
+            log.warning("robot halt at shutdown not confirmed: %s", e)
+            return False
+        return True
+
     # ----- entries for the station, ctl and MQTT
 
     async def start_swap(
