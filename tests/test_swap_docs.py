@@ -66,3 +66,12 @@ def test_malformed_status_is_flagged_not_trusted() -> None:
         c.decode_status(regs)
     with pytest.raises(ValueError, match="need 26"):
         c.decode_status(regs[:5])
+
+
+def test_step_interlock_names_are_the_plc_inputs() -> None:
+    from typing import get_args
+
+    from drivers.robot.contract import INPUT_NAMES
+    from edge.swap.steps import Interlock
+
+    assert tuple(get_args(Interlock)) == INPUT_NAMES
