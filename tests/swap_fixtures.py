@@ -237,6 +237,14 @@ class LiveRig:
         self.alarms = alarms
         self.journal = journal
         self.vehicle = vehicle
+        self.task: asyncio.Task[None] | None = None
+
+    def task_done(self) -> bool:
+        return self.task is not None and self.task.done()
+
+    def task_exception(self) -> BaseException | None:
+        assert self.task is not None
+        return self.task.exception()
 
 
 def make_coordinator(
@@ -284,7 +292,9 @@ async def live_rig(
         for sid, (pid, _, _) in RACK.items():
             await coord.pack_docked(sid, PackIdentity(pid, PACK_TYPE))
         vehicle = SimVehicle(sim, "V1", ANNOUNCED, PACK_TYPE)
-        yield LiveRig(sim, coord, events, outputs, alarms, journal, vehicle)
+        rig = LiveRig(sim, coord, events, outputs, alarms, journal, vehicle)
+        rig.task = task
+        yield rig
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

@@ -420,3 +420,48 @@ def test_start_swap_validation_and_busy() -> None:
     with pytest.raises(Rejected, match="already running"):
         rig.start()
     assert all(isinstance(a, (JournalWrite, CommandStep)) or True for a in rig.journal)
+
+
+def test_plc_that_lost_its_counter_is_not_sent_the_command_again() -> None:
+    rig = CoreRig()
+    rig.vehicle.arrive()
+    rig.start()
+    rig.run(lambda: started(rig, "unlock"))
+    n = len(rig.commands)
+    # the PLC reboots: counters back to 0, the unlock in progress is gone
+    for u in rig.sim.units.values():
+        u.ack_seq = 0
+        u.state = u.state.IDLE
+    rig.clock.advance(5)
+    rig.poll()
+    assert ("robot.plc_restarted", "robot") in rig.alarms and rig.core.mode == Mode.HELD
+    rig.clock.advance(5)
+    rig.poll()
+    assert len(rig.commands) == n  # nothing resent
+    with pytest.raises(Rejected, match="PLC restarted"):
+        rig.feed(RetryStep())
+    rig.feed(ResetFault())  # operator checked the robot
+    assert ("robot.plc_restarted", "robot") not in rig.alarms
+    rig.feed(RetryStep())
+    rig.run(lambda: completed(rig))
+    assert rig.has("swap.completed")
+
+
+def test_restart_keeps_a_held_swap_held_and_the_latch_latched() -> None:
+    rig = CoreRig()
+    rig.vehicle.arrive()
+    rig.sim.inject_step_fault("vehicle", "lift")
+    rig.start()
+    rig.run(lambda: rig.core.mode == Mode.HELD)
+    rig.sim.emergency_stop(True)
+    rig.poll()
+    snap = rig.core.snapshot()
+    core = SwapSequence.restore(rig.graph, SLOTS, snap)
+    acts = core.resume(rig.clock.monotonic())
+    assert core.mode == Mode.HELD and core.latched
+    kinds = {type(a).__name__ for a in acts}
+    assert {"RaiseAlarm", "SetHalt", "RequestAllOutputsOff", "Emit", "JournalWrite"} <= kinds
+    raised = {(a.code, a.source) for a in acts if type(a).__name__ == "RaiseAlarm"}  # type: ignore[attr-defined]
+    assert ("safety.emergency_stop", "robot") in raised
+    assert ("robot.step_fault", "robot.vehicle") in raised
+    assert core.inventory.to_json() == rig.core.inventory.to_json()

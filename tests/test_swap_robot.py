@@ -47,6 +47,7 @@ async def test_faults_and_recovery_over_modbus(tmp_path: Path) -> None:
         assert ("robot.step_fault", "robot.vehicle") in rig.alarms.active
         with pytest.raises(Rejected, match="no emergency-stop latch"):
             await rig.coord.execute("reset_fault", {})
+        rig.sim.inject_stuck("vehicle", "verify")  # still running when the e-stop comes
         await rig.coord.execute("retry_step", {})
         # e-stop in the middle of the next step
         await rig.events.wait_for(
@@ -155,3 +156,28 @@ async def test_sim_fault_names() -> None:
         sim.apply_fault("meteor")
     with pytest.raises(ValueError, match="want stuck"):
         sim.apply_fault("stuck:rack.fly")
+
+
+async def test_journal_failure_stops_the_coordinator_before_the_command(tmp_path: Path) -> None:
+    from edge.swap.journal import JournalError
+
+    async with live_rig(tmp_path, speed=200.0) as rig:
+        rig.vehicle.arrive()
+        real_commit = rig.journal.commit
+        calls = {"n": 0}
+
+        def failing_commit(ts: str, records: Any, snapshot: Any) -> None:
+            if any(r.kind == "step_intent" and r.data["step"] == "lift" for r in records):
+                raise JournalError("disk full")
+            real_commit(ts, records, snapshot)
+            calls["n"] += 1
+
+        rig.journal.commit = failing_commit  # type: ignore[method-assign]
+        await rig.coord.execute("start_swap", rig.vehicle.announcement())
+        await rig.events.wait_for(lambda: rig.task_done(), 20)
+        assert isinstance(rig.task_exception(), JournalError)
+        assert "lift" not in [m.step for m in rig.sim.motions]
+        assert sorted(m.step for m in rig.sim.motions) == ["fetch", "position"]
+        # the last snapshot on disk is the one before the failed commit: a restart resumes there
+        snap = rig.journal.snapshot()
+        assert snap is not None and snap["swap"]["runs"]["lift"]["status"] == "pending"

@@ -245,6 +245,9 @@ class SwapSequence:
         self.latched = False
         self.halted: frozenset[str] = frozenset()
         self.seq: dict[str, int] = dict.fromkeys(UNITS, 0)
+        # highest seq each unit is known to have acknowledged: an ack below it means the PLC
+        # lost its counter (restarted), and resending could repeat a motion
+        self.acked: dict[str, int] = dict.fromkeys(UNITS, 0)
         self.shuttle_at = "vehicle"
         self.swap_counter = 0
         self.swap: Swap | None = None
@@ -350,6 +353,16 @@ class SwapSequence:
             "halted": sorted(self.halted),
             "plc_online": self.plc_online,
             "inputs": dict(self.plc.inputs) if self.plc else {},
+            "units": {
+                u: {
+                    "state": s.state.name.lower(),
+                    "step": self.graph.contract.step_name(u, s.step_code),
+                    "ack_seq": s.ack_seq,
+                    "fault": self.graph.contract.fault_name(s.fault_code) if s.fault_code else None,
+                    "position_mm": s.position_mm,
+                }
+                for u, s in (self.plc.units.items() if self.plc else [])
+            },
             "swap": None
             if sw is None
             else {
@@ -513,10 +526,31 @@ class SwapSequence:
         if not self.plc_online:
             self.plc_online = True
             self._clear(out, "robot.plc_offline", "robot")
+        plc_reset = set()
         for u in UNITS:
             ack = st.units[u].ack_seq
             if ack > self.seq[u] and not self._unit_active(u):
                 self.seq[u] = ack
+            if 0 < self.acked[u] - ack < 0x8000:
+                plc_reset.add(u)
+            elif ack <= self.seq[u] or self.acked[u] - ack >= 0x8000:
+                self.acked[u] = ack
+        if plc_reset and ("robot.plc_restarted", "robot") not in self.alarms:
+            detail = ", ".join(
+                f"{u} acknowledges {st.units[u].ack_seq}, had {self.acked[u]}"
+                for u in sorted(plc_reset)
+            )
+            self._raise(out, "robot.plc_restarted", "robot", detail)
+            self._journal(out, "plc_restarted", detail=detail)
+            if self.swap is not None:
+                for sid in self.swap.plan:
+                    run = self.swap.runs[sid]
+                    if run.status == StepStatus.ACTIVE and self._def(sid).unit in plc_reset:
+                        run.status = StepStatus.FAILED
+                        run.reason = "plc_restarted"
+                self._hold(out, "plc_restarted", "", detail)
+            else:
+                self._emit(out, "swap.fault", reason="plc_restarted", detail=detail)
         if not st.inputs.get("estop_chain_healthy", False) and not self.latched:
             self._latch(out)
         if (
@@ -860,6 +894,14 @@ class SwapSequence:
         return sw
 
     def _reset_fault(self, out: list[Action]) -> None:
+        if ("robot.plc_restarted", "robot") in self.alarms and self.plc is not None:
+            # the operator has checked the robot: accept the PLC's counters as they are now
+            self.acked = {u: self.plc.units[u].ack_seq for u in UNITS}
+            self._clear(out, "robot.plc_restarted", "robot")
+            self._journal(out, "plc_restart_acknowledged")
+            self._emit(out, "swap.recovery", action="reset_fault", cleared="robot.plc_restarted")
+            if not self.latched:
+                return
         if not self.latched:
             raise Rejected("no emergency-stop latch to reset")
         if not self.plc_online or self.plc is None:
@@ -885,6 +927,8 @@ class SwapSequence:
         assert self.plc is not None
         if self.inventory.problems() or ("inventory.inconsistent", "inventory") in self.alarms:
             raise Rejected("inventory inconsistent: correct it first")
+        if ("robot.plc_restarted", "robot") in self.alarms:
+            raise Rejected("robot PLC restarted: check the robot and inventory, then reset-fault")
         failed = [s for s in sw.plan if sw.runs[s].status == StepStatus.FAILED]
         for sid in failed:
             st = self._def(sid)
@@ -1120,6 +1164,7 @@ class SwapSequence:
             "latched": self.latched,
             "halted": sorted(self.halted),
             "seq": dict(self.seq),
+            "acked": dict(self.acked),
             "shuttle_at": self.shuttle_at,
             "swap_counter": self.swap_counter,
             "awaiting_dock": self.awaiting_dock,
@@ -1165,6 +1210,7 @@ class SwapSequence:
         self.latched = bool(snap["latched"])
         self.halted = frozenset(snap["halted"])
         self.seq = {u: int(snap["seq"].get(u, 0)) for u in UNITS}
+        self.acked = {u: int(snap.get("acked", {}).get(u, 0)) for u in UNITS}
         self.shuttle_at = str(snap["shuttle_at"])
         self.swap_counter = int(snap["swap_counter"])
         self.awaiting_dock = {k: list(v) for k, v in snap["awaiting_dock"].items()}
