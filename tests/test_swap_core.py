@@ -465,3 +465,25 @@ def test_restart_keeps_a_held_swap_held_and_the_latch_latched() -> None:
     assert ("safety.emergency_stop", "robot") in raised
     assert ("robot.step_fault", "robot.vehicle") in raised
     assert core.inventory.to_json() == rig.core.inventory.to_json()
+
+
+def test_output_off_failure_holds_and_retry_asks_again() -> None:
+    from edge.swap.sequence import SlotOutputFailed, SlotOutputOff
+
+    rig = CoreRig(auto_outputs=False)
+    rig.vehicle.arrive()
+    rig.start()
+    assert rig.pending_outputs == ["S2", "S4"]
+    rig.pending_outputs.clear()
+    rig.feed(SlotOutputOff("S4"))
+    rig.feed(SlotOutputFailed("S2", "charger offline"))
+    assert rig.core.mode == Mode.HELD
+    fault = [d for t, d in rig.events if t == "swap.fault"][-1]
+    assert fault["reason"] == "output_off_failed" and "S2" in fault["detail"]
+    rig.run(lambda: rig.clock.monotonic() > 1200, dt=2.0)
+    assert "fetch_full" not in rig.commanded()  # the pack never leaves a live slot
+    rig.feed(RetryStep())
+    assert rig.pending_outputs == ["S2"]
+    rig.auto_outputs = True
+    rig.run(lambda: completed(rig))
+    assert rig.has("swap.completed")

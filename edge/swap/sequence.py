@@ -279,15 +279,10 @@ class SwapSequence:
                     sw.outputs_off.add(s)
                     self._journal(out, "output_off_confirmed", slot=s)
             case SlotOutputFailed(slot_id=s, reason=r):
-                if self.swap is not None:
-                    self._emit(
-                        out,
-                        "swap.step",
-                        status="blocked",
-                        step="",
-                        missing=[f"output_off:{s}"],
-                        reason=r,
-                    )
+                sw = self.swap
+                if sw is not None and s in (sw.full_slot, sw.store_slot):
+                    # no pack may leave or enter that slot: hold; retry_step asks again
+                    self._hold(out, "output_off_failed", "", f"slot {s}: {r}")
             case PackDocked(slot_id=s, identity=ident):
                 self._on_docked(s, ident, out)
             case ResetFault():
@@ -939,6 +934,9 @@ class SwapSequence:
                 raise Rejected(f"{sid}: interlocks open: {', '.join(lost)}")
         for sid in failed:
             sw.runs[sid].status = StepStatus.PENDING
+        for slot in (sw.full_slot, sw.store_slot):
+            if slot not in sw.outputs_off:
+                out.append(RequestOutputOff(slot))
         sw.hold = None
         self.mode = Mode.RUNNING
         self._clear_hold_alarms(out)
