@@ -181,3 +181,33 @@ async def test_journal_failure_stops_the_coordinator_before_the_command(tmp_path
         # the last snapshot on disk is the one before the failed commit: a restart resumes there
         snap = rig.journal.snapshot()
         assert snap is not None and snap["swap"]["runs"]["lift"]["status"] == "pending"
+
+
+async def test_build_from_the_station_config(tmp_path: Path) -> None:
+    import yaml
+
+    from drivers.alarm_sink import RecordingAlarmSink
+    from drivers.clock import SystemClock
+    from edge.config import StationConfig
+    from edge.swap.service import build_swap
+    from tests.swap_fixtures import RACK, Events, Outputs, Views
+
+    path = Path(__file__).resolve().parents[1] / "config" / "station.yaml"
+    # validated as a model only: the charger maps belong to another room
+    cfg = StationConfig.model_validate({**yaml.safe_load(path.read_text()), "source": path})
+    room = build_swap(
+        cfg,
+        clock=SystemClock(),
+        outputs=Outputs(),
+        slots=Views(RACK),
+        events=Events(),
+        alarms=RecordingAlarmSink(),
+        state_dir=tmp_path,
+    )
+    try:
+        assert room.coordinator.core.slot_numbers["s01"] == 1
+        assert room.coordinator.core.slot_numbers["s12"] == 12
+        assert room.journal.path == tmp_path / "swap-journal.sqlite"
+        assert room.graph.critical_path()[0] == 139.0
+    finally:
+        room.close()
