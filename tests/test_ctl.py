@@ -109,6 +109,12 @@ async def test_ctl_commands_exit_codes_and_socket_mode(tmp_path: Path) -> None:
                 in ok["result"]["inventory"]
             )
             assert server.bad_requests == 2
+            huge = await raw(
+                sock, b'{"command": "status", "params": {"x": "' + b"a" * 70_000 + b'"}}\n'
+            )
+            assert huge["error"]["code"] == "bad_json" and server.bad_requests == 3
+            rc, doc, _ = await swapd_ctl(sock, "status")
+            assert rc == 0  # the server carries on
         finally:
             await server.stop()
     assert not sock.exists()

@@ -183,8 +183,11 @@ class SwapCoordinator:
     async def _execute(self, actions: list[Action]) -> None:
         records = [a.record for a in actions if isinstance(a, JournalWrite)]
         if records:
-            # intent on disk before the command it causes; a failed write stops the service
-            self.journal.commit(utc_iso(self.clock.now()), records, self.core.snapshot())
+            # Intent on disk before the command it causes; a failed write stops the service.
+            # The fsync runs in a thread so the loop's protocol timers (CAN 50 ms) do not wait.
+            await asyncio.to_thread(
+                self.journal.commit, utc_iso(self.clock.now()), records, self.core.snapshot()
+            )
         for a in actions:
             match a:
                 case CommandStep():

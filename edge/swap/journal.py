@@ -32,7 +32,8 @@ class Journal:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._db = sqlite3.connect(self.path, isolation_level=None)
+            # used from one worker thread at a time (the coordinator commits off the loop)
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             # per connection: fsync on every commit
             self._db.execute("PRAGMA synchronous=FULL")
