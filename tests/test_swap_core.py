@@ -43,6 +43,7 @@ def test_complete_swap_takes_the_critical_path_and_keeps_inventory() -> None:
     assert total == 139.0 and rig.graph.series_s() == 179.0
     assert 139.0 <= elapsed < 139.0 + 13 * 0.25
     assert rig.has("swap.completed") and not rig.has("swap.fault")
+    assert rig.core.reserved_slots() == frozenset()
     assert sorted(rig.commanded()) == sorted(rig.graph.order())  # each step exactly once
     assert len(rig.sim.motions) == 15
     # S2 had the highest SOC; the depleted pack went to the first free slot
@@ -61,6 +62,7 @@ def test_pack_choice_highest_soc_then_fewest_cycles_and_refusal_reason() -> None
     views = slot_views(RACK, S2={"soc_pct": 95.0, "cycles": 300})
     rig.start(views=views)
     assert rig.core.swap is not None and rig.core.swap.full_slot == "S1"  # same SOC, fewer cycles
+    assert rig.core.reserved_slots() == {"S1", "S4"}
     rig2 = CoreRig()
     bad = slot_views(
         RACK,

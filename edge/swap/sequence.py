@@ -338,6 +338,12 @@ class SwapSequence:
         )
         return out
 
+    def reserved_slots(self) -> frozenset[str]:
+        """Slots a swap is using: their chargers must keep the output off (slot controllers
+        must not start charging there) until the swap ends."""
+        sw = self.swap
+        return frozenset() if sw is None else frozenset({sw.full_slot, sw.store_slot})
+
     # ----- status
 
     def status(self) -> dict[str, Any]:
@@ -381,6 +387,7 @@ class SwapSequence:
             },
             "inventory": self.inventory.to_json(),
             "alarms": [{"code": c, "source": s} for c, s in sorted(self.alarms)],
+            "reserved_slots": sorted(self.reserved_slots()),
         }
 
     # ----- internals: helpers
