@@ -489,3 +489,26 @@ def test_output_off_failure_holds_and_retry_asks_again() -> None:
     rig.auto_outputs = True
     rig.run(lambda: completed(rig))
     assert rig.has("swap.completed")
+
+
+def test_vehicle_never_lowered_unless_pack_locked_or_clear() -> None:
+    rig = CoreRig()
+    rig.vehicle.arrive()
+    rig.start()
+    rig.run(lambda: started(rig, "verify"))
+    rig.sim.lock_torque_ok = 0  # heads slip during verify
+    rig.run(lambda: "verify" in rig.step_events("done"))
+    t_wait = rig.clock.monotonic() + 30
+    rig.run(lambda: rig.clock.monotonic() >= t_wait, dt=1.0)
+    assert "lower_vehicle" not in rig.commanded()
+    blocked = [d for t, d in rig.events if t == "swap.step" and d["status"] == "blocked"]
+    assert {
+        "step": "lower_vehicle",
+        "unit": "vehicle",
+        "status": "blocked",
+        "missing": ["pack_locked_or_clear"],
+        "swap_id": "swap-000001",
+    } in blocked
+    rig.sim.lock_torque_ok = 0xFF
+    rig.run(lambda: completed(rig))
+    assert rig.has("swap.completed")
