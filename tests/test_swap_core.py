@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from edge.swap.sequence import (
-    CommandStep,
     CorrectInventory,
     JournalWrite,
     Manual,
@@ -130,7 +129,7 @@ def test_emergency_stop_halts_outputs_off_latches_and_resets_only_when_healthy()
     with pytest.raises(Rejected, match="latched"):
         rig.feed(RetryStep())
     rig.sim.emergency_stop(False)
-    rig.run(lambda: False is rig.core.alarms.__contains__(("x", "y")), max_s=5)
+    rig.clock.advance(1.0)
     assert rig.core.latched  # stays latched with the chain healthy until a deliberate reset
     rig.poll()
     rig.feed(ResetFault())
@@ -421,7 +420,7 @@ def test_start_swap_validation_and_busy() -> None:
     rig.start()
     with pytest.raises(Rejected, match="already running"):
         rig.start()
-    assert all(isinstance(a, (JournalWrite, CommandStep)) or True for a in rig.journal)
+    assert all(isinstance(a, JournalWrite) for a in rig.journal)
 
 
 def test_plc_that_lost_its_counter_is_not_sent_the_command_again() -> None:

@@ -809,7 +809,6 @@ class SwapSequence:
             )
         self.swap = None
         self.mode = Mode.IDLE
-        self.shuttle_at = self.shuttle_at
         if self.halted and not self.latched:
             self._set_halt(frozenset(), out)
 
