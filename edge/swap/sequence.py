@@ -1112,7 +1112,11 @@ class SwapSequence:
             sw is not None
             and sw.kind == "swap"
             and slot == sw.store_slot
-            and sw.runs.get("store_depleted", StepRun()).status != StepStatus.DONE
+            and any(
+                m.to == "store_slot" and sw.runs[sid].status != StepStatus.DONE
+                for sid in sw.plan
+                for m in self._def(sid).moves
+            )
         ):
             self.pending_docks[slot] = ident  # arrived before the store step was confirmed
             return
