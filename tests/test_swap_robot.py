@@ -43,8 +43,11 @@ async def test_faults_and_recovery_over_modbus(tmp_path: Path) -> None:
         rig.vehicle.arrive()
         rig.sim.inject_torque_failure(3)
         await rig.coord.execute("start_swap", rig.vehicle.announcement())
-        await rig.events.wait_for(lambda: rig.coord.core.mode == Mode.HELD)
-        assert ("robot.step_fault", "robot.vehicle") in rig.alarms.active
+        # the alarm is raised once the batch that held the swap is journalled and executed
+        await rig.events.wait_for(
+            lambda: ("robot.step_fault", "robot.vehicle") in rig.alarms.active
+        )
+        assert rig.coord.core.mode == Mode.HELD
         with pytest.raises(Rejected, match="no emergency-stop latch"):
             await rig.coord.execute("reset_fault", {})
         rig.sim.inject_stuck("vehicle", "verify")  # still running when the e-stop comes
@@ -54,8 +57,8 @@ async def test_faults_and_recovery_over_modbus(tmp_path: Path) -> None:
             lambda: rig.events.has("swap.step", step="verify", status="started")
         )
         rig.sim.emergency_stop(True)
-        await rig.events.wait_for(lambda: rig.coord.core.latched)
-        assert ("safety.emergency_stop", "robot") in rig.alarms.active
+        await rig.events.wait_for(lambda: ("safety.emergency_stop", "robot") in rig.alarms.active)
+        assert rig.coord.core.latched
         await rig.events.wait_for(lambda: rig.outputs.all_off == 1)
         assert rig.sim.halt_bits == {"vehicle", "rack"}
         with pytest.raises(Rejected, match="still open"):
@@ -69,7 +72,7 @@ async def test_faults_and_recovery_over_modbus(tmp_path: Path) -> None:
         await rig.coord.execute("reset_fault", {})
         await rig.coord.execute("retry_step", {})
         await rig.events.wait_for(lambda: rig.events.has("swap.completed"))
-        assert rig.alarms.active == set()
+        await rig.events.wait_for(lambda: rig.alarms.active == set())
         check_occupancy(rig.sim, rig.coord.core.inventory)
         with pytest.raises(Rejected) as ei:
             await rig.coord.execute("launch", {})
