@@ -58,6 +58,7 @@ async def until(pred: object, timeout_s: float = 15.0) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(180)  # 16 process starts; slow on a loaded 2-core machine
 async def test_kill9_during_every_step_then_restart(tmp_path: Path) -> None:
     contract = RobotContract.load()
     graph = load_step_graph(contract=contract)
