@@ -106,9 +106,6 @@ class JournalCheckingPort:
     async def set_halt(self, units: frozenset[str]) -> None:
         await self.inner.set_halt(units)
 
-    async def read_commands(self) -> Any:
-        return await self.inner.read_commands()
-
 
 async def test_intent_is_on_disk_before_every_command(tmp_path: Path) -> None:
     async with live_rig(tmp_path, speed=200.0) as rig:
@@ -214,3 +211,13 @@ async def test_build_from_the_station_config(tmp_path: Path) -> None:
         assert room.graph.critical_path()[0] == 139.0
     finally:
         room.close()
+
+
+async def test_port_reads_back_the_command_registers(tmp_path: Path) -> None:
+    async with live_rig(tmp_path, speed=200.0) as rig:
+        rig.vehicle.arrive()
+        await rig.coord.execute("start_swap", rig.vehicle.announcement())
+        await rig.events.wait_for(lambda: rig.events.has("swap.completed"))
+        echo = await rig.coord.port.read_commands()  # type: ignore[attr-defined]
+        assert echo["vehicle"].seq == 11 and echo["rack"].seq == 4
+        assert echo["rack"].step_code == 4 and echo["rack"].arg == 4  # store into S4

@@ -96,6 +96,8 @@ class ModbusRobotPort:
         )
 
     async def read_commands(self) -> dict[str, CommandEcho]:
+        """Diagnostics: the command registers as the PLC holds them (not needed for recovery:
+        the acknowledged seq is enough)."""
         c = self.contract
         rr = await self._call(
             "read commands",

@@ -1,6 +1,6 @@
 """The narrow interface the swap coordinator needs from the robot PLC.
 
-Four async methods; the Modbus TCP implementation is `drivers.robot.modbus_port`. When the shared
+Three async methods; the Modbus TCP implementation is `drivers.robot.modbus_port`. When the shared
 Modbus device owner serves the PLC, an adapter implementing this protocol replaces it.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from drivers.robot.contract import CommandEcho, RobotStatus
+from drivers.robot.contract import RobotStatus
 
 
 class RobotPortError(Exception):
@@ -30,8 +30,4 @@ class RobotPort(Protocol):
 
     async def set_halt(self, units: frozenset[str]) -> None:
         """Set the halt register to exactly `units` (level: halted while set)."""
-        ...
-
-    async def read_commands(self) -> dict[str, CommandEcho]:
-        """The command registers as the PLC holds them (restart reconciliation)."""
         ...
