@@ -37,7 +37,13 @@ def register_run(sub: Sub, handlers: dict[str, Handler]) -> None:
     handlers["run"] = run
 
 
-REGISTRY: list[Register] = [register_check_config, register_run]
+def register_asyncapi(sub: Sub, handlers: dict[str, Handler]) -> None:
+    from edge.telemetry.cli import register_asyncapi as register
+
+    register(sub, handlers)
+
+
+REGISTRY: list[Register] = [register_check_config, register_run, register_asyncapi]
 
 
 def register_ctl(sub: Sub, handlers: dict[str, Handler]) -> None:

@@ -30,6 +30,7 @@ from drivers.datafile import (
     problems_from_validation,
     read_yaml,
 )
+from edge.telemetry.config import MqttConfig, TelemetryConfig
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
@@ -44,39 +45,6 @@ class StationInfo(Strict):
     name: str = ""
     state_dir: Path = Path("/var/lib/swapd")
     stop_deadline_s: Annotated[float, Field(gt=0, le=60)] = 5.0
-
-
-class TlsConfig(Strict):
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    # Names of systemd credentials (LoadCredential=) tried before the files.
-    key_credential: str | None = None
-    verify_hostname: bool = True
-
-
-class MqttConfig(Strict):
-    enabled: bool = True
-    host: str = "127.0.0.1"
-    port: Port = 1883
-    prefix: str = "swapstation/v1"
-    protocol: Literal["3.1.1", "5"] = "5"
-    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
-    username: str | None = None
-    password: str | None = None
-    password_file: Path | None = None
-    tls: TlsConfig | None = None
-
-    @field_validator("prefix")
-    @classmethod
-    def _prefix_levels(cls, v: str) -> str:
-        if not v or v.startswith("/") or v.endswith("/") or any(c in v for c in "#+"):
-            raise ValueError(
-                "prefix must be topic levels without wildcards or leading/trailing '/'"
-            )
-        if len(v.split("/")) > 3:
-            raise ValueError("prefix may have at most 3 levels (topics stay within 7 levels)")
-        return v
 
 
 class TariffPeriod(Strict):
@@ -172,6 +140,7 @@ class SimConfig(Strict):
 class StationConfig(Strict):
     station: StationInfo
     mqtt: MqttConfig = MqttConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
     grid: GridConfig
     chargers: list[ChargerConfig]
     slots: list[SlotConfig]
@@ -308,12 +277,30 @@ def load_config(path: Path | str) -> StationConfig:
     problems += [problem_at(p, index, loc, msg) for loc, msg in _file_checks(cfg)]
     if problems:
         raise DataFileError(sorted(problems, key=lambda x: x.line))
-    if cfg.mqtt.password_file is not None and cfg.mqtt.password is None:
+    mqtt = cfg.mqtt
+    updates: dict[str, Any] = {}
+    if mqtt.password_file is not None and mqtt.password is None:
         try:
-            secret = cfg.resolve(cfg.mqtt.password_file).read_text().strip()
+            updates["password"] = cfg.resolve(mqtt.password_file).read_text().strip()
         except OSError as e:
             raise DataFileError(
                 [problem_at(p, index, ("mqtt", "password_file"), f"cannot read: {e}")]
             ) from None
-        cfg = cfg.model_copy(update={"mqtt": cfg.mqtt.model_copy(update={"password": secret})})
-    return cfg
+    if mqtt.tls is not None:
+        tls = {
+            k: cfg.resolve(v)
+            for k in ("ca_file", "cert_file", "key_file")
+            if (v := getattr(mqtt.tls, k)) is not None
+        }
+        updates["tls"] = mqtt.tls.model_copy(update=tls)
+    if updates:
+        cfg = cfg.model_copy(update={"mqtt": mqtt.model_copy(update=updates)})
+    # State files live under station.state_dir unless the config names a path of its own.
+    state_dir = cfg.resolve(cfg.station.state_dir)
+    tel = cfg.telemetry
+    if "outbox_path" not in tel.model_fields_set:
+        tel = tel.model_copy(update={"outbox_path": state_dir / "outbox.sqlite"})
+    else:
+        tel = tel.model_copy(update={"outbox_path": cfg.resolve(tel.outbox_path)})
+    station = cfg.station.model_copy(update={"state_dir": state_dir})
+    return cfg.model_copy(update={"telemetry": tel, "station": station})

@@ -27,6 +27,18 @@ class RateLimiter:
         self.max_keys = max_keys
         self._seen: dict[tuple[Any, ...], tuple[float, int]] = {}
 
+    def admit(self, key: tuple[Any, ...]) -> int | None:
+        """None when the line is to be dropped, else how many repeats were suppressed before it."""
+        now = time.monotonic()
+        first, suppressed = self._seen.get(key, (None, 0))
+        if first is not None and now - first < self.window_s:
+            self._seen[key] = (first, suppressed + 1)
+            return None
+        if len(self._seen) >= self.max_keys:
+            self._seen.clear()
+        self._seen[key] = (now, 0)
+        return suppressed
+
     def __call__(
         self, _logger: Any, method: str, event: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:
@@ -39,17 +51,25 @@ class RateLimiter:
             event.get("device"),
             event.get("slot"),
         )
-        now = time.monotonic()
-        first, suppressed = self._seen.get(key, (None, 0))
-        if first is not None and now - first < self.window_s:
-            self._seen[key] = (first, suppressed + 1)
+        suppressed = self.admit(key)
+        if suppressed is None:
             raise structlog.DropEvent
-        if len(self._seen) >= self.max_keys:
-            self._seen.clear()
-        self._seen[key] = (now, 0)
         if suppressed:
             event["suppressed_repeats"] = suppressed
         return event
+
+
+class _StdlibRateLimit(logging.Filter):
+    """The same limit for library and stdlib log records (a filter: formatters cannot drop)."""
+
+    def __init__(self, limiter: RateLimiter) -> None:
+        super().__init__()
+        self._limiter = limiter
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        return self._limiter.admit((record.name, record.msg, record.levelno)) is not None
 
 
 def _orjson_dumps(obj: Any, default: Any = None) -> str:
@@ -61,11 +81,11 @@ def configure_logging(
 ) -> None:
     out = stream or sys.stderr
     use_json = (not out.isatty()) if json is None else json
+    limiter = RateLimiter()
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        RateLimiter(),
     ]
     renderer: Any = (
         structlog.processors.JSONRenderer(serializer=_orjson_dumps)
@@ -73,16 +93,17 @@ def configure_logging(
         else structlog.dev.ConsoleRenderer(colors=out.isatty())
     )
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        processors=[*shared, limiter, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
     # Libraries (pymodbus, python-can, aiomqtt) log through stdlib logging: same format, same limits.
     handler = logging.StreamHandler(out)
+    handler.addFilter(_StdlibRateLimit(limiter))
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=[*shared[:3], _library_component, shared[3]],
+            foreign_pre_chain=[*shared, _library_component],
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
         )
     )
@@ -98,7 +119,10 @@ def _library_component(
 ) -> MutableMapping[str, Any]:
     record = event.get("_record")
     if record is not None and "component" not in event:
-        event["component"] = f"lib.{record.name.split('.')[0]}"
+        parts = record.name.split(".")
+        # Our own stdlib loggers (edge.telemetry.link) name their room; libraries get lib.<name>.
+        ours = parts[0] in ("edge", "drivers") and len(parts) > 1
+        event["component"] = parts[1] if ours else f"lib.{parts[0]}"
     return event
 
 

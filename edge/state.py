@@ -3,21 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import StrEnum
 
 from edge.alarms import ActiveAlarm, AlarmManager
+from edge.telemetry.models import GridMode, OperatingMode
 
-
-class OperatingMode(StrEnum):
-    NORMAL = "normal"
-    MAINTENANCE = "maintenance"  # no new swaps; charging goes on
-    DRAIN = "drain"  # finish what runs, start nothing new
-
-
-class GridMode(StrEnum):
-    CHARGE = "charge"
-    HOLD = "hold"
-    EXPORT = "export"
+__all__ = ["GridMode", "GridState", "OperatingMode", "StationState"]
 
 
 @dataclass(slots=True)

@@ -1,5 +1,6 @@
 import asyncio
 import io
+import logging
 import os
 import signal
 import socket
@@ -200,6 +201,8 @@ async def test_stop_is_bounded_by_the_deadline() -> None:
 # --- logs -----------------------------------------------------------------------------------
 def test_json_logs_with_component_and_rate_limit() -> None:
     buf = io.StringIO()
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level, logging.getLogger("pymodbus").level)
     configure_logging(stream=buf, json=True)
     try:
         log = get_logger("modbus", device="ch01")
@@ -209,8 +212,16 @@ def test_json_logs_with_component_and_rate_limit() -> None:
         lines = [orjson.loads(x) for x in buf.getvalue().splitlines()]
         assert [x["event"] for x in lines] == ["device offline", "hello"]
         assert all(x["component"] == "modbus" for x in lines)
+        lib = logging.getLogger("edge.telemetry.link")
+        for _ in range(50):
+            lib.warning("broker unreachable")
+        lib_lines = [orjson.loads(x) for x in buf.getvalue().splitlines()[2:]]
+        assert len(lib_lines) == 1 and lib_lines[0]["component"] == "telemetry"
     finally:
         structlog.reset_defaults()
+        root.handlers[:], lvl, pm = saved
+        root.setLevel(lvl)
+        logging.getLogger("pymodbus").setLevel(pm)
 
 
 # --- the daemon as systemd runs it ----------------------------------------------------------

@@ -1,0 +1,49 @@
+"""Alarms as events: every raise and clear of the AlarmManager becomes `alarm.raised` /
+`alarm.cleared`, and the active set feeds station telemetry."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Protocol
+
+from drivers.clock import utc_iso
+from edge.alarms import ActiveAlarm, AlarmChange, AlarmManager
+from edge.telemetry.models import AlarmDetails, AlarmRef, Details
+from edge.telemetry.outbox import OutboxError
+
+log = logging.getLogger(__name__)
+
+
+class EventSink(Protocol):
+    def emit_event(self, event_type: str, details: Details) -> str: ...
+
+
+class AlarmEvents:
+    def __init__(self, manager: AlarmManager, sink: EventSink) -> None:
+        self._sink = sink
+        manager.subscribe(self._on_change)
+
+    def _on_change(self, change: AlarmChange) -> None:
+        a = change.alarm
+        details = AlarmDetails(
+            code=a.code,
+            source=a.source,
+            severity=a.severity,
+            text=a.text,
+            detail=a.detail,
+            raised_at=utc_iso(a.raised_at),
+        )
+        try:
+            self._sink.emit_event("alarm.raised" if change.raised else "alarm.cleared", details)
+        except OutboxError:
+            # Raising an alarm is on safety paths: a full or broken disk must not break it.
+            log.exception("alarm event %s %s not stored", a.code, a.source)
+
+
+def alarm_refs(active: Iterable[ActiveAlarm]) -> list[AlarmRef]:
+    """For StationTelemetry.active_alarms."""
+    return [
+        AlarmRef(code=a.code, source=a.source, severity=a.severity, raised_at=utc_iso(a.raised_at))
+        for a in active
+    ]

@@ -1,0 +1,154 @@
+"""MQTT plumbing the service needs beyond aiomqtt: reconnect backoff, a replay rate limiter and a
+client that reports PUBACK refusals (aiomqtt ignores MQTT 5 reason codes)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from enum import StrEnum
+from typing import Any, Self
+
+import aiomqtt
+import paho.mqtt.client as paho
+from paho.mqtt.reasoncodes import ReasonCode
+
+from drivers.clock import Clock
+from edge.telemetry.tls import TrackingContext
+
+
+class LinkState(StrEnum):
+    STOPPED = "stopped"  # run() not started, or returned
+    CONNECTING = "connecting"  # one connection attempt in progress
+    CONNECTED = "connected"  # birth published; telemetry, events and commands flowing
+    BACKOFF = "backoff"  # waiting before the next attempt
+
+
+class PublishRefused(aiomqtt.MqttError):
+    """The broker answered a QoS 1 publish with a failure reason code (MQTT 5)."""
+
+    def __init__(self, topic: str, reason: ReasonCode) -> None:
+        super().__init__(f"broker refused publish on {topic}: {reason}")
+        self.reason = reason
+
+
+class Backoff:
+    """Capped exponential backoff with jitter; one attempt at a time (sans-I/O)."""
+
+    def __init__(self, initial_s: float, max_s: float, rng: random.Random | None = None) -> None:
+        self.initial_s = initial_s
+        self.max_s = max_s
+        self.failures = 0
+        self._rng = rng or random.Random()
+
+    def next_delay(self) -> float:
+        base = min(self.max_s, self.initial_s * (2 ** min(self.failures, 30)))
+        self.failures += 1
+        # Full spread in [base/2, base]: stations restarting together do not reconnect together.
+        return float(base * (0.5 + 0.5 * self._rng.random()))
+
+    def to_max(self) -> None:
+        """Errors a retry will not fix soon (bad credentials) wait the longest."""
+        self.failures = 64
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+class RateLimiter:
+    """Token bucket on the injected clock: `rate_per_s` on average, bursts of 0.1 s worth."""
+
+    def __init__(self, clock: Clock, rate_per_s: float) -> None:
+        self._clock = clock
+        self.rate = rate_per_s
+        self.burst = max(1.0, rate_per_s / 10)
+        self._tokens = self.burst
+        self._last = clock.monotonic()
+
+    async def acquire(self) -> None:
+        while True:
+            now = self._clock.monotonic()
+            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+            self._last = now
+            if self._tokens >= 1:
+                self._tokens -= 1
+                return
+            # Refill in chunks: a sleep shorter than the loop's resolution would only drift.
+            await self._clock.sleep(max((1 - self._tokens) / self.rate, 0.005))
+
+
+class Client(aiomqtt.Client):
+    """aiomqtt's client plus: publish_confirmed() raises on a refused PUBACK, and
+    wait_disconnected() returns (raising MqttError) when the connection drops."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._refused: dict[int, ReasonCode] = {}
+        self.pending_calls_threshold = 10_000  # our windows are bounded; no warning per call
+        tls = kwargs.get("tls_context")
+        self._tls = tls if isinstance(tls, TrackingContext) else None
+
+    async def __aenter__(self) -> Self:
+        try:
+            return await super().__aenter__()
+        except BaseException:
+            # aiomqtt leaves paho's socket (and its reader) behind after a failed attempt.
+            self._client._sock_close()
+            if self._tls is not None:
+                self._tls.close_strays()
+            raise
+
+    def _on_publish(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Any,
+    ) -> None:
+        if reason_code.is_failure:
+            self._refused[mid] = reason_code
+        super()._on_publish(client, userdata, mid, reason_code, properties)
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        try:
+            await super().__aexit__(*exc_info)
+        finally:
+            # The disconnect reason is logged by the caller; mark it retrieved so asyncio does
+            # not report "Future exception was never retrieved" when nobody awaited it.
+            if self._disconnected.done() and not self._disconnected.cancelled():
+                self._disconnected.exception()
+
+    async def publish_confirmed(
+        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False
+    ) -> None:
+        """Like publish(), but a refusal by the broker is an error, not a success."""
+        info = self._client.publish(topic, payload, qos, retain)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
+        if not info.is_published():
+            confirmation = asyncio.Event()
+            with self._pending_call(info.mid, confirmation, self._pending_publishes):
+                await self._wait_for(confirmation.wait(), timeout=None)
+        reason = self._refused.pop(info.mid, None)
+        if reason is not None:
+            raise PublishRefused(topic, reason)
+
+    async def publish_qos0_batch(self, items: list[tuple[str, bytes]]) -> None:
+        """Queue every message with paho at once and wait for the last one's write: paho sends
+        in order, so all are on the wire (one loop turn per batch instead of one per message)."""
+        if not items:
+            return
+        for topic, payload in items[:-1]:
+            info = self._client.publish(topic, payload, 0, False)
+            if info.rc != paho.MQTT_ERR_SUCCESS:
+                raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
+        await self.publish(items[-1][0], items[-1][1], qos=0)
+
+    async def wait_disconnected(self) -> None:
+        try:
+            await asyncio.shield(self._disconnected)
+        except aiomqtt.MqttError:
+            raise
+        except Exception as e:
+            raise aiomqtt.MqttError(f"connection lost: {e!r}") from e
+        raise aiomqtt.MqttError("disconnected")

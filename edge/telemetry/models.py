@@ -1,0 +1,345 @@
+"""Payload models of the MQTT contract: the single source of truth for code, tests and the
+AsyncAPI document (`swapd asyncapi`). Units are in field names; `ts` is RFC 3339 UTC."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, create_model
+
+from edge.alarms import Severity
+
+Timestamp = Annotated[
+    str,
+    Field(
+        pattern=r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$",
+        json_schema_extra={"format": "date-time"},
+        description="RFC 3339 UTC",
+    ),
+]
+Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+
+
+class Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class OperatingMode(StrEnum):
+    NORMAL = "normal"
+    MAINTENANCE = "maintenance"  # no new swaps; charging goes on
+    DRAIN = "drain"  # finish what runs, start nothing new
+
+
+class GridMode(StrEnum):
+    CHARGE = "charge"
+    HOLD = "hold"
+    EXPORT = "export"
+
+
+class Quality(StrEnum):
+    GOOD = "good"
+    STALE = "stale"  # last known values, the source is late
+    BAD = "bad"  # source offline or values invalid
+
+
+# ---- status -------------------------------------------------------------------------------
+
+
+class StatusPayload(Wire):
+    """Retained. The birth on every connect has `online: true`; the will and an orderly stop
+    publish `online: false`."""
+
+    online: bool
+    boot_id: str
+    version: str
+    ts: Timestamp | None = Field(None, description="null in the will (set at connect time)")
+
+
+# ---- telemetry (what the station hands over; the wire message adds ts) ---------------------
+
+
+class AlarmRef(Wire):
+    code: str
+    source: str
+    severity: Severity
+    raised_at: Timestamp
+
+
+class StationTelemetry(Wire):
+    grid_power_kw: float = Field(description="import from the grid positive, export negative")
+    grid_cap_kw: float = Field(ge=0, description="the station's connection cap")
+    grid_limit_kw: float = Field(ge=0, description="the limit in force now")
+    remote_limit_kw: float | None = Field(None, ge=0, description="set_power_limit lease")
+    remote_limit_valid_until: Timestamp | None = None
+    operating_mode: OperatingMode
+    grid_mode: GridMode
+    grid_reason: str
+    tariff_period: str
+    packs_total: int = Field(ge=0)
+    packs_full: int = Field(ge=0)
+    packs_charging: int = Field(ge=0)
+    packs_unavailable: int = Field(ge=0)
+    active_alarms: list[AlarmRef] = []
+
+
+class SlotTelemetry(Wire):
+    pack_id: str | None = None
+    soc_pct: float | None = Field(None, ge=0, le=100)
+    voltage_v: float | None = None
+    current_a: float | None = Field(None, description="positive into the pack")
+    power_kw: float | None = Field(None, description="positive into the pack")
+    temp_max_c: float | None = None
+    temp_min_c: float | None = None
+    session_phase: str = Field(description="GB/T 27930 session phase, e.g. idle, charging")
+    charger_state: str = Field(description="charger state from its register map")
+    available: bool = True
+    quality: Quality = Quality.GOOD
+
+
+class RobotTelemetry(Wire):
+    sequence_state: str
+    swap_id: str | None = None
+    step: str | None = None
+    axes_mm: dict[str, float] = {}
+    interlocks: dict[str, bool] = Field({}, description="interlock inputs by name")
+    quality: Quality = Quality.GOOD
+
+
+class StationTelemetryMessage(StationTelemetry):
+    ts: Timestamp
+
+
+class SlotTelemetryMessage(SlotTelemetry):
+    slot_id: Ident
+    ts: Timestamp
+
+
+class RobotTelemetryMessage(RobotTelemetry):
+    ts: Timestamp
+
+
+# ---- events -------------------------------------------------------------------------------
+
+
+class Details(BaseModel):
+    """Event details; rooms may add fields beyond the documented ones."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class SwapStarted(Details):
+    swap_id: str
+    vehicle_id: str | None = None
+    pack_type: str | None = None
+
+
+class SwapStep(Details):
+    swap_id: str
+    step: str
+    state: str = Field(description="started, done, failed, retried, ...")
+
+
+class SwapCompleted(Details):
+    swap_id: str
+    pack_in_id: str | None = None
+    pack_out_id: str | None = None
+    duration_s: float | None = None
+
+
+class SwapFailed(Details):
+    swap_id: str
+    step: str | None = None
+    reason: str
+
+
+class AlarmDetails(Details):
+    code: str
+    source: str
+    severity: Severity
+    text: str
+    detail: str = ""
+    raised_at: Timestamp
+
+
+class ChargeStarted(Details):
+    slot_id: str
+    pack_id: str | None = None
+
+
+class ChargeStopped(Details):
+    slot_id: str
+    pack_id: str | None = None
+    reason: str = ""
+    energy_kwh: float | None = None
+
+
+class DroppedRange(Wire):
+    """Every seq from first_seq to last_seq (inclusive) of that boot was dropped."""
+
+    boot_id: str
+    first_seq: int = Field(ge=1)
+    last_seq: int = Field(ge=1)
+
+
+class OutboxOverflow(Details):
+    """The disk cap was reached: these stored, never-delivered events were dropped, oldest
+    non-alarm first. A seq gap not named here is a loss in transit, not a drop."""
+
+    dropped_count: int = Field(ge=1)
+    ranges: list[DroppedRange]
+
+
+class CommandExecuted(Details):
+    cmd_id: str
+    command: str
+    ok: bool
+    error_code: str | None = None
+
+
+class ModeChanged(Details):
+    operating_mode: OperatingMode
+    source: str = Field(description="remote, local or station")
+
+
+EVENT_DETAILS: dict[str, type[Details]] = {
+    "swap.started": SwapStarted,
+    "swap.step": SwapStep,
+    "swap.completed": SwapCompleted,
+    "swap.failed": SwapFailed,
+    "alarm.raised": AlarmDetails,
+    "alarm.cleared": AlarmDetails,
+    "charge.started": ChargeStarted,
+    "charge.stopped": ChargeStopped,
+    "outbox.overflow": OutboxOverflow,
+    "command.executed": CommandExecuted,
+    "mode.changed": ModeChanged,
+}
+# Kept when the outbox reaches its disk cap; everything else goes first.
+PROTECTED_EVENT_TYPES = frozenset({"alarm.raised", "alarm.cleared", "outbox.overflow"})
+
+
+class EventMessage(Wire):
+    msg_id: str = Field(pattern=r"^[0-9a-f]+:[1-9][0-9]*$", description="<boot_id>:<seq>")
+    type: str
+    ts: Timestamp
+    replayed: bool = Field(description="true when sent from the store after a reconnect")
+    details: dict[str, Any]
+
+
+def _event_message_model(event_type: str, details: type[Details]) -> type[EventMessage]:
+    name = "Event_" + event_type.replace(".", "_")
+    return create_model(
+        name,
+        __base__=EventMessage,
+        type=(Literal[event_type], ...),  # type: ignore[arg-type]
+        details=(details, ...),
+    )
+
+
+EVENT_MESSAGES: dict[str, type[EventMessage]] = {
+    t: _event_message_model(t, d) for t, d in EVENT_DETAILS.items()
+}
+
+
+# ---- commands -----------------------------------------------------------------------------
+
+
+class ErrorCode(StrEnum):
+    BAD_JSON = "bad_json"
+    INVALID_PARAMS = "invalid_params"
+    UNKNOWN_COMMAND = "unknown_command"
+    NOT_ALLOWED = "not_allowed"
+    OUT_OF_RANGE = "out_of_range"
+    EXPIRED = "expired"
+    REJECTED = "rejected"
+
+
+class Params(Wire):
+    pass
+
+
+class SetPowerLimitParams(Params):
+    """A lease: the station falls back to its own limit at valid_until."""
+
+    power_kw: float = Field(ge=0, le=100_000)
+    valid_until: AwareDatetime
+
+
+class SetModeParams(Params):
+    mode: OperatingMode
+
+
+class ResetFaultParams(Params):
+    reason: str = Field("", max_length=200)
+
+
+class RetryStepParams(Params):
+    swap_id: str | None = None
+
+
+class RefitOriginalParams(Params):
+    swap_id: str | None = None
+
+
+class ManualParams(Params):
+    enabled: bool
+
+
+class RefreshParams(Params):
+    pass
+
+
+class StartSwapParams(Params):
+    vehicle_id: str = Field(min_length=1, max_length=64)
+    pack_type: str = Field(min_length=1, max_length=64)
+
+
+COMMAND_PARAMS: dict[str, type[Params]] = {
+    "set_power_limit": SetPowerLimitParams,
+    "set_mode": SetModeParams,
+    "reset_fault": ResetFaultParams,
+    "retry_step": RetryStepParams,
+    "refit_original": RefitOriginalParams,
+    "manual": ManualParams,
+    "refresh": RefreshParams,
+    "start_swap": StartSwapParams,
+}
+
+
+class CommandEnvelope(Wire):
+    cmd_id: str = Field(min_length=1, max_length=128)
+    expires_at: AwareDatetime
+    params: dict[str, Any] = {}
+
+
+def _command_message_model(name: str, params: type[Params]) -> type[CommandEnvelope]:
+    return create_model("Command_" + name, __base__=CommandEnvelope, params=(params, ...))
+
+
+COMMAND_MESSAGES: dict[str, type[CommandEnvelope]] = {
+    n: _command_message_model(n, p) for n, p in COMMAND_PARAMS.items()
+}
+
+
+class CommandError(Wire):
+    code: ErrorCode
+    message: str
+
+
+class CommandResult(Wire):
+    cmd_id: str | None = Field(description="null when the command was too broken to carry one")
+    ok: bool
+    error: CommandError | None
+    ts: Timestamp
+
+
+# ---- simulator fault injection ------------------------------------------------------------
+
+
+class SimFault(Wire):
+    """`<root>/sim/<device_id>/fault`: inject (or clear) a fault in a running simulator."""
+
+    fault: str = Field(min_length=1, max_length=64)
+    clear: bool = False
+    params: dict[str, Any] = {}
