@@ -171,13 +171,15 @@ def _params(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
             "announced_pack_id": args.pack_id,
         }
     if c == "manual":
-        return "manual", {"end": bool(args.end)}
+        return "manual", {"enabled": not args.end}
     if c == "inventory-set":
         place = None if args.place == "none" else args.place
         p: dict[str, Any] = {"pack_id": args.pack_id, "place": place}
         if args.pack_type:
             p["pack_type"] = args.pack_type
         return "inventory_set", p
+    if c in ("retry-step", "refit-original") and args.swap_id:
+        return c.replace("-", "_"), {"swap_id": args.swap_id}
     return c.replace("-", "_"), {}
 
 
@@ -224,8 +226,10 @@ def register(sub: Any, handlers: dict[str, Any]) -> None:
     s.add_argument("--pack-type", required=True)
     s.add_argument("--pack-id", required=True, help="the pack id the vehicle announces")
     cmd("reset-fault", "clear the emergency-stop latch (chain must be healthy)")
-    cmd("retry-step", "re-run the failed step(s) of a held swap")
-    cmd("refit-original", "put the original pack back into the held vehicle")
+    r = cmd("retry-step", "re-run the failed step(s) of a held swap")
+    r.add_argument("--swap-id", help="act only if this is the current swap")
+    f = cmd("refit-original", "put the original pack back into the held vehicle")
+    f.add_argument("--swap-id", help="act only if this is the current swap")
     m = cmd("manual", "hand the held swap to an attendant (both units halted)")
     m.add_argument("--end", action="store_true", help="end manual mode once inventory is right")
     i = cmd("inventory-set", "correct where a pack is")

@@ -272,6 +272,14 @@ class SwapCoordinator:
     def status(self) -> dict[str, Any]:
         return self.core.status()
 
+    def _check_swap_id(self, params: Mapping[str, Any]) -> None:
+        """A recovery naming a swap acts only on that swap (a stale remote command must not
+        act on the next one)."""
+        want = _str_param(params, "swap_id", optional=True)
+        sw = self.core.swap
+        if want is not None and (sw is None or sw.swap_id != want):
+            raise Rejected(f"{want} is not the current swap ({sw.swap_id if sw else 'none'})")
+
     async def execute(self, command: str, params: Mapping[str, Any]) -> dict[str, Any]:
         """One operator/remote command. Raises Rejected(code, message) when refused."""
         if command == "status":
@@ -285,14 +293,18 @@ class SwapCoordinator:
         if command == "reset_fault":
             await self.feed(ResetFault())
         elif command == "retry_step":
+            self._check_swap_id(params)
             await self.feed(RetryStep())
         elif command == "refit_original":
+            self._check_swap_id(params)
             await self.feed(RefitOriginal())
         elif command == "manual":
-            end = params.get("end", False)
-            if not isinstance(end, bool):
-                raise Rejected("end: true or false", "invalid_params")
-            await self.feed(Manual(end=end))
+            enabled = params.get("enabled", True)
+            if not isinstance(enabled, bool):
+                raise Rejected(
+                    "enabled: true (hand over) or false (end manual mode)", "invalid_params"
+                )
+            await self.feed(Manual(end=not enabled))
         elif command == "inventory_set":
             await self.feed(
                 CorrectInventory(
