@@ -152,6 +152,9 @@ async def test_sim_fault_names() -> None:
     sim.apply_fault("step_fault:rack.store")
     sim.apply_fault("torque:2")
     assert ("rack", "store") in sim.faults.step_fault and sim.faults.torque_heads == 2
+    sim.apply_fault("stuck", params={"unit": "vehicle", "step": "lock"})
+    sim.apply_fault("torque", params={"heads": 1})
+    assert ("vehicle", "lock") in sim.faults.stuck and sim.faults.torque_heads == 1
     with pytest.raises(ValueError, match="unknown fault"):
         sim.apply_fault("meteor")
     with pytest.raises(ValueError, match="want stuck"):

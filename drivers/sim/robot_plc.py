@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import sys
 from dataclasses import dataclass, field
+from typing import Any
 
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
@@ -357,9 +358,18 @@ class RobotPlcSim:
         "torque:<heads>",
     )
 
-    def apply_fault(self, fault: str, *, clear: bool = False) -> None:
-        """Fault injection by name (for `swapd sim fault`): see FAULTS. Raises ValueError."""
+    def apply_fault(
+        self, fault: str, *, clear: bool = False, params: dict[str, Any] | None = None
+    ) -> None:
+        """Fault injection by name (for `swapd sim fault` / `<root>/sim/<id>/fault`): see
+        FAULTS. The parameter goes after a colon or in `params` (`unit`+`step`, `heads`).
+        Raises ValueError."""
         name, _, param = fault.partition(":")
+        if params and not param:
+            if "heads" in params:
+                param = str(params["heads"])
+            elif "unit" in params and "step" in params:
+                param = f"{params['unit']}.{params['step']}"
         inputs = {
             "estop": "estop_chain_healthy",
             "curtain": "light_curtain_clear",
