@@ -113,7 +113,8 @@ def _file_loc(loc: tuple[int | str, ...], index: dict[PathKey, int], prefix: Pat
     kept: list[str | int] = []
     for i, part in enumerate(loc):
         here = (*prefix, *kept, part)
-        if isinstance(part, int) or here in index or i == len(loc) - 1:
+        missing_key = i == len(loc) - 1 and not any(c in str(part) for c in "-[(")
+        if isinstance(part, int) or here in index or missing_key:
             kept.append(part)
     return tuple(kept)
 

@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
     ConfigDict,
-    Discriminator,
     Field,
-    Tag,
     ValidationError,
-    field_validator,
     model_validator,
 )
 
+from drivers.can.config import CanBusConfig
 from drivers.datafile import (
     DataFileError,
     PathKey,
@@ -30,6 +28,14 @@ from drivers.datafile import (
     problems_from_validation,
     read_yaml,
 )
+from drivers.modbus.config import (
+    ModbusEndpoint,
+    ModbusRtuEndpoint,
+    ModbusTcpEndpoint,
+    check_endpoint_against_map,
+    check_endpoints,
+)
+from drivers.modbus.regmap import RegisterMap, load_register_map
 from edge.telemetry.config import MqttConfig, TelemetryConfig
 
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -60,51 +66,13 @@ class GridConfig(Strict):
     currency: str = "CNY"
 
 
-class ModbusTcp(Strict):
-    id: Ident
-    host: str
-    port: Port = 502
-    unit_id: Annotated[int, Field(ge=0, le=247)] = 1
-    map: Path
-
-    @field_validator("host")
-    @classmethod
-    def _host(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("empty host")
-        return v
-
-
-class ModbusRtu(Strict):
-    id: Ident
-    serial_port: str
-    baudrate: Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200] = 19200
-    unit_id: Annotated[int, Field(ge=1, le=247)] = 1
-    map: Path
-
-
-def _endpoint_kind(v: Any) -> str:
-    if isinstance(v, dict):
-        return "rtu" if "serial_port" in v else "tcp"
-    return "rtu" if isinstance(v, ModbusRtu) else "tcp"
-
-
-ChargerConfig = Annotated[
-    Annotated[ModbusTcp, Tag("tcp")] | Annotated[ModbusRtu, Tag("rtu")],
-    Discriminator(_endpoint_kind),
-]
-
-
-class CanBus(Strict):
-    interface: Literal["socketcan", "slcan", "virtual"]
-    channel: str
-    bitrate: Literal[125000, 250000, 500000] = 250000
+ChargerConfig = ModbusEndpoint
 
 
 class SlotConfig(Strict):
     id: Ident
     charger: Ident
-    bus: CanBus
+    bus: CanBusConfig
 
 
 class RobotConfig(Strict):
@@ -151,11 +119,12 @@ class StationConfig(Strict):
     # Where the file lives: relative paths (maps) resolve against it.
     source: Path | None = Field(default=None, exclude=True)
 
-    def resolve(self, p: Path) -> Path:
+    def resolve(self, p: Path | str) -> Path:
+        p = Path(p)
         base = self.source.parent if self.source is not None else Path.cwd()
         return p if p.is_absolute() else (base / p)
 
-    def charger(self, charger_id: str) -> ModbusTcp | ModbusRtu:
+    def charger(self, charger_id: str) -> ModbusTcpEndpoint | ModbusRtuEndpoint:
         for c in self.chargers:
             if c.id == charger_id:
                 return c
@@ -223,8 +192,10 @@ def _reference_checks(data: dict[str, Any]) -> list[tuple[PathKey, str]]:
     return out
 
 
-def _file_checks(cfg: StationConfig) -> list[tuple[PathKey, str]]:
+def _file_checks(cfg: StationConfig) -> tuple[list[tuple[PathKey, str]], list[Problem]]:
+    """Problems placed in the config file, and problems of the data files it names (maps)."""
     out: list[tuple[PathKey, str]] = []
+    elsewhere: list[Problem] = []
     for i, s in enumerate(cfg.slots):
         ch = s.bus.channel
         if s.bus.interface == "slcan" and not (ch.startswith(("socket://", "/dev/"))):
@@ -234,15 +205,30 @@ def _file_checks(cfg: StationConfig) -> list[tuple[PathKey, str]]:
                     "slcan channel must be socket://host:port or a /dev/ serial device",
                 )
             )
+    for i, msg_field, msg in check_endpoints(list(cfg.chargers)):
+        out.append((("chargers", i, msg_field), msg))
+    maps: dict[Path, RegisterMap | DataFileError] = {}
     for i, c in enumerate(cfg.chargers):
-        if not cfg.resolve(c.map).is_file():
-            out.append((("chargers", i, "map"), f"register map not found: {cfg.resolve(c.map)}"))
+        path = cfg.resolve(Path(c.map))
+        if path not in maps:
+            try:
+                maps[path] = load_register_map(path)
+            except DataFileError as e:
+                maps[path] = e
+        m = maps[path]
+        if isinstance(m, DataFileError):
+            out.append((("chargers", i, "map"), f"invalid register map {path}"))
+            if not any(p in elsewhere for p in m.problems):
+                elsewhere.extend(m.problems)
+            continue
+        for fld, msg in check_endpoint_against_map(c, m):
+            out.append((("chargers", i, fld), msg))
     if cfg.mqtt.tls is not None:
         for name in ("ca_file", "cert_file", "key_file"):
             p = getattr(cfg.mqtt.tls, name)
             if p is not None and not cfg.resolve(p).is_file():
                 out.append((("mqtt", "tls", name), f"file not found: {cfg.resolve(p)}"))
-    return out
+    return out, elsewhere
 
 
 def _apply_env(data: dict[str, Any]) -> None:
@@ -274,9 +260,10 @@ def load_config(path: Path | str) -> StationConfig:
     except ValidationError as e:
         found = problems_from_validation(e, str(p), index) + problems
         raise DataFileError(sorted(found, key=lambda x: x.line)) from None
-    problems += [problem_at(p, index, loc, msg) for loc, msg in _file_checks(cfg)]
-    if problems:
-        raise DataFileError(sorted(problems, key=lambda x: x.line))
+    in_config, in_files = _file_checks(cfg)
+    problems += [problem_at(p, index, loc, msg) for loc, msg in in_config]
+    if problems or in_files:
+        raise DataFileError(sorted(problems, key=lambda x: x.line) + in_files)
     mqtt = cfg.mqtt
     updates: dict[str, Any] = {}
     if mqtt.password_file is not None and mqtt.password is None:

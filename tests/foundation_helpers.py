@@ -13,11 +13,6 @@ def station_copy(tmp_path: Path, edit: dict[str, str] | None = None) -> Path:
     """The example station config copied into tmp_path with its data files, state in tmp."""
     dst = tmp_path / "cfg"
     shutil.copytree(ROOT / "config", dst, dirs_exist_ok=True)
-    for name in ("charger-generic.yaml", "robot-plc.yaml"):
-        f = dst / "registers" / name
-        if not f.exists():
-            f.parent.mkdir(exist_ok=True)
-            f.write_text("{}\n")
     text = (
         (dst / "station.yaml")
         .read_text()

@@ -5,7 +5,9 @@ from pathlib import Path
 import pytest
 
 from drivers.datafile import DataFileError
-from edge.config import ModbusRtu, ModbusTcp, load_config
+from drivers.modbus.config import ModbusRtuEndpoint as ModbusRtu
+from drivers.modbus.config import ModbusTcpEndpoint as ModbusTcp
+from edge.config import load_config
 from tests.foundation_helpers import station_copy
 
 
@@ -124,3 +126,18 @@ def test_secret_from_env_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         path.read_text().replace('  protocol: "5"', '  protocol: "5"\n  password_file: pw')
     )
     assert load_config(path).mqtt.password == "from-file"
+
+
+def test_check_config_reports_problems_inside_a_register_map(tmp_path: Path) -> None:
+    path = station_copy(tmp_path)
+    m = path.parent / "registers" / "charger-generic.yaml"
+    m.write_text(
+        m.read_text().replace("type: i16, scale: 0.1, unit: A", "type: i17, scale: 0.1, unit: A", 1)
+    )
+    r = swapd("check-config", str(path))
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert any(
+        ln.startswith(f"{path}:") and "chargers.0.map: invalid register map" in ln for ln in lines
+    )
+    assert any(ln.startswith(f"{m}:") and "output_current_a" in ln for ln in lines), r.stderr
