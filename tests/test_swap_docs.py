@@ -54,7 +54,20 @@ def test_robot_map_checks(tmp_path: Path) -> None:
             "address: 2, type: u16, access: rw", "address: 3, type: u16, access: rw"
         )
     )
-    with pytest.raises(DataFileError, match="must be contiguous"):
+    with pytest.raises(DataFileError) as ei:
+        RobotContract.load(bad)
+    line = next(i for i, t in enumerate(bad.read_text().splitlines(), 1) if "vehicle_cmd_seq:" in t)
+    assert str(ei.value) == (
+        f"{bad}:{line}: points.vehicle_cmd_seq.address: "
+        "vehicle_cmd_step, _arg, _seq must be contiguous (one write)"
+    )
+    # the shared map checks run first (overlaps, read-only tables, ...)
+    bad.write_text(
+        DEFAULT_CONTRACT.read_text().replace(
+            "{table: input, address: 104", "{table: input, address: 103"
+        )
+    )
+    with pytest.raises(DataFileError, match="overlaps point 'vehicle_fault_code'"):
         RobotContract.load(bad)
 
 

@@ -9,11 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
-from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-from drivers.datafile import load_model
+from drivers.datafile import DataFileError, PathKey, Problem, problem_at, read_yaml
+from drivers.modbus.regmap import RegisterMap, load_register_map
 
 UNITS: tuple[str, str] = ("vehicle", "rack")
 DEFAULT_CONTRACT = Path(__file__).resolve().parents[2] / "config" / "registers" / "robot-plc.yaml"
@@ -37,28 +35,6 @@ INPUT_NAMES: tuple[str, ...] = (
 )
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class PointDef(_Strict):
-    """A point in the shared register-map format (docs/modbus.md); the subset a PLC uses."""
-
-    table: Literal["holding", "input"]
-    address: int = Field(ge=0, le=65535)
-    type: Literal["u16", "bitfield"]
-    access: Literal["r", "rw"] = "r"
-    unit: str = ""
-    group: str = "fast"
-    enum: dict[int, str] | None = None
-    bits: dict[int, str] | None = None
-    description: str = ""
-
-
-class PollGroupDef(_Strict):
-    period_s: float = Field(gt=0)
-
-
 _UNIT_POINTS = (
     "cmd_step",
     "cmd_arg",
@@ -71,55 +47,56 @@ _UNIT_POINTS = (
 )
 
 
-class ContractModel(_Strict):
-    """The robot PLC map: the shared map format, with the unit blocks found by point name."""
+def robot_map_problems(
+    m: RegisterMap, path: Path | str, index: dict[PathKey, int]
+) -> list[Problem]:
+    """What the robot contract needs of a map beyond the shared format; each problem placed at
+    its key's line."""
+    out: list[Problem] = []
+    pts = m.points
 
-    name: str
-    description: str = ""
-    device: str = ""
-    word_order: Literal["big", "little"] = "big"
-    poll_groups: dict[str, PollGroupDef] = Field(default_factory=dict)
-    points: dict[str, PointDef]
+    def bad(loc: PathKey, msg: str) -> None:
+        out.append(problem_at(path, index, loc, msg))
 
-    @model_validator(mode="after")
-    def _check(self) -> ContractModel:
-        pts = self.points
-        for need in (
-            "halt",
-            "inputs",
-            "halted",
-            "lock_engaged",
-            "lock_torque_ok",
-            "lock_head_count",
-        ):
-            if need not in pts:
-                raise ValueError(f"point {need!r} missing")
+    for need in ("halt", "inputs", "halted", "lock_engaged", "lock_torque_ok", "lock_head_count"):
+        if need not in pts:
+            bad(("points",), f"point {need!r} missing")
+    if "inputs" in pts:
         names = set((pts["inputs"].bits or {}).values())
         for n in INPUT_NAMES:
             if n not in names:
-                raise ValueError(f"points.inputs.bits: {n!r} missing")
-        for p in ("halt", "halted"):
-            if set((pts[p].bits or {}).values()) != set(UNITS):
-                raise ValueError(f"points.{p}.bits must name vehicle and rack")
-        for u in UNITS:
-            for suffix in _UNIT_POINTS:
-                if f"{u}_{suffix}" not in pts:
-                    raise ValueError(f"point {u}_{suffix!s} missing")
-            cmd = [pts[f"{u}_{x}"] for x in ("cmd_step", "cmd_arg", "cmd_seq")]
-            if any(c.table != "holding" or c.access != "rw" for c in cmd):
-                raise ValueError(f"{u}_cmd_*: must be rw holding registers")
-            a0 = cmd[0].address
-            if [c.address for c in cmd] != [a0, a0 + 1, a0 + 2]:
-                raise ValueError(f"{u}_cmd_step, _arg, _seq must be contiguous")
-            if not pts[f"{u}_cmd_step"].enum:
-                raise ValueError(f"points.{u}_cmd_step.enum: the unit's step codes are needed")
-            for x in ("ack_seq", "state", "step", "fault_code", "position_mm"):
-                if pts[f"{u}_{x}"].table != "input":
-                    raise ValueError(f"{u}_{x}: must be an input register")
-        states = pts["vehicle_state"].enum or {}
-        if {v: k for k, v in states.items()} != {s.name.lower(): s.value for s in UnitState}:
-            raise ValueError("points.vehicle_state.enum must be idle/busy/done/fault/halted 0..4")
-        return self
+                bad(("points", "inputs", "bits"), f"bit {n!r} missing")
+    for p in ("halt", "halted"):
+        if p in pts and set((pts[p].bits or {}).values()) != set(UNITS):
+            bad(("points", p, "bits"), "must name vehicle and rack")
+    for u in UNITS:
+        missing = [f"{u}_{x}" for x in _UNIT_POINTS if f"{u}_{x}" not in pts]
+        if missing:
+            bad(("points",), f"points missing: {', '.join(missing)}")
+            continue
+        cmd = [pts[f"{u}_{x}"] for x in ("cmd_step", "cmd_arg", "cmd_seq")]
+        if any(c.table != "holding" or c.access != "rw" or c.type != "u16" for c in cmd):
+            bad(("points", f"{u}_cmd_step"), "command points must be rw u16 holding registers")
+        a0 = cmd[0].address
+        if [c.address for c in cmd] != [a0, a0 + 1, a0 + 2]:
+            bad(
+                ("points", f"{u}_cmd_seq", "address"),
+                f"{u}_cmd_step, _arg, _seq must be contiguous (one write)",
+            )
+        if not pts[f"{u}_cmd_step"].enum:
+            bad(("points", f"{u}_cmd_step", "enum"), "the unit's step codes are needed")
+        for x in ("ack_seq", "state", "step", "fault_code", "position_mm"):
+            if pts[f"{u}_{x}"].table != "input":
+                bad(("points", f"{u}_{x}", "table"), "must be an input register")
+    st = pts.get("vehicle_state")
+    want = {s.value: s.name.lower() for s in UnitState}
+    if st is not None and (st.enum or {}) != want:
+        bad(
+            ("points", "vehicle_state", "enum"), "must be 0 idle, 1 busy, 2 done, 3 fault, 4 halted"
+        )
+    if "vehicle_fault_code" in pts and not pts["vehicle_fault_code"].enum:
+        bad(("points", "vehicle_fault_code", "enum"), "fault names are needed")
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +133,7 @@ class CommandEcho:
 class RobotContract:
     """Addresses and codecs derived from the contract file."""
 
-    def __init__(self, model: ContractModel) -> None:
+    def __init__(self, model: RegisterMap) -> None:
         self.model = model
         self._points = dict(model.points)
         inp = [p.address for p in model.points.values() if p.table == "input"]
@@ -181,7 +158,14 @@ class RobotContract:
 
     @classmethod
     def load(cls, path: Path | str = DEFAULT_CONTRACT) -> RobotContract:
-        return cls(load_model(ContractModel, path))
+        """The shared map loader (drivers.modbus.regmap), then the robot's own checks.
+        Raises DataFileError (`FILE:LINE: dotted.field: message`)."""
+        m = load_register_map(path)
+        _, index = read_yaml(Path(path))
+        problems = robot_map_problems(m, path, index)
+        if problems:
+            raise DataFileError(problems)
+        return cls(m)
 
     def address(self, point: str) -> int:
         return self._points[point].address
