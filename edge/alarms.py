@@ -100,6 +100,12 @@ _DEFS = [
         "swap",
         "Inventory invariant broken; operator action needed",
     ),
+    AlarmDef(
+        "robot.plc_restarted",
+        Severity.CRITICAL,
+        "swap",
+        "Robot PLC lost its command counter (restarted); commands not resent, swap held",
+    ),
     # Telemetry
     AlarmDef(
         "outbox.overflow",

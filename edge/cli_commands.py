@@ -49,9 +49,16 @@ def register_simulate_day(sub: Sub, handlers: dict[str, Handler]) -> None:
     register(sub, handlers)
 
 
+def register_ctl(sub: Sub, handlers: dict[str, Handler]) -> None:
+    from edge.ctl import register
+
+    register(sub, handlers)
+
+
 REGISTRY: list[Register] = [
     register_check_config,
     register_run,
     register_asyncapi,
     register_simulate_day,
+    register_ctl,
 ]

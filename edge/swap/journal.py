@@ -1,0 +1,94 @@
+"""The swap journal: an append-only log of records plus the sequence's latest snapshot.
+
+Its own SQLite file, WAL, `synchronous=FULL` on every connection: a commit returns only once
+it is on disk. One commit holds the records of one core step and the snapshot after it, so a
+restart finds either all of a transition or none of it. The sequence writes an intent before it
+commands a motion, so a crash between the two is recovered by the PLC's sequence counter.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+
+class JournalError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class JournalRecord:
+    kind: str
+    data: dict[str, Any]
+
+
+class Journal:
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            # used from one worker thread at a time (the coordinator commits off the loop)
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # per connection: fsync on every commit
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS records (id INTEGER PRIMARY KEY, ts TEXT NOT NULL,"
+                " kind TEXT NOT NULL, data TEXT NOT NULL)"
+            )
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+            )
+        except sqlite3.Error as e:
+            raise JournalError(f"{self.path}: {e}") from e
+        self.commits = 0
+
+    def synchronous(self) -> int:
+        return int(self._db.execute("PRAGMA synchronous").fetchone()[0])
+
+    def commit(
+        self, ts: str, records: Sequence[JournalRecord], snapshot: dict[str, Any] | None
+    ) -> None:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany(
+                "INSERT INTO records (ts, kind, data) VALUES (?, ?, ?)",
+                [(ts, r.kind, orjson.dumps(r.data).decode()) for r in records],
+            )
+            if snapshot is not None:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO state (key, value) VALUES ('core', ?)",
+                    (orjson.dumps(snapshot).decode(),),
+                )
+            self._db.execute("COMMIT")
+        except sqlite3.Error as e:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise JournalError(f"{self.path}: {e}") from e
+        self.commits += 1
+
+    def snapshot(self) -> dict[str, Any] | None:
+        row = self._db.execute("SELECT value FROM state WHERE key = 'core'").fetchone()
+        if row is None:
+            return None
+        data: dict[str, Any] = orjson.loads(row[0])
+        return data
+
+    def records(self, kind: str | None = None, limit: int = 10_000) -> list[JournalRecord]:
+        if kind is None:
+            rows = self._db.execute(
+                "SELECT kind, data FROM records ORDER BY id LIMIT ?", (limit,)
+            ).fetchall()
+        else:
+            rows = self._db.execute(
+                "SELECT kind, data FROM records WHERE kind = ? ORDER BY id LIMIT ?", (kind, limit)
+            ).fetchall()
+        return [JournalRecord(k, orjson.loads(d)) for k, d in rows]
+
+    def close(self) -> None:
+        self._db.close()

@@ -1,0 +1,1256 @@
+"""The swap sequence: a sans-I/O core that runs the step graph.
+
+`handle(event, now)` and `tick(now)` return actions; `now` is monotonic seconds. The caller
+executes the actions in order, except that all `JournalWrite`s of one call are committed first,
+together with `snapshot()`: so an intent is on disk before the command it causes.
+
+Motion is never commanded twice: every command carries a per-unit sequence counter journalled
+with its intent; the PLC ignores a seq equal to the one it acknowledged. A command whose seq the
+PLC has not acknowledged is resent with the same seq (after a restart, or if the PLC ignored it).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from drivers.robot.contract import UNITS, RobotStatus, UnitState
+from edge.swap.choice import NoPackError, SlotView, choose_pack, choose_store_slot
+from edge.swap.inventory import (
+    HANDLING_PLACES,
+    Inventory,
+    InventoryError,
+    is_valid_place,
+    slot_place,
+)
+from edge.swap.journal import JournalRecord
+from edge.swap.steps import StepDef, StepGraph
+
+COMPONENT = "swap"
+
+# ----- events in
+
+
+@dataclass(frozen=True, slots=True)
+class PackIdentity:
+    pack_id: str
+    pack_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StartSwap:
+    vehicle_id: str
+    pack_type: str
+    announced_pack_id: str
+    slots: tuple[SlotView, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PlcStatus:
+    status: RobotStatus
+
+
+@dataclass(frozen=True, slots=True)
+class PlcOffline:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SlotOutputOff:
+    slot_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SlotOutputFailed:
+    slot_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PackDocked:
+    slot_id: str
+    identity: PackIdentity
+
+
+@dataclass(frozen=True, slots=True)
+class ResetFault:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class RetryStep:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class RefitOriginal:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Manual:
+    end: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CorrectInventory:
+    pack_id: str
+    place: str | None
+    pack_type: str | None = None
+
+
+Event = (
+    StartSwap
+    | PlcStatus
+    | PlcOffline
+    | SlotOutputOff
+    | SlotOutputFailed
+    | PackDocked
+    | ResetFault
+    | RetryStep
+    | RefitOriginal
+    | Manual
+    | CorrectInventory
+)
+
+# ----- actions out
+
+
+@dataclass(frozen=True, slots=True)
+class JournalWrite:
+    record: JournalRecord
+
+
+@dataclass(frozen=True, slots=True)
+class CommandStep:
+    unit: str
+    step_code: int
+    arg: int
+    seq: int
+    step_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SetHalt:
+    units: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestOutputOff:
+    slot_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class RequestAllOutputsOff:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Emit:
+    type: str
+    details: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class RaiseAlarm:
+    code: str
+    source: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClearAlarm:
+    code: str
+    source: str
+
+
+Action = (
+    JournalWrite
+    | CommandStep
+    | SetHalt
+    | RequestOutputOff
+    | RequestAllOutputsOff
+    | Emit
+    | RaiseAlarm
+    | ClearAlarm
+)
+
+
+class Rejected(Exception):
+    """A command the station cannot carry out now (nothing moved). `code` as in DESIGN.md."""
+
+    def __init__(self, message: str, code: str = "rejected") -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Mode(StrEnum):
+    IDLE = "idle"  # no swap
+    RUNNING = "running"  # steps start as soon as they may
+    HELD = "held"  # a fault: running steps are tracked, nothing new starts; operator decides
+    MANUAL = "manual"  # handed to an attendant: both units halted
+
+
+class StepStatus(StrEnum):
+    PENDING = "pending"
+    ACTIVE = "active"  # intent journalled, command sent, not finished
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass
+class StepRun:
+    status: StepStatus = StepStatus.PENDING
+    seq: int = 0
+    attempts: int = 0
+    started_at: float = 0.0
+    last_sent: float = -math.inf
+    moves: list[list[str]] = field(default_factory=list)  # [pack_id, from, to]
+    reason: str = ""
+
+
+@dataclass
+class Swap:
+    swap_id: str
+    vehicle_id: str
+    pack_type: str
+    announced_pack_id: str
+    full_pack_id: str
+    full_slot: str
+    store_slot: str
+    kind: str  # "swap" or "refit"
+    plan: list[str]
+    deps: dict[str, list[str]]
+    runs: dict[str, StepRun]
+    outputs_off: set[str] = field(default_factory=set)
+    blocked: dict[str, list[str]] = field(default_factory=dict)
+    hold: dict[str, str] | None = None
+    unlock_started: bool = False
+    lift_started: bool = False
+
+
+_HOLD_ALARMS = ("robot.step_fault", "robot.step_timeout", "robot.interlock_lost")
+
+
+class SwapSequence:
+    def __init__(self, graph: StepGraph, slot_numbers: Mapping[str, int]) -> None:
+        self.graph = graph
+        self.slot_numbers = dict(slot_numbers)
+        self.inventory = Inventory(frozenset(self.slot_numbers))
+        self.mode = Mode.IDLE
+        self.latched = False
+        self.halted: frozenset[str] = frozenset()
+        self.seq: dict[str, int] = dict.fromkeys(UNITS, 0)
+        # highest seq each unit is known to have acknowledged: an ack below it means the PLC
+        # lost its counter (restarted), and resending could repeat a motion
+        self.acked: dict[str, int] = dict.fromkeys(UNITS, 0)
+        self.shuttle_at = "vehicle"
+        self.swap_counter = 0
+        self.swap: Swap | None = None
+        self.awaiting_dock: dict[str, list[str]] = {}  # slot -> [pack_id, pack_type]
+        self.pending_docks: dict[str, PackIdentity] = {}
+        self.alarms: set[tuple[str, str]] = set()
+        self.plc: RobotStatus | None = None
+        self.plc_online = False
+        self._last_halt_write = -math.inf
+
+    # ----- entry points
+
+    def handle(self, event: Event, now: float) -> list[Action]:
+        out: list[Action] = []
+        match event:
+            case PlcStatus(status=st):
+                self._on_status(st, now, out)
+            case PlcOffline(reason=r):
+                self._on_offline(r, out)
+            case StartSwap():
+                self._start(event, now, out)
+            case SlotOutputOff(slot_id=s):
+                sw = self.swap
+                if (
+                    sw is not None
+                    and s in (sw.full_slot, sw.store_slot)
+                    and s not in sw.outputs_off
+                ):
+                    sw.outputs_off.add(s)
+                    self._journal(out, "output_off_confirmed", slot=s)
+            case SlotOutputFailed(slot_id=s, reason=r):
+                sw = self.swap
+                if sw is not None and s in (sw.full_slot, sw.store_slot):
+                    # no pack may leave or enter that slot: hold; retry_step asks again
+                    self._hold(out, "output_off_failed", "", f"slot {s}: {r}")
+            case PackDocked(slot_id=s, identity=ident):
+                self._on_docked(s, ident, out)
+            case ResetFault():
+                self._reset_fault(out)
+            case RetryStep():
+                self._retry(now, out)
+            case RefitOriginal():
+                self._refit(now, out)
+            case Manual(end=end):
+                self._manual(end, out)
+            case CorrectInventory():
+                self._correct(event, out)
+        self._advance(now, out)
+        return out
+
+    def tick(self, now: float) -> list[Action]:
+        out: list[Action] = []
+        sw = self.swap
+        if sw is not None and self.plc_online:
+            for sid in sw.plan:
+                run = sw.runs[sid]
+                st = self._def(sid)
+                if run.status == StepStatus.ACTIVE and now - run.started_at > st.timeout_s:
+                    self._fail(
+                        sid,
+                        "step_timeout",
+                        f"{sid} exceeded {st.timeout_s:g} s",
+                        "robot.step_timeout",
+                        out,
+                        halt=True,
+                    )
+        self._advance(now, out)
+        return out
+
+    def resume(self, now: float) -> list[Action]:
+        """After a restart from a snapshot: re-assert halts, alarms and the e-stop latch."""
+        out: list[Action] = []
+        for code, source in sorted(self.alarms):
+            out.append(RaiseAlarm(code, source, "restored after restart"))
+        out.append(SetHalt(self.halted))
+        if self.latched:
+            out.append(RequestAllOutputsOff())
+        if self.swap is not None:
+            for slot in (self.swap.full_slot, self.swap.store_slot):
+                if slot not in self.swap.outputs_off:
+                    out.append(RequestOutputOff(slot))  # the confirmation died with the process
+            for run in self.swap.runs.values():
+                run.started_at = now  # timeouts restart with the process
+                run.last_sent = -math.inf  # resend at once if the PLC has not acknowledged
+        self._journal(out, "restarted", mode=self.mode.value, latched=self.latched)
+        self._emit(
+            out, "swap.recovery", action="restart", mode=self.mode.value, latched=self.latched
+        )
+        return out
+
+    def reserved_slots(self) -> frozenset[str]:
+        """Slots a swap is using: their chargers must keep the output off (slot controllers
+        must not start charging there) until the swap ends."""
+        sw = self.swap
+        return frozenset() if sw is None else frozenset({sw.full_slot, sw.store_slot})
+
+    # ----- status
+
+    def status(self) -> dict[str, Any]:
+        sw = self.swap
+        return {
+            "mode": self.mode.value,
+            "latched": self.latched,
+            "halted": sorted(self.halted),
+            "plc_online": self.plc_online,
+            "inputs": dict(self.plc.inputs) if self.plc else {},
+            "units": {
+                u: {
+                    "state": s.state.name.lower(),
+                    "step": self.graph.contract.step_name(u, s.step_code),
+                    "ack_seq": s.ack_seq,
+                    "fault": self.graph.contract.fault_name(s.fault_code) if s.fault_code else None,
+                    "position_mm": s.position_mm,
+                }
+                for u, s in (self.plc.units.items() if self.plc else [])
+            },
+            "swap": None
+            if sw is None
+            else {
+                "swap_id": sw.swap_id,
+                "kind": sw.kind,
+                "vehicle_id": sw.vehicle_id,
+                "announced_pack_id": sw.announced_pack_id,
+                "full_pack_id": sw.full_pack_id,
+                "full_slot": sw.full_slot,
+                "store_slot": sw.store_slot,
+                "hold": sw.hold,
+                "blocked": sw.blocked,
+                "steps": {
+                    s: {
+                        "status": sw.runs[s].status.value,
+                        "seq": sw.runs[s].seq,
+                        "attempts": sw.runs[s].attempts,
+                    }
+                    for s in sw.plan
+                },
+            },
+            "inventory": self.inventory.to_json(),
+            "alarms": [{"code": c, "source": s} for c, s in sorted(self.alarms)],
+            "reserved_slots": sorted(self.reserved_slots()),
+        }
+
+    # ----- internals: helpers
+
+    def _def(self, sid: str) -> StepDef:
+        return self.graph.step(sid)
+
+    def _journal(self, out: list[Action], kind: str, **data: Any) -> None:
+        if self.swap is not None and "swap_id" not in data:
+            data["swap_id"] = self.swap.swap_id
+        out.append(JournalWrite(JournalRecord(kind, data)))
+
+    def _emit(self, out: list[Action], type_: str, **details: Any) -> None:
+        if self.swap is not None and "swap_id" not in details:
+            details["swap_id"] = self.swap.swap_id
+        out.append(Emit(type_, details))
+
+    def _raise(self, out: list[Action], code: str, source: str, detail: str) -> None:
+        self.alarms.add((code, source))
+        out.append(RaiseAlarm(code, source, detail))
+
+    def _clear(self, out: list[Action], code: str, source: str) -> None:
+        if (code, source) in self.alarms:
+            self.alarms.discard((code, source))
+            out.append(ClearAlarm(code, source))
+
+    def _set_halt(self, units: frozenset[str], out: list[Action]) -> None:
+        self.halted = units
+        out.append(SetHalt(units))
+
+    def _place(self, sym: str) -> str:
+        sw = self.swap
+        assert sw is not None
+        if sym == "full_slot":
+            return slot_place(sw.full_slot)
+        if sym == "store_slot":
+            return slot_place(sw.store_slot)
+        return sym
+
+    def _lock_ok(self) -> bool:
+        st = self.plc
+        if st is None:
+            return False
+        good = st.lock_engaged & st.lock_torque_ok
+        return bin(good).count("1") >= self.graph.model.locking_rule.min_heads_ok
+
+    def _missing(self, st: StepDef) -> list[str]:
+        sw = self.swap
+        plc = self.plc
+        assert sw is not None and plc is not None
+        miss: list[str] = [i for i in st.interlocks if not plc.inputs.get(i, False)]
+        for r in st.requires:
+            slot = {"output_off:full_slot": sw.full_slot, "output_off:store_slot": sw.store_slot}
+            if r in slot and slot[r] not in sw.outputs_off:
+                miss.append(r)
+            elif r == "pack_locked_or_clear":
+                clear = self.inventory.at("vehicle") is None and plc.lock_engaged == 0
+                if not (self._lock_ok() or clear):
+                    miss.append(r)
+        return miss
+
+    def _hold(self, out: list[Action], reason: str, step: str, detail: str) -> None:
+        sw = self.swap
+        if sw is None:
+            return
+        if self.mode == Mode.RUNNING:
+            self.mode = Mode.HELD
+        sw.hold = {"reason": reason, "step": step, "detail": detail}
+        packs = [sw.announced_pack_id, sw.full_pack_id]
+        self._journal(out, "held", reason=reason, step=step, detail=detail)
+        self._emit(
+            out,
+            "swap.fault",
+            reason=reason,
+            step=step,
+            detail=detail,
+            pack_ids=packs,
+            mode=self.mode.value,
+        )
+
+    def _fail(
+        self,
+        sid: str,
+        reason: str,
+        detail: str,
+        alarm: str,
+        out: list[Action],
+        *,
+        halt: bool,
+    ) -> None:
+        sw = self.swap
+        assert sw is not None
+        run = sw.runs[sid]
+        st = self._def(sid)
+        run.status = StepStatus.FAILED
+        run.reason = reason
+        if halt and st.unit not in self.halted:
+            self._set_halt(self.halted | {st.unit}, out)
+        self._raise(out, alarm, f"robot.{st.unit}", f"{sid}: {detail}")
+        self._journal(out, "step_failed", step=sid, seq=run.seq, reason=reason, detail=detail)
+        self._emit(
+            out,
+            "swap.step",
+            step=sid,
+            unit=st.unit,
+            status="failed",
+            seq=run.seq,
+            reason=reason,
+            detail=detail,
+            moves=self._moves_json(run),
+        )
+        self._hold(out, reason, sid, detail)
+
+    @staticmethod
+    def _moves_json(run: StepRun) -> list[dict[str, str]]:
+        return [{"pack_id": m[0], "from": m[1], "to": m[2]} for m in run.moves]
+
+    def _inconsistent(self, out: list[Action], detail: str, step: str = "") -> None:
+        self._raise(out, "inventory.inconsistent", "inventory", detail)
+        self._journal(out, "inventory_inconsistent", detail=detail)
+        if self.swap is not None:
+            self._hold(out, "inventory_inconsistent", step, detail)
+        else:
+            self._emit(out, "swap.fault", reason="inventory_inconsistent", detail=detail)
+
+    # ----- internals: PLC
+
+    def _on_offline(self, reason: str, out: list[Action]) -> None:
+        if not self.plc_online and ("robot.plc_offline", "robot") in self.alarms:
+            return
+        self.plc_online = False
+        self._raise(out, "robot.plc_offline", "robot", reason)
+        if self.swap is not None and self.mode == Mode.RUNNING:
+            self._hold(out, "plc_offline", "", reason)
+
+    def _on_status(self, st: RobotStatus, now: float, out: list[Action]) -> None:
+        self.plc = st
+        if not self.plc_online:
+            self.plc_online = True
+            self._clear(out, "robot.plc_offline", "robot")
+        plc_reset = set()
+        for u in UNITS:
+            ack = st.units[u].ack_seq
+            if ack > self.seq[u] and not self._unit_active(u):
+                self.seq[u] = ack
+            if 0 < self.acked[u] - ack < 0x8000:
+                plc_reset.add(u)
+            elif ack <= self.seq[u] or self.acked[u] - ack >= 0x8000:
+                self.acked[u] = ack
+        if plc_reset and ("robot.plc_restarted", "robot") not in self.alarms:
+            detail = ", ".join(
+                f"{u} acknowledges {st.units[u].ack_seq}, had {self.acked[u]}"
+                for u in sorted(plc_reset)
+            )
+            self._raise(out, "robot.plc_restarted", "robot", detail)
+            self._journal(out, "plc_restarted", detail=detail)
+            if self.swap is not None:
+                for sid in self.swap.plan:
+                    run = self.swap.runs[sid]
+                    if run.status == StepStatus.ACTIVE and self._def(sid).unit in plc_reset:
+                        run.status = StepStatus.FAILED
+                        run.reason = "plc_restarted"
+                self._hold(out, "plc_restarted", "", detail)
+            else:
+                self._emit(out, "swap.fault", reason="plc_restarted", detail=detail)
+        if not st.inputs.get("estop_chain_healthy", False) and not self.latched:
+            self._latch(out)
+        if (
+            st.halted != self.halted
+            and now - self._last_halt_write >= self.graph.model.command_resend_s
+        ):
+            self._last_halt_write = now
+            out.append(SetHalt(self.halted))
+        sw = self.swap
+        if sw is None:
+            return
+        for sid in list(sw.plan):
+            run = sw.runs[sid]
+            if run.status not in (StepStatus.ACTIVE, StepStatus.FAILED) or run.seq == 0:
+                continue
+            sdef = self._def(sid)
+            us = st.units[sdef.unit]
+            if us.ack_seq == run.seq and us.state == UnitState.DONE:
+                self._done(sid, out)
+                continue
+            if run.status != StepStatus.ACTIVE:
+                continue
+            lost = [i for i in sdef.interlocks if not st.inputs.get(i, False)]
+            if lost:
+                self._fail(
+                    sid, "interlock_lost", ",".join(lost), "robot.interlock_lost", out, halt=True
+                )
+                continue
+            if us.ack_seq == run.seq and us.state == UnitState.FAULT:
+                name = self.graph.contract.fault_name(us.fault_code)
+                halted_by_us = sdef.unit in self.halted
+                if not halted_by_us:
+                    self._fail(sid, "plc_fault", name, "robot.step_fault", out, halt=False)
+                else:
+                    run.status = StepStatus.FAILED
+                    run.reason = name
+                continue
+            if (
+                us.ack_seq != run.seq
+                and self.mode == Mode.RUNNING
+                and not self.latched
+                and sdef.unit not in self.halted
+                and now - run.last_sent >= self.graph.model.command_resend_s
+            ):
+                run.last_sent = now
+                out.append(
+                    CommandStep(sdef.unit, self.graph.plc_code(sdef), self._arg(sdef), run.seq, sid)
+                )
+
+    def _unit_active(self, unit: str) -> bool:
+        sw = self.swap
+        return sw is not None and any(
+            sw.runs[s].status == StepStatus.ACTIVE and self._def(s).unit == unit for s in sw.plan
+        )
+
+    def _arg(self, st: StepDef) -> int:
+        sw = self.swap
+        assert sw is not None
+        if st.arg == "full_slot":
+            return self.slot_numbers[sw.full_slot]
+        if st.arg == "store_slot":
+            return self.slot_numbers[sw.store_slot]
+        return 0
+
+    def _latch(self, out: list[Action]) -> None:
+        self.latched = True
+        self._set_halt(frozenset(UNITS), out)
+        out.append(RequestAllOutputsOff())
+        self._raise(out, "safety.emergency_stop", "robot", "emergency-stop chain open")
+        self._journal(out, "latched", reason="emergency_stop")
+        sw = self.swap
+        if sw is not None:
+            for sid in sw.plan:
+                if sw.runs[sid].status == StepStatus.ACTIVE:
+                    sw.runs[sid].status = StepStatus.FAILED
+                    sw.runs[sid].reason = "emergency_stop"
+            self._hold(out, "emergency_stop", "", "emergency-stop chain open")
+        else:
+            self._emit(
+                out, "swap.fault", reason="emergency_stop", detail="emergency-stop chain open"
+            )
+
+    # ----- internals: steps
+
+    def _advance(self, now: float, out: list[Action]) -> None:
+        sw = self.swap
+        if (
+            sw is None
+            or self.mode != Mode.RUNNING
+            or self.latched
+            or not self.plc_online
+            or self.plc is None
+        ):
+            return
+        if all(sw.runs[s].status == StepStatus.DONE for s in sw.plan):
+            self._finish(out, failed=sw.kind != "swap", reason="original pack refitted")
+            return
+        busy = {self._def(s).unit for s in sw.plan if sw.runs[s].status == StepStatus.ACTIVE}
+        for sid in sw.plan:
+            run = sw.runs[sid]
+            if run.status != StepStatus.PENDING:
+                continue
+            if any(sw.runs[d].status != StepStatus.DONE for d in sw.deps[sid]):
+                continue
+            st = self._def(sid)
+            if st.unit in busy or self.plc.units[st.unit].state == UnitState.BUSY:
+                continue
+            missing = self._missing(st)
+            if missing:
+                if sw.blocked.get(sid) != missing:
+                    sw.blocked[sid] = missing
+                    self._emit(
+                        out, "swap.step", step=sid, unit=st.unit, status="blocked", missing=missing
+                    )
+                continue
+            sw.blocked.pop(sid, None)
+            if self._start_step(sid, st, now, out):
+                busy.add(st.unit)
+            if not self._running():
+                return  # starting it found an inconsistency and held the swap
+
+    def _running(self) -> bool:
+        return self.mode == Mode.RUNNING
+
+    def _start_step(self, sid: str, st: StepDef, now: float, out: list[Action]) -> bool:
+        sw = self.swap
+        assert sw is not None
+        moves: list[list[str]] = []
+        for m in st.moves:
+            src, dst = self._place(m.source), self._place(m.to)
+            rec = self.inventory.at(src)
+            if rec is None:
+                self._inconsistent(out, f"{sid}: no pack recorded at {src}", sid)
+                return False
+            if dst != "away" and self.inventory.at(dst) is not None:
+                self._inconsistent(out, f"{sid}: {dst} already holds a pack", sid)
+                return False
+            moves.append([rec.pack_id, src, dst])
+        unit = st.unit
+        self.seq[unit] = self.seq[unit] % 0xFFFF + 1
+        run = sw.runs[sid]
+        run.status = StepStatus.ACTIVE
+        run.seq = self.seq[unit]
+        run.attempts += 1
+        run.started_at = now
+        run.last_sent = now
+        run.moves = moves
+        run.reason = ""
+        if st.plc_step == "unlock":
+            sw.unlock_started = True
+        if st.plc_step == "lift":
+            sw.lift_started = True
+        code, arg = self.graph.plc_code(st), self._arg(st)
+        self._journal(
+            out,
+            "step_intent",
+            step=sid,
+            unit=unit,
+            plc_step=st.plc_step,
+            code=code,
+            arg=arg,
+            seq=run.seq,
+            attempt=run.attempts,
+            moves=moves,
+        )
+        out.append(CommandStep(unit, code, arg, run.seq, sid))
+        self._emit(
+            out,
+            "swap.step",
+            step=sid,
+            unit=unit,
+            status="started",
+            seq=run.seq,
+            attempt=run.attempts,
+            moves=self._moves_json(run),
+        )
+        return True
+
+    def _done(self, sid: str, out: list[Action]) -> None:
+        sw = self.swap
+        assert sw is not None
+        run = sw.runs[sid]
+        st = self._def(sid)
+        if st.check == "lock_rule" and not self._lock_ok():
+            plc = self.plc
+            assert plc is not None
+            good = bin(plc.lock_engaged & plc.lock_torque_ok).count("1")
+            if run.status == StepStatus.ACTIVE:
+                self._fail(
+                    sid,
+                    "torque_out_of_window",
+                    f"{good} of {plc.lock_head_count} heads in window, "
+                    f"{self.graph.model.locking_rule.min_heads_ok} needed",
+                    "robot.step_fault",
+                    out,
+                    halt=False,
+                )
+            return
+        for pack_id, src, dst in run.moves:
+            try:
+                self.inventory.move(pack_id, src, dst)
+            except InventoryError as e:
+                run.status = StepStatus.DONE
+                self._inconsistent(out, f"{sid}: {e}", sid)
+                return
+            if dst.startswith("slot:") and sw.kind == "swap" and dst == slot_place(sw.store_slot):
+                self.awaiting_dock[sw.store_slot] = [sw.announced_pack_id, sw.pack_type]
+        if st.plc_step in ("shuttle_to_handoff", "shuttle_to_vehicle"):
+            self.shuttle_at = "handoff" if st.plc_step == "shuttle_to_handoff" else "vehicle"
+        was = run.status
+        run.status = StepStatus.DONE
+        self._journal(out, "step_done", step=sid, seq=run.seq, moves=run.moves)
+        self._emit(
+            out,
+            "swap.step",
+            step=sid,
+            unit=st.unit,
+            status="done",
+            seq=run.seq,
+            moves=self._moves_json(run),
+            **(
+                {"note": "finished before the halt took effect"} if was == StepStatus.FAILED else {}
+            ),
+        )
+        if (
+            sw.kind == "swap"
+            and sw.store_slot in self.pending_docks
+            and sw.store_slot in self.awaiting_dock
+        ):
+            self._on_docked(sw.store_slot, self.pending_docks.pop(sw.store_slot), out)
+
+    def _finish(self, out: list[Action], *, failed: bool, reason: str) -> None:
+        sw = self.swap
+        assert sw is not None
+        if failed:
+            self._journal(out, "swap_failed", reason=reason)
+            self._emit(
+                out,
+                "swap.failed",
+                vehicle_id=sw.vehicle_id,
+                reason=reason,
+                pack_ids=[sw.announced_pack_id, sw.full_pack_id],
+            )
+        else:
+            self._journal(out, "swap_completed")
+            self._emit(
+                out,
+                "swap.completed",
+                vehicle_id=sw.vehicle_id,
+                depleted_pack_id=sw.announced_pack_id,
+                full_pack_id=sw.full_pack_id,
+                store_slot=sw.store_slot,
+                full_slot=sw.full_slot,
+            )
+        self.swap = None
+        self.mode = Mode.IDLE
+        if self.halted and not self.latched:
+            self._set_halt(frozenset(), out)
+
+    # ----- internals: commands
+
+    def _start(self, ev: StartSwap, now: float, out: list[Action]) -> None:
+        if self.latched:
+            raise Rejected("emergency stop latched: reset-fault first")
+        if self.mode != Mode.IDLE or self.swap is not None:
+            raise Rejected(f"a swap is already {self.mode.value}")
+        if not self.plc_online or self.plc is None:
+            raise Rejected("robot PLC offline")
+        if not ev.vehicle_id or not ev.pack_type or not ev.announced_pack_id:
+            raise Rejected(
+                "vehicle_id, pack_type and announced_pack_id are required", "invalid_params"
+            )
+        if self.inventory.problems() or ("inventory.inconsistent", "inventory") in self.alarms:
+            raise Rejected("inventory inconsistent: correct it first")
+        if self.inventory.get(ev.announced_pack_id) is not None:
+            raise Rejected(f"pack {ev.announced_pack_id} is already recorded in the station")
+        if self.inventory.at("vehicle") is not None:
+            raise Rejected("inventory still has a pack on the vehicle")
+        known = {v.slot_id for v in ev.slots}
+        if not known <= set(self.slot_numbers):
+            raise Rejected(
+                f"unknown slots {sorted(known - set(self.slot_numbers))}", "invalid_params"
+            )
+        try:
+            full = choose_pack(ev.slots, ev.pack_type, self.graph.model.pack_choice, self.inventory)
+            store = choose_store_slot(ev.slots, self.inventory)
+        except NoPackError as e:
+            raise Rejected(str(e)) from None
+        assert full.pack_id is not None
+        self.swap_counter += 1
+        plan = self.graph.order()
+        sw = Swap(
+            swap_id=f"swap-{self.swap_counter:06d}",
+            vehicle_id=ev.vehicle_id,
+            pack_type=ev.pack_type,
+            announced_pack_id=ev.announced_pack_id,
+            full_pack_id=full.pack_id,
+            full_slot=full.slot_id,
+            store_slot=store.slot_id,
+            kind="swap",
+            plan=plan,
+            deps={s: list(self._def(s).after) for s in plan},
+            runs={s: StepRun() for s in plan},
+        )
+        self.swap = sw
+        self.mode = Mode.RUNNING
+        self.inventory.add(ev.announced_pack_id, ev.pack_type, "vehicle")
+        self._journal(
+            out,
+            "swap_started",
+            vehicle_id=sw.vehicle_id,
+            pack_type=sw.pack_type,
+            announced_pack_id=sw.announced_pack_id,
+            full_pack_id=sw.full_pack_id,
+            full_slot=sw.full_slot,
+            store_slot=sw.store_slot,
+        )
+        self._emit(
+            out,
+            "swap.started",
+            vehicle_id=sw.vehicle_id,
+            pack_type=sw.pack_type,
+            announced_pack_id=sw.announced_pack_id,
+            full_pack_id=sw.full_pack_id,
+            full_slot=sw.full_slot,
+            store_slot=sw.store_slot,
+            soc_pct=full.soc_pct,
+        )
+        out.append(RequestOutputOff(sw.full_slot))
+        out.append(RequestOutputOff(sw.store_slot))
+
+    def _require_operable(self) -> Swap:
+        sw = self.swap
+        if sw is None:
+            raise Rejected("no swap in progress")
+        if self.latched:
+            raise Rejected("emergency stop latched: reset-fault first")
+        if not self.plc_online or self.plc is None:
+            raise Rejected("robot PLC offline")
+        return sw
+
+    def _reset_fault(self, out: list[Action]) -> None:
+        if ("robot.plc_restarted", "robot") in self.alarms and self.plc is not None:
+            # the operator has checked the robot: accept the PLC's counters as they are now
+            self.acked = {u: self.plc.units[u].ack_seq for u in UNITS}
+            self._clear(out, "robot.plc_restarted", "robot")
+            self._journal(out, "plc_restart_acknowledged")
+            self._emit(out, "swap.recovery", action="reset_fault", cleared="robot.plc_restarted")
+            if not self.latched:
+                return
+        if not self.latched:
+            raise Rejected("no emergency-stop latch to reset")
+        if not self.plc_online or self.plc is None:
+            raise Rejected("robot PLC offline: cannot see the emergency-stop chain")
+        if not self.plc.inputs.get("estop_chain_healthy", False):
+            raise Rejected("emergency-stop chain still open")
+        self.latched = False
+        self._clear(out, "safety.emergency_stop", "robot")
+        self._journal(out, "unlatched")
+        self._emit(out, "swap.recovery", action="reset_fault")
+        if self.swap is None:
+            self._set_halt(frozenset(), out)
+
+    def _clear_hold_alarms(self, out: list[Action]) -> None:
+        for code, source in sorted(self.alarms):
+            if code in _HOLD_ALARMS:
+                self._clear(out, code, source)
+
+    def _retry(self, now: float, out: list[Action]) -> None:
+        sw = self._require_operable()
+        if self.mode != Mode.HELD:
+            raise Rejected(f"swap is {self.mode.value}, not held")
+        assert self.plc is not None
+        if self.inventory.problems() or ("inventory.inconsistent", "inventory") in self.alarms:
+            raise Rejected("inventory inconsistent: correct it first")
+        if ("robot.plc_restarted", "robot") in self.alarms:
+            raise Rejected("robot PLC restarted: check the robot and inventory, then reset-fault")
+        failed = [s for s in sw.plan if sw.runs[s].status == StepStatus.FAILED]
+        for sid in failed:
+            st = self._def(sid)
+            if self.plc.units[st.unit].state == UnitState.BUSY:
+                raise Rejected(f"{st.unit} unit still busy")
+            lost = [i for i in st.interlocks if not self.plc.inputs.get(i, False)]
+            if lost:
+                raise Rejected(f"{sid}: interlocks open: {', '.join(lost)}")
+        for sid in failed:
+            sw.runs[sid].status = StepStatus.PENDING
+        for slot in (sw.full_slot, sw.store_slot):
+            if slot not in sw.outputs_off:
+                out.append(RequestOutputOff(slot))
+        sw.hold = None
+        self.mode = Mode.RUNNING
+        self._clear_hold_alarms(out)
+        if self.halted:
+            self._set_halt(frozenset(), out)
+        self._journal(out, "recovery", action="retry_step", steps=failed)
+        self._emit(out, "swap.recovery", action="retry_step", steps=failed)
+
+    def _refit(self, now: float, out: list[Action]) -> None:
+        sw = self._require_operable()
+        if self.mode != Mode.HELD:
+            raise Rejected(f"swap is {self.mode.value}, not held")
+        if sw.kind != "swap":
+            raise Rejected("already refitting the original pack")
+        assert self.plc is not None
+        if any(sw.runs[s].status == StepStatus.ACTIVE for s in sw.plan) or any(
+            u.state == UnitState.BUSY for u in self.plc.units.values()
+        ):
+            raise Rejected("a step is still running")
+        orig = self.inventory.get(sw.announced_pack_id)
+        full = self.inventory.get(sw.full_pack_id)
+        if orig is None:
+            raise Rejected("original pack not in the inventory")
+        if orig.place.startswith("slot:"):
+            raise Rejected("original pack already stored in the rack: use retry-step or manual")
+        if full is not None and full.place in ("vehicle", "shuttle", "stacker"):
+            raise Rejected(f"full pack already on the {full.place}: use retry-step or manual")
+        chain: list[str] = []
+        if full is not None and full.place == "buffer":
+            chain.append("refit_put_back")
+        place = orig.place
+        if place == "buffer":
+            raise Rejected("original pack at the hand-off buffer: manual")
+        if place == "stacker":
+            if self.shuttle_at != "handoff":
+                chain.append("refit_shuttle_to_handoff")
+            chain.append("refit_return")
+            place = "shuttle"
+            chain += ["refit_shuttle_to_vehicle", "refit_raise"]
+        elif place == "shuttle":
+            if self.shuttle_at == "handoff":
+                chain.append("refit_shuttle_to_vehicle")
+            chain.append("refit_raise")
+        if place != "vehicle" or sw.unlock_started:
+            chain += ["refit_lock", "refit_verify"]
+        if sw.lift_started:
+            chain.append("refit_lower_vehicle")
+        chain.append("refit_release")
+        deps: dict[str, list[str]] = {}
+        prev: str | None = None
+        for sid in chain:
+            # put_back runs on the rack while the vehicle side refits
+            deps[sid] = [] if sid == "refit_put_back" or prev is None else [prev]
+            if sid != "refit_put_back":
+                prev = sid
+        sw.kind = "refit"
+        sw.plan = chain
+        sw.deps = deps
+        sw.runs = {s: StepRun() for s in chain}
+        sw.blocked = {}
+        sw.hold = None
+        self.mode = Mode.RUNNING
+        self._clear_hold_alarms(out)
+        if self.halted:
+            self._set_halt(frozenset(), out)
+        self._journal(out, "recovery", action="refit_original", steps=chain)
+        self._emit(out, "swap.recovery", action="refit_original", steps=chain)
+
+    def _manual(self, end: bool, out: list[Action]) -> None:
+        sw = self.swap
+        if not end:
+            if sw is None:
+                raise Rejected("no swap in progress")
+            if self.mode == Mode.MANUAL:
+                raise Rejected("already in manual mode")
+            for sid in sw.plan:
+                if sw.runs[sid].status == StepStatus.ACTIVE:
+                    sw.runs[sid].status = StepStatus.FAILED
+                    sw.runs[sid].reason = "manual"
+            self.mode = Mode.MANUAL
+            self._set_halt(frozenset(UNITS), out)
+            self._journal(out, "recovery", action="manual")
+            self._emit(out, "swap.recovery", action="manual")
+            return
+        if sw is None or self.mode != Mode.MANUAL:
+            raise Rejected("not in manual mode")
+        problems = self.inventory.problems()
+        if problems:
+            raise Rejected(f"inventory inconsistent: {'; '.join(problems)}")
+        busy = [p for p in ("shuttle", "buffer", "stacker") if self.inventory.at(p) is not None]
+        if busy:
+            raise Rejected(f"packs still recorded at {', '.join(busy)}: correct the inventory")
+        on_vehicle = self.inventory.at("vehicle")
+        if on_vehicle is not None:
+            self.inventory.remove(on_vehicle.pack_id)
+            self._journal(out, "pack_departed", pack_id=on_vehicle.pack_id)
+        self._clear_hold_alarms(out)
+        self._clear(out, "inventory.inconsistent", "inventory")
+        self.mode = Mode.HELD  # _finish resets to IDLE
+        self._finish(out, failed=True, reason="manual")
+
+    def _correct(self, ev: CorrectInventory, out: list[Action]) -> None:
+        if self.mode == Mode.RUNNING:
+            raise Rejected("swap running: hold it (fault) or take manual control first")
+        if self.swap is not None and any(
+            self.swap.runs[s].status == StepStatus.ACTIVE for s in self.swap.plan
+        ):
+            raise Rejected("a step is still running")
+        if ev.place is not None and not is_valid_place(ev.place, self.inventory.slots):
+            raise Rejected(
+                f"unknown place {ev.place!r} (slot:<id>, {', '.join(HANDLING_PLACES)})",
+                "invalid_params",
+            )
+        old = self.inventory.get(ev.pack_id)
+        try:
+            self.inventory.set_place(ev.pack_id, ev.place, ev.pack_type)
+        except InventoryError as e:
+            raise Rejected(str(e), "invalid_params") from None
+        self._journal(
+            out,
+            "inventory_corrected",
+            pack_id=ev.pack_id,
+            place=ev.place,
+            pack_type=ev.pack_type,
+            previous=old.place if old else None,
+        )
+        self._emit(
+            out,
+            "inventory.corrected",
+            pack_id=ev.pack_id,
+            place=ev.place,
+            previous=old.place if old else None,
+        )
+        if not self.inventory.problems():
+            self._clear(out, "inventory.inconsistent", "inventory")
+        for place in {ev.place, old.place if old else None}:
+            if place and place.startswith("slot:"):
+                self._clear(out, "swap.pack_mismatch", place[5:])
+                self.awaiting_dock.pop(place[5:], None)
+
+    def _on_docked(self, slot: str, ident: PackIdentity, out: list[Action]) -> None:
+        if slot not in self.slot_numbers:
+            return
+        place = slot_place(slot)
+        sw = self.swap
+        if slot in self.awaiting_dock:
+            exp_id, exp_type = self.awaiting_dock.pop(slot)
+            if ident.pack_id == exp_id and ident.pack_type in (None, exp_type):
+                self._journal(out, "pack_identified", slot=slot, pack_id=ident.pack_id, ok=True)
+                return
+            detail = (
+                f"announced {exp_id} ({exp_type}), pack says {ident.pack_id} "
+                f"({ident.pack_type or 'type unknown'})"
+            )
+            self._raise(out, "swap.pack_mismatch", slot, detail)
+            self._emit(
+                out,
+                "swap.pack_mismatch",
+                slot_id=slot,
+                announced_pack_id=exp_id,
+                pack_id=ident.pack_id,
+                pack_type=ident.pack_type,
+            )
+            self._relabel(place, ident, out, exp_type)
+            return
+        if (
+            sw is not None
+            and sw.kind == "swap"
+            and slot == sw.store_slot
+            and any(
+                m.to == "store_slot" and sw.runs[sid].status != StepStatus.DONE
+                for sid in sw.plan
+                for m in self._def(sid).moves
+            )
+        ):
+            self.pending_docks[slot] = ident  # arrived before the store step was confirmed
+            return
+        rec = self.inventory.at(place)
+        if rec is not None and rec.pack_id == ident.pack_id:
+            return
+        if rec is None and self.inventory.get(ident.pack_id) is None:
+            self.inventory.add(ident.pack_id, ident.pack_type or "", place)
+            self._journal(
+                out, "pack_discovered", slot=slot, pack_id=ident.pack_id, pack_type=ident.pack_type
+            )
+            self._emit(
+                out,
+                "inventory.corrected",
+                pack_id=ident.pack_id,
+                place=place,
+                previous=None,
+                source="docked",
+            )
+            return
+        self._raise(
+            out,
+            "inventory.inconsistent",
+            "inventory",
+            f"slot {slot} reports {ident.pack_id}, inventory has "
+            f"{rec.pack_id if rec else 'no pack'}",
+        )
+        self._relabel(place, ident, out, rec.pack_type if rec else "")
+
+    def _relabel(self, place: str, ident: PackIdentity, out: list[Action], fallback: str) -> None:
+        try:
+            old = self.inventory.relabel(place, ident.pack_id, ident.pack_type or fallback)
+        except InventoryError as e:
+            self._raise(out, "inventory.inconsistent", "inventory", str(e))
+            self._journal(out, "inventory_inconsistent", detail=str(e))
+            return
+        self._journal(
+            out,
+            "pack_relabelled",
+            place=place,
+            pack_id=ident.pack_id,
+            pack_type=ident.pack_type,
+            previous=old,
+        )
+
+    # ----- persistence
+
+    def snapshot(self) -> dict[str, Any]:
+        sw = self.swap
+        return {
+            "version": 1,
+            "mode": self.mode.value,
+            "latched": self.latched,
+            "halted": sorted(self.halted),
+            "seq": dict(self.seq),
+            "acked": dict(self.acked),
+            "shuttle_at": self.shuttle_at,
+            "swap_counter": self.swap_counter,
+            "awaiting_dock": self.awaiting_dock,
+            "pending_docks": {k: [v.pack_id, v.pack_type] for k, v in self.pending_docks.items()},
+            "alarms": sorted([list(a) for a in self.alarms]),
+            "inventory": self.inventory.to_json(),
+            "swap": None
+            if sw is None
+            else {
+                "swap_id": sw.swap_id,
+                "vehicle_id": sw.vehicle_id,
+                "pack_type": sw.pack_type,
+                "announced_pack_id": sw.announced_pack_id,
+                "full_pack_id": sw.full_pack_id,
+                "full_slot": sw.full_slot,
+                "store_slot": sw.store_slot,
+                "kind": sw.kind,
+                "plan": sw.plan,
+                "deps": sw.deps,
+                "runs": {
+                    k: {
+                        "status": r.status.value,
+                        "seq": r.seq,
+                        "attempts": r.attempts,
+                        "moves": r.moves,
+                        "reason": r.reason,
+                    }
+                    for k, r in sw.runs.items()
+                },
+                "outputs_off": sorted(sw.outputs_off),
+                "hold": sw.hold,
+                "unlock_started": sw.unlock_started,
+                "lift_started": sw.lift_started,
+            },
+        }
+
+    @classmethod
+    def restore(
+        cls, graph: StepGraph, slot_numbers: Mapping[str, int], snap: dict[str, Any]
+    ) -> SwapSequence:
+        self = cls(graph, slot_numbers)
+        self.mode = Mode(snap["mode"])
+        self.latched = bool(snap["latched"])
+        self.halted = frozenset(snap["halted"])
+        self.seq = {u: int(snap["seq"].get(u, 0)) for u in UNITS}
+        self.acked = {u: int(snap.get("acked", {}).get(u, 0)) for u in UNITS}
+        self.shuttle_at = str(snap["shuttle_at"])
+        self.swap_counter = int(snap["swap_counter"])
+        self.awaiting_dock = {k: list(v) for k, v in snap["awaiting_dock"].items()}
+        self.pending_docks = {k: PackIdentity(v[0], v[1]) for k, v in snap["pending_docks"].items()}
+        self.alarms = {(a[0], a[1]) for a in snap["alarms"]}
+        self.inventory = Inventory.from_json(frozenset(self.slot_numbers), snap["inventory"])
+        s = snap["swap"]
+        if s is not None:
+            self.swap = Swap(
+                swap_id=s["swap_id"],
+                vehicle_id=s["vehicle_id"],
+                pack_type=s["pack_type"],
+                announced_pack_id=s["announced_pack_id"],
+                full_pack_id=s["full_pack_id"],
+                full_slot=s["full_slot"],
+                store_slot=s["store_slot"],
+                kind=s["kind"],
+                plan=list(s["plan"]),
+                deps={k: list(v) for k, v in s["deps"].items()},
+                runs={
+                    k: StepRun(
+                        StepStatus(r["status"]),
+                        int(r["seq"]),
+                        int(r["attempts"]),
+                        moves=[list(m) for m in r["moves"]],
+                        reason=r["reason"],
+                    )
+                    for k, r in s["runs"].items()
+                },
+                outputs_off=set(s["outputs_off"]),
+                hold=s["hold"],
+                unlock_started=bool(s["unlock_started"]),
+                lift_started=bool(s["lift_started"]),
+            )
+        return self
