@@ -52,6 +52,9 @@ class StationInfo(Strict):
     name: str = ""
     state_dir: Path = Path("/var/lib/swapd")
     stop_deadline_s: Annotated[float, Field(gt=0, le=60)] = 5.0
+    # The operator's Unix socket for `swapd ctl` (mode 0660, group below).
+    ctl_socket: Path = Path("/run/swapd/ctl.sock")
+    ctl_group: str | None = None
 
 
 ChargerConfig = ModbusEndpoint
@@ -277,5 +280,7 @@ def load_config(path: Path | str) -> StationConfig:
         tel = tel.model_copy(update={"outbox_path": state_dir / "outbox.sqlite"})
     else:
         tel = tel.model_copy(update={"outbox_path": cfg.resolve(tel.outbox_path)})
-    station = cfg.station.model_copy(update={"state_dir": state_dir})
+    station = cfg.station.model_copy(
+        update={"state_dir": state_dir, "ctl_socket": cfg.resolve(cfg.station.ctl_socket)}
+    )
     return cfg.model_copy(update={"telemetry": tel, "station": station})

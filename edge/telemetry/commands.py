@@ -33,7 +33,7 @@ from edge.telemetry.models import (
     SetPowerLimitParams,
     StartSwapParams,
 )
-from edge.telemetry.target import CommandTarget, Rejected
+from edge.telemetry.target import CommandTarget, OutOfRange, Rejected
 
 log = logging.getLogger(__name__)
 
@@ -236,6 +236,8 @@ class CommandProcessor:
                         self._on_refresh()
                     case _:
                         raise AssertionError(f"no dispatch for {type(params).__name__}")
+        except OutOfRange as r:
+            return CommandError(code=ErrorCode.OUT_OF_RANGE, message=r.reason[:500])
         except Rejected as r:
             return CommandError(code=ErrorCode.REJECTED, message=r.reason[:500])
         except TimeoutError:

@@ -293,6 +293,11 @@ class RefreshParams(Params):
 class StartSwapParams(Params):
     vehicle_id: str = Field(min_length=1, max_length=64)
     pack_type: str = Field(min_length=1, max_length=64)
+    announced_pack_id: str | None = Field(
+        None,
+        max_length=128,
+        description="the pack the vehicle says it carries (checked when docked)",
+    )
 
 
 COMMAND_PARAMS: dict[str, type[Params]] = {

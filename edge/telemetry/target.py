@@ -27,6 +27,10 @@ class Rejected(Exception):  # noqa: N818 - the result code is `rejected`
         self.reason = reason
 
 
+class OutOfRange(Rejected):
+    """A value the station's own limits refuse (the result code is `out_of_range`)."""
+
+
 class CommandTarget(Protocol):
     """Each method returns once the station has accepted the command (not when a swap ends) and
     raises `Rejected(reason)` when it cannot carry it out now."""
