@@ -37,4 +37,6 @@ def register_run(sub: Sub, handlers: dict[str, Handler]) -> None:
     handlers["run"] = run
 
 
-REGISTRY: list[Register] = [register_check_config, register_run]
+from edge.demo.sim_cli import register_sim  # noqa: E402 - argparse only; handlers import lazily
+
+REGISTRY: list[Register] = [register_check_config, register_run, register_sim]
