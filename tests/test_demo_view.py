@@ -305,3 +305,32 @@ async def test_view_keys_inject_a_fault_through_the_broker(broker: BrokerAddress
     text = console.export_text()
     assert "inject fault_bits on ch01" in text
     assert "q quit  f fault" in text
+
+
+async def test_view_says_when_the_broker_is_unreachable() -> None:
+    from tests.conftest import free_port
+
+    console = Console(record=True, width=140, file=io.StringIO())
+    model = ViewModel(ROOT)
+    stop = asyncio.Event()
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(
+            run_view(
+                f"mqtt://127.0.0.1:{free_port()}", ROOT, model=model, console=console, stop=stop
+            ),
+            name="test-view",
+        )
+        async with asyncio.timeout(10):
+            while model.link == "connecting":
+                await asyncio.sleep(0.01)
+        stop.set()
+    assert "reconnecting" in model.link
+    assert "reconnecting]" in console.export_text()
+
+
+def test_fault_menu_lists_every_simulated_device() -> None:
+    from edge.demo.faults import fault_menu
+
+    menu = fault_menu(["ch01", "ch02"], ["s01"])
+    assert list(menu) == ["ch01", "ch02", "pack-s01", "robot"]
+    assert "offline" in menu["ch01"] and "emergency_stop" in menu["robot"]

@@ -353,6 +353,12 @@ def sim_devices(charger_ids: Iterable[str], slot_ids: Iterable[str]) -> dict[str
     return devices
 
 
+def fault_menu(charger_ids: Iterable[str], slot_ids: Iterable[str]) -> dict[str, list[str]]:
+    """device_id -> the faults it supports: what the live view's `f` menu offers."""
+    by_type = {d.device_type: [f.name for f in d.faults] for d in fault_catalogue()}
+    return {dev: by_type[t] for dev, t in sim_devices(charger_ids, slot_ids).items()}
+
+
 @dataclass(frozen=True, slots=True)
 class StationMqtt:
     """Where a config's station talks MQTT: broker address, credentials and topic root."""

@@ -29,7 +29,7 @@ from rich.table import Table
 from rich.text import Text
 
 from edge.demo.broker import BrokerAddress
-from edge.demo.faults import MqttCredentials, SimFault, mqtt_client, sim_fault_topic
+from edge.demo.faults import MqttCredentials, mqtt_client, publish_fault
 from edge.logs import get_logger
 
 _log = get_logger("demo.view")
@@ -98,6 +98,7 @@ class ViewModel:
     alarms: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     events: deque[EventLine] = field(default_factory=deque)
     received: int = 0
+    link: str = "connecting"  # the view's own MQTT connection
     dropped: int = 0  # not JSON, not an object, or a topic part that makes no sense
     ignored: int = 0  # well-formed but not something the view shows (commands, sim faults)
 
@@ -471,6 +472,7 @@ def render(model: ViewModel, controls: ViewControls | None = None) -> Renderable
         online,
         f"  ts {_str(model.station.get('ts'))}",
         f"  msgs {model.received} dropped {model.dropped}",
+        ("" if model.link == "connected" else f"  [{model.link}]", "yellow"),
         ("   q quit  f fault" if controls is not None and controls.active else "", "dim"),
     )
     panels = Table.grid(expand=True, padding=(0, 1))
@@ -520,6 +522,38 @@ def _keys(callback: Callable[[str], None], fd: int | None) -> Iterator[bool]:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
+async def follow_station(
+    broker: BrokerAddress | str,
+    root: str,
+    model: ViewModel,
+    *,
+    credentials: MqttCredentials | None = None,
+    ready: asyncio.Event | None = None,
+) -> None:
+    """Feed `model` from `<root>/#` until cancelled, reconnecting with a capped backoff. `ready`
+    is set on every (re)subscription; `model.link` says how the connection stands. Usable
+    without a screen (a headless demo summarises the model at the end)."""
+    import aiomqtt
+
+    client = mqtt_client(broker, credentials)
+    backoff_s = 0.2
+    while True:
+        try:
+            async with client:
+                await client.subscribe(f"{root}/#", qos=1)
+                model.link = "connected"
+                if ready is not None:
+                    ready.set()
+                backoff_s = 0.2
+                async for msg in client.messages:
+                    payload = msg.payload if isinstance(msg.payload, bytes) else b""
+                    model.ingest_raw(msg.topic.value, payload)
+        except aiomqtt.MqttError as e:
+            model.link = f"broker: {e}; reconnecting"
+            await asyncio.sleep(backoff_s)
+            backoff_s = min(backoff_s * 2, 5.0)
+
+
 async def run_view(
     broker: BrokerAddress | str,
     root: str,
@@ -540,22 +574,20 @@ async def run_view(
     (default stdin) only when `keys` is on and that is a terminal. `ready` is set once the view
     is subscribed. Returns the model (the last state seen).
     """
-    import aiomqtt
     from rich.live import Live
 
     model = model or ViewModel(root)
     controls = ViewControls(devices=dict(fault_devices or {}))
     stop = stop or asyncio.Event()
     console = console or Console()
-    client = mqtt_client(broker, credentials)
-    connected = asyncio.Event()
     group: list[asyncio.TaskGroup] = []  # the running TaskGroup, for tasks started by keys
 
     async def publish(action: InjectFault) -> None:
-        cmd = SimFault(fault=action.fault, clear=action.clear)
+        import aiomqtt
+
         try:
-            await client.publish(
-                sim_fault_topic(root, action.device_id), cmd.model_dump_json(), qos=1
+            await publish_fault(
+                broker, root, action.device_id, action.fault, action.clear, None, credentials
             )
         except aiomqtt.MqttError as e:
             controls.message = f"fault not sent: {e}"
@@ -564,31 +596,8 @@ async def run_view(
         action = controls.on_key(ch)
         if isinstance(action, Quit):
             stop.set()
-        elif isinstance(action, InjectFault):
-            if not connected.is_set():
-                controls.message = "not connected: fault not sent"
-                return
-            if group:
-                group[0].create_task(publish(action), name="view-fault")
-
-    async def receive() -> None:
-        backoff_s = 0.2
-        while True:
-            try:
-                async with client:
-                    await client.subscribe(f"{root}/#", qos=1)
-                    connected.set()
-                    if ready is not None:
-                        ready.set()
-                    backoff_s = 0.2
-                    async for msg in client.messages:
-                        payload = msg.payload if isinstance(msg.payload, bytes) else b""
-                        model.ingest_raw(msg.topic.value, payload)
-            except aiomqtt.MqttError as e:
-                connected.clear()
-                controls.message = f"broker: {e}; reconnecting"
-                await asyncio.sleep(backoff_s)
-                backoff_s = min(backoff_s * 2, 5.0)
+        elif isinstance(action, InjectFault) and group:
+            group[0].create_task(publish(action), name="view-fault")
 
     period_s = 1.0 / refresh_hz
     with (
@@ -605,7 +614,10 @@ async def run_view(
     ):
         async with asyncio.TaskGroup() as tg:
             group.append(tg)
-            rx = tg.create_task(receive(), name="view-mqtt")
+            rx = tg.create_task(
+                follow_station(broker, root, model, credentials=credentials, ready=ready),
+                name="view-mqtt",
+            )
             while not stop.is_set():
                 live.update(render(model, controls), refresh=True)
                 with contextlib.suppress(TimeoutError):
