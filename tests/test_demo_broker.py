@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 
 import aiomqtt
 import pytest
+from aiomqtt.exceptions import MqttConnectError
 
 from edge.demo.broker import (
     BadBrokerUrl,
@@ -95,6 +96,11 @@ async def test_will_published_on_abrupt_disconnect(broker: BrokerAddress) -> Non
         writer.transport.abort()  # no DISCONNECT: the broker must publish the will
         msg = await _next(sub)
     assert msg.payload == b'{"online":false}'
+    # The will is retained: a backend (or the live view) that subscribes later still sees it.
+    async with _client(broker, "later") as later:
+        await later.subscribe("r/status", qos=1)
+        msg = await _next(later)
+    assert msg.payload == b'{"online":false}' and msg.retain
 
 
 async def test_many_messages_per_second_all_delivered(broker: BrokerAddress) -> None:
@@ -116,6 +122,30 @@ async def test_many_messages_per_second_all_delivered(broker: BrokerAddress) -> 
     # Not a timing assertion: the figure goes to bench/demo_broker.py; this only checks order
     # of magnitude so a pathological broker (one message per poll tick) is caught.
     assert n / elapsed > 50
+
+
+async def test_embedded_broker_refuses_mqtt5_clearly() -> None:
+    """amqtt speaks 3.1.1 only: a station configured with `mqtt.protocol: "5"` must switch to
+    "3.1.1" against it (or use Mosquitto). The refusal is a connect error, not a hang."""
+    async with EmbeddedBroker() as b:
+        client = aiomqtt.Client(
+            b.address.host, b.address.port, protocol=aiomqtt.ProtocolVersion.V5, timeout=5
+        )
+        with pytest.raises(MqttConnectError, match="Unsupported protocol version"):
+            async with asyncio.timeout(10), client:
+                pass
+
+
+async def test_qos0_publish_reaches_a_qos1_subscriber_at_qos1_on_amqtt() -> None:
+    """Measured, not relied on (MQTT says min(publish, subscription) = 0); kept as a record
+    so a change in amqtt shows up here and in docs/demo.md."""
+    async with EmbeddedBroker() as b:
+        sub, pub = _client(b.address, "s"), _client(b.address, "p")
+        async with sub, pub:
+            await sub.subscribe("q/#", qos=1)
+            await pub.publish("q/0", b"x", qos=0)
+            msg = await _next(sub)
+    assert msg.qos == 1
 
 
 async def test_embedded_broker_picks_a_free_port_and_stops() -> None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+import aiomqtt
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -130,7 +131,9 @@ class FaultDispatcher:
             )
             return FaultOutcome.REJECTED
         outcome = FaultOutcome.CLEARED if cmd.clear else FaultOutcome.INJECTED
-        _log.info(f"fault {outcome}", device=device_id, fault=cmd.fault, params=cmd.params)
+        _log.info(
+            "fault applied", outcome=outcome, device=device_id, fault=cmd.fault, params=cmd.params
+        )
         return outcome
 
 
@@ -149,10 +152,8 @@ def mqtt_client(
     broker: BrokerAddress | str,
     credentials: MqttCredentials | None = None,
     identifier: str | None = None,
-) -> Any:
+) -> aiomqtt.Client:
     """An aiomqtt client for bench tools. MQTT 3.1.1: the embedded amqtt broker speaks no 5."""
-    import aiomqtt
-
     addr = _address(broker)
     cred = credentials or MqttCredentials()
     tls = cred.tls_context
@@ -214,8 +215,6 @@ class FaultListener:
         return self.dispatcher.counts
 
     async def run(self) -> None:
-        import aiomqtt
-
         client = mqtt_client(self.broker, self.credentials)
         backoff_s = 0.2
         failures = 0

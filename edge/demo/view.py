@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiomqtt
 import orjson
 from rich import box
 from rich.console import Console, Group, RenderableType
@@ -533,8 +534,6 @@ async def follow_station(
     """Feed `model` from `<root>/#` until cancelled, reconnecting with a capped backoff. `ready`
     is set on every (re)subscription; `model.link` says how the connection stands. Usable
     without a screen (a headless demo summarises the model at the end)."""
-    import aiomqtt
-
     client = mqtt_client(broker, credentials)
     backoff_s = 0.2
     while True:
@@ -583,8 +582,6 @@ async def run_view(
     group: list[asyncio.TaskGroup] = []  # the running TaskGroup, for tasks started by keys
 
     async def publish(action: InjectFault) -> None:
-        import aiomqtt
-
         try:
             await publish_fault(
                 broker, root, action.device_id, action.fault, action.clear, None, credentials
