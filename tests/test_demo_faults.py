@@ -30,8 +30,10 @@ from edge.demo.faults import (
     fault_catalogue,
     publish_fault,
     sim_devices,
+    supports,
 )
 from edge.demo.simrun import SimSetupError, serve_sims
+from tests.conftest import free_port
 from tests.foundation_helpers import station_copy
 
 ROOT = "swapstation/v1/demo-01"
@@ -45,7 +47,7 @@ class Heater:
         self.changed = asyncio.Event()
 
     def faults(self) -> list[str]:
-        return ["over_temperature", "offline"]
+        return ["over_temperature", "offline", "silent"]
 
     def inject(self, fault: str, params: Mapping[str, Any]) -> None:
         if fault == "over_temperature" and not isinstance(params.get("temp_c"), int | float):
@@ -153,24 +155,66 @@ def test_catalogue_covers_every_device_type_and_names_its_source() -> None:
         names = [f.name for f in d.faults]
         assert len(names) == len(set(names))
     assert "emergency_stop" in [f.name for f in cat["robot"].faults]
-    assert "bms_silent" in [f.name for f in cat["pack"].faults]
-    assert "offline" in [f.name for f in cat["charger"].faults]
+    assert "bcl_stops" in [f.name for f in cat["pack"].faults]
+    assert "silent" in [f.name for f in cat["charger"].faults]
 
 
-def test_catalogue_asks_the_simulator_when_it_can(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def installed_sims(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stand-ins for drivers.sim.charger / drivers.sim.pack as they will be on main."""
     import types
+    from enum import StrEnum
 
-    class ChargerSim:
-        @classmethod
-        def faults(cls) -> list[str]:
-            return ["offline", "brownout"]
+    class Fault(StrEnum):
+        SILENT = "silent"
+        BRAND_NEW = "brand_new"
 
-    module = types.ModuleType("drivers.sim.charger")
-    module.ChargerSim = ChargerSim  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "drivers.sim.charger", module)
+    charger = types.ModuleType("drivers.sim.charger")
+    charger.FAULT_NAMES = ("silent", "garbage")  # type: ignore[attr-defined]
+    pack = types.ModuleType("drivers.sim.pack")
+    pack.Fault = Fault  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "drivers.sim.charger", charger)
+    monkeypatch.setitem(sys.modules, "drivers.sim.pack", pack)
+
+
+@pytest.mark.usefixtures("installed_sims")
+def test_catalogue_reads_the_installed_simulators() -> None:
+    cat = {d.device_type: d for d in fault_catalogue()}
+    assert [f.name for f in cat["charger"].faults] == ["silent", "garbage", "bit:<flag>"]
+    assert cat["charger"].source == "drivers.sim.charger.FAULT_NAMES"
+    assert cat["charger"].from_simulator
+    assert cat["charger"].faults[1].description  # described from the known list
+    assert [f.name for f in cat["pack"].faults] == ["silent", "brand_new"]
+    assert cat["pack"].faults[1].description == ""
+    assert not cat["robot"].from_simulator
+
+
+def test_supports_matches_names_and_patterns() -> None:
     charger = next(d for d in fault_catalogue() if d.device_type == "charger")
-    assert [f.name for f in charger.faults] == ["offline", "brownout"]
-    assert charger.source == "drivers.sim.charger.ChargerSim.faults()"
+    assert supports(charger, "silent")
+    assert supports(charger, "bit:over_voltage")
+    assert not supports(charger, "bit:")
+    assert not supports(charger, "melt")
+
+
+@pytest.mark.usefixtures("installed_sims")
+def test_sim_fault_refuses_a_fault_the_installed_simulator_lacks(
+    config_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["sim", "fault", "--config", str(config_path), "ch01", "slow"]) == 2
+    err = capsys.readouterr().err
+    assert "has no fault 'slow'" in err and "silent garbage bit:<flag>" in err
+
+
+def test_sim_fault_only_warns_while_the_list_is_read_off_a_branch(
+    config_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Unknown to the list, so a warning; then the unreachable broker makes it a runtime error.
+    argv = ["sim", "fault", "--config", str(config_path), "robot", "melt"]
+    assert main([*argv, "--broker", f"mqtt://127.0.0.1:{free_port()}"]) == 1
+    err = capsys.readouterr().err
+    assert "warning: robot 'robot' has no fault 'melt'" in err
+    assert "error: broker mqtt://127.0.0.1:" in err
 
 
 def test_sim_devices_from_config(config_path: Path) -> None:
@@ -213,7 +257,7 @@ async def test_sim_fault_cli_publishes_to_the_override_broker(
     async with running(listener):
         argv = [
             sys.executable, "-m", "edge", "sim", "fault", "--config", str(config_path),
-            "ch01", "offline", "--param", "delay_s=2.5", "--param", "note=x y",
+            "ch01", "silent", "--param", "delay_s=2.5", "--param", "note=x y",
             "--broker", broker.url,
         ]  # fmt: skip
         proc = await asyncio.create_subprocess_exec(
@@ -223,7 +267,7 @@ async def test_sim_fault_cli_publishes_to_the_override_broker(
             out, err = await proc.communicate()
         assert proc.returncode == 0, err.decode()
         await heater.wait_change()
-    assert heater.active == {"offline": {"delay_s": 2.5, "note": "x y"}}
+    assert heater.active == {"silent": {"delay_s": 2.5, "note": "x y"}}
     result = orjson.loads(out.decode().strip().splitlines()[-1])
     assert result["ok"] is True
     assert result["topic"] == f"{ROOT}/sim/ch01/fault"

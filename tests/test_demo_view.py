@@ -333,4 +333,8 @@ def test_fault_menu_lists_every_simulated_device() -> None:
 
     menu = fault_menu(["ch01", "ch02"], ["s01"])
     assert list(menu) == ["ch01", "ch02", "pack-s01", "robot"]
-    assert "offline" in menu["ch01"] and "emergency_stop" in menu["robot"]
+    assert (
+        "silent" in menu["ch01"]
+        and "bit:<flag>" not in menu["ch01"]
+        and "emergency_stop" in menu["robot"]
+    )

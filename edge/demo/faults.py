@@ -6,16 +6,15 @@ fault would be injected again by every simulator that restarts). `publish_fault`
 registered under that id (`FaultInjectable`). Nothing is replied: outcomes are logged and
 counted, bad payloads are dropped.
 
-`fault_catalogue()` says which faults each simulated device type supports, asking the simulator
-class itself when it can (a `faults()` classmethod/staticmethod) and otherwise falling back on
-the list its issue requires, marked with that source.
+`fault_catalogue()` says which faults each simulated device type supports, reading the names from
+the simulator module when it is installed (charger `FAULT_NAMES`, pack `Fault`) and otherwise
+from the list read off its branch, marked with that source.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib
-import inspect
 import ssl
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -243,93 +242,102 @@ class FaultListener:
 class FaultSpec:
     name: str
     description: str
-    params: tuple[str, ...] = ()  # names of the params it reads, `name: meaning`
+    params: tuple[str, ...] = ()  # the params it reads, `name: meaning`
 
 
 @dataclass(frozen=True, slots=True)
 class DeviceFaults:
     device_type: str
     faults: tuple[FaultSpec, ...]
-    source: str  # where the list comes from: the simulator class, or its issue's requirements
+    source: str  # where the names come from
+    from_simulator: bool  # True when read from the simulator module itself
 
 
 @dataclass(frozen=True, slots=True)
 class _DeviceType:
     device_type: str
     module: str
-    class_name: str
-    required: tuple[FaultSpec, ...]
-    required_source: str
+    names_attr: str | None  # module attribute listing the fault names (tuple or StrEnum)
+    known: tuple[FaultSpec, ...]  # names, descriptions and params as read from the branch
+    known_source: str
+    extra: tuple[FaultSpec, ...] = ()  # name patterns the attribute does not list
 
 
 _TYPES: tuple[_DeviceType, ...] = (
     _DeviceType(
         "charger",
         "drivers.sim.charger",
-        "ChargerSim",
+        "FAULT_NAMES",
         (
-            FaultSpec("offline", "stops answering Modbus (station must latch the slot)"),
-            FaultSpec("fault_bits", "sets bits in the fault_bits register", ("bits: int mask",)),
-            FaultSpec("exception_response", "answers every request with a Modbus exception"),
-            FaultSpec("ignore_setpoint", "accepts writes but keeps the old value (verify fails)"),
+            FaultSpec("silent", "requests get no answer at all (station: charger offline)"),
+            FaultSpec("slow", "every answer delayed", ("value: delay s, default 0.5",)),
+            FaultSpec("invalid_values", "measured points read as their invalid raw value"),
+            FaultSpec(
+                "exception",
+                "every request answered with a Modbus exception",
+                ("value: exception code, default 6 (busy)",),
+            ),
+            FaultSpec("short_answers", "reads answered with one register too few"),
+            FaultSpec("garbage", "answers replaced by random bytes"),
+            FaultSpec("ignore_writes", "writes acknowledged, not applied (write+verify fails)"),
         ),
-        "required by DESIGN.md (charger offline rule) and DOMAIN.md (fault bits, write+verify);"
-        " drivers/sim/charger.py not yet on branch modbus",
+        "drivers/sim/charger.py FAULT_NAMES on branch modbus (89092f9), not yet on main",
+        (FaultSpec("bit:<flag>", "sets a device fault bit named in the map's fault_bits"),),
     ),
     _DeviceType(
         "pack",
         "drivers.sim.pack",
-        "PackSim",
+        "Fault",
         (
-            FaultSpec("bms_silent", "the BMS stops sending (BCL missing -> CEM, re-handshake)"),
-            FaultSpec("bsm_fault", "an abnormal BSM status flag", ("flag: BSM signal name",)),
-            FaultSpec("over_temperature", "max pack temperature above the window", ("temp_c",)),
-            FaultSpec("cell_overvoltage", "max cell voltage above the window", ("cell_v",)),
-            FaultSpec("cell_undervoltage", "min cell voltage below the window", ("cell_v",)),
-            FaultSpec("bst_fault", "the BMS ends the session with a BST fault", ("reason",)),
+            FaultSpec("bcl_stops", "BCL no longer sent (the charger side must stop within 1 s)"),
+            FaultSpec("silent", "the BMS sends nothing at all"),
+            FaultSpec("over_temperature", "BSM over-temperature flag and a hot probe"),
+            FaultSpec("insulation", "BSM insulation fault flag"),
+            FaultSpec("cell_over_voltage", "BSM cell over-voltage flag"),
+            FaultSpec("bst_fault", "the BMS stops with a BST insulation fault"),
+            FaultSpec("pause", "BSM charge permitted = 00"),
+            FaultSpec("garbage", "random frames with unknown ids every 50 ms"),
+            FaultSpec("wrong_dlc", "BCL sent with 3 bytes"),
+            FaultSpec("broken_tp", "BCS TP.DT with a wrong sequence number"),
+            FaultSpec("no_bhm", "a 2011-edition BMS (no BHM)"),
         ),
-        "required by DESIGN.md (pack fault and BMS silent rules);"
-        " drivers/sim/pack.py not yet on branch can",
+        "drivers/sim/pack.py Fault on branch can (0f83355), not yet on main",
     ),
     _DeviceType(
         "robot",
         "drivers.sim.robot_plc",
-        "RobotPlcSim",
+        None,
         (
             FaultSpec("emergency_stop", "emergency-stop chain broken (clear restores it)"),
             FaultSpec("light_curtain", "light curtain broken (clear restores it)"),
             FaultSpec("door_open", "a door opens (clear closes it)"),
             FaultSpec("step_fault", "the next run of a step fails", ("unit: vehicle|rack", "step")),
             FaultSpec("stuck_step", "the next run of a step never ends", ("unit", "step")),
-            FaultSpec("torque_failure", "k lock heads out of torque window", ("heads: int",)),
-            FaultSpec("vehicle_not_ready", "vehicle HV on / not immobilised (clear: ready)"),
+            FaultSpec("torque_failure", "lock heads out of torque window", ("heads: int",)),
+            FaultSpec("vehicle_not_ready", "vehicle HV on, not immobilised (clear: ready)"),
         ),
-        "RobotPlcSim fault methods on branch swap (emergency_stop, break_curtain, set_input,"
-        " inject_step_fault, inject_stuck, inject_torque_failure): no faults() yet",
+        "RobotPlcSim methods on branch swap, through edge.demo.sim_adapters.RobotFaults",
     ),
 )
 
 DEVICE_TYPES: tuple[str, ...] = tuple(t.device_type for t in _TYPES)
 
 
-def _specs_from(values: Iterable[Any]) -> tuple[FaultSpec, ...]:
-    out = []
-    for v in values:
-        out.append(v if isinstance(v, FaultSpec) else FaultSpec(str(v), ""))
-    return tuple(out)
-
-
 def _ask_simulator(t: _DeviceType) -> tuple[FaultSpec, ...] | None:
-    """The simulator's own list when its class can give one without an instance."""
+    """The simulator module's own list of fault names, when it is installed."""
+    if t.names_attr is None:
+        return None
     try:
         module = importlib.import_module(t.module)
     except ImportError:
         return None
-    cls = getattr(module, t.class_name, None)
-    fn = inspect.getattr_static(cls, "faults", None) if cls is not None else None
-    if not isinstance(fn, classmethod | staticmethod):
+    raw = getattr(module, t.names_attr, None)
+    if raw is None:
         return None
-    return _specs_from(cls.faults())  # type: ignore[union-attr]
+    known = {f.name: f for f in t.known}
+    names = [str(getattr(n, "value", n)) for n in raw]  # a StrEnum class or a tuple of str
+    out = [known.get(n, FaultSpec(n, "")) for n in names]
+    return (*out, *t.extra)
 
 
 def fault_catalogue() -> list[DeviceFaults]:
@@ -337,10 +345,19 @@ def fault_catalogue() -> list[DeviceFaults]:
     for t in _TYPES:
         asked = _ask_simulator(t)
         if asked is not None:
-            out.append(DeviceFaults(t.device_type, asked, f"{t.module}.{t.class_name}.faults()"))
+            out.append(DeviceFaults(t.device_type, asked, f"{t.module}.{t.names_attr}", True))
         else:
-            out.append(DeviceFaults(t.device_type, t.required, t.required_source))
+            out.append(DeviceFaults(t.device_type, (*t.known, *t.extra), t.known_source, False))
     return out
+
+
+def supports(entry: DeviceFaults, fault: str) -> bool:
+    """`fault` is listed, or matches a pattern such as `bit:<flag>`."""
+    for spec in entry.faults:
+        head, sep, _ = spec.name.partition("<")
+        if spec.name == fault or (sep and fault.startswith(head) and len(fault) > len(head)):
+            return True
+    return False
 
 
 def sim_devices(charger_ids: Iterable[str], slot_ids: Iterable[str]) -> dict[str, str]:
@@ -353,8 +370,11 @@ def sim_devices(charger_ids: Iterable[str], slot_ids: Iterable[str]) -> dict[str
 
 
 def fault_menu(charger_ids: Iterable[str], slot_ids: Iterable[str]) -> dict[str, list[str]]:
-    """device_id -> the faults it supports: what the live view's `f` menu offers."""
-    by_type = {d.device_type: [f.name for f in d.faults] for d in fault_catalogue()}
+    """device_id -> the faults it supports: what the live view's `f` menu offers (patterns such
+    as `bit:<flag>` left out: they need a name only the register map knows)."""
+    by_type = {
+        d.device_type: [f.name for f in d.faults if "<" not in f.name] for d in fault_catalogue()
+    }
     return {dev: by_type[t] for dev, t in sim_devices(charger_ids, slot_ids).items()}
 
 

@@ -104,7 +104,13 @@ def _fault(args: argparse.Namespace) -> int:
     import orjson
 
     from edge.demo.broker import BadBrokerUrl
-    from edge.demo.faults import fault_catalogue, publish_fault, sim_devices, station_mqtt
+    from edge.demo.faults import (
+        fault_catalogue,
+        publish_fault,
+        sim_devices,
+        station_mqtt,
+        supports,
+    )
 
     cfg = _load(args.config)
     if cfg is None:
@@ -119,13 +125,13 @@ def _fault(args: argparse.Namespace) -> int:
         )
         return EXIT_BAD_INPUT
     entry = next(d for d in fault_catalogue() if d.device_type == device_type)
-    names = [s.name for s in entry.faults]
-    if args.fault not in names:
-        msg = f"{device_type} {args.device_id!r} has no fault {args.fault!r}; faults: {' '.join(names)}"
-        if entry.source.endswith(".faults()"):
+    if not supports(entry, args.fault):
+        names = " ".join(s.name for s in entry.faults)
+        msg = f"{device_type} {args.device_id!r} has no fault {args.fault!r}; faults: {names}"
+        if entry.from_simulator:
             print(f"swapd: error: {msg}", file=sys.stderr)
             return EXIT_BAD_INPUT
-        # The list is the requirement, not the simulator's own: let the simulator judge.
+        # The list was read from a branch, not from the installed simulator: let it judge.
         print(f"swapd: warning: {msg} (list from: {entry.source})", file=sys.stderr)
     try:
         target = station_mqtt(cfg, args.broker)
@@ -171,6 +177,7 @@ def _faults(args: argparse.Namespace) -> int:
         doc = {
             d.device_type: {
                 "source": d.source,
+                "from_simulator": d.from_simulator,
                 "devices": [k for k, v in devices.items() if v == d.device_type],
                 "faults": [
                     {"name": s.name, "description": s.description, "params": list(s.params)}
