@@ -94,7 +94,7 @@ def test_swap_outcomes_and_offline_status() -> None:
     )
     text = text_of(m)
     assert re.search(r"vehicle TAXI-88 +completed", text)
-    assert "│ in 141 s, pack out PK-9" in text
+    assert "│ in 141 s, fitted PK-9, stored -" in text
     m.ingest(
         f"{ROOT}/event/swap.failed",
         event("swap.failed", 8, swap_id="sw-0008", step="lock", reason="torque out of window"),
@@ -105,6 +105,29 @@ def test_swap_outcomes_and_offline_status() -> None:
     assert "swap sw-0008 failed at lock: torque out of window" in text
     m.ingest(f"{ROOT}/status", {"online": False, "boot_id": "a1b2c3", "version": "0.1.0"})
     assert "station OFFLINE" in text_of(m)
+
+
+def test_swap_events_as_the_swap_sequence_emits_them() -> None:
+    """edge/swap/sequence.py (branch swap) says `status` where the telemetry model says `state`
+    and names the packs full_pack_id / depleted_pack_id: the view takes both."""
+    m = ViewModel(ROOT)
+    sw = {"swap_id": "sw-1"}
+    for seq, (etype, details) in enumerate(
+        [
+            ("swap.started", {**sw, "vehicle_id": "TAXI-3", "full_slot": "s02"}),
+            ("swap.step", {**sw, "step": "fetch_full", "unit": "rack", "status": "started"}),
+            ("swap.step", {**sw, "step": "lift", "unit": "vehicle", "status": "done"}),
+            ("swap.step", {**sw, "status": "blocked", "step": "", "missing": ["output_off:s02"]}),
+            ("swap.completed", {**sw, "full_pack_id": "PK-F", "depleted_pack_id": "PK-D"}),
+        ],
+        start=1,
+    ):
+        assert m.ingest(f"{ROOT}/event/{etype}", event(etype, seq, **details))
+    assert (m.units["rack"].step, m.units["rack"].state) == ("fetch_full", "started")
+    assert (m.units["vehicle"].step, m.units["vehicle"].state) == ("lift", "done")
+    text = text_of(m)
+    assert "waiting for output_off:s02" in text
+    assert "fitted PK-F, stored PK-D" in text
 
 
 def test_missing_fields_show_a_dash() -> None:

@@ -57,6 +57,11 @@ def _str(v: Any) -> str:
     return s if s else DASH
 
 
+def _first(d: Mapping[str, Any], *keys: str) -> Any:
+    """The first of `keys` present and not null (field names differ between producers)."""
+    return next((d[k] for k in keys if d.get(k) is not None), None)
+
+
 def fmt(v: Any, spec: str = ".1f") -> str:
     n = _num(v)
     return DASH if n is None else format(n, spec)
@@ -194,18 +199,24 @@ class ViewModel:
                 u.state, u.step = "idle", DASH
             return f"swap {self.swap.swap_id} vehicle {self.swap.vehicle_id}"
         if event_type == "swap.step":
-            step, state = _str(d.get("step")), _str(d.get("state"))
+            # `state` in the telemetry model, `status` in the swap sequence: take either.
+            step, state = _str(d.get("step")), _str(_first(d, "state", "status"))
             unit = _str(d.get("unit"))
             unit = unit if unit in self.units else ("rack" if step in RACK_STEPS else "vehicle")
-            self.units[unit].step, self.units[unit].state = step, state
             s.swap_id = _str(d.get("swap_id")) if d.get("swap_id") else s.swap_id
+            missing = d.get("missing")
+            if isinstance(missing, list) and missing:
+                # blocked: the unit did not move; say what it waits for
+                return f"{unit}: {step} {state}, waiting for {', '.join(map(str, missing))}"
+            self.units[unit].step, self.units[unit].state = step, state
             s.step = step
             return f"{unit}: {step} {state}"
         if event_type == "swap.completed":
             s.state, s.step = "completed", DASH
-            s.detail = (
-                f"in {fmt(d.get('duration_s'), '.0f')} s, pack out {_str(d.get('pack_out_id'))}"
-            )
+            duration = fmt(d.get("duration_s"), ".0f")
+            fitted = _str(_first(d, "pack_out_id", "full_pack_id"))
+            stored = _str(_first(d, "pack_in_id", "depleted_pack_id"))
+            s.detail = f"in {duration} s, fitted {fitted}, stored {stored}"
             return f"swap {_str(d.get('swap_id'))} done {s.detail}"
         if event_type == "swap.failed":
             s.state = "failed"
