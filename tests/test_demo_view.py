@@ -63,6 +63,18 @@ def test_render_shows_every_panel_from_realistic_telemetry() -> None:
     assert "23:10:00.250" in text
 
 
+def test_summary_is_json_ready() -> None:
+    m = fed()
+    m.ingest(f"{ROOT}/event/swap.completed", event("swap.completed", 7, swap_id="sw-0007"))
+    doc = orjson.loads(orjson.dumps(m.summary()))
+    assert doc["online"] is True
+    assert doc["slots_seen"][0] == "s01" and len(doc["slots_seen"]) == 12
+    assert doc["events"]["swap.step"] == 3
+    assert doc["swaps_completed"] == 1 and doc["swaps_failed"] == 0
+    assert doc["active_alarms"] == ["slot.charger_offline@s07"]
+    assert doc["grid_power_kw"] == 412.5 and doc["grid_mode"] == "charge"
+
+
 def test_events_ring_keeps_the_latest_ten_newest_first() -> None:
     m = ViewModel(ROOT)
     for i in range(1, 26):
@@ -361,3 +373,40 @@ def test_fault_menu_lists_every_simulated_device() -> None:
         and "bit:<flag>" not in menu["ch01"]
         and "emergency_stop" in menu["robot"]
     )
+
+
+async def test_logs_print_above_the_view_on_a_terminal(broker: BrokerAddress) -> None:
+    """On a terminal, a log line during the view goes through Live's stderr proxy (printed
+    above the view) instead of tearing it; the logging set-up is restored afterwards."""
+    import logging
+    import sys
+
+    import structlog
+
+    from edge.logs import configure_logging, get_logger
+
+    saved_handlers = logging.getLogger().handlers[:]
+    saved_config = structlog.get_config()
+    configure_logging(stream=sys.stderr, json=True)
+    stderr_before = sys.stderr
+    console = Console(record=True, width=140, file=io.StringIO(), force_terminal=True)
+    stop, ready = asyncio.Event(), asyncio.Event()
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(
+                run_view(broker, ROOT, console=console, stop=stop, ready=ready, keys=False),
+                name="test-view",
+            )
+            async with asyncio.timeout(10):
+                await ready.wait()
+            get_logger("test").warning("line from a component", marker=42)
+            logging.getLogger("somelib").warning("line from a library")
+            stop.set()
+        assert sys.stderr is stderr_before
+        assert structlog.get_config()["logger_factory"]._file is stderr_before
+    finally:
+        logging.getLogger().handlers[:] = saved_handlers
+        structlog.configure(**saved_config)
+    text = console.export_text()
+    assert '"event":"line from a component"' in text and '"marker":42' in text
+    assert "line from a library" in text

@@ -16,7 +16,7 @@ import contextlib
 import math
 import os
 import sys
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -103,6 +103,7 @@ class ViewModel:
     swap: SwapView = field(default_factory=SwapView)
     alarms: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     events: deque[EventLine] = field(default_factory=deque)
+    event_counts: Counter[str] = field(default_factory=Counter)
     received: int = 0
     link: str = "connecting"  # the view's own MQTT connection
     dropped: int = 0  # not JSON, not an object, or a topic part that makes no sense
@@ -163,6 +164,21 @@ class ViewModel:
                 return False
         return True
 
+    def summary(self) -> dict[str, Any]:
+        """What was seen, as one JSON-ready object (for a headless run's result line)."""
+        return {
+            "online": self.online,
+            "messages": self.received,
+            "dropped": self.dropped,
+            "slots_seen": sorted(self.slots),
+            "events": dict(sorted(self.event_counts.items())),
+            "swaps_completed": self.event_counts["swap.completed"],
+            "swaps_failed": self.event_counts["swap.failed"],
+            "active_alarms": [f"{code}@{source}" for code, source in sorted(self.alarms)],
+            "grid_power_kw": _num(self.station.get("grid_power_kw")),
+            "grid_mode": self.station.get("grid_mode"),
+        }
+
     def _alarms_from_station(self, refs: list[Any]) -> None:
         current: dict[tuple[str, str], dict[str, Any]] = {}
         for ref in refs:
@@ -186,6 +202,7 @@ class ViewModel:
         raw = msg.get("details")
         d: dict[str, Any] = raw if isinstance(raw, dict) else {}
         ts = _str(msg.get("ts"))
+        self.event_counts[event_type] += 1
         summary = self._apply_event(event_type, d)
         self.events.append(EventLine(ts, event_type, summary))
         while len(self.events) > self.events_kept:
@@ -534,6 +551,41 @@ def _keys(callback: Callable[[str], None], fd: int | None) -> Iterator[bool]:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
+@contextlib.contextmanager
+def _logs_above_live(active: bool) -> Iterator[None]:
+    """While Live owns the terminal, send log lines through its stderr proxy so they print
+    above the view instead of tearing it. The logging set-up (edge/logs.py) holds the stderr
+    it was given, so its stream is swapped for the proxy and restored afterwards."""
+    if not active:
+        yield
+        return
+    import logging
+
+    import structlog
+
+    proxy = sys.stderr  # rich's FileProxy while Live redirects stderr
+    real = {id(sys.__stderr__), id(getattr(proxy, "rich_proxied_file", None))}
+    saved_factory = structlog.get_config()["logger_factory"]
+    # Only loggers that write to the terminal; one sent to a file stays there.
+    to_terminal = id(getattr(saved_factory, "_file", None)) in real
+    if to_terminal:
+        structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=proxy))
+    swapped = [
+        (h, h.stream)
+        for h in logging.getLogger().handlers
+        if type(h) is logging.StreamHandler and id(h.stream) in real
+    ]
+    for h, _ in swapped:
+        h.setStream(proxy)
+    try:
+        yield
+    finally:
+        for h, stream in swapped:
+            h.setStream(stream)
+        if to_terminal:
+            structlog.configure(logger_factory=saved_factory)
+
+
 async def follow_station(
     broker: BrokerAddress | str,
     root: str,
@@ -619,6 +671,7 @@ async def run_view(
         _keys(on_key, (key_fd if key_fd is not None else _stdin_fd()) if keys else None) as (
             controls.active
         ),
+        _logs_above_live(console.is_terminal),
     ):
         async with asyncio.TaskGroup() as tg:
             group.append(tg)
