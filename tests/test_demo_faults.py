@@ -390,3 +390,39 @@ def _no_dirty_registry() -> Iterator[None]:
     before = list(SIM_FACTORIES)
     yield
     assert before == SIM_FACTORIES
+
+
+async def test_listener_resubscribes_after_the_broker_restarts() -> None:
+    heater = Heater()
+    first = EmbeddedBroker()
+    await first.start()
+    port = first.address.port
+    listener = FaultListener(first.address, ROOT, {"h": heater}, max_backoff_s=0.2)
+    async with running(listener):
+        await first.stop()
+        async with asyncio.timeout(10):
+            while listener.subscribed.is_set():
+                await asyncio.sleep(0.01)
+        async with EmbeddedBroker(port=port) as second:
+            async with asyncio.timeout(10):
+                await listener.subscribed.wait()
+            await publish_fault(second.address, ROOT, "h", "offline")
+            await heater.wait_change()
+    assert heater.active == {"offline": {}}
+
+
+async def test_embedded_broker_stop_is_bounded_with_a_subscriber_still_connected() -> None:
+    """amqtt 0.12 hangs in shutdown after a QoS 1 delivery to a still-connected subscriber
+    (docs/demo.md); EmbeddedBroker.stop gives up waiting and cancels amqtt's tasks."""
+    heater = Heater()
+    broker = EmbeddedBroker(stop_timeout_s=0.5)
+    await broker.start()
+    port = broker.address.port
+    listener = FaultListener(broker.address, ROOT, {"h": heater}, max_backoff_s=0.2)
+    async with running(listener):
+        await publish_fault(broker.address, ROOT, "h", "offline")
+        await heater.wait_change()
+        async with asyncio.timeout(15):
+            await broker.stop()
+        with pytest.raises(OSError):
+            await asyncio.open_connection("127.0.0.1", port)

@@ -22,7 +22,10 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
+from edge.logs import get_logger
+
 LOOPBACK = "127.0.0.1"
+_log = get_logger("demo.broker")
 
 
 class BrokerError(Exception):
@@ -66,9 +69,10 @@ class EmbeddedBroker:
     20 s and log every packet, which the demo does not want.
     """
 
-    def __init__(self, host: str = LOOPBACK, port: int = 0) -> None:
+    def __init__(self, host: str = LOOPBACK, port: int = 0, stop_timeout_s: float = 2.0) -> None:
         self._host = host
         self._port = port
+        self._stop_timeout_s = stop_timeout_s
         self._broker: Any = None
 
     @property
@@ -104,9 +108,24 @@ class EmbeddedBroker:
         self._broker = broker
 
     async def stop(self) -> None:
+        """Shut amqtt down within `stop_timeout_s`, then by force.
+
+        Measured: amqtt 0.12's shutdown can hang for ever when a client that received a QoS 1
+        message is still connected (a handler's reader loop swallows its cancellation and the
+        broker waits for it). Stopping clients first avoids it; this bound makes it harmless.
+        """
         broker, self._broker = self._broker, None
-        if broker is not None:
-            await broker.shutdown()
+        if broker is None:
+            return
+        shutdown = asyncio.create_task(broker.shutdown(), name="amqtt-shutdown")
+        done, _ = await asyncio.wait({shutdown}, timeout=self._stop_timeout_s)
+        if shutdown in done:
+            shutdown.result()
+            return
+        _log.warning("embedded broker shutdown hung; cancelling its tasks", port=self._port)
+        for server in broker._servers.values():
+            server.instance.close()
+        await _cancel_amqtt_tasks()
 
     async def __aenter__(self) -> EmbeddedBroker:
         await self.start()
@@ -119,6 +138,27 @@ class EmbeddedBroker:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+async def _cancel_amqtt_tasks(rounds: int = 5) -> None:
+    """Cancel every task running amqtt code, again while some swallow the cancellation."""
+    import amqtt
+
+    package = os.path.dirname(amqtt.__file__)
+    me = asyncio.current_task()
+
+    def amqtt_task(t: asyncio.Task[Any]) -> bool:
+        code = getattr(t.get_coro(), "cr_code", None)
+        return code is not None and code.co_filename.startswith(package)
+
+    for _ in range(rounds):
+        left = [t for t in asyncio.all_tasks() if t is not me and not t.done() and amqtt_task(t)]
+        if not left:
+            return
+        for t in left:
+            t.cancel()
+        await asyncio.wait(left, timeout=0.5)
+    _log.error("embedded broker tasks would not stop")
 
 
 def mosquitto_binary() -> str | None:
