@@ -368,6 +368,18 @@ def test_fault_menu_lists_every_simulated_device() -> None:
 
     menu = fault_menu(["ch01", "ch02"], ["s01"])
     assert list(menu) == ["ch01", "ch02", "pack-s01", "robot"]
+    assert menu["robot"]["step_fault"] == {"unit": "vehicle", "step": "lock"}
+    assert menu["robot"]["emergency_stop"] == {}
+    c = ViewControls(devices=menu)
+    for key in "f4":
+        c.on_key(key)
+    assert "(unit=vehicle step=lock)" in text_of(ViewModel(ROOT), c)
+    assert c.on_key("4") == InjectFault(
+        "robot", "step_fault", False, {"unit": "vehicle", "step": "lock"}
+    )
+    for key in "f4c":
+        c.on_key(key)
+    assert c.on_key("4") == InjectFault("robot", "step_fault", True, {})
     assert (
         "silent" in menu["ch01"]
         and "bit:<flag>" not in menu["ch01"]

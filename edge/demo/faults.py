@@ -18,7 +18,7 @@ import importlib
 import ssl
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -243,6 +243,7 @@ class FaultSpec:
     name: str
     description: str
     params: tuple[str, ...] = ()  # the params it reads, `name: meaning`
+    example: Mapping[str, Any] = field(default_factory=dict)  # what the view's menu sends
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,9 +312,24 @@ _TYPES: tuple[_DeviceType, ...] = (
             FaultSpec("emergency_stop", "emergency-stop chain broken (clear restores it)"),
             FaultSpec("light_curtain", "light curtain broken (clear restores it)"),
             FaultSpec("door_open", "a door opens (clear closes it)"),
-            FaultSpec("step_fault", "the next run of a step fails", ("unit: vehicle|rack", "step")),
-            FaultSpec("stuck_step", "the next run of a step never ends", ("unit", "step")),
-            FaultSpec("torque_failure", "lock heads out of torque window", ("heads: int",)),
+            FaultSpec(
+                "step_fault",
+                "the next run of a step fails",
+                ("unit: vehicle|rack", "step: PLC step name"),
+                {"unit": "vehicle", "step": "lock"},
+            ),
+            FaultSpec(
+                "stuck_step",
+                "the next run of a step never ends",
+                ("unit", "step"),
+                {"unit": "rack", "step": "fetch"},
+            ),
+            FaultSpec(
+                "torque_failure",
+                "lock heads out of torque window on the next lock",
+                ("heads: int",),
+                {"heads": 2},
+            ),
             FaultSpec("vehicle_not_ready", "vehicle HV on, not immobilised (clear: ready)"),
         ),
         "RobotPlcSim methods on branch swap, through edge.demo.sim_adapters.RobotFaults",
@@ -369,11 +385,16 @@ def sim_devices(charger_ids: Iterable[str], slot_ids: Iterable[str]) -> dict[str
     return devices
 
 
-def fault_menu(charger_ids: Iterable[str], slot_ids: Iterable[str]) -> dict[str, list[str]]:
-    """device_id -> the faults it supports: what the live view's `f` menu offers (patterns such
-    as `bit:<flag>` left out: they need a name only the register map knows)."""
+FaultMenu = Mapping[str, Mapping[str, Mapping[str, Any]]]  # device -> fault -> params sent
+
+
+def fault_menu(charger_ids: Iterable[str], slot_ids: Iterable[str]) -> dict[str, FaultMenu]:
+    """device_id -> {fault: params}: what the live view's `f` menu offers, each fault with the
+    example params it sends (patterns such as `bit:<flag>` left out: they need a name only the
+    register map knows)."""
     by_type = {
-        d.device_type: [f.name for f in d.faults if "<" not in f.name] for d in fault_catalogue()
+        d.device_type: {f.name: dict(f.example) for f in d.faults if "<" not in f.name}
+        for d in fault_catalogue()
     }
     return {dev: by_type[t] for dev, t in sim_devices(charger_ids, slot_ids).items()}
 

@@ -265,6 +265,7 @@ class InjectFault:
     device_id: str
     fault: str
     clear: bool
+    params: Mapping[str, Any] = field(default_factory=dict)
 
 
 KeyAction = Quit | InjectFault
@@ -276,7 +277,10 @@ class ViewControls:
     """The key state machine: `q` quits; `f` opens the menu of devices, a digit picks one, a digit
     picks its fault; `c` toggles clearing, `n` next page, Esc/backspace back, `f` closes."""
 
-    devices: Mapping[str, Sequence[str]] = field(default_factory=dict)  # id -> its faults
+    # device id -> its faults: names, or {name: params the menu sends}
+    devices: Mapping[str, Mapping[str, Mapping[str, Any]] | Sequence[str]] = field(
+        default_factory=dict
+    )
     menu_open: bool = False
     device: str | None = None
     clear: bool = False
@@ -286,6 +290,10 @@ class ViewControls:
 
     def items(self) -> list[str]:
         return list(self.devices) if self.device is None else list(self.devices[self.device])
+
+    def params(self, fault: str) -> Mapping[str, Any]:
+        faults = self.devices[self.device] if self.device is not None else {}
+        return faults.get(fault, {}) if isinstance(faults, Mapping) else {}
 
     def page_items(self) -> list[str]:
         return self.items()[self.page * _PAGE : (self.page + 1) * _PAGE]
@@ -319,7 +327,12 @@ class ViewControls:
                 if self.device is None:
                     self.device, self.page = shown[i], 0
                 else:
-                    action = InjectFault(self.device, shown[i], self.clear)
+                    action = InjectFault(
+                        self.device,
+                        shown[i],
+                        self.clear,
+                        {} if self.clear else self.params(shown[i]),
+                    )
                     verb = "clear" if self.clear else "inject"
                     self.message = f"{verb} {shown[i]} on {self.device}"
                     self.menu_open, self.device = False, None
@@ -479,7 +492,9 @@ def _menu_panel(controls: ViewControls) -> Panel:
     items = controls.page_items()
     what = "device" if controls.device is None else f"fault on {controls.device}"
     for i, name in enumerate(items, 1):
-        lines.append(f" {i} {name}\n")
+        params = controls.params(name) if controls.device is not None else {}
+        shown = " ".join(f"{k}={v}" for k, v in params.items())
+        lines.append(f" {i} {name}" + (f" ({shown})" if shown else "") + "\n")
     pages = max(1, math.ceil(len(controls.items()) / _PAGE))
     lines.append(
         f"page {controls.page + 1}/{pages}  n next  c clear-mode "
@@ -624,7 +639,7 @@ async def run_view(
     console: Console | None = None,
     refresh_hz: float = 4.0,
     stop: asyncio.Event | None = None,
-    fault_devices: Mapping[str, Sequence[str]] | None = None,
+    fault_devices: Mapping[str, Mapping[str, Mapping[str, Any]] | Sequence[str]] | None = None,
     credentials: MqttCredentials | None = None,
     keys: bool = True,
     key_fd: int | None = None,
@@ -632,7 +647,8 @@ async def run_view(
 ) -> ViewModel:
     """Show the station live until `q`, `stop` is set, or the task is cancelled.
 
-    `fault_devices` (device id -> its faults) fills the `f` menu. Keys are read from `key_fd`
+    `fault_devices` (device id -> its faults, or faults -> params; `fault_menu(...)` builds
+    it from a config) fills the `f` menu. Keys are read from `key_fd`
     (default stdin) only when `keys` is on and that is a terminal. `ready` is set once the view
     is subscribed. Returns the model (the last state seen).
     """
@@ -647,7 +663,13 @@ async def run_view(
     async def publish(action: InjectFault) -> None:
         try:
             await publish_fault(
-                broker, root, action.device_id, action.fault, action.clear, None, credentials
+                broker,
+                root,
+                action.device_id,
+                action.fault,
+                action.clear,
+                action.params,
+                credentials,
             )
         except aiomqtt.MqttError as e:
             controls.message = f"fault not sent: {e}"
