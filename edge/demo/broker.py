@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 from edge.logs import get_logger
@@ -62,7 +62,37 @@ def parse_broker_url(url: str) -> BrokerAddress:
     return BrokerAddress(parts.hostname, port, tls)
 
 
-class EmbeddedBroker:
+class _Broker:
+    """What both brokers share: an address once started, `url`, async context manager."""
+
+    @property
+    def address(self) -> BrokerAddress:
+        raise NotImplementedError
+
+    @property
+    def url(self) -> str:
+        return self.address.url
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+
+class EmbeddedBroker(_Broker):
     """amqtt inside the running loop on a loopback port (0 = a free one, read back after start).
 
     Only the anonymous-auth plugin is loaded: amqtt's defaults also publish `$SYS` topics every
@@ -80,10 +110,6 @@ class EmbeddedBroker:
         if self._broker is None:
             raise BrokerError("embedded broker is not running")
         return BrokerAddress(self._host, self._port)
-
-    @property
-    def url(self) -> str:
-        return self.address.url
 
     async def start(self) -> None:
         from amqtt.broker import Broker
@@ -127,18 +153,6 @@ class EmbeddedBroker:
             server.instance.close()
         await _cancel_amqtt_tasks()
 
-    async def __aenter__(self) -> EmbeddedBroker:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
 
 async def _cancel_amqtt_tasks(rounds: int = 5) -> None:
     """Cancel every task running amqtt code, again while some swallow the cancellation."""
@@ -174,7 +188,7 @@ def _free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
-class MosquittoBroker:
+class MosquittoBroker(_Broker):
     """A private Mosquitto process on a loopback port, its config and log in a temp directory."""
 
     def __init__(self, host: str = LOOPBACK, port: int = 0, start_timeout_s: float = 10.0) -> None:
@@ -189,10 +203,6 @@ class MosquittoBroker:
         if self._proc is None:
             raise BrokerError("mosquitto is not running")
         return BrokerAddress(self._host, self._port)
-
-    @property
-    def url(self) -> str:
-        return self.address.url
 
     async def start(self) -> None:
         binary = mosquitto_binary()
@@ -252,18 +262,6 @@ class MosquittoBroker:
         if self._dir is not None:
             self._dir.cleanup()
             self._dir = None
-
-    async def __aenter__(self) -> MosquittoBroker:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
 
 @contextlib.asynccontextmanager

@@ -85,7 +85,8 @@ def register_sim(sub: Any, handlers: dict[str, Handler]) -> None:
     handlers["sim"] = run
 
 
-def _load(path: str) -> Any:
+def load_or_report(path: str) -> Any:
+    """The station config, or None after printing every problem (`FILE:LINE: field: msg`)."""
     from drivers.datafile import DataFileError
     from edge.config import load_config
 
@@ -112,7 +113,7 @@ def _fault(args: argparse.Namespace) -> int:
         supports,
     )
 
-    cfg = _load(args.config)
+    cfg = load_or_report(args.config)
     if cfg is None:
         return EXIT_BAD_INPUT
     devices = sim_devices([c.id for c in cfg.chargers], [s.id for s in cfg.slots])
@@ -168,7 +169,7 @@ def _faults(args: argparse.Namespace) -> int:
 
     from edge.demo.faults import fault_catalogue, sim_devices
 
-    cfg = _load(args.config)
+    cfg = load_or_report(args.config)
     if cfg is None:
         return EXIT_BAD_INPUT
     devices = sim_devices([c.id for c in cfg.chargers], [s.id for s in cfg.slots])

@@ -13,12 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 
-from drivers.datafile import DataFileError
-from edge.config import StationConfig, load_config
+from edge.config import StationConfig
 from edge.demo.faults import FaultInjectable, FaultListener, StationMqtt, station_mqtt
 from edge.logs import configure_logging, get_logger
 
@@ -77,12 +75,11 @@ async def serve_sims(
 def run_sims(config_path: str, speed: float | None = None) -> int:
     """The `swapd sim --config PATH [--speed X]` entry point: exit 0 after SIGTERM/SIGINT, 2 on a
     bad config."""
+    from edge.demo.sim_cli import load_or_report
+
     configure_logging()
-    try:
-        cfg = load_config(config_path)
-    except DataFileError as e:
-        for p in e.problems:
-            print(p, file=sys.stderr)
+    cfg = load_or_report(config_path)
+    if cfg is None:
         return 2
     try:
         asyncio.run(_main(cfg, cfg.sim.speed if speed is None else speed))
