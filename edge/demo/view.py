@@ -24,7 +24,7 @@ from typing import Any
 import aiomqtt
 import orjson
 from rich import box
-from rich.console import Console, Group, RenderableType
+from rich.console import Console, Group, JustifyMethod, RenderableType
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
@@ -369,7 +369,7 @@ def _styled(v: Any, styles: Mapping[str, str]) -> Text:
 
 def _slots_table(model: ViewModel) -> Table:
     t = Table(title="Rack slots", box=box.SIMPLE_HEAD, expand=True, title_justify="left")
-    for name, justify in (
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
         ("slot", "left"),
         ("pack", "left"),
         ("SOC", "left"),
@@ -379,8 +379,9 @@ def _slots_table(model: ViewModel) -> Table:
         ("phase", "left"),
         ("charger", "left"),
         ("quality", "left"),
-    ):
-        t.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    )
+    for name, justify in columns:
+        t.add_column(name, justify=justify, no_wrap=True)
     for slot_id in sorted(model.slots):
         s = model.slots[slot_id]
         unavailable = s.get("available") is False
@@ -402,7 +403,7 @@ def _slots_table(model: ViewModel) -> Table:
 
 def _grid_panel(model: ViewModel) -> Panel:
     st = model.station
-    power, cap, limit = _num(st.get("grid_power_kw")), _num(st.get("grid_cap_kw")), None
+    power, cap = _num(st.get("grid_power_kw")), _num(st.get("grid_cap_kw"))
     limit = _num(st.get("grid_limit_kw"))
     frac = power / cap if power is not None and cap else None
     lines = Text()
