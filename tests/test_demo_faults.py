@@ -30,6 +30,7 @@ from edge.demo.faults import (
     fault_catalogue,
     publish_fault,
     sim_devices,
+    station_mqtt,
     supports,
 )
 from edge.demo.simrun import SimSetupError, serve_sims
@@ -426,3 +427,29 @@ async def test_embedded_broker_stop_is_bounded_with_a_subscriber_still_connected
             await broker.stop()
         with pytest.raises(OSError):
             await asyncio.open_connection("127.0.0.1", port)
+
+
+def test_station_mqtt_from_config_and_override(tmp_path: Path) -> None:
+    import trustme
+
+    ca = trustme.CA()
+    client_cert = ca.issue_cert("bench@example")
+    ca.cert_pem.write_to_path(tmp_path / "ca.pem")
+    client_cert.private_key_and_cert_chain_pem.write_to_path(tmp_path / "client.pem")
+    edit = {
+        "  host: 127.0.0.1\n  port: 1883\n": (
+            "  host: broker.example\n  port: 8883\n  username: bench\n  password: s3cret\n"
+            f"  tls: {{ca_file: {tmp_path / 'ca.pem'}, cert_file: {tmp_path / 'client.pem'},"
+            f" key_file: {tmp_path / 'client.pem'}, verify_hostname: false}}\n"
+        )
+    }
+    cfg = load_config(station_copy(tmp_path, edit))
+    target = station_mqtt(cfg)
+    assert target.root == "swapstation/v1/demo-01"
+    assert target.broker == BrokerAddress("broker.example", 8883, tls=True)
+    assert (target.credentials.username, target.credentials.password) == ("bench", "s3cret")
+    ctx = target.credentials.tls_context
+    assert ctx is not None and ctx.check_hostname is False
+    plain = station_mqtt(cfg, "mqtt://127.0.0.1:1884")
+    assert plain.broker == BrokerAddress("127.0.0.1", 1884)
+    assert plain.credentials == MqttCredentials()
