@@ -49,6 +49,12 @@ def register_simulate_day(sub: Sub, handlers: dict[str, Handler]) -> None:
     register(sub, handlers)
 
 
+def register_sim(sub: Sub, handlers: dict[str, Handler]) -> None:
+    from edge.demo.sim_cli import register_sim as register
+
+    register(sub, handlers)
+
+
 def register_ctl(sub: Sub, handlers: dict[str, Handler]) -> None:
     from edge.ctl import register
 
@@ -61,4 +67,5 @@ REGISTRY: list[Register] = [
     register_asyncapi,
     register_simulate_day,
     register_ctl,
+    register_sim,
 ]

@@ -1,0 +1,1 @@
+"""The bench engineer's front end: embedded broker, live view, fault injection, sim runner."""
