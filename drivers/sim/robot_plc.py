@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import contextlib
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,6 +135,10 @@ class RobotPlcSim:
         self.released = False  # the vehicle's clamps were released (it may leave)
         self.heartbeat = 0
         self.changed = asyncio.Event()
+        # Called with (source, target) places (`slot:<n>`, `vehicle`, ...) when a step that
+        # carries a pack finishes, before the step reads DONE: a simulated world moves the
+        # pack's BMS and charger load along with it.
+        self.on_move: Callable[[str, str], None] | None = None
         self._server: ModbusTcpServer | None = None
         c = self.contract
         self._device = SimDevice(
@@ -283,6 +288,8 @@ class RobotPlcSim:
         if st is not None:
             self._set(st[0], False)
             self._set(st[1], True)
+            if self.on_move is not None:
+                self.on_move(st[0], st[1])
         all_heads = (1 << self.lock_heads) - 1
         if step == "unlock":
             self.lock_engaged = 0
