@@ -55,6 +55,12 @@ def register_sim(sub: Sub, handlers: dict[str, Handler]) -> None:
     register(sub, handlers)
 
 
+def register_demo(sub: Sub, handlers: dict[str, Handler]) -> None:
+    from edge.demo.sim_cli import register_demo as register
+
+    register(sub, handlers)
+
+
 def register_ctl(sub: Sub, handlers: dict[str, Handler]) -> None:
     from edge.ctl import register
 
@@ -68,4 +74,5 @@ REGISTRY: list[Register] = [
     register_simulate_day,
     register_ctl,
     register_sim,
+    register_demo,
 ]

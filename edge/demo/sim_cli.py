@@ -85,6 +85,45 @@ def register_sim(sub: Any, handlers: dict[str, Handler]) -> None:
     handlers["sim"] = run
 
 
+def register_demo(sub: Any, handlers: dict[str, Handler]) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="simulators + daemon + embedded broker + live view, in one process",
+        description="A whole simulated station. Without a terminal on stdout it runs headless "
+        "for 60 s. --headless prints one JSON summary line at the end.",
+    )
+    p.add_argument("--config", default="config/station.yaml", help="station config (YAML)")
+    p.add_argument("--headless", action="store_true", help="no view; JSON summary at the end")
+    p.add_argument("--duration", type=_positive_float, help="wall seconds (headless; default 60)")
+    p.add_argument("--speed", type=_positive_float, help="time factor (default: config sim.speed)")
+    p.add_argument(
+        "--broker", default="embedded", help="embedded (default), mosquitto or mqtt://host:port"
+    )
+    p.add_argument("--scenario", help="scheduler scenario YAML: arrivals and events to replay")
+    p.add_argument("--state-dir", help="daemon state (journal, outbox); default a temp dir")
+    p.add_argument("--seed", type=int, help="world seed (default: config sim.seed)")
+
+    def run(args: argparse.Namespace) -> int:
+        from pathlib import Path
+
+        from edge.demo.run import DemoOptions, run_demo
+
+        return run_demo(
+            DemoOptions(
+                config=Path(args.config),
+                headless=args.headless,
+                duration_s=args.duration,
+                speed=args.speed,
+                broker=args.broker,
+                scenario=Path(args.scenario) if args.scenario else None,
+                state_dir=Path(args.state_dir) if args.state_dir else None,
+                seed=args.seed,
+            )
+        )
+
+    handlers["demo"] = run
+
+
 def load_or_report(path: str) -> Any:
     """The station config, or None after printing every problem (`FILE:LINE: field: msg`)."""
     from drivers.datafile import DataFileError

@@ -165,7 +165,11 @@ class PackSeat:
 
     # ---- ChargerLoad ------------------------------------------------------------------
     def pack_voltage_v(self) -> float:
-        return self.pack.model.voltage_v if self.pack is not None else 0.0
+        if self.pack is None:
+            return 0.0
+        # Read first in every charger physics step: no current unless absorb() follows.
+        self.pack.model.current_a = 0.0
+        return self.pack.model.voltage_v
 
     def max_current_a(self) -> float:
         # Contactors are closed only in the BMS's charging phase.
@@ -231,7 +235,7 @@ class VehicleFlow:
     def new_vehicle(self) -> SimVehicle:
         w = self.world
         self._n += 1
-        soc = max(5.0, min(60.0, w.rng.gauss(25.0, 8.0)))
+        soc = max(5.0, min(60.0, w.rng.gauss(*w.arrival_soc)))
         pack = WorldPack.new(
             VEHICLE_SERIAL_BASE + self._n, round(soc, 1), w.speed, w.capacity_kwh, w.chemistry
         )
@@ -389,6 +393,7 @@ class SimWorld:
         )
         self.plc.on_move = self._on_move
         self.flow: VehicleFlow | None = None
+        self.arrival_soc: tuple[float, float] = (25.0, 8.0)  # mean, std (%) of arriving packs
         self._bay_vehicle: SimVehicle | None = None
         # Initial rack: all but the last `empty_slots` slots hold a pack; a few are full so a
         # first swap has a pack that has finished charging.
