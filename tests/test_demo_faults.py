@@ -360,9 +360,13 @@ async def test_serve_sims_refuses_duplicate_device_ids(config_path: Path) -> Non
 
 
 def test_swapd_sim_exits_0_on_sigterm(config_path: Path, tmp_path: Path) -> None:
+    from edge.demo.benchcfg import bench_config
+
+    # The whole simulated world starts: on free ports, not the example's fixed ones.
+    bench = bench_config(config_path, tmp_path / "bench", bus="slcan")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "edge", "sim", "--config", str(config_path), "--speed", "3"],
+        [sys.executable, "-m", "edge", "sim", "--config", str(bench), "--speed", "3"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=env,
@@ -380,7 +384,7 @@ def test_swapd_sim_exits_0_on_sigterm(config_path: Path, tmp_path: Path) -> None
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, err.decode()
-    assert out == b""
+    assert [orjson.loads(x)["ready"] for x in out.splitlines()] == [True]
     assert b"simulators stopped" in err
 
 

@@ -13,8 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
+
+import orjson
 
 from edge.config import StationConfig
 from edge.demo.faults import FaultInjectable, FaultListener, StationMqtt, station_mqtt
@@ -25,6 +28,13 @@ SimFactory = Callable[
 ]
 
 SIM_FACTORIES: list[SimFactory] = []
+
+
+def _register_world() -> None:
+    from edge.demo.world import sim_factory
+
+    SIM_FACTORIES.append(sim_factory)
+
 
 _log = get_logger("demo.sim")
 
@@ -78,6 +88,8 @@ def run_sims(config_path: str, speed: float | None = None) -> int:
     from edge.demo.sim_cli import load_or_report
 
     configure_logging()
+    if not SIM_FACTORIES:
+        _register_world()
     cfg = load_or_report(config_path)
     if cfg is None:
         return 2
@@ -94,8 +106,18 @@ async def _main(cfg: StationConfig, speed: float) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    started = asyncio.Event()
+
+    async def announce() -> None:
+        await started.wait()
+        line = {"ready": True, "station": cfg.station.id, "speed": speed}
+        sys.stdout.write(orjson.dumps(line).decode() + "\n")
+        sys.stdout.flush()
+
+    ready = asyncio.create_task(announce(), name="sim-ready")
     try:
-        await serve_sims(cfg, speed, stop)
+        await serve_sims(cfg, speed, stop, started=started)
     finally:
+        ready.cancel()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
