@@ -92,6 +92,17 @@ class SwapRunner:
         self.ctl = ctl
         self.stop_timeout_s = stop_timeout_s
 
+    def dock_known_packs(self, slots: dict[str, SlotService]) -> None:
+        """Start-up: dock the slots the inventory says hold a pack; with no inventory yet (first
+        boot) probe every slot, and a slot whose BMS stays silent is taken as empty."""
+        inv = self.room.coordinator.core.inventory
+        known = bool(inv.packs())
+        for slot_id, slot in slots.items():
+            if not known:
+                slot.probe()
+            elif inv.at(f"slot:{slot_id}") is not None:
+                slot.dock()
+
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
             if self.ctl is not None:
@@ -325,7 +336,9 @@ def build_station(config: StationConfig, clock: Clock, notifier: Notifier | None
     supervisor.add(TelemetryRunner(telemetry), Kind.DEVICE)
     supervisor.add(SchedulerRunner(scheduler), Kind.CORE)
     supervisor.add(publisher, Kind.CORE)
-    supervisor.add(SwapRunner(room, ctl, min(2.0, config.station.stop_deadline_s / 2)), Kind.CORE)
+    swap_runner = SwapRunner(room, ctl, min(2.0, config.station.stop_deadline_s / 2))
+    swap_runner.dock_known_packs(slots)
+    supervisor.add(swap_runner, Kind.CORE)
     for slot in slots.values():
         supervisor.add(slot, Kind.DEVICE)
     log.debug(

@@ -105,7 +105,13 @@ async def test_end_to_end_messages_match_channels_and_schemas(
             tel.emit_event("charge.stopped", {"slot_id": "s1", "reason": "full"})
             tel.emit_event("command.executed", {"cmd_id": "c", "command": "x", "ok": True})
             tel.emit_event("mode.changed", {"operating_mode": "drain", "source": "local"})
-            n_events = 10
+            tel.emit_event("swap.fault", {"swap_id": "w1", "reason": "emergency_stop"})
+            tel.emit_event("swap.recovery", {"swap_id": "w1", "action": "reset_fault"})
+            tel.emit_event(
+                "swap.pack_mismatch", {"slot_id": "s1", "announced_pack_id": "A", "pack_id": "B"}
+            )
+            tel.emit_event("inventory.corrected", {"pack_id": "B", "place": "slot:s1"})
+            n_events = 14
             good: dict[str, dict[str, Any]] = {
                 "set_power_limit": {"power_kw": 300, "valid_until": "2099-01-01T00:00:00Z"},
                 "set_mode": {"mode": "drain"},

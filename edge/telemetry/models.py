@@ -197,6 +197,26 @@ class CommandExecuted(Details):
     error_code: str | None = None
 
 
+class SwapFault(Details):
+    reason: str
+    detail: str = ""
+
+
+class SwapRecovery(Details):
+    action: str = Field(description="reset_fault, retry_step, refit_original or manual")
+
+
+class SwapPackMismatch(Details):
+    slot_id: str
+    announced_pack_id: str | None = None
+    pack_id: str = Field(description="what the docked pack says it is (BRM)")
+
+
+class InventoryCorrected(Details):
+    pack_id: str
+    place: str
+
+
 class ModeChanged(Details):
     operating_mode: OperatingMode
     source: str = Field(description="remote, local or station")
@@ -214,6 +234,10 @@ EVENT_DETAILS: dict[str, type[Details]] = {
     "outbox.overflow": OutboxOverflow,
     "command.executed": CommandExecuted,
     "mode.changed": ModeChanged,
+    "swap.fault": SwapFault,
+    "swap.recovery": SwapRecovery,
+    "swap.pack_mismatch": SwapPackMismatch,
+    "inventory.corrected": InventoryCorrected,
 }
 # Kept when the outbox reaches its disk cap; everything else goes first.
 PROTECTED_EVENT_TYPES = frozenset({"alarm.raised", "alarm.cleared", "outbox.overflow"})
