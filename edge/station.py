@@ -321,15 +321,8 @@ def build_station(config: StationConfig, clock: Clock, notifier: Notifier | None
         task.add_done_callback(pending.discard)
 
     pending: set[asyncio.Future[None]] = set()
-    inventory = room.coordinator.core.inventory
     for slot in slots.values():
         slot.on_identified = identified
-        # Start-up occupancy: a slot the inventory fills starts its session; any other slot
-        # is probed (an answering BMS is discovered, silence means empty, no alarm).
-        if inventory.at(f"slot:{slot.slot_id}") is not None:
-            slot.dock()
-        else:
-            slot.probe()
 
     supervisor.add(MonitorService(monitor), Kind.CORE)
     supervisor.add(NetworkService(network), Kind.DEVICE)
