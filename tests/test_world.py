@@ -243,3 +243,109 @@ async def test_two_processes_sim_and_run_complete_a_swap_and_report_a_fault(
         )
     except TimeoutError:
         pytest.fail(f"no alarm for ch03\n{_event_of(event_feed, 'alarm.raised')}\n{logs()}")
+
+
+async def test_robot_moves_carry_packs_between_seats_and_the_seat_is_the_charger_load(
+    tmp_path: Path,
+) -> None:
+    from drivers.sim.charger import ChargerPhysics, ChargerRatings
+    from drivers.sim.pack import BmsPhase
+    from edge.demo.world import PackSeat, VehicleFlow
+
+    cfg = load_config(bench_config(station_copy(tmp_path), tmp_path / "b", bus="virtual"))
+    world = SimWorld.from_config(cfg, speed=10.0, seed=5)
+    for s in cfg.slots:  # buses not started: frames are dropped, which is all this test needs
+        world.seats[s.id] = PackSeat(s.id, world._transport(s.id, s.bus))
+    for sid, p in world.initial.items():
+        world.seats[sid].seat(p)
+    first, last = cfg.slots[0].id, cfg.slots[-1].id
+    assert world.seats[last].pack is None  # the free slot for the first depleted pack
+    full = world.seats[first].pack
+    assert full is not None and full.pack_id == "SIMB-00000001" and full.pack_type == "LFP"
+
+    world._on_move("slot:1", "buffer")  # fetch: off the bus and off the charger
+    assert world.seats[first].pack is None and world.places["buffer"] is full
+    assert world.seats[first].pack_voltage_v() == 0.0
+    assert world.seats[first].max_current_a() == 0.0
+    with pytest.raises(ValueError, match="holds no pack"):
+        world.devices()[f"pack-{first}"].inject("bcl_stops", {})
+
+    async def never(_a: dict[str, str]) -> None:
+        raise SwapRefused("not asked in this test")
+
+    v = VehicleFlow(world, never, rate_per_hour=0.0).new_vehicle()
+    assert v.announcement()["announced_pack_id"] == v.pack_id
+    world.vehicle_at_bay(v)
+    n = len(cfg.slots)
+    for src, dst in (("vehicle", "shuttle"), ("shuttle", "stacker"), ("stacker", f"slot:{n}")):
+        world._on_move(src, dst)
+    seat = world.seats[last]
+    assert seat.pack is not None and seat.pack.pack_id == v.pack_id
+    assert seat.core is not None and seat.core.phase is BmsPhase.WAIT_CHARGER
+
+    # The charger drives the seated pack: no current before the BMS's charging phase.
+    physics = ChargerPhysics(ratings=ChargerRatings(750.0, 250.0, 60.0), load=seat)
+    physics.enabled, physics.voltage_setpoint_v, physics.current_limit_a = True, 420.0, 100.0
+    soc0 = seat.pack.model.soc_pct
+    physics.step(1.0)
+    assert physics.output_current_a == 0.0
+    seat.core.phase = BmsPhase.CHARGING
+    for _ in range(20):
+        physics.step(1.0)
+    assert physics.output_current_a > 50.0
+    assert seat.pack.model.soc_pct > soc0
+    for s in world.seats.values():
+        await s.close()
+
+
+async def test_scenario_player_applies_events_at_their_times_and_drives_arrivals() -> None:
+    from types import SimpleNamespace
+
+    from edge.demo.run import ScenarioPlayer
+    from edge.scheduler.scenario import ScenarioEvent, load_scenario
+
+    root = Path(__file__).resolve().parents[1]
+    sc = load_scenario(root / "config/scenarios/grid-emergency-day.yaml")
+    sc = sc.model_copy(
+        update={
+            "events": [
+                ScenarioEvent(kind="dispatch_limit", at="00:01", until="00:02", power_kw=240),
+                ScenarioEvent(kind="derate", at="00:01", until="00:02", factor=0.5, slots=[0]),
+                ScenarioEvent(kind="fault", at="00:01", until="00:02", slot=1),
+            ]
+        }
+    )
+    calls: list[tuple[Any, ...]] = []
+
+    class Slot:
+        def __init__(self, sid: str) -> None:
+            self.sid = sid
+
+        def set_derating(self, f: float) -> None:
+            calls.append(("derate", self.sid, f))
+
+    class Charger:
+        def apply_fault(self, name: str, active: bool = True) -> None:
+            calls.append(("charger", name, active))
+
+    limits = SimpleNamespace(
+        set_power_limit=lambda kw, until: calls.append(("limit", kw)),
+    )
+    slots = [SimpleNamespace(id="s01", charger="ch01"), SimpleNamespace(id="s02", charger="ch02")]
+    station = SimpleNamespace(scheduler=limits, slots={s.id: Slot(s.id) for s in slots})
+    world = SimpleNamespace(
+        cfg=SimpleNamespace(slots=slots), chargers={"ch01": Charger(), "ch02": Charger()}
+    )
+    # 3600x: one scenario minute is 1/60 s of wall time.
+    player = ScenarioPlayer(sc, station, world, 3600.0)  # type: ignore[arg-type]
+    assert player.rate_per_hour() == sc.arrivals.swaps_per_hour[0]
+    task = asyncio.create_task(player.run())
+    try:
+        await _wait_for(lambda: ("charger", "silent", False) in calls, 5)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert ("limit", 240) in calls
+    assert ("derate", "s01", 0.5) in calls and ("derate", "s01", 1.0) in calls
+    assert ("charger", "silent", True) in calls
+    assert len(player.applied) == 3

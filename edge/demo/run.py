@@ -99,13 +99,13 @@ class ScenarioPlayer:
                     sim.apply_fault("silent", True)
                     self._later(wall_s, sim.apply_fault, "silent", False)
                 else:
-                    _log.info("scenario event not simulated", event=label)
+                    _log.info("scenario event not simulated", item=label)
                     continue
             except (SchedulerError, ValueError, KeyError) as e:  # must not end the demo
-                _log.warning("scenario event failed", event=label, error=str(e))
+                _log.warning("scenario event failed", item=label, error=str(e))
                 continue
             self.applied.append(label)
-            _log.info("scenario event applied", event=label)
+            _log.info("scenario event applied", item=label)
         await asyncio.Event().wait()
 
     def _underate(self, slot_ids: list[str]) -> None:
