@@ -237,7 +237,9 @@ async def test_two_processes_sim_and_run_complete_a_swap_and_report_a_fault(
     try:
         await _wait_for(
             lambda: any(
-                "ch03" in str(p) or "s03" in str(p) for p in _event_of(event_feed, "alarm.raised")
+                (_details(p).get("code"), _details(p).get("source"))
+                in {("modbus.offline", "ch03"), ("charger.offline", "s03")}
+                for p in _event_of(event_feed, "alarm.raised")
             ),
             20,
         )

@@ -117,16 +117,10 @@ class ScenarioPlayer:
 
 
 def _summary(
-    station: Station, world: SimWorld, model: ViewModel, duration_s: float
+    station: Station, world: SimWorld, model: ViewModel, duration_s: float, charging: int
 ) -> dict[str, Any]:
     seen = model.summary()
     t = station.telemetry  # stats() reads the outbox, closed once the station stopped
-    charging = sum(
-        1 for seat in world.seats.values() if seat.pack and seat.pack.model.current_a > 1
-    )
-    energy = sum(
-        seat.pack.model.energy_in_kwh for seat in world.seats.values() if seat.pack is not None
-    )
     return {
         "swaps_completed": seen["swaps_completed"],
         "swaps_failed": seen["swaps_failed"],
@@ -137,7 +131,7 @@ def _summary(
         "duration_s": round(duration_s, 1),
         "speed": world.speed,
         "packs_charging": charging,
-        "energy_kwh": round(energy, 2),
+        "energy_kwh": world.summary()["sim_energy_kwh"],
         "events": seen["events"],
         "active_alarms": seen["active_alarms"],
         "messages": seen["messages"],
@@ -188,6 +182,7 @@ async def _run(
         rate = player.rate_per_hour
         world.arrival_soc = (scenario.arrivals.soc.mean_pct, scenario.arrivals.soc.std_pct)
     started = time.monotonic()
+    charging = 0
     try:
         async with (
             world.running(in_process_requester(station.swap.coordinator), rate_per_hour=rate),
@@ -227,6 +222,9 @@ async def _run(
                 await view
             # Let the last events reach the subscriber, then stop the daemon first.
             await asyncio.sleep(0.5)
+            charging = sum(
+                1 for seat in world.seats.values() if seat.pack and seat.pack.model.current_a > 1
+            )
             station.stop()
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(cfg.station.stop_deadline_s + 5):
@@ -236,7 +234,7 @@ async def _run(
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-    out = _summary(station, world, model, time.monotonic() - started)
+    out = _summary(station, world, model, time.monotonic() - started, charging)
     if player is not None:
         out["scenario_events_applied"] = player.applied
     return out

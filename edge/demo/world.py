@@ -464,10 +464,9 @@ class SimWorld:
 
     def summary(self) -> dict[str, Any]:
         soc = {s: round(seat.pack.model.soc_pct, 1) for s, seat in self.seats.items() if seat.pack}
-        energy = sum(
-            seat.pack.model.energy_in_kwh for seat in self.seats.values() if seat.pack is not None
-        )
-        energy += sum(p.model.energy_in_kwh for p in self.places.values())
+        # Every pack this world made, wherever it is now (vehicles drive off with charged ones).
+        packs = [*self.initial.values(), *self.vehicle_packs.values()]
+        energy = sum(p.model.energy_in_kwh for p in packs)
         st = self.stats
         return {
             "vehicles_arrived": st.vehicles_arrived,
