@@ -20,7 +20,7 @@ system-deps:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq socat)
 
 demo: $(STAMP)
-	$(BIN)/swapd demo --config config/station.yaml
+	$(BIN)/swapd demo --config config/station.yaml --speed 10
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

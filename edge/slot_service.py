@@ -173,9 +173,15 @@ class SlotService:
     def snapshot(self) -> PackSnapshot:
         return self.core.snapshot(self._clock.monotonic())
 
-    def slot_view(self, alarm_active: bool) -> SlotView:
+    def slot_view(self, alarm_active: bool, ready_soc_pct: float = 90.0) -> SlotView:
         s = self.snapshot()
-        idle = s.state is not SlotState.CHARGING or abs(s.current_a or 0.0) < 1.0
+        # A pack already at the hand-over SOC counts as done: choosing it stops its session
+        # (output_off) before the robot touches it, as for any other pack.
+        idle = (
+            s.state is not SlotState.CHARGING
+            or abs(s.current_a or 0.0) < 1.0
+            or (s.soc_pct or 0.0) >= ready_soc_pct
+        )
         return SlotView(
             slot_id=self.slot_id,
             pack_id=s.pack_id if self.docked else None,
@@ -184,7 +190,9 @@ class SlotService:
             temperature_c=float(s.max_temperature_c) if s.max_temperature_c is not None else 25.0,
             cycles=(s.identity.cycle_count or 0) if s.identity else 0,
             session_ended=idle,
-            output_off=not (self.core.reading.output_on if self.core.reading else False),
+            # For a pack at the hand-over SOC this says "can be switched off": the swap asks for
+            # output off at its start and the fetch step waits for the charger's confirmation.
+            output_off=idle or not (self.core.reading.output_on if self.core.reading else False),
             alarm_active=alarm_active,
             available=s.state is not SlotState.UNAVAILABLE,
         )

@@ -124,6 +124,7 @@ class SwapBindings:
         self.slots = slots
         self.alarms = alarms
         self.publisher = publisher
+        self.ready_soc_pct = publisher.config.grid.ready_soc_pct
 
     async def output_off(self, slot_id: str) -> None:
         await self.slots[slot_id].output_off()
@@ -135,7 +136,7 @@ class SwapBindings:
 
     def slot_views(self) -> list[SlotView]:
         sources = {a.source for a in self.alarms.active}
-        return [s.slot_view(s.slot_id in sources) for s in self.slots.values()]
+        return [s.slot_view(s.slot_id in sources, self.ready_soc_pct) for s in self.slots.values()]
 
     def emit(self, type: str, details: dict[str, Any]) -> None:
         if type == "swap.step" and details.get("status") == "done":
