@@ -246,6 +246,11 @@ class Gate:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._server.wait_closed()
 
+    def cut(self) -> None:
+        """Drop every relayed connection: from now on nothing the link sends reaches the broker."""
+        for w in list(self._writers):
+            w.close()
+
     async def _serve(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         self._writers.add(w)
         if not self.is_open:
