@@ -10,6 +10,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from drivers.clock import Clock
+from drivers.modbus.device import DeviceState
 from edge.config import StationConfig
 from edge.logs import get_logger
 from edge.scheduler.core import Allocation
@@ -78,6 +79,17 @@ class StatePublisher:
     async def stop(self) -> None:
         self.publish()
 
+    @staticmethod
+    def _slot_quality(slot: SlotService) -> Quality:
+        """Bad while its charger is offline; stale while its reads lag; else the last reading's."""
+        state = slot.charger.state
+        if state is DeviceState.OFFLINE:
+            return Quality.BAD
+        if state is not DeviceState.ONLINE:
+            return Quality.STALE
+        reading = slot.core.reading
+        return _QUALITY.get(str(reading.quality), Quality.STALE) if reading else Quality.STALE
+
     def publish(self) -> None:
         dirty, self._dirty = self._dirty, set()
         grid_kw = 0.0
@@ -106,7 +118,6 @@ class StatePublisher:
                 if self.scheduler is not None:
                     self.scheduler.trigger(f"slot {slot_id} {snap.state}")
             if slot_id in dirty:
-                reading = slot.core.reading
                 self.telemetry.update_slot(
                     slot_id,
                     SlotTelemetry(
@@ -120,9 +131,7 @@ class StatePublisher:
                         session_phase=str(snap.phase),
                         charger_state=slot.charger_state(),
                         available=snap.state is not SlotState.UNAVAILABLE,
-                        quality=_QUALITY.get(str(reading.quality), Quality.STALE)
-                        if reading
-                        else Quality.STALE,
+                        quality=self._slot_quality(slot),
                     ),
                 )
         g = self.state.grid

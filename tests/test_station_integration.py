@@ -115,3 +115,13 @@ async def test_sigterm_path_switches_every_output_off(tmp_path: Path) -> None:
         chargers = w.chargers
     # The station stopped inside the context manager's exit: outputs were switched off first.
     assert not chargers["ch01"].get("enable") and not chargers["ch02"].get("enable")
+
+
+async def test_offline_charger_marks_slot_telemetry_bad(tmp_path: Path) -> None:
+    async with running_station(mini_config(tmp_path, 1), soc_pct=40.0) as w:
+        pub, slot = w.station.publisher, w.station.slots["s01"]
+        await wait_for(lambda: output_enabled(w, "ch01"))
+        assert str(pub._slot_quality(slot)) == "good"
+        w.chargers["ch01"].apply_fault("silent", True)
+        await wait_for(lambda: w.station.network.devices["ch01"].state is DeviceState.OFFLINE, 5)
+        assert str(pub._slot_quality(slot)) == "bad"

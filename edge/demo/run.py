@@ -168,6 +168,12 @@ async def _run(
     scenario: Scenario | None,
 ) -> dict[str, Any]:
     root = f"{cfg.mqtt.prefix}/{cfg.station.id}"
+    # For a second terminal: faults reach the demo's simulators through this broker.
+    print(
+        f"swapd demo: broker {broker.url} (root {root}); inject a fault from another terminal with\n"
+        f"  swapd sim fault --config {opts.config} --broker {broker.url} ch03 silent   (--clear to end it)",
+        file=sys.stderr,
+    )
     world = SimWorld.from_config(cfg, speed=speed, seed=opts.seed)
     station = build_station(cfg, SystemClock())
     model = ViewModel(root)
