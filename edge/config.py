@@ -247,7 +247,7 @@ def load_config(path: Path | str) -> StationConfig:
     _apply_env(data)
     problems = [problem_at(p, index, loc, msg) for loc, msg in _reference_checks(data)]
     try:
-        cfg = StationConfig.model_validate({**data, "source": p})
+        cfg = StationConfig.model_validate({**data, "source": p.absolute()})
     except ValidationError as e:
         found = problems_from_validation(e, str(p), index) + problems
         raise DataFileError(sorted(found, key=lambda x: x.line)) from None

@@ -143,3 +143,20 @@ def test_check_config_reports_problems_inside_a_register_map(tmp_path: Path) -> 
         ln.startswith(f"{path}:") and "chargers.0.map: invalid register map" in ln for ln in lines
     )
     assert any(ln.startswith(f"{m}:") and "output_current_a" in ln for ln in lines), r.stderr
+
+
+def test_relative_config_path_resolves_state_files_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = station_copy(tmp_path)
+    path.write_text(
+        path.read_text().replace(f"state_dir: {tmp_path / 'state'}", "state_dir: var/state")
+    )
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(Path("cfg") / "station.yaml")
+    assert cfg.station.state_dir == tmp_path / "cfg" / "var" / "state"
+    assert (
+        cfg.station.state_dir.is_absolute()
+        and cfg.resolve(cfg.station.state_dir) == cfg.station.state_dir
+    )
+    assert cfg.telemetry.outbox_path == tmp_path / "cfg" / "var" / "state" / "outbox.sqlite"
