@@ -16,8 +16,8 @@ from drivers.sim.charger import ChargerSim, run_charger_sims, spec_from_endpoint
 from drivers.sim.pack import BmsCore, PackModel, PackSpec, SimPack
 from drivers.sim.robot_plc import RobotPlcSim
 from edge.config import StationConfig, load_config
+from edge.demo.benchcfg import LoopbackPorts
 from edge.station import Station, build_station
-from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,14 +32,17 @@ def mini_config(
     full = (ROOT / "config" / "station.yaml").read_text()
     grid = full[full.index("grid:\n") : full.index("chargers:")]
     tag = tmp_path.name[-20:].replace("[", "").replace("]", "")
+    ports = LoopbackPorts()  # all distinct, unlike repeated free_port() calls
     chargers = "\n".join(
-        f"  - {{id: ch{i:02d}, host: 127.0.0.1, port: {free_port()}, unit_id: 1, map: registers/charger-generic.yaml}}"
+        f"  - {{id: ch{i:02d}, host: 127.0.0.1, port: {ports.take()}, unit_id: 1, map: registers/charger-generic.yaml}}"
         for i in range(1, n_slots + 1)
     )
     slots = "\n".join(
         f"  - {{id: s{i:02d}, charger: ch{i:02d}, bus: {{interface: virtual, channel: '{tag}-s{i:02d}'}}}}"
         for i in range(1, n_slots + 1)
     )
+    robot_port = ports.take()
+    ports.close()
     text = f"""station:
   id: it-station
   state_dir: {tmp_path / "state"}
@@ -54,7 +57,7 @@ mqtt:
 {chargers}
 slots:
 {slots}
-robot: {{host: 127.0.0.1, port: {free_port()}, unit_id: 1, map: registers/robot-plc.yaml}}
+robot: {{host: 127.0.0.1, port: {robot_port}, unit_id: 1, map: registers/robot-plc.yaml}}
 {extra}"""
     path = cfg_dir / "station.yaml"
     path.write_text(text)

@@ -19,10 +19,23 @@ import yaml
 from drivers.datafile import read_yaml
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+class LoopbackPorts:
+    """Free loopback ports, all different: each stays bound until close(), so the kernel cannot
+    hand the same ephemeral port out twice while one config is being written."""
+
+    def __init__(self) -> None:
+        self._held: list[socket.socket] = []
+
+    def take(self) -> int:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         s.bind(("127.0.0.1", 0))
+        self._held.append(s)
         return int(s.getsockname()[1])
+
+    def close(self) -> None:
+        for s in self._held:
+            s.close()
+        self._held.clear()
 
 
 def bench_config(
@@ -51,11 +64,12 @@ def bench_config(
     def absolute(p: str) -> str:
         return str(p if Path(p).is_absolute() else base / p)
 
-    tag = f"{os.getpid()}-{free_port()}"
+    ports = LoopbackPorts()
+    tag = f"{os.getpid()}-{ports.take()}"
     for c in doc.get("chargers", []):
         if "port" in c:
             c["host"] = "127.0.0.1"
-            c["port"] = free_port()
+            c["port"] = ports.take()
         c["map"] = absolute(c.get("map", "registers/charger-generic.yaml"))
     for s in doc.get("slots", []):
         if bus == "virtual":
@@ -63,12 +77,13 @@ def bench_config(
         else:
             s["bus"] = {
                 "interface": "slcan",
-                "channel": f"socket://127.0.0.1:{free_port()}",
+                "channel": f"socket://127.0.0.1:{ports.take()}",
                 "bitrate": 250000,
             }
     robot = dict(doc.get("robot") or {})
     robot["host"] = "127.0.0.1"
-    robot["port"] = free_port()
+    robot["port"] = ports.take()
+    ports.close()
     robot["map"] = absolute(robot.get("map", "registers/robot-plc.yaml"))
     doc["robot"] = robot
     station = dict(doc["station"])
