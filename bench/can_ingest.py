@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import gc
 import os
 import statistics
@@ -24,7 +25,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -220,7 +223,84 @@ async def idle_cost(n: int, kind: str) -> dict[str, float]:
 # -- 4. CCS jitter over SLCAN across processes ---------------------------------------------
 
 
-async def ccs_jitter(n_slots: int, seconds: float) -> dict[str, float]:
+@contextlib.contextmanager
+def private_broker() -> Iterator[int]:
+    """A Mosquitto process on a free loopback port (the telemetry load for the CCS run)."""
+    import shutil
+    import socket
+    import tempfile
+
+    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        port = int(sk.getsockname()[1])
+    with tempfile.TemporaryDirectory() as d:
+        conf = Path(d) / "m.conf"
+        user = "user root\n" if os.geteuid() == 0 else ""
+        conf.write_text(
+            f"{user}persistence false\nallow_anonymous true\nset_tcp_nodelay true\nlistener {port} 127.0.0.1\n"
+        )
+        broker = subprocess.Popen(
+            [exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            for _ in range(100):
+                try:
+                    socket.create_connection(("127.0.0.1", port), 0.2).close()
+                    break
+                except OSError:
+                    time.sleep(0.05)
+            yield port
+        finally:
+            broker.terminate()
+            broker.wait(10)
+
+
+async def publish_slots(
+    links: list[ChargerLink], port: int, state_dir: Path
+) -> tuple[Any, asyncio.Task[None], asyncio.Task[None]]:
+    """The daemon's telemetry link publishing every slot at 10 Hz while CCS runs."""
+    from edge.telemetry.config import MqttConfig, TelemetryConfig
+    from edge.telemetry.models import SlotTelemetry
+    from edge.telemetry.service import Telemetry
+    from edge.telemetry.target import InMemoryTarget
+
+    tel = Telemetry(
+        "bench",
+        MqttConfig(host="127.0.0.1", port=port),
+        TelemetryConfig(outbox_path=state_dir / "outbox.sqlite", min_interval_s=0.0, deadbands={}),
+        InMemoryTarget(),
+    )
+    run = asyncio.create_task(tel.run(), name="telemetry")
+
+    async def feed() -> None:
+        k = 0
+        while True:
+            k += 1
+            for link in links:
+                tel.update_slot(
+                    link.name,
+                    SlotTelemetry(
+                        soc_pct=min(100.0, 30 + k * 0.01),
+                        current_a=100.0 + k % 7,
+                        voltage_v=380.0 + k % 5,
+                        session_phase="charging",
+                        charger_state="charging",
+                    ),
+                )
+            await asyncio.sleep(0.1)
+
+    return tel, run, asyncio.create_task(feed(), name="telemetry-feed")
+
+
+async def ccs_jitter(n_slots: int, seconds: float, telemetry: bool = False) -> dict[str, float]:
+    with contextlib.ExitStack() as stack:
+        return await _ccs_jitter(n_slots, seconds, stack if telemetry else None)
+
+
+async def _ccs_jitter(
+    n_slots: int, seconds: float, stack: contextlib.ExitStack | None
+) -> dict[str, float]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "drivers.sim.slcan_server", "--count", str(n_slots), "--soc", "30"],
         stdout=subprocess.PIPE,
@@ -252,6 +332,15 @@ async def ccs_jitter(n_slots: int, seconds: float) -> dict[str, float]:
         async with asyncio.timeout(60):
             while not all(link.session.phase is Phase.CHARGING for link in links):
                 await asyncio.sleep(0.05)
+        tel_parts = None
+        if stack is not None:
+            import tempfile
+
+            port = stack.enter_context(private_broker())
+            state = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            tel_parts = await publish_slots(links, port, state)
+            async with asyncio.timeout(10):
+                await tel_parts[0].connected.wait()
         for link in links:
             link.bus.send_times = collections.deque()
         lag_ms: list[float] = []
@@ -293,10 +382,19 @@ async def ccs_jitter(n_slots: int, seconds: float) -> dict[str, float]:
         phases_ok = all(link.session.phase is Phase.CHARGING for link in links)
         drops = sum(link.bus.counters.dropped for link in links)
         rx = sum(link.bus.counters.rx for link in links)
+        published = 0.0
+        if tel_parts is not None:
+            tel, run, feed = tel_parts
+            published = float(tel.stats().get("telemetry_published", 0) or 0)  # type: ignore[arg-type]
+            feed.cancel()
+            tel.stop()
+            await asyncio.gather(feed, run, return_exceptions=True)
+            tel.close()
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         return {
+            "telemetry_msgs_per_s": published / seconds,
             "slots": n_slots,
             "ccs_frames": len(periods_ms) + len(links),
             "period_p50_ms": statistics.median(periods_ms),
@@ -347,6 +445,11 @@ async def main() -> None:
         "separate our own latency from a busy machine's run queue",
     )
     ap.add_argument("--only-ccs", action="store_true")
+    ap.add_argument(
+        "--telemetry",
+        action="store_true",
+        help="during the CCS run, publish every slot's telemetry at 10 Hz through a private Mosquitto",
+    )
     args = ap.parse_args()
     print(f"python {sys.version.split()[0]}, python-can {can.__version__}, cpus {os.cpu_count()}")
     if args.only_ccs:
@@ -357,7 +460,7 @@ async def main() -> None:
         policy = ", SCHED_FIFO" if args.fifo else ""
         show(
             f"CCS jitter: {args.slots} slots over SLCAN/TCP (nice {args.nice}{policy})",
-            await ccs_jitter(args.slots, args.seconds),
+            await ccs_jitter(args.slots, args.seconds, args.telemetry),
         )
         return
     base = await baseline(50_000)
@@ -390,7 +493,7 @@ async def main() -> None:
     show(
         f"CCS jitter: {args.slots} slots charging, packs in another process over SLCAN/TCP"
         f" (nice {args.nice}{', SCHED_FIFO' if args.fifo else ''})",
-        await ccs_jitter(args.slots, args.seconds),
+        await ccs_jitter(args.slots, args.seconds, args.telemetry),
     )
     print("goals: ingest >= 15000 frames/s with 0 missing; CCS jitter p99 < 5 ms")
 
