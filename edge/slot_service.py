@@ -69,6 +69,15 @@ _DEFAULT_RATINGS = ChargerRatings(
 )
 
 
+def _number(snap: Snapshot, name: str, good_only: bool = True) -> float | None:
+    """A numeric point of the charger's snapshot; None when absent (or, by default, not good)."""
+    pv = snap.points.get(name)
+    if pv is None or (good_only and pv.quality is not Quality.GOOD):
+        return None
+    v = pv.value
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
 @dataclass(slots=True)
 class _Wanted:
     out: SetChargerOutput
@@ -259,9 +268,7 @@ class SlotService:
 
     def _reading(self, snap: Snapshot) -> ChargerReading:
         def num(name: str) -> float:
-            pv = snap.points.get(name)
-            v = pv.value if pv is not None else None
-            return float(v) if isinstance(v, int | float) else 0.0
+            return _number(snap, name, good_only=False) or 0.0
 
         qualities = [
             snap.points[n].quality
@@ -301,8 +308,6 @@ class SlotService:
                 DeviceState.RESTORING,
                 DeviceState.DEGRADED,
             )
-            if snap.state is DeviceState.OFFLINE:
-                is_online = False
             if is_online != online:
                 online = is_online
                 self._apply(self.core.set_charger_online(online, now))
@@ -313,17 +318,15 @@ class SlotService:
             self._on_change(self.slot_id)
 
     def _update_ratings(self, snap: Snapshot, now: float) -> None:
-        pts = snap.points
-        try:
-            ratings = ChargerRatings(
-                max_voltage_v=float(snap.good("max_voltage_v")),  # type: ignore[arg-type]
-                min_voltage_v=_DEFAULT_RATINGS.min_voltage_v,
-                max_current_a=float(snap.good("max_current_a")),  # type: ignore[arg-type]
-                max_power_kw=float(snap.good("max_power_kw")),  # type: ignore[arg-type]
-            )
-        except ModbusError:
-            return
-        del pts
+        rated = [_number(snap, n) for n in ("max_voltage_v", "max_current_a", "max_power_kw")]
+        if rated[0] is None or rated[1] is None or rated[2] is None:
+            return  # not read (or not good) yet: keep what we have
+        ratings = ChargerRatings(
+            max_voltage_v=rated[0],
+            min_voltage_v=_DEFAULT_RATINGS.min_voltage_v,
+            max_current_a=rated[1],
+            max_power_kw=rated[2],
+        )
         if ratings != self.core.ratings:
             self._apply(self.core.set_ratings(ratings, now))
         if not self.ratings_known.is_set():
