@@ -27,7 +27,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 types: $(STAMP)
-	$(BIN)/mypy edge drivers
+	$(BIN)/mypy edge drivers sim
 
 pytest: $(STAMP) system-deps
 	$(BIN)/pytest

@@ -183,7 +183,7 @@ async def idle_cost(n: int, kind: str) -> dict[str, float]:
         confs = [CanBusConfig(interface="virtual", channel=f"idle-{i}") for i in range(n)]
     else:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "drivers.sim.slcan_server", "--count", str(n)],
+            [sys.executable, "-m", "sim.devices.slcan_server", "--count", str(n)],
             stdout=subprocess.PIPE,
             text=True,
             cwd=Path(__file__).resolve().parents[1],
@@ -302,7 +302,7 @@ async def _ccs_jitter(
     n_slots: int, seconds: float, stack: contextlib.ExitStack | None
 ) -> dict[str, float]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "drivers.sim.slcan_server", "--count", str(n_slots), "--soc", "30"],
+        [sys.executable, "-m", "sim.devices.slcan_server", "--count", str(n_slots), "--soc", "30"],
         stdout=subprocess.PIPE,
         text=True,
         cwd=Path(__file__).resolve().parents[1],

@@ -14,7 +14,7 @@ import time
 
 import aiomqtt
 
-from edge.demo.broker import BrokerAddress, mosquitto_binary, open_broker
+from sim.broker import BrokerAddress, mosquitto_binary, open_broker
 
 PAYLOAD = b'{"soc_pct": 51.5, "power_kw": 42.0, "pad": "' + b"x" * 256 + b'"}'
 

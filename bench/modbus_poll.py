@@ -29,8 +29,8 @@ sys.path.insert(0, str(ROOT))
 
 from pymodbus.client import AsyncModbusTcpClient  # noqa: E402
 
-from drivers.alarm_sink import RecordingAlarmSink  # noqa: E402
-from drivers.clock import SystemClock  # noqa: E402
+from drivers.core.alarm_sink import RecordingAlarmSink  # noqa: E402
+from drivers.core.clock import SystemClock  # noqa: E402
 from drivers.modbus import DeviceState, ModbusNetwork, ModbusTcpEndpoint  # noqa: E402
 
 # The robot-PLC stand-in: a map of the bench's own (status words incl. the interlock inputs
@@ -71,7 +71,7 @@ def free_ports(n: int) -> list[int]:
 
 
 async def serve(spec_file: str) -> None:
-    from drivers.sim.charger import ChargerSimSpec, run_charger_sims
+    from sim.devices.charger import ChargerSimSpec, run_charger_sims
 
     specs = json.loads(Path(spec_file).read_text())
     sims = [ChargerSimSpec(d["id"], d["map"], port=d["port"]) for d in specs]

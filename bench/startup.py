@@ -79,7 +79,7 @@ def main() -> None:
         [
             sys.executable,
             "-c",
-            "import sys, edge.daemon, edge.station; "
+            "import sys, edge.app.daemon, edge.app.station; "
             "print(','.join(m for m in ('scipy','numpy','matplotlib','tkinter','textual','PySide6') if m in sys.modules))",
         ],
         capture_output=True,

@@ -22,8 +22,8 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from drivers.alarm_sink import RecordingAlarmSink  # noqa: E402
-from drivers.clock import SystemClock  # noqa: E402
+from drivers.core.alarm_sink import RecordingAlarmSink  # noqa: E402
+from drivers.core.clock import SystemClock  # noqa: E402
 from drivers.robot.contract import RobotContract  # noqa: E402
 from drivers.robot.modbus_port import ModbusRobotPort  # noqa: E402
 from edge.swap.choice import SlotView  # noqa: E402
@@ -111,7 +111,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "drivers.sim.robot_plc",
+        "sim.devices.robot_plc",
         "--port",
         str(tcp),
         "--speed",

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from drivers.clock import Clock
+from drivers.core.clock import Clock
 
 
 class Severity(StrEnum):

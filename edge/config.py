@@ -20,7 +20,7 @@ from pydantic import (
 )
 
 from drivers.can.config import CanBusConfig
-from drivers.datafile import (
+from drivers.core.datafile import (
     DataFileError,
     PathKey,
     Problem,

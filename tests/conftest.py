@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from drivers.clock import ManualClock
+from drivers.core.clock import ManualClock
 
 
 def free_port() -> int:

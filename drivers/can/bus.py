@@ -24,10 +24,10 @@ from typing import Any, Protocol
 import can
 import serial
 
-from drivers.alarm_sink import AlarmSink
 from drivers.can.codec import CanFrame, MalformedFrameError, UnknownFrameError
 from drivers.can.config import CanBusConfig
-from drivers.clock import Clock, SystemClock
+from drivers.core.alarm_sink import AlarmSink
+from drivers.core.clock import Clock, SystemClock
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,6 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from drivers.alarm_sink import AlarmSink
 from drivers.can.bus import BusOwner
 from drivers.can.codec import CanFrame
 from drivers.can.config import CanBusConfig
@@ -24,7 +23,8 @@ from drivers.can.session import (
     SessionOutput,
     SessionTimers,
 )
-from drivers.clock import Clock, SystemClock
+from drivers.core.alarm_sink import AlarmSink
+from drivers.core.clock import Clock, SystemClock
 
 
 class FrameCore(Protocol):

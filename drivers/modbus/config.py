@@ -86,7 +86,7 @@ def _kind(v: Any) -> str:
     return "modbus-tcp"
 
 
-# The tags contain "-" so drivers.datafile leaves them out of error paths (`chargers.0.port`).
+# The tags contain "-" so drivers.core.datafile leaves them out of error paths (`chargers.0.port`).
 ModbusEndpoint = Annotated[
     Annotated[ModbusTcpEndpoint, Tag("modbus-tcp")]
     | Annotated[ModbusRtuEndpoint, Tag("modbus-rtu")],

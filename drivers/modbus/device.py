@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from drivers.alarm_sink import AlarmSink
-from drivers.clock import Clock
+from drivers.core.alarm_sink import AlarmSink
+from drivers.core.clock import Clock
 from drivers.modbus.codec import Value, decode_bit, decode_words, encode
 from drivers.modbus.config import ModbusTiming
 from drivers.modbus.errors import (

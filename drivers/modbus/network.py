@@ -10,8 +10,8 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from drivers.alarm_sink import AlarmSink
-from drivers.clock import Clock
+from drivers.core.alarm_sink import AlarmSink
+from drivers.core.clock import Clock
 from drivers.modbus.config import ModbusRtuEndpoint, ModbusTcpEndpoint, resolve_map_path
 from drivers.modbus.device import ModbusDevice
 from drivers.modbus.link import ModbusLink

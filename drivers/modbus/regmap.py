@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from drivers.datafile import (
+from drivers.core.datafile import (
     DataFileError,
     PathKey,
     Problem,

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
 
-from drivers.datafile import DataFileError, PathKey, Problem, problem_at, read_yaml
+from drivers.core.datafile import DataFileError, PathKey, Problem, problem_at, read_yaml
 from drivers.modbus.regmap import RegisterMap, load_register_map
 
 UNITS: tuple[str, str] = ("vehicle", "rack")

@@ -1,6 +1,6 @@
 """Simulated-day scenarios (config/scenarios/*.yaml): a statistical day plus timed events.
 
-The same file is what `swapd demo --scenario` replays. Loaded through drivers.datafile, so every
+The same file is what `swapd demo --scenario` replays. Loaded through drivers.core.datafile, so every
 problem reads `FILE:LINE: dotted.field.path: message`.
 """
 
@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from drivers.datafile import load_model
+from drivers.core.datafile import load_model
 from edge.scheduler.config import GridConfig, PackModel, parse_hhmm
 
 
@@ -129,5 +129,5 @@ class Scenario(_Model):
 
 
 def load_scenario(path: Path | str) -> Scenario:
-    """Read and validate a scenario. Raises drivers.datafile.DataFileError."""
+    """Read and validate a scenario. Raises drivers.core.datafile.DataFileError."""
     return load_model(Scenario, path)

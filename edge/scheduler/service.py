@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import structlog
 
-from drivers.clock import Clock
+from drivers.core.clock import Clock
 from edge.scheduler.core import Allocation, Instant, Lease, Scheduler, SchedulerError, SlotInput
 
 log = structlog.get_logger("edge.scheduler")

@@ -13,8 +13,8 @@ import logging
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from drivers.alarm_sink import AlarmSink
-from drivers.clock import Clock, utc_iso
+from drivers.core.alarm_sink import AlarmSink
+from drivers.core.clock import Clock, utc_iso
 from drivers.robot.port import RobotPort, RobotPortError
 from edge.swap.choice import SlotView
 from edge.swap.journal import Journal

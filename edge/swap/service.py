@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from drivers.alarm_sink import AlarmSink
-from drivers.clock import Clock
+from drivers.core.alarm_sink import AlarmSink
+from drivers.core.clock import Clock
 from drivers.robot.contract import RobotContract
 from drivers.robot.modbus_port import ModbusRobotPort
 from edge.config import StationConfig

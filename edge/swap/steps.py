@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from drivers.datafile import DataFileError, load_model, problem_at, read_yaml
+from drivers.core.datafile import DataFileError, load_model, problem_at, read_yaml
 from drivers.robot.contract import RobotContract
 
 DEFAULT_STEPS = Path(__file__).resolve().parents[2] / "config" / "swap-steps.yaml"

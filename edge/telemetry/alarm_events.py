@@ -7,7 +7,7 @@ import logging
 from collections.abc import Iterable
 from typing import Protocol
 
-from drivers.clock import utc_iso
+from drivers.core.clock import utc_iso
 from edge.alarms import ActiveAlarm, AlarmChange, AlarmManager
 from edge.telemetry.models import AlarmDetails, AlarmRef, Details
 from edge.telemetry.outbox import OutboxError

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 import orjson
 from pydantic import ValidationError
 
-from drivers.clock import Clock, utc_iso
+from drivers.core.clock import Clock, utc_iso
 from edge.telemetry.config import TelemetryConfig
 from edge.telemetry.models import (
     COMMAND_PARAMS,

@@ -12,7 +12,7 @@ import aiomqtt
 import paho.mqtt.client as paho
 from paho.mqtt.reasoncodes import ReasonCode
 
-from drivers.clock import Clock
+from drivers.core.clock import Clock
 from edge.telemetry.tls import TrackingContext
 
 

@@ -22,8 +22,8 @@ import orjson
 from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.reasoncodes import ReasonCode
 
-from drivers.alarm_sink import AlarmSink
-from drivers.clock import Clock, SystemClock, utc_iso
+from drivers.core.alarm_sink import AlarmSink
+from drivers.core.clock import Clock, SystemClock, utc_iso
 from edge.telemetry.changes import ChangeTracker
 from edge.telemetry.commands import CommandProcessor, CommandStore
 from edge.telemetry.config import MqttConfig, TelemetryConfig

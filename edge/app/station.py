@@ -1,0 +1,356 @@
+"""Composition root: builds the whole station from its config and runs it.
+
+Nothing else constructs services; rooms get what they need (clock, alarm raiser, state, the
+devices they drive) here. Start order = the list below; stop runs in reverse, so slots switch
+their outputs off while the Modbus links are still up, and telemetry (last to stop among the
+device services) flushes `online: false` after the safety writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from drivers.core.clock import Clock, utc_iso
+from drivers.modbus.network import ModbusNetwork
+from edge.alarms import AlarmManager
+from edge.app.health import LoopMonitor, Notifier, watchdog_interval_s
+from edge.app.logs import get_logger
+from edge.app.supervisor import Kind, Supervisor
+from edge.config import StationConfig
+from edge.operator.commands import StationCommands
+from edge.operator.ctl import CtlServer
+from edge.scheduler.core import Allocation, Scheduler
+from edge.scheduler.policies import make_policy
+from edge.scheduler.service import SchedulerService
+from edge.slot.core import SlotSafety
+from edge.slot.service import SlotService
+from edge.state import GridState, StationState
+from edge.swap.choice import SlotView
+from edge.swap.remote import SwapCommands
+from edge.swap.sequence import PackIdentity
+from edge.swap.service import SwapRoom, build_swap
+from edge.telemetry.alarm_events import AlarmEvents
+from edge.telemetry.publisher import StatePublisher
+from edge.telemetry.service import Telemetry
+
+log = get_logger("station")
+
+
+class MonitorService:
+    """The event-loop monitor as a core service: it feeds systemd's watchdog."""
+
+    name = "health"
+
+    def __init__(self, monitor: LoopMonitor) -> None:
+        self.monitor = monitor
+
+    async def run(self) -> None:
+        await self.monitor.run()
+
+    async def stop(self) -> None:
+        return None
+
+
+class NetworkService:
+    """Every Modbus link and device owner (chargers), as one device service."""
+
+    name = "modbus"
+
+    def __init__(self, network: ModbusNetwork) -> None:
+        self.network = network
+
+    async def run(self) -> None:
+        await self.network.run()
+
+    async def stop(self) -> None:
+        return None
+
+
+class SchedulerRunner:
+    name = "scheduler"
+
+    def __init__(self, service: SchedulerService) -> None:
+        self.service = service
+
+    async def run(self) -> None:
+        await self.service.run()
+
+    async def stop(self) -> None:
+        return None
+
+
+class SwapRunner:
+    """The swap coordinator (core) with the operator's ctl socket."""
+
+    name = "swap"
+
+    def __init__(self, room: SwapRoom, ctl: CtlServer | None, stop_timeout_s: float) -> None:
+        self.room = room
+        self.ctl = ctl
+        self.stop_timeout_s = stop_timeout_s
+
+    def dock_known_packs(self, slots: dict[str, SlotService]) -> None:
+        """Start-up: dock the slots the inventory says hold a pack; with no inventory yet (first
+        boot) probe every slot, and a slot whose BMS stays silent is taken as empty."""
+        inv = self.room.coordinator.core.inventory
+        known = bool(inv.packs())
+        for slot_id, slot in slots.items():
+            if not known:
+                slot.probe()
+            elif inv.at(f"slot:{slot_id}") is not None:
+                slot.dock()
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            if self.ctl is not None:
+                tg.create_task(self.ctl.serve(), name="ctl")
+            tg.create_task(self.room.coordinator.run(), name="swap-coordinator")
+
+    async def stop(self) -> None:
+        await self.room.coordinator.shutdown(self.stop_timeout_s)
+        if self.ctl is not None:
+            await self.ctl.stop()
+
+
+class SwapBindings:
+    """What the swap coordinator asks of the slots, and where its events go."""
+
+    def __init__(
+        self, slots: dict[str, SlotService], alarms: AlarmManager, publisher: StatePublisher
+    ) -> None:
+        self.slots = slots
+        self.alarms = alarms
+        self.publisher = publisher
+        self.ready_soc_pct = publisher.config.grid.ready_soc_pct
+
+    async def output_off(self, slot_id: str) -> None:
+        await self.slots[slot_id].output_off()
+
+    async def all_outputs_off(self) -> None:
+        for slot in self.slots.values():
+            slot.stop_output()
+        await asyncio.gather(*(s.output_off() for s in self.slots.values()), return_exceptions=True)
+
+    def slot_views(self) -> list[SlotView]:
+        sources = {a.source for a in self.alarms.active}
+        return [s.slot_view(s.slot_id in sources, self.ready_soc_pct) for s in self.slots.values()]
+
+    def emit(self, type: str, details: dict[str, Any]) -> None:
+        if type == "swap.step" and details.get("status") == "done":
+            # A pack seated in a rack slot starts its session; one leaving it has stopped already.
+            for move in details.get("moves", []):
+                to = str(move.get("to", ""))
+                if to.startswith("slot:") and to[5:] in self.slots:
+                    self.slots[to[5:]].dock()
+        fields = {k: v for k, v in details.items() if k != "ts"}
+        if type == "swap.step" and "state" not in fields:
+            fields["state"] = str(fields.get("status", ""))
+        try:
+            self.publisher.emit_event(type, fields)
+        except (ValueError, KeyError) as e:
+            log.warning("swap event not published", type=type, error=str(e))
+
+
+class TelemetryRunner:
+    """The MQTT link. Its stop publishes `online: false` and returns; run() then ends."""
+
+    name = "telemetry"
+
+    def __init__(self, telemetry: Telemetry) -> None:
+        self.telemetry = telemetry
+        self._done = asyncio.Event()
+
+    async def run(self) -> None:
+        self._done.clear()
+        try:
+            await self.telemetry.run()
+        finally:
+            self._done.set()
+        # An orderly stop ends run(); stay parked until the supervisor cancels us.
+        await asyncio.Event().wait()
+
+    async def stop(self) -> None:
+        self.telemetry.stop()
+        await self._done.wait()
+
+
+@dataclass(slots=True)
+class Station:
+    config: StationConfig
+    clock: Clock
+    alarms: AlarmManager
+    state: StationState
+    supervisor: Supervisor
+    notifier: Notifier
+    monitor: LoopMonitor
+    network: ModbusNetwork
+    slots: dict[str, SlotService]
+    scheduler: SchedulerService
+    telemetry: Telemetry
+    commands: StationCommands
+    publisher: StatePublisher
+    swap: SwapRoom
+
+    async def run(self) -> None:
+        """Run until `stop()`; raises CoreServiceFailed when a core service fails."""
+        task = asyncio.ensure_future(self.supervisor.run(self.config.station.stop_deadline_s))
+        started = asyncio.ensure_future(self.supervisor.wait_started())
+        try:
+            await asyncio.wait([task, started], return_when=asyncio.FIRST_COMPLETED)
+            if not task.done():
+                self.notifier.notify("READY=1", f"STATUS={self.state.summary()}")
+                log.info(
+                    "station ready", station=self.config.station.id, services=self.supervisor.names
+                )
+            await task
+        finally:
+            for t in (task, started):
+                if not t.done():
+                    t.cancel()
+            await asyncio.gather(task, started, return_exceptions=True)
+            self.telemetry.close()
+            self.swap.close()
+
+    def stop(self) -> None:
+        self.notifier.notify("STOPPING=1", "STATUS=stopping")
+        self.supervisor.request_stop()
+
+
+def build_station(config: StationConfig, clock: Clock, notifier: Notifier | None = None) -> Station:
+    config_dir = config.source.parent if config.source is not None else Path.cwd()
+    config.station.state_dir.mkdir(parents=True, exist_ok=True)
+    alarms = AlarmManager(clock)
+    state = StationState(
+        station_id=config.station.id,
+        grid=GridState(cap_kw=config.grid.cap_kw, limit_kw=config.grid.base_limit_kw),
+        alarms=alarms,
+    )
+    station_raiser = alarms.raiser("station")
+    supervisor = Supervisor(clock, station_raiser)
+    notifier = notifier or Notifier()
+
+    def on_lag(lagging: bool, lag_s: float) -> None:
+        if lagging:
+            station_raiser.raise_alarm(
+                "station.loop_lag", "event_loop", f"lag {lag_s * 1000:.0f} ms"
+            )
+        else:
+            station_raiser.clear_alarm("station.loop_lag", "event_loop")
+
+    monitor = LoopMonitor(
+        notifier, clock, watchdog_s=watchdog_interval_s(), status=state.summary, on_lag=on_lag
+    )
+
+    network = ModbusNetwork(
+        list(config.chargers), config_dir=config_dir, clock=clock, alarms=alarms.raiser("modbus")
+    )
+
+    commands = StationCommands(state, clock)
+    telemetry = Telemetry(
+        config.station.id,
+        config.mqtt,
+        config.telemetry,
+        commands,
+        clock=clock,
+        alarms=alarms.raiser("telemetry"),
+    )
+    AlarmEvents(alarms, telemetry)
+
+    publisher = StatePublisher(config, state, telemetry, clock)
+    safety = SlotSafety(
+        max_cell_voltage_v=config.safety.max_cell_voltage_v,
+        min_cell_voltage_v=config.safety.min_cell_voltage_v,
+        max_temperature_c=config.safety.max_pack_temp_c,
+        min_temperature_c=config.safety.min_pack_temp_c,
+    )
+    slot_raiser = alarms.raiser("slot")
+    slots: dict[str, SlotService] = {}
+    for i, s in enumerate(config.slots):
+        slots[s.id] = SlotService(
+            s.id,
+            network.devices[s.charger],
+            s.bus,
+            clock=clock,
+            alarms=slot_raiser,
+            safety=safety,
+            on_change=publisher.slot_changed,
+            on_event=publisher.emit_event,
+            charger_number=i + 1,
+        )
+    publisher.slots = slots
+
+    efficiency = config.grid.pack.charging_efficiency
+
+    def apply_allocation(alloc: Allocation) -> None:
+        for g in alloc.grants:
+            slot = slots.get(g.slot_id)
+            if slot is not None:
+                slot.set_grant(g.power_kw * efficiency)  # grants are grid-side; the pack gets 95 %
+        publisher.allocation(alloc)
+
+    scheduler = SchedulerService(
+        Scheduler(config.grid, make_policy(config.grid.policy)),
+        clock,
+        lambda: [s.slot_input() for s in slots.values()],
+        apply_allocation,
+    )
+    publisher.scheduler = scheduler
+    commands.scheduler = scheduler
+    commands.slots = slots
+    commands.telemetry = telemetry
+
+    bindings = SwapBindings(slots, alarms, publisher)
+    room = build_swap(
+        config,
+        clock=clock,
+        outputs=bindings,
+        slots=bindings,
+        events=bindings,
+        alarms=alarms.raiser("swap"),
+    )
+    commands.swap = SwapCommands(room.coordinator)
+    ctl = CtlServer(config.station.ctl_socket, room.coordinator, group=config.station.ctl_group)
+
+    def identified(slot_id: str, pack_id: str, pack_type: str) -> None:
+        task = asyncio.ensure_future(
+            room.coordinator.pack_docked(slot_id, PackIdentity(pack_id, pack_type or None))
+        )
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    pending: set[asyncio.Future[None]] = set()
+    for slot in slots.values():
+        slot.on_identified = identified
+
+    supervisor.add(MonitorService(monitor), Kind.CORE)
+    supervisor.add(NetworkService(network), Kind.DEVICE)
+    supervisor.add(TelemetryRunner(telemetry), Kind.DEVICE)
+    supervisor.add(SchedulerRunner(scheduler), Kind.CORE)
+    supervisor.add(publisher, Kind.CORE)
+    swap_runner = SwapRunner(room, ctl, min(2.0, config.station.stop_deadline_s / 2))
+    swap_runner.dock_known_packs(slots)
+    supervisor.add(swap_runner, Kind.CORE)
+    for slot in slots.values():
+        supervisor.add(slot, Kind.DEVICE)
+    log.debug(
+        "built", slots=len(slots), chargers=len(network.devices), started=utc_iso(clock.now())
+    )
+    return Station(
+        config,
+        clock,
+        alarms,
+        state,
+        supervisor,
+        notifier,
+        monitor,
+        network,
+        slots,
+        scheduler,
+        telemetry,
+        commands,
+        publisher,
+        room,
+    )

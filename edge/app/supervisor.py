@@ -1,0 +1,162 @@
+"""Runs the station's services as named tasks under one TaskGroup.
+
+A device service (one charger, one CAN bus, the broker link) that fails is restarted with capped
+backoff and an alarm; it never takes the station down. A core service that fails stops the
+daemon (exit 1; systemd restarts it) after the same orderly, bounded safe stop as SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol
+
+from drivers.core.alarm_sink import AlarmSink
+from drivers.core.clock import Clock
+from edge.app.logs import get_logger
+
+log = get_logger("supervisor")
+
+
+class Kind(StrEnum):
+    DEVICE = "device"  # restarted on failure
+    CORE = "core"  # failure stops the daemon
+
+
+class Service(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    async def run(self) -> None:
+        """Run until cancelled."""
+        ...
+
+    async def stop(self) -> None:
+        """Safe stop (outputs off, robot halted, outbox flushed). Called before cancellation."""
+        ...
+
+
+@dataclass(slots=True)
+class _Entry:
+    service: Service
+    kind: Kind
+    restarts: int = 0
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+class CoreServiceFailed(RuntimeError):
+    pass
+
+
+class Supervisor:
+    def __init__(
+        self,
+        clock: Clock,
+        alarms: AlarmSink,
+        *,
+        backoff_initial_s: float = 1.0,
+        backoff_max_s: float = 30.0,
+        healthy_after_s: float = 60.0,
+    ) -> None:
+        self._clock = clock
+        self._alarms = alarms
+        self._entries: list[_Entry] = []
+        self.backoff_initial_s = backoff_initial_s
+        self.backoff_max_s = backoff_max_s
+        self.healthy_after_s = healthy_after_s
+        self._stop = asyncio.Event()
+        self._started = asyncio.Event()
+        self.failure: BaseException | None = None
+
+    def add(self, service: Service, kind: Kind) -> None:
+        self._entries.append(_Entry(service, kind))
+
+    @property
+    def names(self) -> list[str]:
+        return [e.service.name for e in self._entries]
+
+    def restarts(self, name: str) -> int:
+        return next(e.restarts for e in self._entries if e.service.name == name)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def wait_started(self) -> None:
+        await self._started.wait()
+
+    async def run(self, stop_deadline_s: float) -> None:
+        """Start everything, wait for a stop request or a core failure, then stop in reverse."""
+        async with asyncio.TaskGroup() as tg:
+            for e in self._entries:
+                e.task = tg.create_task(self._guard(e), name=e.service.name)
+            await asyncio.sleep(0)
+            self._started.set()
+            await self._stop.wait()
+            await self._safe_stop(stop_deadline_s)
+            for e in reversed(self._entries):
+                if e.task is not None:
+                    e.task.cancel()
+        if self.failure is not None:
+            raise CoreServiceFailed(str(self.failure)) from self.failure
+
+    async def _safe_stop(self, deadline_s: float) -> None:
+        """Each service's stop() in reverse start order, all within one deadline."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + deadline_s
+        for e in reversed(self._entries):
+            left = end - loop.time()
+            if left <= 0:
+                log.error("stop deadline passed", service=e.service.name)
+                left = 0.05  # still give the safety writes a chance, briefly
+            try:
+                async with asyncio.timeout(left):
+                    await e.service.stop()
+            except TimeoutError:
+                log.error("service did not stop in time", service=e.service.name)
+            except Exception as exc:  # noqa: BLE001 - one failing stop must not skip the others
+                log.error("service stop failed", service=e.service.name, error=repr(exc))
+
+    async def _guard(self, e: _Entry) -> None:
+        name = e.service.name
+        delay = self.backoff_initial_s
+        while True:
+            started = self._clock.monotonic()
+            try:
+                await e.service.run()
+                if e.kind is Kind.CORE:
+                    raise RuntimeError(f"core service {name} returned")
+                log.warning("device service returned; restarting", service=name)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if e.kind is Kind.CORE:
+                    log.critical(
+                        "core service failed; stopping the daemon",
+                        service=name,
+                        error=repr(exc),
+                        exc_info=exc,
+                    )
+                    self.failure = exc
+                    self._stop.set()
+                    return
+                log.error(
+                    "device service failed; restarting",
+                    service=name,
+                    error=repr(exc),
+                    retry_in_s=delay,
+                )
+            e.restarts += 1
+            self._alarms.raise_alarm("service.restarting", name, f"restart {e.restarts}")
+            if self._clock.monotonic() - started >= self.healthy_after_s:
+                delay = self.backoff_initial_s
+            await self._clock.sleep(delay)
+            delay = min(self.backoff_max_s, delay * 2)
+            # Cleared once the next run has lasted a while without failing.
+            asyncio.get_running_loop().call_later(
+                self.healthy_after_s, self._maybe_clear, e, e.restarts
+            )
+
+    def _maybe_clear(self, e: _Entry, restarts_then: int) -> None:
+        if e.restarts == restarts_then and e.task is not None and not e.task.done():
+            self._alarms.clear_alarm("service.restarting", e.service.name)

@@ -1,0 +1,588 @@
+"""Slot control core, pure: GB/T session events + charger readings + station inputs -> actions.
+
+No I/O and no clock: every input carries `now`, every call returns the actions to carry out, so
+each safety reaction leaves in the same call that detected its cause (well inside 100 ms). The
+I/O service binds the actions to the charger owner (Modbus or otherwise) and to the CAN link:
+
+- `SetChargerOutput(voltage_v, current_a, enable)`: write it (only issued on a change beyond
+  the deadband, or on enable/disable).
+- `FeedWatchdog(feed)`: keep (or stop) feeding the charger's communication watchdog.
+- `SessionCommand(...)`: call the matching `ChargerLink` method.
+- `RaiseAlarm` / `ClearAlarm`: codes from edge.alarms, component "slot".
+
+Safety rules (DESIGN.md), each with a test in tests/edge/test_slot_core.py:
+1. Pack fault (abnormal BSM flag, BST with a fault, temperature or cell voltage outside the
+   window from BCP and the safety config) -> output off + CST + alarm pack.fault /
+   pack.over_temperature / pack.cell_voltage. Latched until the next start (re-docking).
+2. BMS timeout (any GB/T timeout, BEM) -> output off (the session sends CEM and re-handshakes);
+   alarm pack.bms_timeout; after the third re-handshake fails the slot latches unavailable.
+3. Charger offline -> stop feeding its watchdog (it switches itself off), CST, latch
+   slot.unavailable until the charger is back and reports its output off.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from drivers.can.events import (
+    BmsError,
+    ChargeRequest,
+    ChargerFault,
+    PackFlags,
+    PackIdentified,
+    PackLimits,
+    PackStatistics,
+    PackStatus,
+    Phase,
+    PhaseChanged,
+    SessionEvent,
+    SessionStopped,
+    StopReason,
+    Timeout,
+)
+from drivers.can.session import ChargerLimits, ChargerMeasurements
+
+A_PACK_FAULT = "pack.fault"
+A_OVER_TEMPERATURE = "pack.over_temperature"
+A_CELL_VOLTAGE = "pack.cell_voltage"
+A_BMS_TIMEOUT = "pack.bms_timeout"
+A_UNAVAILABLE = "slot.unavailable"
+A_CHARGER_OFFLINE = "charger.offline"
+A_CHARGER_FAULT = "charger.fault"
+
+
+class SlotSafety(BaseModel):
+    """Station-wide limits; the pack's own BCP limits win when they are tighter."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_cell_voltage_v: float = Field(default=4.25, gt=0)
+    min_cell_voltage_v: float = Field(default=2.5, ge=0)
+    cell_voltage_margin_v: float = Field(default=0.02, ge=0)
+    max_temperature_c: float = 60.0
+    min_temperature_c: float = 0.0
+    current_deadband_a: float = Field(default=1.0, ge=0)
+    voltage_deadband_v: float = Field(default=1.0, ge=0)
+
+
+class Quality(StrEnum):
+    GOOD = "good"
+    STALE = "stale"  # last value too old (the owner could not read it)
+    INVALID = "invalid"  # the device reported an invalid raw value
+
+
+@dataclass(frozen=True, slots=True)
+class ChargerReading:
+    """What the charger owner read back. Current positive into the pack."""
+
+    voltage_v: float
+    current_a: float
+    output_on: bool
+    quality: Quality = Quality.GOOD
+    fault: bool = False
+    energy_kwh: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ChargerRatings:
+    max_voltage_v: float
+    min_voltage_v: float
+    max_current_a: float
+    max_power_kw: float
+
+
+# -- actions ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SetChargerOutput:
+    voltage_v: float
+    current_a: float
+    enable: bool
+
+
+@dataclass(frozen=True, slots=True)
+class FeedWatchdog:
+    feed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RaiseAlarm:
+    code: str
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ClearAlarm:
+    code: str
+
+
+class SessionCommandKind(StrEnum):
+    START = "start"
+    STOP = "stop"
+    UPDATE_MEASUREMENTS = "update_measurements"
+    UPDATE_LIMITS = "update_limits"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionCommand:
+    kind: SessionCommandKind
+    reason: StopReason = StopReason.MANUAL
+    faults: tuple[ChargerFault, ...] = ()
+    detail: str = ""
+    measurements: ChargerMeasurements | None = None
+    limits: ChargerLimits | None = None
+
+
+Action = SetChargerOutput | FeedWatchdog | RaiseAlarm | ClearAlarm | SessionCommand
+
+
+class SlotState(StrEnum):
+    EMPTY = "empty"  # no session running
+    CONNECTING = "connecting"  # handshake/identification/parameters
+    CHARGING = "charging"
+    PAUSED = "paused"  # BSM charge-permitted 00
+    STOPPING = "stopping"
+    FAULTED = "faulted"  # pack fault latched until the next start
+    UNAVAILABLE = "unavailable"  # latched: BMS lost after 3 re-handshakes, or charger offline
+
+
+@dataclass(frozen=True, slots=True)
+class PackSnapshot:
+    """The slot's pack data for the station state. current_a positive into the pack."""
+
+    slot_id: str
+    state: SlotState
+    phase: Phase
+    pack_id: str | None
+    identity: PackIdentified | None
+    soc_pct: float | None
+    voltage_v: float | None
+    current_a: float | None
+    max_cell_voltage_v: float | None
+    max_cell_number: int | None
+    min_cell_voltage_v: float | None
+    max_temperature_c: int | None
+    max_temperature_probe: int | None
+    min_temperature_c: int | None
+    min_temperature_probe: int | None
+    request_voltage_v: float | None
+    request_current_a: float | None
+    limits: PackLimits | None
+    setpoint_current_a: float
+    output_enabled: bool
+    heartbeat_age_s: float | None
+    alarms: tuple[str, ...]
+
+
+@dataclass
+class _Pack:
+    identity: PackIdentified | None = None
+    limits: PackLimits | None = None
+    request: ChargeRequest | None = None
+    status: PackStatus | None = None
+    flags: PackFlags | None = None
+    stats: PackStatistics | None = None
+    last_heard: float | None = None
+
+
+@dataclass
+class _Output:
+    voltage_v: float = 0.0
+    current_a: float = 0.0
+    enable: bool = False
+    written: bool = False
+
+
+@dataclass
+class SlotCore:
+    """Decisions for one slot. Every method returns the actions to carry out now."""
+
+    slot_id: str
+    ratings: ChargerRatings
+    safety: SlotSafety = field(default_factory=SlotSafety)
+    grant_kw: float = 0.0
+    derating: float = 1.0  # charger temperature derating, 0..1
+    charger_online: bool = True
+    state: SlotState = SlotState.EMPTY
+    phase: Phase = Phase.IDLE
+    reading: ChargerReading | None = None
+    _pack: _Pack = field(default_factory=_Pack)
+    _out: _Output = field(default_factory=_Output)
+    _alarms: set[str] = field(default_factory=set)
+    _unavailable_reason: str = ""
+    _feeding: bool = True
+
+    # -- commands ------------------------------------------------------------------------------
+
+    def start(self, now: float) -> list[Action]:
+        """A pack is docked in the slot: begin a session (clears a pack-fault latch)."""
+        acts: list[Action] = []
+        if self.state is SlotState.UNAVAILABLE:
+            return acts
+        self._pack = _Pack()
+        for code in (A_PACK_FAULT, A_OVER_TEMPERATURE, A_CELL_VOLTAGE, A_BMS_TIMEOUT):
+            self._clear(code, acts)
+        self.state = SlotState.CONNECTING
+        acts.append(SessionCommand(SessionCommandKind.UPDATE_LIMITS, limits=self._cml()))
+        acts.append(SessionCommand(SessionCommandKind.START))
+        return acts
+
+    def stop(self, now: float, reason: StopReason = StopReason.MANUAL) -> list[Action]:
+        acts: list[Action] = []
+        self._output_off(acts)
+        acts.append(SessionCommand(SessionCommandKind.STOP, reason=reason))
+        return acts
+
+    def set_grant(self, power_kw: float, now: float) -> list[Action]:
+        self.grant_kw = max(0.0, power_kw)
+        return self._regulate()
+
+    def set_derating(self, factor: float, now: float) -> list[Action]:
+        self.derating = max(0.0, min(1.0, factor))
+        acts = [SessionCommand(SessionCommandKind.UPDATE_LIMITS, limits=self._cml())]
+        return acts + self._regulate()
+
+    def set_ratings(self, ratings: ChargerRatings, now: float) -> list[Action]:
+        self.ratings = ratings
+        acts = [SessionCommand(SessionCommandKind.UPDATE_LIMITS, limits=self._cml())]
+        return acts + self._regulate()
+
+    # -- charger side --------------------------------------------------------------------------
+
+    def set_charger_online(self, online: bool, now: float) -> list[Action]:
+        acts: list[Action] = []
+        if online == self.charger_online:
+            return acts
+        self.charger_online = online
+        if not online:
+            # Rule 3: it cannot be written to; starve its watchdog so it switches itself off.
+            self._feeding = False
+            acts.append(FeedWatchdog(False))
+            self._out = _Output(written=True)  # whatever it had is going off by itself
+            acts.append(
+                SessionCommand(
+                    SessionCommandKind.STOP,
+                    reason=StopReason.CHARGER_FAULT,
+                    faults=(ChargerFault.OTHER,),
+                    detail="charger offline",
+                )
+            )
+            self._raise(A_CHARGER_OFFLINE, "charger not answering", acts)
+            self._latch_unavailable("charger offline", acts)
+        else:
+            self._maybe_release(acts)
+        return acts
+
+    def on_reading(self, reading: ChargerReading, now: float) -> list[Action]:
+        acts: list[Action] = []
+        self.reading = reading
+        if reading.quality is Quality.GOOD:
+            acts.append(
+                SessionCommand(
+                    SessionCommandKind.UPDATE_MEASUREMENTS,
+                    measurements=ChargerMeasurements(
+                        voltage_v=reading.voltage_v,
+                        current_a=reading.current_a,
+                        energy_kwh=reading.energy_kwh,
+                    ),
+                )
+            )
+        if reading.fault and A_CHARGER_FAULT not in self._alarms:
+            self._output_off(acts)
+            self._raise(A_CHARGER_FAULT, "charger reports a fault", acts)
+            acts.append(
+                SessionCommand(
+                    SessionCommandKind.STOP,
+                    reason=StopReason.CHARGER_FAULT,
+                    faults=(ChargerFault.OTHER,),
+                )
+            )
+        elif not reading.fault:
+            self._clear(A_CHARGER_FAULT, acts)
+        self._maybe_release(acts)
+        return acts
+
+    def _maybe_release(self, acts: list[Action]) -> None:
+        """Charger offline latch: clear once it is online and reports its output off."""
+        r = self.reading
+        if (
+            self.state is SlotState.UNAVAILABLE
+            and self._unavailable_reason == "charger offline"
+            and self.charger_online
+            and r is not None
+            and r.quality is Quality.GOOD
+            and not r.output_on
+        ):
+            self._clear(A_CHARGER_OFFLINE, acts)
+            self._clear(A_UNAVAILABLE, acts)
+            self._unavailable_reason = ""
+            self.state = SlotState.EMPTY
+            self._feeding = True
+            acts.append(FeedWatchdog(True))
+            self._out = _Output()
+            self._write(acts, 0.0, 0.0, False, force=True)
+
+    # -- session side --------------------------------------------------------------------------
+
+    def on_session_event(self, ev: SessionEvent, now: float) -> list[Action]:
+        acts: list[Action] = []
+        p = self._pack
+        if isinstance(ev, PhaseChanged):
+            self.phase = ev.new
+            if ev.new is Phase.CHARGING:
+                if self.state not in (SlotState.FAULTED, SlotState.UNAVAILABLE):
+                    self.state = SlotState.CHARGING
+                self._clear(A_BMS_TIMEOUT, acts)
+            elif ev.old is Phase.CHARGING:
+                self._output_off(acts)
+            if ev.new in (Phase.ENDED, Phase.IDLE) and self.state not in (
+                SlotState.FAULTED,
+                SlotState.UNAVAILABLE,
+            ):
+                self.state = SlotState.EMPTY
+            if ev.new is Phase.FAILED:
+                self._latch_unavailable("BMS lost after three re-handshakes", acts)
+            return acts
+        p.last_heard = now
+        if isinstance(ev, PackIdentified):
+            p.identity = ev
+        elif isinstance(ev, PackLimits):
+            p.limits = ev
+        elif isinstance(ev, ChargeRequest):
+            p.request = ev
+            return self._regulate()
+        elif isinstance(ev, PackStatus):
+            p.status = ev
+            self._check_cell_voltage(ev.max_cell_voltage_v, None, acts)
+        elif isinstance(ev, PackFlags):
+            p.flags = ev
+            if ev.abnormal:
+                code = A_OVER_TEMPERATURE if ev.over_temperature else A_PACK_FAULT
+                if ev.cell_voltage != "normal":
+                    code = A_CELL_VOLTAGE
+                self._pack_fault(code, ",".join(ev.abnormal), acts)
+                return acts
+            self._check_temperature(ev, acts)
+            if self.state is SlotState.CHARGING and not ev.charge_permitted:
+                self.state = SlotState.PAUSED
+            elif self.state is SlotState.PAUSED and ev.charge_permitted:
+                self.state = SlotState.CHARGING
+            acts += self._regulate()
+        elif isinstance(ev, PackStatistics):
+            p.stats = ev
+            self._check_cell_voltage(ev.max_cell_voltage_v, ev.min_cell_voltage_v, acts)
+        elif isinstance(ev, SessionStopped):
+            self._output_off(acts)
+            if ev.reason in (StopReason.PACK_FAULT, StopReason.BMS_FAULT):
+                code = A_PACK_FAULT
+                if any("temperature" in f for f in ev.faults):
+                    code = A_OVER_TEMPERATURE
+                self._pack_fault(code, ev.detail or ev.reason.value, acts)
+            elif ev.reason is StopReason.COMM_FAILED:
+                self._latch_unavailable("BMS lost after three re-handshakes", acts)
+            elif self.state not in (SlotState.FAULTED, SlotState.UNAVAILABLE):
+                self.state = SlotState.STOPPING
+        elif isinstance(ev, (Timeout, BmsError)):
+            # Rule 2: output off now; the session sends CEM and re-handshakes.
+            self._output_off(acts)
+            what = ev.missing if isinstance(ev, Timeout) else "BEM " + ",".join(ev.timeouts)
+            self._raise(A_BMS_TIMEOUT, f"{what} timeout", acts)
+            if isinstance(ev, Timeout) and not ev.will_retry and ev.phase is not Phase.STOPPING:
+                self._latch_unavailable("BMS lost after three re-handshakes", acts)
+        return acts
+
+    def tick(self, now: float) -> list[Action]:
+        """Periodic re-check (nothing time-based here yet beyond what events carry)."""
+        return self._regulate()
+
+    # -- safety checks -------------------------------------------------------------------------
+
+    def _check_temperature(self, flags: PackFlags, acts: list[Action]) -> None:
+        s = self.safety
+        limit = s.max_temperature_c
+        if self._pack.limits is not None:
+            limit = min(limit, self._pack.limits.max_temperature_c)
+        if flags.max_temperature_c > limit:
+            self._pack_fault(
+                A_OVER_TEMPERATURE,
+                f"{flags.max_temperature_c} degC at probe {flags.max_temperature_probe} > {limit}",
+                acts,
+            )
+        elif flags.min_temperature_c < s.min_temperature_c and self._charging():
+            self._pack_fault(
+                A_OVER_TEMPERATURE,
+                f"{flags.min_temperature_c} degC < {s.min_temperature_c}: too cold to charge",
+                acts,
+            )
+
+    def _check_cell_voltage(
+        self, max_cell_v: float, min_cell_v: float | None, acts: list[Action]
+    ) -> None:
+        s = self.safety
+        limit = s.max_cell_voltage_v
+        if self._pack.limits is not None:
+            limit = min(limit, self._pack.limits.max_cell_voltage_v)
+        if max_cell_v > limit + s.cell_voltage_margin_v:
+            self._pack_fault(A_CELL_VOLTAGE, f"max cell {max_cell_v:.2f} V > {limit:.2f} V", acts)
+        elif min_cell_v is not None and min_cell_v < s.min_cell_voltage_v:
+            self._pack_fault(
+                A_CELL_VOLTAGE, f"min cell {min_cell_v:.2f} V < {s.min_cell_voltage_v} V", acts
+            )
+
+    def _pack_fault(self, code: str, detail: str, acts: list[Action]) -> None:
+        # Rule 1: output off, CST, alarm - all in this same call.
+        self._output_off(acts)
+        if self.state is not SlotState.FAULTED:
+            acts.append(
+                SessionCommand(SessionCommandKind.STOP, reason=StopReason.PACK_FAULT, detail=detail)
+            )
+        self._raise(code, detail, acts)
+        if self.state is not SlotState.UNAVAILABLE:
+            self.state = SlotState.FAULTED
+
+    def _latch_unavailable(self, reason: str, acts: list[Action]) -> None:
+        self._output_off(acts)
+        if self.state is SlotState.UNAVAILABLE and self._unavailable_reason == "charger offline":
+            return
+        self.state = SlotState.UNAVAILABLE
+        self._unavailable_reason = reason
+        self._raise(A_UNAVAILABLE, reason, acts)
+
+    def reset_unavailable(self, now: float) -> list[Action]:
+        """Operator reset after a BMS-lost latch (re-plug). Charger-offline latches clear alone."""
+        acts: list[Action] = []
+        if self.state is SlotState.UNAVAILABLE and self._unavailable_reason != "charger offline":
+            self.state = SlotState.EMPTY
+            self._unavailable_reason = ""
+            self._clear(A_UNAVAILABLE, acts)
+        return acts
+
+    # -- regulation ----------------------------------------------------------------------------
+
+    def _charging(self) -> bool:
+        return self.phase is Phase.CHARGING
+
+    def setpoint(self) -> tuple[float, float]:
+        """(voltage_v, current_a) = min of request, pack limits, ratings, grant and derating."""
+        p = self._pack
+        r = self.ratings
+        if p.request is None:
+            return 0.0, 0.0
+        voltage = min(p.request.voltage_v, r.max_voltage_v)
+        current = min(p.request.current_a, r.max_current_a * self.derating)
+        if p.limits is not None:
+            voltage = min(voltage, p.limits.max_charge_voltage_v)
+            current = min(current, p.limits.max_charge_current_a)
+        # Power limits act on the pack's present voltage (the charger output follows it).
+        v_now = self._pack_voltage() or voltage
+        if v_now > 0:
+            current = min(current, self.grant_kw * 1000.0 / v_now)
+            current = min(current, r.max_power_kw * self.derating * 1000.0 / v_now)
+        return round(voltage, 1), round(max(0.0, current), 1)
+
+    def _pack_voltage(self) -> float | None:
+        r = self.reading
+        if r is not None and r.quality is Quality.GOOD and r.voltage_v > 0:
+            return r.voltage_v
+        if self._pack.status is not None:
+            return self._pack.status.voltage_v
+        return None
+
+    def _regulate(self) -> list[Action]:
+        acts: list[Action] = []
+        flags = self._pack.flags
+        allowed = (
+            self.state is SlotState.CHARGING
+            and self.phase is Phase.CHARGING
+            and self.charger_online
+            and (flags is None or flags.charge_permitted)
+            and self._pack.request is not None
+        )
+        if not allowed:
+            if self._out.enable:
+                self._output_off(acts)
+            return acts
+        voltage, current = self.setpoint()
+        enable = current > 0.0
+        self._write(acts, voltage, current, enable)
+        return acts
+
+    def _write(
+        self, acts: list[Action], voltage: float, current: float, enable: bool, force: bool = False
+    ) -> None:
+        o = self._out
+        s = self.safety
+        changed = (
+            force
+            or not o.written
+            or enable != o.enable
+            or abs(current - o.current_a) > s.current_deadband_a
+            or abs(voltage - o.voltage_v) > s.voltage_deadband_v
+        )
+        if not changed:
+            return
+        if not self._feeding:
+            return  # an offline charger cannot be written; its watchdog turns it off
+        self._out = _Output(voltage, current, enable, True)
+        acts.append(SetChargerOutput(voltage, current, enable))
+
+    def _output_off(self, acts: list[Action]) -> None:
+        if self._out.written and not self._out.enable and self._out.current_a == 0.0:
+            return
+        self._write(acts, 0.0, 0.0, False, force=True)
+
+    def _cml(self) -> ChargerLimits:
+        r = self.ratings
+        return ChargerLimits(
+            max_voltage_v=r.max_voltage_v,
+            min_voltage_v=r.min_voltage_v,
+            max_current_a=round(r.max_current_a * self.derating, 1),
+        )
+
+    # -- alarms / snapshot ---------------------------------------------------------------------
+
+    def _raise(self, code: str, detail: str, acts: list[Action]) -> None:
+        if code not in self._alarms:
+            self._alarms.add(code)
+            acts.append(RaiseAlarm(code, detail))
+
+    def _clear(self, code: str, acts: list[Action]) -> None:
+        if code in self._alarms:
+            self._alarms.discard(code)
+            acts.append(ClearAlarm(code))
+
+    def snapshot(self, now: float) -> PackSnapshot:
+        p = self._pack
+        st, fl = p.status, p.flags
+        r = self.reading
+        current = st.current_a if st is not None else None
+        if r is not None and r.quality is Quality.GOOD and self.phase is Phase.CHARGING:
+            current = r.current_a
+        return PackSnapshot(
+            slot_id=self.slot_id,
+            state=self.state,
+            phase=self.phase,
+            pack_id=p.identity.pack_id if p.identity else None,
+            identity=p.identity,
+            soc_pct=float(st.soc_pct) if st else (p.limits.soc_pct if p.limits else None),
+            voltage_v=st.voltage_v if st else (p.limits.voltage_v if p.limits else None),
+            current_a=current,
+            max_cell_voltage_v=st.max_cell_voltage_v if st else None,
+            max_cell_number=fl.max_cell_number if fl else None,
+            min_cell_voltage_v=p.stats.min_cell_voltage_v if p.stats else None,
+            max_temperature_c=fl.max_temperature_c if fl else None,
+            max_temperature_probe=fl.max_temperature_probe if fl else None,
+            min_temperature_c=fl.min_temperature_c if fl else None,
+            min_temperature_probe=fl.min_temperature_probe if fl else None,
+            request_voltage_v=p.request.voltage_v if p.request else None,
+            request_current_a=p.request.current_a if p.request else None,
+            limits=p.limits,
+            setpoint_current_a=self._out.current_a,
+            output_enabled=self._out.enable,
+            heartbeat_age_s=None if p.last_heard is None else max(0.0, now - p.last_heard),
+            alarms=tuple(sorted(self._alarms)),
+        )

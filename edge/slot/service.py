@@ -1,0 +1,426 @@
+"""One rack slot as a service: binds the slot's GB/T 27930 link (CAN) and its charger (Modbus)
+to the pure slot core, and carries out the core's actions.
+
+The core decides (setpoints, safety reactions); this service only moves data: charger
+snapshots and session events in, Modbus writes, watchdog feeding, CAN commands and alarms out.
+Writes go through one writer task that always applies the latest wanted output, output-off
+first, so a safety stop never waits behind an older setpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from drivers.can.config import CanBusConfig
+from drivers.can.events import (
+    PackIdentified,
+    PhaseChanged,
+    SessionEvent,
+    SessionStopped,
+    StopReason,
+    Timeout,
+)
+from drivers.can.runner import ChargerLink
+from drivers.can.session import ChargerLimits
+from drivers.core.alarm_sink import AlarmSink
+from drivers.core.clock import Clock
+from drivers.modbus.device import DeviceState, ModbusDevice, Quality, Snapshot
+from drivers.modbus.errors import ModbusError
+from edge.app.logs import get_logger
+from edge.scheduler.core import SlotInput
+from edge.slot.core import (
+    Action,
+    ChargerRatings,
+    ChargerReading,
+    ClearAlarm,
+    FeedWatchdog,
+    PackSnapshot,
+    RaiseAlarm,
+    SessionCommand,
+    SessionCommandKind,
+    SetChargerOutput,
+    SlotCore,
+    SlotSafety,
+    SlotState,
+)
+from edge.slot.core import Quality as ReadingQuality
+from edge.swap.choice import SlotView
+
+log = get_logger("slot")
+
+# The charger's `state` enum labels that mean its output is live.
+_LIVE_STATES = frozenset({"charging", "derating", "on"})
+# GB/T 27930 BRM battery type codes -> the pack type a vehicle announces.
+PACK_TYPES = {
+    1: "lead-acid",
+    2: "NiMH",
+    3: "LFP",
+    4: "LMO",
+    5: "LCO",
+    6: "NMC",
+    7: "polymer",
+    8: "LTO",
+}
+_DEFAULT_RATINGS = ChargerRatings(
+    max_voltage_v=750.0, min_voltage_v=200.0, max_current_a=0.0, max_power_kw=0.0
+)
+
+
+def _number(snap: Snapshot, name: str, good_only: bool = True) -> float | None:
+    """A numeric point of the charger's snapshot; None when absent (or, by default, not good)."""
+    pv = snap.points.get(name)
+    if pv is None or (good_only and pv.quality is not Quality.GOOD):
+        return None
+    v = pv.value
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
+@dataclass(slots=True)
+class _Wanted:
+    out: SetChargerOutput
+    version: int
+
+
+EventSink = Callable[[str, dict[str, Any]], None]
+
+
+class SlotService:
+    """Runs one slot. `dock()`/`undock()` come from the swap coordinator (or start-up inventory),
+    `set_grant()` from the scheduler."""
+
+    def __init__(
+        self,
+        slot_id: str,
+        charger: ModbusDevice,
+        bus: CanBusConfig,
+        *,
+        clock: Clock,
+        alarms: AlarmSink,
+        safety: SlotSafety | None = None,
+        on_change: Callable[[str], None] | None = None,
+        on_event: EventSink | None = None,
+        charger_number: int = 1,
+    ) -> None:
+        self.slot_id = slot_id
+        self.charger = charger
+        self._clock = clock
+        self._alarms = alarms
+        self._on_change = on_change or (lambda _s: None)
+        self._on_event = on_event or (lambda _t, _d: None)
+        self.core = SlotCore(slot_id, _DEFAULT_RATINGS, safety or SlotSafety())
+        self.link = ChargerLink(
+            slot_id,
+            bus,
+            ChargerLimits(_DEFAULT_RATINGS.max_voltage_v, _DEFAULT_RATINGS.min_voltage_v, 0.0),
+            self._session_event,
+            alarms=None,
+            clock=clock,
+            charger_number=charger_number,
+        )
+        self.docked = False
+        self.docked_at_s = 0.0
+        # Probing: a first-boot slot whose occupancy is unknown; no answer means empty, no alarm.
+        self.probing = False
+        self.on_identified: Callable[[str, str, str], None] | None = None
+        self._started = False
+        self._wanted: _Wanted | None = None
+        self._wake = asyncio.Event()
+        self._version = 0
+        self.writes_failed = 0
+        self.ratings_known = asyncio.Event()
+        self.capacity_kwh = 70.0
+
+    @property
+    def name(self) -> str:
+        return f"slot-{self.slot_id}"
+
+    # ---- commands from the station ------------------------------------------------------
+    def dock(self) -> None:
+        """A pack is seated in the slot's connector: start its session once ratings are known."""
+        self.docked = True
+        self.docked_at_s = self._clock.monotonic()
+        if self.ratings_known.is_set():
+            self._start_session()
+        self._on_change(self.slot_id)
+
+    def probe(self) -> None:
+        """Find out whether a pack is seated (first boot, empty inventory): dock and listen."""
+        self.probing = True
+        self.dock()
+
+    def pack_type(self) -> str | None:
+        ident = self.core.snapshot(self._clock.monotonic()).identity
+        return PACK_TYPES.get(ident.battery_type, f"type-{ident.battery_type}") if ident else None
+
+    def undock(self) -> None:
+        """The pack is about to leave (the swap coordinator asks after output-off is confirmed)."""
+        self._apply(self.core.stop(self._clock.monotonic(), StopReason.MANUAL))
+        self.docked = False
+        self._started = False
+        self._on_change(self.slot_id)
+
+    def set_grant(self, power_kw: float) -> None:
+        self._apply(self.core.set_grant(power_kw, self._clock.monotonic()))
+
+    def set_derating(self, factor: float) -> None:
+        self._apply(self.core.set_derating(factor, self._clock.monotonic()))
+
+    def reset(self) -> None:
+        """Operator reset of a latched slot (after re-plugging the pack)."""
+        self._apply(self.core.reset_unavailable(self._clock.monotonic()))
+        if self.docked and self.core.state is SlotState.EMPTY:
+            self._start_session()
+
+    def stop_output(self, reason: StopReason = StopReason.MANUAL) -> None:
+        """Emergency stop or shutdown: output off and CST, at once."""
+        self._apply(self.core.stop(self._clock.monotonic(), reason))
+
+    # ---- what others read ---------------------------------------------------------------
+    def snapshot(self) -> PackSnapshot:
+        return self.core.snapshot(self._clock.monotonic())
+
+    def slot_view(self, alarm_active: bool, ready_soc_pct: float = 90.0) -> SlotView:
+        s = self.snapshot()
+        # A pack already at the hand-over SOC counts as done: choosing it stops its session
+        # (output_off) before the robot touches it, as for any other pack.
+        idle = (
+            s.state is not SlotState.CHARGING
+            or abs(s.current_a or 0.0) < 1.0
+            or (s.soc_pct or 0.0) >= ready_soc_pct
+        )
+        return SlotView(
+            slot_id=self.slot_id,
+            pack_id=s.pack_id if self.docked else None,
+            pack_type=self.pack_type() if self.docked else None,
+            soc_pct=s.soc_pct or 0.0,
+            temperature_c=float(s.max_temperature_c) if s.max_temperature_c is not None else 25.0,
+            cycles=(s.identity.cycle_count or 0) if s.identity else 0,
+            session_ended=idle,
+            # For a pack at the hand-over SOC this says "can be switched off": the swap asks for
+            # output off at its start and the fetch step waits for the charger's confirmation.
+            output_off=idle or not (self.core.reading.output_on if self.core.reading else False),
+            alarm_active=alarm_active,
+            available=s.state is not SlotState.UNAVAILABLE,
+        )
+
+    async def output_off(self, timeout_s: float = 5.0) -> None:
+        """Stop the session and return once the charger confirms its output off (a pack may then
+        leave or enter). Raises TimeoutError."""
+        self.undock()
+        async with asyncio.timeout(timeout_s):
+            while not self.output_off_confirmed:
+                await self.charger.next_update()
+
+    @property
+    def output_off_confirmed(self) -> bool:
+        """The charger reports its output off now (fresh reading): a pack may leave or enter."""
+        snap = self.charger.snapshot()
+        if snap.state is not DeviceState.ONLINE:
+            return False
+        return not self._reading(snap).output_on
+
+    def slot_input(self) -> SlotInput:
+        s = self.snapshot()
+        r = self.core.ratings
+        req_kw = 0.0
+        if s.request_current_a is not None and s.voltage_v is not None:
+            req_kw = s.request_current_a * max(s.voltage_v, 0.0) / 1000.0
+        return SlotInput(
+            slot_id=self.slot_id,
+            soc_pct=s.soc_pct if self.docked else None,
+            bms_limit_kw=req_kw,
+            charger_rating_kw=r.max_power_kw,
+            derate_factor=self.core.derating,
+            faulted=s.state in (SlotState.FAULTED, SlotState.UNAVAILABLE),
+            docked_at_s=self.docked_at_s,
+            capacity_kwh=self.capacity_kwh,
+        )
+
+    # ---- the service --------------------------------------------------------------------
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.link.run(), name=f"slot-{self.slot_id}-can")
+            tg.create_task(self._follow_charger(), name=f"slot-{self.slot_id}-charger")
+            tg.create_task(self._writer(), name=f"slot-{self.slot_id}-writer")
+
+    async def stop(self) -> None:
+        """Safe stop: output off (verified write, bounded by the supervisor's deadline), CST."""
+        self.stop_output(StopReason.MANUAL)
+        try:
+            await self.charger.write("enable", False)
+        except ModbusError as e:
+            # Unreachable: its watchdog switches it off since we stop feeding it.
+            self.charger.stop_watchdog()
+            log.warning(
+                "output-off write failed at stop; watchdog left unfed",
+                slot=self.slot_id,
+                error=str(e),
+            )
+
+    # ---- internals ----------------------------------------------------------------------
+    def _start_session(self) -> None:
+        if not self._started:
+            self._started = True
+            self._apply(self.core.start(self._clock.monotonic()))
+
+    def _reading(self, snap: Snapshot) -> ChargerReading:
+        def num(name: str) -> float:
+            return _number(snap, name, good_only=False) or 0.0
+
+        qualities = [
+            snap.points[n].quality
+            for n in ("output_voltage_v", "output_current_a", "state")
+            if n in snap.points
+        ]
+        if all(q is Quality.GOOD for q in qualities):
+            quality = ReadingQuality.GOOD
+        elif any(q is Quality.INVALID for q in qualities):
+            quality = ReadingQuality.INVALID
+        else:
+            quality = ReadingQuality.STALE
+        state_pv = snap.points.get("state")
+        state = str(state_pv.value) if state_pv is not None and state_pv.value is not None else ""
+        current = num("output_current_a")
+        return ChargerReading(
+            voltage_v=num("output_voltage_v"),
+            current_a=current,
+            output_on=state in _LIVE_STATES or current > 1.0,
+            quality=quality,
+            fault=state == "fault",
+        )
+
+    def charger_state(self) -> str:
+        snap = self.charger.snapshot()
+        if snap.state is not DeviceState.ONLINE:
+            return str(snap.state)
+        pv = snap.points.get("state")
+        return str(pv.value) if pv is not None and pv.value is not None else "unknown"
+
+    async def _follow_charger(self) -> None:
+        online = True
+        async for snap in self.charger.updates():
+            now = self._clock.monotonic()
+            is_online = snap.state in (
+                DeviceState.ONLINE,
+                DeviceState.RESTORING,
+                DeviceState.DEGRADED,
+            )
+            if is_online != online:
+                online = is_online
+                self._apply(self.core.set_charger_online(online, now))
+            if snap.state is DeviceState.ONLINE:
+                self._update_ratings(snap, now)
+                self._apply(self.core.on_reading(self._reading(snap), now))
+                self._apply(self.core.tick(now))
+            self._on_change(self.slot_id)
+
+    def _update_ratings(self, snap: Snapshot, now: float) -> None:
+        rated = [_number(snap, n) for n in ("max_voltage_v", "max_current_a", "max_power_kw")]
+        if rated[0] is None or rated[1] is None or rated[2] is None:
+            return  # not read (or not good) yet: keep what we have
+        ratings = ChargerRatings(
+            max_voltage_v=rated[0],
+            min_voltage_v=_DEFAULT_RATINGS.min_voltage_v,
+            max_current_a=rated[1],
+            max_power_kw=rated[2],
+        )
+        if ratings != self.core.ratings:
+            self._apply(self.core.set_ratings(ratings, now))
+        if not self.ratings_known.is_set():
+            self.ratings_known.set()
+            if self.docked:
+                self._start_session()
+
+    def _session_event(self, ev: SessionEvent) -> None:
+        now = self._clock.monotonic()
+        before = self.core.state
+        if self.probing and isinstance(ev, Timeout) and self.core.snapshot(now).identity is None:
+            # Nobody answered the first handshake: the slot is empty. Not a fault.
+            self.probing = False
+            self.undock()
+            self._apply(self.core.reset_unavailable(now))
+            for code in ("pack.bms_timeout", "slot.unavailable"):
+                self._alarms.clear_alarm(code, self.slot_id)
+            log.info("slot empty at start-up", slot=self.slot_id)
+            return
+        self._apply(self.core.on_session_event(ev, now))
+        snap = self.snapshot()
+        if isinstance(ev, PackIdentified):
+            self.probing = False
+            if self.on_identified is not None:
+                self.on_identified(self.slot_id, ev.pack_id, self.pack_type() or "")
+        if (
+            isinstance(ev, PhaseChanged)
+            and self.core.state is SlotState.CHARGING
+            and before is not SlotState.CHARGING
+        ):
+            self._on_event("charge.started", {"slot_id": self.slot_id, "pack_id": snap.pack_id})
+        if isinstance(ev, SessionStopped):
+            self._on_event(
+                "charge.stopped",
+                {"slot_id": self.slot_id, "pack_id": snap.pack_id, "reason": str(ev.reason)},
+            )
+        self._on_change(self.slot_id)
+
+    def _apply(self, actions: list[Action]) -> None:
+        for a in actions:
+            if isinstance(a, SetChargerOutput):
+                self._version += 1
+                self._wanted = _Wanted(a, self._version)
+                self._wake.set()
+            elif isinstance(a, FeedWatchdog):
+                if a.feed:
+                    self.charger.resume_watchdog()
+                else:
+                    self.charger.stop_watchdog()
+                    # Remembered by the device owner: written (off) first thing on reconnect.
+                    self._version += 1
+                    self._wanted = _Wanted(SetChargerOutput(0.0, 0.0, False), self._version)
+                    self._wake.set()
+            elif isinstance(a, RaiseAlarm):
+                self._alarms.raise_alarm(a.code, self.slot_id, a.detail)
+            elif isinstance(a, ClearAlarm):
+                self._alarms.clear_alarm(a.code, self.slot_id)
+            elif isinstance(a, SessionCommand):
+                self._session_command(a)
+
+    def _session_command(self, c: SessionCommand) -> None:
+        if c.kind is SessionCommandKind.START:
+            self.link.start()
+        elif c.kind is SessionCommandKind.STOP:
+            self.link.stop(c.reason, c.faults, c.detail)
+        elif c.kind is SessionCommandKind.UPDATE_MEASUREMENTS and c.measurements is not None:
+            self.link.update_measurements(c.measurements)
+        elif c.kind is SessionCommandKind.UPDATE_LIMITS and c.limits is not None:
+            self.link.update_limits(c.limits)
+
+    async def _writer(self) -> None:
+        done = 0
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            w = self._wanted
+            if w is None or w.version == done:
+                continue
+            done = w.version
+            out = w.out
+            try:
+                if not out.enable:
+                    await self.charger.write("enable", False)
+                    await self.charger.write("current_limit_a", 0.0)
+                else:
+                    await self.charger.write("voltage_setpoint_v", round(out.voltage_v, 1))
+                    await self.charger.write("current_limit_a", round(max(0.0, out.current_a), 1))
+                    await self.charger.write("enable", True)
+            except ModbusError as e:
+                self.writes_failed += 1
+                if self.writes_failed == 1 or self.writes_failed % 50 == 0:
+                    log.warning(
+                        "charger write failed",
+                        slot=self.slot_id,
+                        error=str(e),
+                        failures=self.writes_failed,
+                    )

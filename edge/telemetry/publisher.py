@@ -1,0 +1,162 @@
+"""Turns the station's live state into telemetry, and slot state changes into scheduler triggers.
+
+Slots call `slot_changed` on every charger cycle; this core service coalesces those into at most
+one publish every `min_period_s` (telemetry applies its own deadbands and refresh on top).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from drivers.core.clock import Clock
+from drivers.modbus.device import DeviceState
+from edge.app.logs import get_logger
+from edge.config import StationConfig
+from edge.scheduler.core import Allocation
+from edge.slot.core import SlotState
+from edge.state import GridMode, StationState
+from edge.telemetry.alarm_events import alarm_refs
+from edge.telemetry.models import Quality, SlotTelemetry, StationTelemetry
+from edge.telemetry.service import Telemetry
+
+if TYPE_CHECKING:
+    from edge.scheduler.service import SchedulerService
+    from edge.slot.service import SlotService
+
+log = get_logger("publisher")
+
+_QUALITY = {"good": Quality.GOOD, "stale": Quality.STALE, "invalid": Quality.BAD}
+
+
+class StatePublisher:
+    name = "publisher"
+
+    def __init__(
+        self,
+        config: StationConfig,
+        state: StationState,
+        telemetry: Telemetry,
+        clock: Clock,
+        min_period_s: float = 0.1,
+    ) -> None:
+        self.config = config
+        self.state = state
+        self.telemetry = telemetry
+        self.clock = clock
+        self.min_period_s = min_period_s
+        self.slots: dict[str, SlotService] = {}
+        self.scheduler: SchedulerService | None = None
+        self._dirty: set[str] = set()
+        self._wake = asyncio.Event()
+        self._slot_states: dict[str, tuple[SlotState, bool]] = {}
+        self.publishes = 0
+
+    # ---- inputs -------------------------------------------------------------------------
+    def slot_changed(self, slot_id: str) -> None:
+        self._dirty.add(slot_id)
+        self._wake.set()
+
+    def emit_event(self, event_type: str, details: dict[str, Any]) -> None:
+        self.telemetry.emit_event(event_type, details)
+
+    def allocation(self, alloc: Allocation) -> None:
+        g = self.state.grid
+        g.limit_kw = alloc.limit_kw
+        g.grid_mode = GridMode(str(alloc.grid_mode))
+        g.grid_reason = alloc.grid_reason
+        g.tariff_period = alloc.tariff_period
+        self._wake.set()
+
+    # ---- the service --------------------------------------------------------------------
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            self.publish()
+            await self.clock.sleep(self.min_period_s)
+
+    async def stop(self) -> None:
+        self.publish()
+
+    @staticmethod
+    def _slot_quality(slot: SlotService) -> Quality:
+        """Bad while its charger is offline; stale while its reads lag; else the last reading's."""
+        state = slot.charger.state
+        if state is DeviceState.OFFLINE:
+            return Quality.BAD
+        if state is not DeviceState.ONLINE:
+            return Quality.STALE
+        reading = slot.core.reading
+        return _QUALITY.get(str(reading.quality), Quality.STALE) if reading else Quality.STALE
+
+    def publish(self) -> None:
+        dirty, self._dirty = self._dirty, set()
+        grid_kw = 0.0
+        counts = {"total": 0, "full": 0, "charging": 0, "unavailable": 0}
+        ready = self.config.grid.ready_soc_pct
+        efficiency = self.config.grid.pack.charging_efficiency
+        for slot_id, slot in self.slots.items():
+            snap = slot.snapshot()
+            power_kw = (
+                (snap.voltage_v or 0.0) * (snap.current_a or 0.0) / 1000.0
+                if snap.current_a
+                else 0.0
+            )
+            grid_kw += max(0.0, power_kw) / efficiency
+            if slot.docked:
+                counts["total"] += 1
+                if snap.soc_pct is not None and snap.soc_pct >= ready:
+                    counts["full"] += 1
+            if snap.state is SlotState.CHARGING:
+                counts["charging"] += 1
+            if snap.state in (SlotState.UNAVAILABLE, SlotState.FAULTED):
+                counts["unavailable"] += 1
+            key = (snap.state, slot.docked)
+            if self._slot_states.get(slot_id) != key:
+                self._slot_states[slot_id] = key
+                if self.scheduler is not None:
+                    self.scheduler.trigger(f"slot {slot_id} {snap.state}")
+            if slot_id in dirty:
+                self.telemetry.update_slot(
+                    slot_id,
+                    SlotTelemetry(
+                        pack_id=snap.pack_id,
+                        soc_pct=snap.soc_pct,
+                        voltage_v=snap.voltage_v,
+                        current_a=snap.current_a,
+                        power_kw=round(power_kw, 2),
+                        temp_max_c=snap.max_temperature_c,
+                        temp_min_c=snap.min_temperature_c,
+                        session_phase=str(snap.phase),
+                        charger_state=slot.charger_state(),
+                        available=snap.state is not SlotState.UNAVAILABLE,
+                        quality=self._slot_quality(slot),
+                    ),
+                )
+        g = self.state.grid
+        g.power_kw = grid_kw
+        lease = (
+            self.scheduler.scheduler.active_limit(self.clock.monotonic())
+            if self.scheduler
+            else None
+        )
+        remote = lease is not None and lease[1] == "dispatch"
+        self.telemetry.update_station(
+            StationTelemetry(
+                grid_power_kw=round(grid_kw, 2),
+                grid_cap_kw=g.cap_kw,
+                grid_limit_kw=g.limit_kw,
+                remote_limit_kw=lease[0] if remote and lease else None,
+                operating_mode=self.state.operating_mode,
+                grid_mode=g.grid_mode,
+                grid_reason=g.grid_reason,
+                tariff_period=g.tariff_period,
+                packs_total=counts["total"],
+                packs_full=counts["full"],
+                packs_charging=counts["charging"],
+                packs_unavailable=counts["unavailable"],
+                active_alarms=alarm_refs(self.state.active_alarms),
+            )
+        )
+        self.publishes += 1

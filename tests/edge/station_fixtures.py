@@ -1,0 +1,124 @@
+"""A small station (N slots on virtual CAN buses, chargers on free loopback ports, the robot PLC
+simulator) built from a real config file, for integration tests of the composed daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from drivers.can.config import CanBusConfig
+from drivers.core.clock import SystemClock
+from edge.app.station import Station, build_station
+from edge.config import StationConfig, load_config
+from sim.benchcfg import LoopbackPorts
+from sim.devices.charger import ChargerSim, run_charger_sims, spec_from_endpoint
+from sim.devices.pack import BmsCore, PackModel, PackSpec, SimPack
+from sim.devices.robot_plc import RobotPlcSim
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def mini_config(
+    tmp_path: Path, n_slots: int = 2, mqtt_port: int | None = None, extra: str = ""
+) -> Path:
+    cfg_dir = tmp_path / "cfg"
+    cfg_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(ROOT / "config" / "registers", cfg_dir / "registers", dirs_exist_ok=True)
+    shutil.copy(ROOT / "config" / "swap-steps.yaml", cfg_dir / "swap-steps.yaml")
+    full = (ROOT / "config" / "station.yaml").read_text()
+    # naive: every docked pack charges whatever the hour, so slot-control tests do not depend on
+    # the tariff period the test happens to run in.
+    grid = full[full.index("grid:\n") : full.index("chargers:")].replace(
+        "policy: smart", "policy: naive"
+    )
+    tag = tmp_path.name[-20:].replace("[", "").replace("]", "")
+    ports = LoopbackPorts()  # all distinct, unlike repeated free_port() calls
+    chargers = "\n".join(
+        f"  - {{id: ch{i:02d}, host: 127.0.0.1, port: {ports.take()}, unit_id: 1, map: registers/charger-generic.yaml}}"
+        for i in range(1, n_slots + 1)
+    )
+    slots = "\n".join(
+        f"  - {{id: s{i:02d}, charger: ch{i:02d}, bus: {{interface: virtual, channel: '{tag}-s{i:02d}'}}}}"
+        for i in range(1, n_slots + 1)
+    )
+    robot_port = ports.take()
+    ports.close()
+    text = f"""station:
+  id: it-station
+  state_dir: {tmp_path / "state"}
+  ctl_socket: {tmp_path / "ctl.sock"}
+  stop_deadline_s: 3
+mqtt:
+  enabled: {"true" if mqtt_port else "false"}
+  host: 127.0.0.1
+  port: {mqtt_port or 1}
+  protocol: "5"
+{grid}chargers:
+{chargers}
+slots:
+{slots}
+robot: {{host: 127.0.0.1, port: {robot_port}, unit_id: 1, map: registers/robot-plc.yaml}}
+{extra}"""
+    path = cfg_dir / "station.yaml"
+    path.write_text(text)
+    return path
+
+
+@dataclass
+class World:
+    config: StationConfig
+    station: Station
+    chargers: dict[str, ChargerSim]
+    packs: dict[str, SimPack]
+    plc: RobotPlcSim
+
+
+@contextlib.asynccontextmanager
+async def running_station(
+    path: Path, *, soc_pct: float = 40.0, speed: float = 50.0, docked: set[str] | None = None
+) -> AsyncIterator[World]:
+    cfg = load_config(path)
+    specs = [spec_from_endpoint(c, path.parent) for c in cfg.chargers]
+    plc = RobotPlcSim(
+        speed=speed, slots=len(cfg.slots), occupied_slots=set(range(1, len(cfg.slots) + 1))
+    )
+    await plc.start(cfg.robot.host, cfg.robot.port)
+    packs: dict[str, SimPack] = {}
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        async with run_charger_sims(specs, speed=speed) as chargers:
+            for i, s in enumerate(cfg.slots):
+                if docked is not None and s.id not in docked:
+                    continue
+                model = PackModel(PackSpec(soc_pct=soc_pct, serial=1000 + i), speed=speed)
+                core = BmsCore(model, seed=i + 1)
+                pack = SimPack.on_bus(
+                    f"pack-{s.id}", core, CanBusConfig(interface="virtual", channel=s.bus.channel)
+                )
+                packs[s.id] = pack
+                tasks.append(asyncio.create_task(pack.run(), name=f"sim-pack-{s.id}"))
+            station = build_station(cfg, SystemClock())
+            run = asyncio.create_task(station.run(), name="station")
+            try:
+                yield World(cfg, station, chargers, packs, plc)
+            finally:
+                station.stop()
+                async with asyncio.timeout(15):
+                    await run
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await plc.stop()
+
+
+async def wait_for(cond: object, timeout_s: float = 20.0, step_s: float = 0.05) -> None:
+    """Poll a condition of real I/O (the daemon runs on the system clock) within a bound."""
+    assert callable(cond)
+    async with asyncio.timeout(timeout_s):
+        while not cond():
+            await asyncio.sleep(step_s)

@@ -1,0 +1,131 @@
+"""`swapd ctl` against the control socket served by a coordinator on the simulated PLC."""
+
+from __future__ import annotations
+
+import asyncio
+import grp
+import os
+import stat
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from edge.operator.ctl import CtlError, CtlServer
+from tests.edge.swap_fixtures import live_rig
+
+
+async def swapd_ctl(sock: Path, *args: str) -> tuple[int, Any, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "edge",
+        "ctl",
+        *args,
+        "--socket",
+        str(sock),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(30):
+        out, err = await proc.communicate()
+    assert proc.returncode is not None
+    doc = orjson.loads(out.splitlines()[-1]) if out.strip() else None
+    return proc.returncode, doc, err.decode()
+
+
+async def raw(sock: Path, line: bytes) -> dict[str, Any]:
+    r, w = await asyncio.open_unix_connection(str(sock))
+    w.write(line)
+    await w.drain()
+    reply: dict[str, Any] = orjson.loads(await r.readline())
+    w.close()
+    await w.wait_closed()
+    return reply
+
+
+async def test_ctl_commands_exit_codes_and_socket_mode(tmp_path: Path) -> None:
+    sock = tmp_path / "run" / "ctl.sock"
+    group = grp.getgrgid(os.getgid()).gr_name
+    async with live_rig(tmp_path, speed=100.0) as rig:
+        server = CtlServer(sock, rig.coord, group=group)
+        await server.start()
+        try:
+            mode = stat.S_IMODE(sock.stat().st_mode)
+            assert mode == 0o660 and sock.stat().st_gid == os.getgid()
+            rc, doc, _ = await swapd_ctl(sock, "status")
+            assert rc == 0 and doc["mode"] == "idle" and len(doc["inventory"]) == 3
+            rig.vehicle.arrive()
+            rig.sim.inject_step_fault("rack", "fetch")
+            rc, doc, _ = await swapd_ctl(
+                sock,
+                "start-swap",
+                "--vehicle-id",
+                "V1",
+                "--pack-type",
+                "T20",
+                "--pack-id",
+                "P-CAR-1",
+            )
+            assert rc == 0 and doc["full_slot"] == "S2"
+            rc, doc, err = await swapd_ctl(
+                sock,
+                "start-swap",
+                "--vehicle-id",
+                "V2",
+                "--pack-type",
+                "T20",
+                "--pack-id",
+                "P-CAR-2",
+            )
+            assert rc == 1 and doc["error"]["code"] == "rejected" and "already" in err
+            await rig.events.wait_for(lambda: rig.coord.core.mode.value == "held")
+            rc, doc, _ = await swapd_ctl(sock, "reset-fault")
+            assert rc == 1 and "latch" in doc["error"]["message"]
+            rc, doc, _ = await swapd_ctl(
+                sock, "inventory-set", "--pack-id", "P-002", "--place", "roof"
+            )
+            assert rc == 2 and doc["error"]["code"] == "invalid_params"
+            rc, doc, _ = await swapd_ctl(sock, "retry-step")
+            assert rc == 0 and doc["mode"] == "running"
+            await rig.events.wait_for(lambda: rig.events.has("swap.completed"))
+            rc, doc, _ = await swapd_ctl(sock, "refit-original")
+            assert rc == 1
+            rc, doc, _ = await swapd_ctl(sock, "manual", "--end")
+            assert rc == 1
+            # protocol errors on the raw socket
+            assert (await raw(sock, b"not json\n"))["error"]["code"] == "bad_json"
+            assert (await raw(sock, b'{"command": "fly"}\n'))["error"]["code"] == "unknown_command"
+            assert (await raw(sock, b'{"params": 1}\n'))["error"]["code"] == "invalid_params"
+            ok = await raw(
+                sock,
+                b'{"command": "inventory_set", "params": {"pack_id": "P-CAR-1", "place": "slot:S6"}}\n',
+            )
+            assert (
+                ok["ok"]
+                and {"pack_id": "P-CAR-1", "pack_type": "T20", "place": "slot:S6"}
+                in ok["result"]["inventory"]
+            )
+            assert server.bad_requests == 2
+            huge = await raw(
+                sock, b'{"command": "status", "params": {"x": "' + b"a" * 70_000 + b'"}}\n'
+            )
+            assert huge["error"]["code"] == "bad_json" and server.bad_requests == 3
+            rc, doc, _ = await swapd_ctl(sock, "status")
+            assert rc == 0  # the server carries on
+        finally:
+            await server.stop()
+    assert not sock.exists()
+
+
+async def test_ctl_socket_group_must_exist(tmp_path: Path) -> None:
+    class Nothing:
+        async def execute(self, command: str, params: Any) -> dict[str, Any]:
+            return {}
+
+    server = CtlServer(tmp_path / "c.sock", Nothing(), group="no-such-group-swapd")
+    with pytest.raises(CtlError, match="no-such-group-swapd"):
+        await server.start()
+    assert not (tmp_path / "c.sock").exists()

@@ -1,0 +1,162 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from drivers.core.datafile import DataFileError
+from drivers.modbus.config import ModbusRtuEndpoint as ModbusRtu
+from drivers.modbus.config import ModbusTcpEndpoint as ModbusTcp
+from edge.config import load_config
+from tests.edge.foundation_helpers import station_copy
+
+
+def swapd(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "edge", *args], capture_output=True, text=True, timeout=30, env=env
+    )
+
+
+def test_example_station_is_valid(tmp_path: Path) -> None:
+    cfg = load_config(station_copy(tmp_path))
+    assert cfg.station.id == "demo-01"
+    assert len(cfg.slots) == 12 and len(cfg.chargers) == 12
+    assert all(isinstance(c, ModbusTcp) for c in cfg.chargers)
+    assert len({s.bus.channel for s in cfg.slots}) == 12
+
+
+def test_check_config_ok_exit_0_result_on_stdout(tmp_path: Path) -> None:
+    r = swapd("check-config", str(station_copy(tmp_path)))
+    assert r.returncode == 0, r.stderr
+    assert '"ok": true' in r.stdout.strip().splitlines()[-1]
+
+
+def test_three_problems_three_lines(tmp_path: Path) -> None:
+    path = station_copy(
+        tmp_path,
+        {
+            "port: 15021": 'port: "abc"',
+            "  name: Demo": "  nmae: Demo",
+            "charger: ch05": "charger: ch99",
+        },
+    )
+    r = swapd("check-config", str(path))
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 3, r.stderr
+    text = path.read_text().splitlines()
+    by_field = {ln.split(": ")[1]: ln for ln in lines}
+    for field, needle in (
+        ("station.nmae", "nmae:"),
+        ("chargers.0.port", 'port: "abc"'),
+        ("slots.4.charger", "ch99"),
+    ):
+        ln = by_field[field]
+        file, line_no = ln.split(":")[0], int(ln.split(":")[1])
+        assert file == str(path)
+        assert needle in text[line_no - 1]
+    assert "unknown key" in by_field["station.nmae"]
+    assert "no charger with id 'ch99'" in by_field["slots.4.charger"]
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "expect"),
+    [
+        ("station: [\n", "invalid YAML"),
+        ("- just\n- a list\n", "must be a mapping"),
+        ("", "the config must be a mapping"),
+    ],
+)
+def test_bad_files_clear_line(tmp_path: Path, content: str, expect: str) -> None:
+    f = tmp_path / "s.yaml"
+    f.write_text(content)
+    r = swapd("check-config", str(f))
+    assert r.returncode == 2
+    assert expect in r.stderr and "Traceback" not in r.stderr
+
+
+def test_missing_file_exit_2(tmp_path: Path) -> None:
+    r = swapd("check-config", str(tmp_path / "nope.yaml"))
+    assert r.returncode == 2 and "file not found" in r.stderr
+
+
+def test_duplicate_ids_and_shared_bus(tmp_path: Path) -> None:
+    path = station_copy(
+        tmp_path, {"id: ch02,": "id: ch01,", "socket://127.0.0.1:16002": "socket://127.0.0.1:16001"}
+    )
+    with pytest.raises(DataFileError) as ei:
+        load_config(path)
+    msgs = [f"{p.field}: {p.message}" for p in ei.value.problems]
+    assert any(m.startswith("chargers.1.id: duplicate id 'ch01'") for m in msgs)
+    assert any(m.startswith("slots.1.bus.channel: bus already used by slots.0") for m in msgs)
+
+
+def test_rtu_charger_and_port_range(tmp_path: Path) -> None:
+    path = station_copy(
+        tmp_path,
+        {
+            "{id: ch01, host: 127.0.0.1, port: 15021, unit_id: 1,": "{id: ch01, serial_port: /dev/ttyS1, baudrate: 19200, unit_id: 3,",
+            "port: 15022": "port: 70000",
+        },
+    )
+    with pytest.raises(DataFileError) as ei:
+        load_config(path)
+    text = path.read_text().splitlines()
+    [(field, line)] = [(p.field, p.line) for p in ei.value.problems]
+    assert field == "chargers.1.port" and "port: 70000" in text[line - 1]
+
+
+def test_rtu_parses(tmp_path: Path) -> None:
+    path = station_copy(
+        tmp_path,
+        {
+            "{id: ch01, host: 127.0.0.1, port: 15021, unit_id: 1,": "{id: ch01, serial_port: /dev/ttyS1, baudrate: 19200, unit_id: 3,"
+        },
+    )
+    cfg = load_config(path)
+    assert isinstance(cfg.chargers[0], ModbusRtu) and cfg.chargers[0].unit_id == 3
+
+
+def test_secret_from_env_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = station_copy(tmp_path)
+    monkeypatch.setenv("SWAPD_MQTT_PASSWORD", "s3cret")
+    assert load_config(path).mqtt.password == "s3cret"
+    monkeypatch.delenv("SWAPD_MQTT_PASSWORD")
+    (path.parent / "pw").write_text("from-file\n")
+    path.write_text(
+        path.read_text().replace('  protocol: "5"', '  protocol: "5"\n  password_file: pw')
+    )
+    assert load_config(path).mqtt.password == "from-file"
+
+
+def test_check_config_reports_problems_inside_a_register_map(tmp_path: Path) -> None:
+    path = station_copy(tmp_path)
+    m = path.parent / "registers" / "charger-generic.yaml"
+    m.write_text(
+        m.read_text().replace("type: i16, scale: 0.1, unit: A", "type: i17, scale: 0.1, unit: A", 1)
+    )
+    r = swapd("check-config", str(path))
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert any(
+        ln.startswith(f"{path}:") and "chargers.0.map: invalid register map" in ln for ln in lines
+    )
+    assert any(ln.startswith(f"{m}:") and "output_current_a" in ln for ln in lines), r.stderr
+
+
+def test_relative_config_path_resolves_state_files_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = station_copy(tmp_path)
+    path.write_text(
+        path.read_text().replace(f"state_dir: {tmp_path / 'state'}", "state_dir: var/state")
+    )
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(Path("cfg") / "station.yaml")
+    assert cfg.station.state_dir == tmp_path / "cfg" / "var" / "state"
+    assert (
+        cfg.station.state_dir.is_absolute()
+        and cfg.resolve(cfg.station.state_dir) == cfg.station.state_dir
+    )
+    assert cfg.telemetry.outbox_path == tmp_path / "cfg" / "var" / "state" / "outbox.sqlite"

@@ -1,0 +1,114 @@
+"""The live scheduler service on a manual clock: period, triggers, leases from wall time."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import timedelta
+
+import pytest
+
+from drivers.core.clock import ManualClock
+from edge.scheduler.core import Allocation, InvalidRequestError, Scheduler, SlotInput
+from edge.scheduler.policies import NaivePolicy
+from edge.scheduler.service import SchedulerService
+from tests.edge.scheduler_fixtures import grid_config
+
+
+async def _until(cond: Callable[[], bool]) -> None:
+    async with asyncio.timeout(2.0):
+        while not cond():
+            await asyncio.sleep(0)
+
+
+async def _advance(clock: ManualClock, seconds: float) -> None:
+    """Move the clock once the service is asleep on it (else its sleep starts later)."""
+    await _until(lambda: clock.sleepers >= 1)
+    clock.advance(seconds)
+
+
+@asynccontextmanager
+async def _running(
+    clock: ManualClock, slots: list[SlotInput]
+) -> AsyncIterator[tuple[SchedulerService, list[Allocation]]]:
+    published: list[Allocation] = []
+    sched = Scheduler(grid_config(cap_kw=600), NaivePolicy())
+    svc = SchedulerService(sched, clock, lambda: list(slots), published.append)
+    task = asyncio.create_task(svc.run(), name="scheduler")
+    try:
+        yield svc, published
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def _packs(n: int) -> list[SlotInput]:
+    return [SlotInput(f"s{i}", 20.0, 60.0, 60.0, docked_at_s=i) for i in range(n)]
+
+
+async def test_allocates_every_period_and_at_once_on_a_trigger(clock: ManualClock) -> None:
+    slots = _packs(3)
+    async with _running(clock, slots) as (svc, pub):
+        await _until(lambda: len(pub) == 1)
+        assert pub[0].total_kw == pytest.approx(180)
+        await _advance(clock, 4.9)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert len(pub) == 1
+        await _advance(clock, 0.1)
+        await _until(lambda: len(pub) == 2)
+        assert pub[1].trigger == "period"
+        # A pack docks: reallocated without waiting for the period (no clock movement).
+        slots.append(SlotInput("s3", 10.0, 60.0, 60.0, docked_at_s=10))
+        svc.trigger("pack_docked")
+        await _until(lambda: len(pub) == 3)
+        assert pub[2].trigger == "pack_docked" and pub[2].total_kw == pytest.approx(240)
+        assert pub[2].at.t_s == pub[1].at.t_s
+
+
+async def test_set_power_limit_lease_reverts_to_default(clock: ManualClock) -> None:
+    async with _running(clock, _packs(12)) as (svc, pub):
+        await _until(lambda: len(pub) == 1)
+        assert pub[-1].limit_kw == 600
+        svc.set_power_limit(240, valid_until=clock.now() + timedelta(seconds=12))
+        await _until(lambda: len(pub) == 2)
+        assert pub[-1].limit_source == "dispatch" and pub[-1].total_kw == pytest.approx(240)
+        # Periods under the lease keep it; the lease end brings the cap back by itself.
+        await _advance(clock, 10)
+        await _until(lambda: len(pub) == 3)
+        assert pub[-1].total_kw == pytest.approx(240)
+        await _advance(clock, 2)
+        await _until(lambda: len(pub) == 4)
+        assert pub[-1].limit_source == "cap" and pub[-1].total_kw == pytest.approx(600)
+        assert "dispatch_limit_expired" in pub[-1].trigger
+        with pytest.raises(InvalidRequestError):
+            svc.set_power_limit(100, valid_until=clock.now() - timedelta(seconds=1))
+
+
+async def test_a_failing_slot_reader_does_not_stop_the_loop(clock: ManualClock) -> None:
+    calls = {"n": 0}
+
+    def flaky() -> list[SlotInput]:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("slot table busy")
+        return _packs(1)
+
+    published: list[Allocation] = []
+    svc = SchedulerService(Scheduler(grid_config(), NaivePolicy()), clock, flaky, published.append)
+    task = asyncio.create_task(svc.run(), name="scheduler")
+    try:
+        await _until(lambda: svc.errors == 1)
+        await _advance(clock, 5)
+        await _until(lambda: len(published) == 1)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def test_time_of_day_is_local(clock: ManualClock) -> None:
+    # ManualClock starts at 2026-01-01T00:00Z, i.e. 08:00 in Asia/Shanghai.
+    svc = SchedulerService(Scheduler(grid_config(), NaivePolicy()), clock, list, print)
+    assert svc.instant().day_s == pytest.approx(8 * 3600)
+    assert svc.allocate_now().tariff_period == "peak"
