@@ -188,6 +188,10 @@ class ChargerFaults:
     ignore_writes: bool = (
         False  # writes acknowledged but not applied (read-back shows the old value)
     )
+    refuse_writes: int = 0  # the next N writes answered with `refuse_code`, then accepted again
+    refuse_code: int = 6
+    frozen: bool = False  # reads serve the image as it was at injection; physics go on
+    out_of_range: bool = False  # measured points read an absurd value (raw 0xFFFE words)
 
 
 FAULT_NAMES = (
@@ -198,6 +202,9 @@ FAULT_NAMES = (
     "short_answers",
     "garbage",
     "ignore_writes",
+    "refuse_write",
+    "frozen",
+    "out_of_range",
 )
 
 
@@ -234,7 +241,14 @@ class ChargerSim:
         self._wd_timeout_s = wd.timeout_s if wd else math.inf
         self._wd_fed_at = self._clock.monotonic()
         self.watchdog_expired = False
+        self.frozen_words: dict[str, dict[int, int]] = {}
+        self.frozen_bits: dict[str, dict[int, bool]] = {}
         self.refresh()
+
+    @property
+    def watchdog_fed_at(self) -> float:
+        """When the station last wrote the watchdog point (the sim's clock): for monitors."""
+        return self._wd_fed_at
 
     def attach_load(self, load: ChargerLoad) -> None:
         """Connect the output to a load (e.g. the CAN pack simulator)."""
@@ -296,6 +310,11 @@ class ChargerSim:
             "temperature_c": round(ph.temperature_c, 3),
         }
         for name, v in measured.items():
+            if self.faults.out_of_range and name in ("output_voltage_v", "output_current_a"):
+                p = self.map.points.get(name)
+                if p is not None and not p.is_bit:
+                    self._put(p, [0xFFFE] * p.words)
+                    continue
             if not (self.faults.invalid_values and self._set_invalid(name)):
                 self._set(name, v)
         state_p = self.map.points.get("state")
@@ -383,6 +402,16 @@ class ChargerSim:
             f.garbage = active
         elif name == "ignore_writes":
             f.ignore_writes = active
+        elif name == "refuse_write":
+            # One refused write (exception 6 by default), as a busy device does now and then.
+            f.refuse_writes = int(value if value is not None else 1) if active else 0
+        elif name == "frozen":
+            f.frozen = active
+            if active:
+                self.frozen_words = {t: dict(w) for t, w in self.words.items()}
+                self.frozen_bits = {t: dict(b) for t, b in self.bits.items()}
+        elif name == "out_of_range":
+            f.out_of_range = active
         else:
             raise ValueError(
                 f"unknown fault {name!r} (known: {', '.join(FAULT_NAMES)}, bit:<flag>)"
@@ -435,6 +464,10 @@ async def _action(
     table = _FC_TABLE.get(function_code)
     if table is None:
         return ExcCodes.ILLEGAL_FUNCTION
+    if set_values is not None and f.refuse_writes > 0:
+        f.refuse_writes -= 1
+        return ExcCodes(f.refuse_code)
+    frozen = f.frozen and set_values is None
     if set_values is not None and f.ignore_writes:
         return None  # acknowledged; reads keep serving the image, which did not change
     if table in BIT_TABLES:
@@ -445,6 +478,8 @@ async def _action(
                     bits[address + i] = bool(v)
             sim._written(table, address, len(set_values))
             return None
+        if frozen:
+            bits = sim.frozen_bits.get(table, bits)
         # `count` registers of 16 packed bits from register (address // 16)
         first = address // 16
         for k in range(count):
@@ -460,6 +495,8 @@ async def _action(
             words[address + i] = int(v) & 0xFFFF
         sim._written(table, address, len(set_values))
         return None
+    if frozen:
+        words = sim.frozen_words.get(table, words)
     base = address - start_address
     for i in range(count):
         registers[base + i] = words.get(address + i, 0)
