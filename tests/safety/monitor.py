@@ -141,7 +141,9 @@ class Monitor:
         now = self.clock() if now is None else now
         self.checks += 1
         plc = self.world.plc
-        if not plc.inputs.get("estop_chain_healthy", True):
+        # An e-stop the station can see: a frozen PLC image hides it (that hazard is item 2's:
+        # a frozen heartbeat halts the units; the chain itself cuts the robot's power).
+        if not plc.inputs.get("estop_chain_healthy", True) and plc.frozen_status is None:
             if self._estop_since is None:
                 self._estop_since = now
         else:
