@@ -158,8 +158,9 @@ class ViewModel:
             case ["telemetry", "robot"]:
                 self.robot = payload
                 self._units_from_robot(payload.get("units"))
-            case ["event", event_type] if event_type:
-                self._event(event_type, payload)
+            case ["event", room, name] if room and name:
+                # Topic `event/<room>/<name>` carries type `<room>.<name>`.
+                self._event(f"{room}.{name}", payload)
             case _:
                 return False
         return True

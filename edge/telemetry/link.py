@@ -10,10 +10,13 @@ from typing import Any, Self
 
 import aiomqtt
 import paho.mqtt.client as paho
+from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.reasoncodes import ReasonCode
 
 from drivers.core.clock import Clock
 from edge.telemetry.tls import TrackingContext
+
+UNSUPPORTED_VERSION = 0x84  # MQTT 5 CONNACK reason (paho maps 3.1.1's return code 1 onto it)
 
 
 class LinkState(StrEnum):
@@ -86,6 +89,9 @@ class Client(aiomqtt.Client):
         self.pending_calls_threshold = 10_000  # our windows are bounded; no warning per call
         tls = kwargs.get("tls_context")
         self._tls = tls if isinstance(tls, TrackingContext) else None
+        # Set when the broker closed the connection before any CONNACK: RabbitMQ 3.x does that
+        # to an MQTT 5 CONNECT it cannot parse (aiomqtt would wait out the whole timeout).
+        self.closed_before_connack = False
 
     async def __aenter__(self) -> Self:
         try:
@@ -96,6 +102,29 @@ class Client(aiomqtt.Client):
             if self._tls is not None:
                 self._tls.close_strays()
             raise
+
+    def _on_disconnect(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: Any,
+        reason_code: ReasonCode,
+        properties: Any = None,
+    ) -> None:
+        if not self._connected.done():
+            self.closed_before_connack = True
+            self._connected.set_exception(
+                aiomqtt.MqttError("the broker closed the connection before its CONNACK")
+            )
+        super()._on_disconnect(client, userdata, flags, reason_code, properties)
+
+    def refused_mqtt5(self, e: BaseException) -> bool:
+        """The broker turned an MQTT 5 CONNECT away: CONNACK "unsupported protocol version"
+        (NATS), or a close before any CONNACK (RabbitMQ 3.x)."""
+        if isinstance(e, MqttConnectError):
+            rc = e.rc
+            return (rc.value if isinstance(rc, ReasonCode) else rc) in (1, UNSUPPORTED_VERSION)
+        return self.closed_before_connack
 
     def _on_publish(
         self,

@@ -18,7 +18,7 @@ Timestamp = Annotated[
         description="RFC 3339 UTC",
     ),
 ]
-Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 
 
 class Wire(BaseModel):

@@ -92,6 +92,9 @@ class Telemetry:
         self._tracker = ChangeTracker(cfg.deadbands, cfg.min_interval_s, cfg.refresh_s)
         self._key_topic: dict[str, str] = {}
         self._backoff = Backoff(mqtt.backoff_initial_s, mqtt.backoff_max_s, rng)
+        self._protocol = (
+            aiomqtt.ProtocolVersion.V5 if mqtt.protocol == "5" else aiomqtt.ProtocolVersion.V311
+        )
         self._changed = asyncio.Event()
         self._events_ready = asyncio.Event()
         self._stop = asyncio.Event()
@@ -111,6 +114,7 @@ class Telemetry:
         """For health and `swapd ctl status`."""
         return {
             "state": str(self.state),
+            "protocol": "5" if self._protocol is aiomqtt.ProtocolVersion.V5 else "3.1.1",
             "boot_id": self.boot_id,
             "connects": self.connects,
             "failures": self.failures,
@@ -214,7 +218,7 @@ class Telemetry:
         )
         return orjson.dumps(s.model_dump(mode="json"))
 
-    def _make_client(self) -> Client:
+    def _make_client(self, protocol: aiomqtt.ProtocolVersion) -> Client:
         m = self.mqtt
         return Client(
             m.host,
@@ -222,10 +226,8 @@ class Telemetry:
             username=m.username,
             password=m.resolve_password() if m.username is not None else None,
             identifier=f"swapd-{self.station_id}",
-            protocol=aiomqtt.ProtocolVersion.V5
-            if m.protocol == "5"
-            else aiomqtt.ProtocolVersion.V311,
-            clean_session=True if m.protocol == "3.1.1" else None,
+            protocol=protocol,
+            clean_session=True if protocol is aiomqtt.ProtocolVersion.V311 else None,
             keepalive=m.keepalive_s,
             timeout=m.connect_timeout_s,
             will=aiomqtt.Will(self.topics.status, self._status(False, False), qos=1, retain=True),
@@ -276,9 +278,28 @@ class Telemetry:
                 attempt.cancel()
 
     async def _connect_and_serve(self) -> None:
-        client = self._make_client()
-        async with client:
+        async with contextlib.AsyncExitStack() as stack:
+            client = await self._connect(stack)
             await self._session(client)
+
+    async def _connect(self, stack: contextlib.AsyncExitStack) -> Client:
+        """Connect with the configured protocol; a broker that turns MQTT 5 away (NATS, RabbitMQ
+        3.x) gets MQTT 3.1.1 in the same attempt, and keeps it for every later reconnect."""
+        client = self._make_client(self._protocol)
+        try:
+            return await stack.enter_async_context(client)
+        except aiomqtt.MqttError as e:
+            if self._protocol is not aiomqtt.ProtocolVersion.V5 or not client.refused_mqtt5(e):
+                raise
+        client = await stack.enter_async_context(self._make_client(aiomqtt.ProtocolVersion.V311))
+        self._protocol = aiomqtt.ProtocolVersion.V311
+        log.warning(
+            "mqtt %s:%d refuses MQTT 5; using MQTT 3.1.1 from now on "
+            "(no PUBACK reason codes: refusals by ACL look like deliveries)",
+            self.mqtt.host,
+            self.mqtt.port,
+        )
+        return client
 
     def _failed(self, e: BaseException) -> None:
         level = logging.WARNING if self._backoff.failures == 0 else logging.DEBUG
