@@ -26,7 +26,7 @@ import aiomqtt
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edge.app.logs import get_logger
+from drivers.core.log import get_logger
 from sim.broker import BrokerAddress, parse_broker_url
 
 if TYPE_CHECKING:

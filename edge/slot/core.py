@@ -44,6 +44,7 @@ from drivers.can.events import (
     Timeout,
 )
 from drivers.can.session import ChargerLimits, ChargerMeasurements
+from drivers.core.quality import Quality
 
 A_PACK_FAULT = "pack.fault"
 A_OVER_TEMPERATURE = "pack.over_temperature"
@@ -66,12 +67,6 @@ class SlotSafety(BaseModel):
     min_temperature_c: float = 0.0
     current_deadband_a: float = Field(default=1.0, ge=0)
     voltage_deadband_v: float = Field(default=1.0, ge=0)
-
-
-class Quality(StrEnum):
-    GOOD = "good"
-    STALE = "stale"  # last value too old (the owner could not read it)
-    INVALID = "invalid"  # the device reported an invalid raw value
 
 
 @dataclass(frozen=True, slots=True)

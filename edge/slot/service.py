@@ -27,9 +27,10 @@ from drivers.can.runner import ChargerLink
 from drivers.can.session import ChargerLimits
 from drivers.core.alarm_sink import AlarmSink
 from drivers.core.clock import Clock
-from drivers.modbus.device import DeviceState, ModbusDevice, Quality, Snapshot
+from drivers.core.log import get_logger
+from drivers.core.quality import Quality
+from drivers.modbus.device import DeviceState, ModbusDevice, Snapshot
 from drivers.modbus.errors import ModbusError
-from edge.app.logs import get_logger
 from edge.scheduler.core import SlotInput
 from edge.slot.core import (
     Action,
@@ -46,7 +47,6 @@ from edge.slot.core import (
     SlotSafety,
     SlotState,
 )
-from edge.slot.core import Quality as ReadingQuality
 from edge.swap.choice import SlotView
 
 log = get_logger("slot")
@@ -276,11 +276,11 @@ class SlotService:
             if n in snap.points
         ]
         if all(q is Quality.GOOD for q in qualities):
-            quality = ReadingQuality.GOOD
+            quality = Quality.GOOD
         elif any(q is Quality.INVALID for q in qualities):
-            quality = ReadingQuality.INVALID
+            quality = Quality.INVALID
         else:
-            quality = ReadingQuality.STALE
+            quality = Quality.STALE
         state_pv = snap.points.get("state")
         state = str(state_pv.value) if state_pv is not None and state_pv.value is not None else ""
         current = num("output_current_a")
