@@ -24,7 +24,7 @@ from drivers.can.events import (
     Timeout,
 )
 from drivers.can.runner import ChargerLink
-from drivers.can.session import ChargerLimits
+from drivers.can.session import ChargerLimits, PackFieldLimits
 from drivers.core.alarm_sink import AlarmSink
 from drivers.core.clock import Clock
 from drivers.core.log import get_logger
@@ -111,6 +111,7 @@ class SlotService:
         self._on_change = on_change or (lambda _s: None)
         self._on_event = on_event or (lambda _t, _d: None)
         self.core = SlotCore(slot_id, _DEFAULT_RATINGS, safety or SlotSafety())
+        sf = self.core.safety
         self.link = ChargerLink(
             slot_id,
             bus,
@@ -119,6 +120,13 @@ class SlotService:
             alarms=None,
             clock=clock,
             charger_number=charger_number,
+            # Range checks where the BMS's values enter (the session): the same window as the core.
+            field_limits=PackFieldLimits(
+                max_temperature_c=sf.max_temperature_c,
+                min_temperature_c=sf.min_temperature_c,
+                max_cell_voltage_v=sf.max_cell_voltage_v,
+                cell_voltage_margin_v=sf.cell_voltage_margin_v,
+            ),
         )
         self.docked = False
         self.docked_at_s = 0.0

@@ -85,6 +85,9 @@ class SlotTelemetry(Wire):
     charger_state: str = Field(description="charger state from its register map")
     available: bool = True
     quality: Quality = Quality.GOOD
+    invalid: list[str] = Field(
+        [], description="fields published null because the value did not fit (quality bad)"
+    )
 
 
 class RobotTelemetry(Wire):
