@@ -29,7 +29,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from edge.app.logs import get_logger
+from drivers.core.log import get_logger
 from sim.broker import BrokerAddress
 from sim.faults import MqttCredentials, mqtt_client, publish_fault
 

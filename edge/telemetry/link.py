@@ -4,7 +4,6 @@ client that reports PUBACK refusals (aiomqtt ignores MQTT 5 reason codes)."""
 from __future__ import annotations
 
 import asyncio
-import random
 from enum import StrEnum
 from typing import Any, Self
 
@@ -32,29 +31,6 @@ class PublishRefused(aiomqtt.MqttError):
     def __init__(self, topic: str, reason: ReasonCode) -> None:
         super().__init__(f"broker refused publish on {topic}: {reason}")
         self.reason = reason
-
-
-class Backoff:
-    """Capped exponential backoff with jitter; one attempt at a time (sans-I/O)."""
-
-    def __init__(self, initial_s: float, max_s: float, rng: random.Random | None = None) -> None:
-        self.initial_s = initial_s
-        self.max_s = max_s
-        self.failures = 0
-        self._rng = rng or random.Random()
-
-    def next_delay(self) -> float:
-        base = min(self.max_s, self.initial_s * (2 ** min(self.failures, 30)))
-        self.failures += 1
-        # Full spread in [base/2, base]: stations restarting together do not reconnect together.
-        return float(base * (0.5 + 0.5 * self._rng.random()))
-
-    def to_max(self) -> None:
-        """Errors a retry will not fix soon (bad credentials) wait the longest."""
-        self.failures = 64
-
-    def reset(self) -> None:
-        self.failures = 0
 
 
 class RateLimiter:

@@ -23,11 +23,13 @@ from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.reasoncodes import ReasonCode
 
 from drivers.core.alarm_sink import AlarmSink
+from drivers.core.backoff import Backoff
 from drivers.core.clock import Clock, SystemClock, utc_iso
+from drivers.core.log import get_logger
 from edge.telemetry.changes import ChangeTracker
 from edge.telemetry.commands import CommandProcessor, CommandStore
 from edge.telemetry.config import MqttConfig, TelemetryConfig
-from edge.telemetry.link import Backoff, Client, LinkState, PublishRefused, RateLimiter
+from edge.telemetry.link import Client, LinkState, PublishRefused, RateLimiter
 from edge.telemetry.models import (
     EVENT_DETAILS,
     CommandError,
@@ -43,7 +45,7 @@ from edge.telemetry.target import CommandTarget
 from edge.telemetry.tls import TlsSetupError, build_context
 from edge.telemetry.topics import Topics, check_level
 
-log = logging.getLogger(__name__)
+log = get_logger("telemetry")
 
 MAX_PAYLOAD_BYTES = 128 * 1024
 EVENT_BATCH = 200
@@ -91,7 +93,7 @@ class Telemetry:
         )
         self._tracker = ChangeTracker(cfg.deadbands, cfg.min_interval_s, cfg.refresh_s)
         self._key_topic: dict[str, str] = {}
-        self._backoff = Backoff(mqtt.backoff_initial_s, mqtt.backoff_max_s, rng)
+        self._backoff = Backoff(mqtt.backoff_initial_s, mqtt.backoff_max_s, rng=rng)
         self._protocol = (
             aiomqtt.ProtocolVersion.V5 if mqtt.protocol == "5" else aiomqtt.ProtocolVersion.V311
         )
@@ -294,10 +296,10 @@ class Telemetry:
         client = await stack.enter_async_context(self._make_client(aiomqtt.ProtocolVersion.V311))
         self._protocol = aiomqtt.ProtocolVersion.V311
         log.warning(
-            "mqtt %s:%d refuses MQTT 5; using MQTT 3.1.1 from now on "
+            "broker refuses MQTT 5; using MQTT 3.1.1 from now on "
             "(no PUBACK reason codes: refusals by ACL look like deliveries)",
-            self.mqtt.host,
-            self.mqtt.port,
+            host=self.mqtt.host,
+            port=self.mqtt.port,
         )
         return client
 
@@ -318,7 +320,7 @@ class Telemetry:
         await client.publish_confirmed(self.topics.status, self._status(True), qos=1, retain=True)
         await client.subscribe(self.topics.cmd_filter, qos=1)
         if self._backoff.failures:
-            log.warning("mqtt connected again after %d failures", self._backoff.failures)
+            log.warning("mqtt connected again", failures=self._backoff.failures)
         self._backoff.reset()
         self._tracker.force_all()
         self._replay_upto = self.outbox.last_id()
@@ -345,7 +347,7 @@ class Telemetry:
                     self.topics.status, self._status(False), qos=1, retain=True
                 )
         except (TimeoutError, aiomqtt.MqttError) as e:
-            log.warning("could not publish offline status: %s", e)
+            log.warning("could not publish offline status", error=str(e))
 
     async def _stop_watch(self) -> None:
         await self._stop.wait()
@@ -400,7 +402,7 @@ class Telemetry:
             except PublishRefused as e:
                 # The broker will refuse it again (ACL, size): do not stall every later event.
                 self.events_refused += 1
-                log.error("event %d dropped: %s", event_id, e)
+                log.error("event dropped", event_id=event_id, error=str(e))
             acked_upto = event_id
             self.events_published += 1
             self.events_replayed += replayed
@@ -476,7 +478,7 @@ class Telemetry:
             except PublishRefused as e:
                 # A result topic the broker refuses (ACL) must not cost the connection; the
                 # result is stored, a repeat of the command gets it.
-                log.error("command result refused: %s", e)
+                log.error("command result refused", error=str(e))
 
 
 def _rc_value(rc: int | ReasonCode | None) -> int | None:

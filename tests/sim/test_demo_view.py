@@ -395,7 +395,8 @@ async def test_logs_print_above_the_view_on_a_terminal(broker: BrokerAddress) ->
 
     import structlog
 
-    from edge.app.logs import configure_logging, get_logger
+    from drivers.core.log import get_logger
+    from edge.app.logs import configure_logging
 
     saved_handlers = logging.getLogger().handlers[:]
     saved_config = structlog.get_config()
