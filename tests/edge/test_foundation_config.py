@@ -196,3 +196,12 @@ def test_unknown_builtin_map_is_a_clear_config_error(tmp_path: Path) -> None:
     line = next(ln for ln in r.stderr.splitlines() if "chargers.1.map" in ln)
     assert line.startswith(f"{path}:")
     assert "builtin:charger-nope" in line and "builtin:charger-generic" in line, line
+
+
+def test_ids_that_become_topic_levels_refuse_dots(tmp_path: Path) -> None:
+    """Slot and charger ids name MQTT topics: a '.' breaks NATS (subject separator)."""
+    path = station_copy(tmp_path, {"id: ch02,": "id: ch.02,", "charger: ch02": "charger: ch.02"})
+    with pytest.raises(DataFileError) as ei:
+        load_config(path)
+    msgs = [f"{p.field}: {p.message}" for p in ei.value.problems]
+    assert any(m.startswith("chargers.1.id: charger id 'ch.02' is not a plain") for m in msgs), msgs
