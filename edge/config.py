@@ -38,9 +38,12 @@ from drivers.modbus.config import (
 from drivers.modbus.regmap import RegisterMap, load_register_map
 from edge.scheduler.config import GridConfig
 from edge.telemetry.config import MqttConfig, TelemetryConfig
+from edge.telemetry.topics import TopicError, check_level
 
 Port = Annotated[int, Field(ge=1, le=65535)]
-Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+# Ids become MQTT topic levels (telemetry/slot/<id>, sim/<device_id>/fault): no '.', which NATS
+# takes for a subject separator and RabbitMQ rewrites to '/'.
+Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 
 
 class Strict(BaseModel):
@@ -144,6 +147,13 @@ def _reference_checks(data: dict[str, Any]) -> list[tuple[PathKey, str]]:
                 seen[v] = i
 
     dupes(chargers, "id", "chargers")
+    for i, c in enumerate(chargers):
+        cid = c.get("id")
+        if isinstance(cid, str):
+            try:
+                check_level(cid, "charger id")
+            except TopicError as e:
+                out.append((("chargers", i, "id"), f"{e} (it names the charger's MQTT topics)"))
     dupes(slots, "id", "slots")
     charger_ids = {c.get("id") for c in chargers}
     for i, s in enumerate(slots):

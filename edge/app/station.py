@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from drivers.core.clock import Clock, utc_iso
+from drivers.core.log import get_logger
 from drivers.modbus.network import ModbusNetwork
 from edge.alarms import AlarmManager
 from edge.app.health import LoopMonitor, Notifier, watchdog_interval_s
-from edge.app.logs import get_logger
 from edge.app.supervisor import Kind, Supervisor
 from edge.config import StationConfig
 from edge.operator.commands import StationCommands

@@ -24,12 +24,13 @@ from drivers.can.events import (
     Timeout,
 )
 from drivers.can.runner import ChargerLink
-from drivers.can.session import ChargerLimits
+from drivers.can.session import ChargerLimits, PackFieldLimits
 from drivers.core.alarm_sink import AlarmSink
 from drivers.core.clock import Clock
-from drivers.modbus.device import DeviceState, ModbusDevice, Quality, Snapshot
+from drivers.core.log import get_logger
+from drivers.core.quality import Quality
+from drivers.modbus.device import DeviceState, ModbusDevice, Snapshot
 from drivers.modbus.errors import ModbusError
-from edge.app.logs import get_logger
 from edge.power import to_grid_side, to_pack_side
 from edge.scheduler.core import SlotInput
 from edge.slot.core import (
@@ -47,7 +48,6 @@ from edge.slot.core import (
     SlotSafety,
     SlotState,
 )
-from edge.slot.core import Quality as ReadingQuality
 from edge.swap.choice import SlotView
 
 log = get_logger("slot")
@@ -114,6 +114,7 @@ class SlotService:
         self._on_change = on_change or (lambda _s: None)
         self._on_event = on_event or (lambda _t, _d: None)
         self.core = SlotCore(slot_id, _DEFAULT_RATINGS, safety or SlotSafety())
+        sf = self.core.safety
         self.link = ChargerLink(
             slot_id,
             bus,
@@ -122,6 +123,13 @@ class SlotService:
             alarms=None,
             clock=clock,
             charger_number=charger_number,
+            # Range checks where the BMS's values enter (the session): the same window as the core.
+            field_limits=PackFieldLimits(
+                max_temperature_c=sf.max_temperature_c,
+                min_temperature_c=sf.min_temperature_c,
+                max_cell_voltage_v=sf.max_cell_voltage_v,
+                cell_voltage_margin_v=sf.cell_voltage_margin_v,
+            ),
         )
         self.docked = False
         self.docked_at_s = 0.0
@@ -280,11 +288,11 @@ class SlotService:
             if n in snap.points
         ]
         if all(q is Quality.GOOD for q in qualities):
-            quality = ReadingQuality.GOOD
+            quality = Quality.GOOD
         elif any(q is Quality.INVALID for q in qualities):
-            quality = ReadingQuality.INVALID
+            quality = Quality.INVALID
         else:
-            quality = ReadingQuality.STALE
+            quality = Quality.STALE
         state_pv = snap.points.get("state")
         state = str(state_pv.value) if state_pv is not None and state_pv.value is not None else ""
         current = num("output_current_a")

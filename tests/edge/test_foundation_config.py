@@ -160,3 +160,12 @@ def test_relative_config_path_resolves_state_files_once(
         and cfg.resolve(cfg.station.state_dir) == cfg.station.state_dir
     )
     assert cfg.telemetry.outbox_path == tmp_path / "cfg" / "var" / "state" / "outbox.sqlite"
+
+
+def test_ids_that_become_topic_levels_refuse_dots(tmp_path: Path) -> None:
+    """Slot and charger ids name MQTT topics: a '.' breaks NATS (subject separator)."""
+    path = station_copy(tmp_path, {"id: ch02,": "id: ch.02,", "charger: ch02": "charger: ch.02"})
+    with pytest.raises(DataFileError) as ei:
+        load_config(path)
+    msgs = [f"{p.field}: {p.message}" for p in ei.value.problems]
+    assert any(m.startswith("chargers.1.id: charger id 'ch.02' is not a plain") for m in msgs), msgs

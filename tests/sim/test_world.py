@@ -49,7 +49,7 @@ async def _wait_for(pred: Any, timeout_s: float) -> None:
 
 
 def _event_of(events: list[tuple[str, dict[str, Any]]], kind: str) -> list[dict[str, Any]]:
-    return [p for t, p in events if t == f"{ROOT}/event/{kind}"]
+    return [p for t, p in events if t == f"{ROOT}/event/{kind.replace('.', '/')}"]
 
 
 def _details(p: dict[str, Any]) -> dict[str, Any]:
