@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from edge.app.logs import get_logger
+from drivers.core.log import get_logger
 
 log = get_logger("telemetry.fit")
 

@@ -10,15 +10,17 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from drivers.core.clock import Clock
+from drivers.core.log import get_logger
+from drivers.core.quality import Quality
 from drivers.modbus.device import DeviceState
-from edge.app.logs import get_logger
 from edge.config import StationConfig
+from edge.power import to_grid_side
 from edge.scheduler.core import Allocation
 from edge.slot.core import SlotState
-from edge.state import GridMode, StationState
+from edge.state import StationState
 from edge.telemetry.alarm_events import alarm_refs
 from edge.telemetry.fit import fit
-from edge.telemetry.models import Quality, SlotTelemetry, StationTelemetry
+from edge.telemetry.models import SlotTelemetry, StationTelemetry
 from edge.telemetry.service import Telemetry
 
 if TYPE_CHECKING:
@@ -64,7 +66,7 @@ class StatePublisher:
     def allocation(self, alloc: Allocation) -> None:
         g = self.state.grid
         g.limit_kw = alloc.limit_kw
-        g.grid_mode = GridMode(str(alloc.grid_mode))
+        g.grid_mode = alloc.grid_mode
         g.grid_reason = alloc.grid_reason
         g.tariff_period = alloc.tariff_period
         self._wake.set()
@@ -104,7 +106,7 @@ class StatePublisher:
                 if snap.current_a
                 else 0.0
             )
-            grid_kw += max(0.0, power_kw) / efficiency
+            grid_kw += to_grid_side(max(0.0, power_kw), efficiency)
             if slot.docked:
                 counts["total"] += 1
                 if snap.soc_pct is not None and snap.soc_pct >= ready:
