@@ -59,12 +59,8 @@ def campaign_config(
     doc["grid"]["policy"] = "naive"
     doc["station"]["stop_deadline_s"] = 3
     doc["mqtt"]["enabled"] = mqtt_port is not None
-    for c in doc["chargers"]:
-        c["map"] = str(ROOT / "config" / c.get("map", "registers/charger-generic.yaml"))
-    doc["robot"]["map"] = str(ROOT / "config" / doc["robot"].get("map", "registers/robot-plc.yaml"))
-    src = src_dir / "station.yaml"
+    src = src_dir / "station.yaml"  # maps and step graph stay `builtin:` names
     src.write_text(yaml.safe_dump(doc, sort_keys=False))
-    (src_dir / "swap-steps.yaml").write_text((ROOT / "config" / "swap-steps.yaml").read_text())
     return bench_config(
         src,
         tmp / "bench",
