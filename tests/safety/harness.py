@@ -402,8 +402,17 @@ async def _apply(c: Composed, f: FaultEvent, out: Outcome) -> Callable[[], Any] 
     if f.device == "pack":
         seat = w.seats[f.target]
         if seat.core is None:
-            out.notes.append(f"{f}: slot empty, skipped")
-            return SKIPPED
+            # A swap emptied it since the schedule was drawn: the next seated slot instead.
+            order = sorted(w.seats)
+            i = order.index(f.target)
+            other = next(
+                (s for s in order[i + 1 :] + order[:i] if w.seats[s].core is not None), None
+            )
+            if other is None:
+                out.notes.append(f"{f}: no pack seated anywhere, skipped")
+                return SKIPPED
+            out.notes.append(f"{f}: slot empty, injected on {other}")
+            seat = w.seats[other]
         from sim.devices.pack import Fault
 
         seat.inject(Fault(f.fault))
