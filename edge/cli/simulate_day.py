@@ -21,7 +21,9 @@ def register_simulate_day(sub: Any, handlers: dict[str, Any]) -> None:
         description="Discrete-event simulation of 24 h of swaps and charging under a policy. "
         "The last stdout line is one JSON object of KPIs.",
     )
-    p.add_argument("--scenario", required=True, help="scenario YAML (config/scenarios/)")
+    p.add_argument(
+        "--scenario", required=True, help="scenario YAML path, or builtin:NAME (city-taxi-day, ...)"
+    )
     p.add_argument(
         "--policy",
         required=True,

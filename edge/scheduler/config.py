@@ -1,6 +1,6 @@
 """The station config's `grid` section: cap, tariff, default limit, export, scheduler tuning.
 
-Pydantic models with `extra="forbid"`; scenarios (config/scenarios/*.yaml) reuse them, so a
+Pydantic models with `extra="forbid"`; scenarios (edge/scheduler/scenarios/*.yaml) reuse them, so a
 simulated day and the live station read the same grid description. Times of day are local
 `HH:MM` strings; `24:00` may end a window and a window may wrap midnight (`22:00-06:00`).
 """
