@@ -31,6 +31,7 @@ from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from drivers.core.clock import Clock, SystemClock
+from drivers.core.datafile import FileRef
 from drivers.core.log import get_logger
 from drivers.modbus.codec import Value, decode_bit, decode_words, encode
 from drivers.modbus.config import ModbusRtuEndpoint, ModbusTcpEndpoint, resolve_map_path
@@ -555,7 +556,7 @@ class ChargerSimSpec:
     """Where one simulated charger answers. `map` is a RegisterMap or a path to one."""
 
     id: str
-    map: RegisterMap | Path | str
+    map: RegisterMap | FileRef
     unit_id: int = 1
     host: str = "127.0.0.1"
     port: int | None = None
