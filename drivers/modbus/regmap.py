@@ -245,8 +245,11 @@ def cross_check(m: RegisterMap, file: FileRef, index: dict[PathKey, int]) -> lis
                 bad((*loc, "invalid", i), f"invalid raw value {raw} outside the {p.type} range")
         if p.min is not None and p.max is not None and p.min > p.max:
             bad((*loc, "min"), f"min {p.min} > max {p.max}")
-        if (p.min is not None or p.max is not None) and p.access != "rw":
-            bad((*loc, "min" if p.min is not None else "max"), "min/max apply to rw points only")
+        if (p.min is not None or p.max is not None) and not p.writable:
+            bad(
+                (*loc, "min" if p.min is not None else "max"),
+                "min/max apply to writable points only",
+            )
         for b_i, b in enumerate(m.barriers):
             if b.table == p.table and p.address < b.address <= end:
                 bad((*loc, "address"), f"point straddles barrier {b_i} at {b.table} {b.address}")
