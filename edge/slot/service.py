@@ -29,6 +29,7 @@ from drivers.core.alarm_sink import AlarmSink
 from drivers.core.clock import Clock
 from drivers.core.log import get_logger
 from drivers.core.quality import Quality
+from drivers.modbus.charger import ChargerControl
 from drivers.modbus.device import DeviceState, ModbusDevice, Snapshot
 from drivers.modbus.errors import ModbusError
 from edge.power import to_grid_side, to_pack_side
@@ -109,6 +110,7 @@ class SlotService:
         self.slot_id = slot_id
         self.charging_efficiency = charging_efficiency
         self.charger = charger
+        self.control = ChargerControl.of(charger.map)
         self._clock = clock
         self._alarms = alarms
         self._on_change = on_change or (lambda _s: None)
@@ -262,7 +264,8 @@ class SlotService:
         """Safe stop: output off (verified write, bounded by the supervisor's deadline), CST."""
         self.stop_output(StopReason.MANUAL)
         try:
-            await self.charger.write("enable", False)
+            for name, value in self.control.off_writes():
+                await self.charger.write(name, value)
         except ModbusError as e:
             # Unreachable: its watchdog switches it off since we stop feeding it.
             self.charger.stop_watchdog()
@@ -296,12 +299,15 @@ class SlotService:
         state_pv = snap.points.get("state")
         state = str(state_pv.value) if state_pv is not None and state_pv.value is not None else ""
         current = num("output_current_a")
+        # A fault-code register (drivers.modbus fault_codes) reports the active faults.
+        code_pv = snap.points.get("fault_code")
+        coded = bool(code_pv.value) if code_pv is not None and code_pv.good else False
         return ChargerReading(
             voltage_v=num("output_voltage_v"),
             current_a=current,
             output_on=state in _LIVE_STATES or current > 1.0,
             quality=quality,
-            fault=state == "fault",
+            fault=state == "fault" or coded,
         )
 
     def charger_state(self) -> str:
@@ -421,12 +427,12 @@ class SlotService:
             out = w.out
             try:
                 if not out.enable:
-                    await self.charger.write("enable", False)
-                    await self.charger.write("current_limit_a", 0.0)
+                    writes = self.control.off_writes()
                 else:
-                    await self.charger.write("voltage_setpoint_v", round(out.voltage_v, 1))
-                    await self.charger.write("current_limit_a", round(max(0.0, out.current_a), 1))
-                    await self.charger.write("enable", True)
+                    measured = _number(self.charger.snapshot(), "output_voltage_v")
+                    writes = self.control.on_writes(out.voltage_v, out.current_a, measured)
+                for name, value in writes:  # the map decides which points (ChargerControl)
+                    await self.charger.write(name, value)
             except ModbusError as e:
                 self.writes_failed += 1
                 if self.writes_failed == 1 or self.writes_failed % 50 == 0:
