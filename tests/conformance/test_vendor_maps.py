@@ -224,3 +224,26 @@ async def test_composed_daemon_charges_through_and_switches_off(
     # ... and the daemon's stop left it off.
     assert vendor.off(emu), vars(emu)
     assert emu.refused == 0
+
+
+def test_check_config_refuses_the_map_a_new_user_first_wrote(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 13: a vendor map written as a new user would before the format had write-only
+    points and limit-0 switch-off: setpoint `rw`, no enable, a limit that must stay >= 6 A and
+    no voltage or power rating. check-config now says what is missing instead of accepting it."""
+    from edge.cli.check_config import check_config
+
+    text = (MAPS / "charger-abb-terra-ac.yaml").read_text()
+    text = text.replace("    access: w\n    readback: {table: holding, address: 0x400E}\n", "")
+    text = text.replace("    min: 0\n", "    min: 6\n")
+    start, end = text.index("constants:"), text.index("points:")
+    text = text[:start] + text[end:]  # no ratings but the published max current
+    bad = tmp_path / "cfg" / "abb-first-try.yaml"
+    path = mini_config(tmp_path, 1)
+    bad.write_text(text)
+    path.write_text(path.read_text().replace("builtin:charger-generic", "abb-first-try.yaml"))
+    assert check_config(str(path)) == 2
+    err = capsys.readouterr().err
+    assert "must accept 0 to switch the output off" in err
+    assert "'max_voltage_v'" in err and "'max_power_kw'" in err
