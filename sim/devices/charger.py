@@ -188,6 +188,8 @@ class ChargerFaults:
     ignore_writes: bool = (
         False  # writes acknowledged but not applied (read-back shows the old value)
     )
+    # point name -> how many more writes touching it are refused with exception 6 (busy)
+    refuse_writes: dict[str, int] = field(default_factory=dict)
 
 
 FAULT_NAMES = (
@@ -198,6 +200,7 @@ FAULT_NAMES = (
     "short_answers",
     "garbage",
     "ignore_writes",
+    "refuse_write:<point>",
 )
 
 
@@ -367,6 +370,14 @@ class ChargerSim:
         if name.startswith("bit:"):
             flag = name[4:]
             (f.fault_bits.add if active else f.fault_bits.discard)(flag)
+        elif name.startswith("refuse_write:"):
+            point = name.partition(":")[2]
+            if point not in self.map.points:
+                raise ValueError(f"{name}: no point {point!r} in {self.map.name}")
+            if active:
+                f.refuse_writes[point] = int(value if value is not None else 1)
+            else:
+                f.refuse_writes.pop(point, None)
         elif name == "silent":
             f.silent = active
         elif name == "slow":
@@ -418,6 +429,18 @@ class ChargerSim:
         )
 
 
+def _refused(sim: ChargerSim, table: str | None, address: int, count: int) -> bool:
+    """One-shot refusals: a write touching a point listed in `refuse_writes` is answered with
+    exception 6 and uses up one of its refusals."""
+    for name, left in list(sim.faults.refuse_writes.items()):
+        p = sim.map.points[name]
+        if left > 0 and p.table == table and p.address < address + count:
+            if p.address + p.words > address:
+                sim.faults.refuse_writes[name] = left - 1
+                return True
+    return False
+
+
 async def _action(
     sim: ChargerSim,
     function_code: int,
@@ -437,6 +460,8 @@ async def _action(
         return ExcCodes.ILLEGAL_FUNCTION
     if set_values is not None and f.ignore_writes:
         return None  # acknowledged; reads keep serving the image, which did not change
+    if set_values is not None and f.refuse_writes and _refused(sim, table, address, count):
+        return ExcCodes.DEVICE_BUSY
     if table in BIT_TABLES:
         bits = sim.bits[table]
         if set_values is not None:
