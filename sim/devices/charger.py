@@ -188,8 +188,9 @@ class ChargerFaults:
     ignore_writes: bool = (
         False  # writes acknowledged but not applied (read-back shows the old value)
     )
-    # point name -> how many more writes touching it are refused with exception 6 (busy)
-    refuse_writes: dict[str, int] = field(default_factory=dict)
+    # point name -> (how many more writes touching it are refused with exception 6 (busy), only
+    # writes of this raw first word / bit, or None for any value)
+    refuse_writes: dict[str, tuple[int, int | None]] = field(default_factory=dict)
 
 
 FAULT_NAMES = (
@@ -371,11 +372,13 @@ class ChargerSim:
             flag = name[4:]
             (f.fault_bits.add if active else f.fault_bits.discard)(flag)
         elif name.startswith("refuse_write:"):
-            point = name.partition(":")[2]
+            # refuse_write:<point>[:<raw value>], `value` = how many times (default once)
+            point, _, raw = name.partition(":")[2].partition(":")
             if point not in self.map.points:
                 raise ValueError(f"{name}: no point {point!r} in {self.map.name}")
             if active:
-                f.refuse_writes[point] = int(value if value is not None else 1)
+                times = int(value if value is not None else 1)
+                f.refuse_writes[point] = (times, int(raw) if raw else None)
             else:
                 f.refuse_writes.pop(point, None)
         elif name == "silent":
@@ -429,15 +432,20 @@ class ChargerSim:
         )
 
 
-def _refused(sim: ChargerSim, table: str | None, address: int, count: int) -> bool:
-    """One-shot refusals: a write touching a point listed in `refuse_writes` is answered with
-    exception 6 and uses up one of its refusals."""
-    for name, left in list(sim.faults.refuse_writes.items()):
+def _refused(sim: ChargerSim, table: str | None, address: int, values: list[Any]) -> bool:
+    """One-shot refusals: a write touching a point listed in `refuse_writes` (with the listed
+    raw value, if one is given) is answered with exception 6 and uses up one refusal."""
+    for name, (left, raw) in list(sim.faults.refuse_writes.items()):
         p = sim.map.points[name]
-        if left > 0 and p.table == table and p.address < address + count:
-            if p.address + p.words > address:
-                sim.faults.refuse_writes[name] = left - 1
-                return True
+        overlaps = p.address < address + len(values) and p.address + p.words > address
+        if left <= 0 or p.table != table or not overlaps:
+            continue
+        first = p.address - address
+        if raw is not None and not 0 <= first < len(values):
+            continue
+        if raw is None or int(values[first]) == raw:
+            sim.faults.refuse_writes[name] = (left - 1, raw)
+            return True
     return False
 
 
@@ -460,7 +468,11 @@ async def _action(
         return ExcCodes.ILLEGAL_FUNCTION
     if set_values is not None and f.ignore_writes:
         return None  # acknowledged; reads keep serving the image, which did not change
-    if set_values is not None and f.refuse_writes and _refused(sim, table, address, count):
+    if (
+        set_values is not None
+        and f.refuse_writes
+        and _refused(sim, table, address, list(set_values))
+    ):
         return ExcCodes.DEVICE_BUSY
     if table in BIT_TABLES:
         bits = sim.bits[table]
