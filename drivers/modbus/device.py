@@ -9,13 +9,15 @@ The device's task is `run()`; its requests go through the `ModbusLink` that owns
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 from drivers.core.alarm_sink import AlarmSink
+from drivers.core.backoff import Backoff
 from drivers.core.clock import Clock
+from drivers.core.log import get_logger
+from drivers.core.quality import Quality
 from drivers.modbus.codec import Value, decode_bit, decode_words, encode
 from drivers.modbus.config import ModbusTiming
 from drivers.modbus.errors import (
@@ -30,10 +32,10 @@ from drivers.modbus.errors import (
 )
 from drivers.modbus.link import Bits, ModbusLink, Words
 from drivers.modbus.planner import DEFAULT_MAX_GAP_TCP, Block, plan_map, point_block
-from drivers.modbus.policy import AdaptiveTimeout, Backoff, OfflineDetector
+from drivers.modbus.policy import AdaptiveTimeout, OfflineDetector
 from drivers.modbus.regmap import RegisterMap
 
-log = logging.getLogger(__name__)
+log = get_logger("modbus")
 
 ALARM_OFFLINE = "modbus.offline"
 ALARM_WRITE_FAILED = "modbus.write_failed"
@@ -47,14 +49,6 @@ class DeviceState(StrEnum):
     DEGRADED = "degraded"  # missed one or more cycles, not yet offline; values stale
     OFFLINE = "offline"  # N cycles without a good answer: alarm raised, probing with backoff
     RESTORING = "restoring"  # answering again: last setpoints being rewritten before ONLINE
-
-
-class Quality(StrEnum):
-    GOOD = "good"  # read in the last due read of its poll group and valid
-    STALE = "stale"  # not confirmed by the last due read (failed, offline, never read)
-    INVALID = (
-        "invalid"  # read, but the device marks it as no value (invalid raw, NaN, unknown enum)
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,7 +262,7 @@ class ModbusDevice:
                         await self._probe_until_back()
                     except Exception:
                         self.counters.internal_errors += 1
-                        log.exception("%s: probe failed unexpectedly", self.device_id)
+                        log.exception("probe failed unexpectedly", device=self.device_id)
                         await self._clock.sleep(self._backoff.max_s)
                     next_tick = self._clock.monotonic()
                     continue
@@ -276,7 +270,7 @@ class ModbusDevice:
                     await self._cycle_once()
                 except Exception:  # a bug here must not stop the polling of this device
                     self.counters.internal_errors += 1
-                    log.exception("%s: cycle failed unexpectedly", self.device_id)
+                    log.exception("cycle failed unexpectedly", device=self.device_id)
                 if self._offline():
                     continue  # straight into backoff
                 next_tick += self._tick_s
@@ -331,7 +325,7 @@ class ModbusDevice:
                     try:
                         await self._restore_setpoints(only=set(self._unconfirmed))
                     except ModbusCommError as e:
-                        log.debug("%s: setpoints not yet written: %s", self.device_id, e)
+                        log.debug("setpoints not yet written", device=self.device_id, error=str(e))
                 self._set_state(DeviceState.ONLINE)
         elif self._state is DeviceState.ONLINE:
             self._set_state(DeviceState.DEGRADED)
@@ -365,7 +359,7 @@ class ModbusDevice:
                 self._set_state(DeviceState.RESTORING)
                 await self._restore_setpoints()
             except ModbusCommError as e:
-                log.debug("%s still offline: %s", self.device_id, e)
+                log.debug("still offline", device=self.device_id, error=str(e))
                 self._all_stale()
                 if self._state is DeviceState.RESTORING:
                     self._set_state(DeviceState.OFFLINE)
@@ -378,7 +372,7 @@ class ModbusDevice:
             self._due = dict.fromkeys(self._periods, now)
             self._wd_next = now
             self._alarms.clear_alarm(ALARM_OFFLINE, self.device_id)
-            log.warning("%s back online", self.device_id)
+            log.warning("back online", device=self.device_id)
             self._set_state(DeviceState.ONLINE)
             return
 
@@ -395,7 +389,9 @@ class ModbusDevice:
                 except WriteVerifyError:
                     # it answers but refuses this value: that is `modbus.write_failed` (raised),
                     # not a reason to stay offline
-                    log.warning("%s: %s not restored after reconnect", self.device_id, name)
+                    log.warning(
+                        "setpoint not restored after reconnect", device=self.device_id, point=name
+                    )
 
     def _all_stale(self) -> None:
         for name, v in self._values.items():
@@ -409,7 +405,7 @@ class ModbusDevice:
         self._alarms.raise_alarm(
             ALARM_OFFLINE, self.device_id, f"{self.link.name} unit {self.unit_id}: no good answer"
         )
-        log.warning("%s offline (%s unit %d)", self.device_id, self.link.name, self.unit_id)
+        log.warning("offline", device=self.device_id, link=self.link.name, unit=self.unit_id)
         self._set_state(DeviceState.OFFLINE)
         self._publish(frozenset())
 
@@ -537,7 +533,7 @@ class ModbusDevice:
         except ModbusCommError as e:
             if force:
                 raise
-            log.debug("%s watchdog feed failed: %s", self.device_id, e)
+            log.debug("watchdog feed failed", device=self.device_id, error=str(e))
             return
         self.counters.watchdog_feeds += 1
 

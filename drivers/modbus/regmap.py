@@ -1,6 +1,6 @@
 """Register maps as data: canonical point names -> where and how they live on a device.
 
-A map file (`config/registers/*.yaml`) is validated in two passes: pydantic for shapes and
+A map file (`drivers/modbus/maps/*.yaml`, or a station's own) is validated in two passes: pydantic for shapes and
 types, then cross-checks (overlaps, ranges, barriers, read-only tables) placed at the file line
 of the offending key. Every error reads `FILE:LINE: dotted.field.path: message`.
 """
@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import math
 import re
-from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from drivers.core.datafile import (
     DataFileError,
+    FileRef,
     PathKey,
     Problem,
+    as_traversable,
     problem_at,
     problems_from_validation,
     read_yaml,
@@ -134,7 +135,7 @@ class RegisterMap(_Strict):
         return p.word_order or self.word_order
 
 
-def cross_check(m: RegisterMap, file: Path | str, index: dict[PathKey, int]) -> list[Problem]:
+def cross_check(m: RegisterMap, file: FileRef, index: dict[PathKey, int]) -> list[Problem]:
     """Checks that need the whole map; each problem is placed at its key's line."""
     out: list[Problem] = []
 
@@ -202,7 +203,7 @@ def cross_check(m: RegisterMap, file: Path | str, index: dict[PathKey, int]) -> 
     return out
 
 
-def _load(path: Path) -> tuple[RegisterMap | None, list[Problem]]:
+def _load(path: FileRef) -> tuple[RegisterMap | None, list[Problem]]:
     try:
         data, index = read_yaml(path)
     except DataFileError as e:
@@ -214,14 +215,15 @@ def _load(path: Path) -> tuple[RegisterMap | None, list[Problem]]:
     return m, cross_check(m, path, index)
 
 
-def validate_map_file(path: Path | str) -> list[Problem]:
+def validate_map_file(path: FileRef) -> list[Problem]:
     """Every problem of a map file (empty when valid). For `swapd check-config`."""
-    return _load(Path(path))[1]
+    return _load(as_traversable(path))[1]
 
 
-def load_register_map(path: Path | str) -> RegisterMap:
-    """Load and validate a map file. Raises DataFileError listing every problem."""
-    m, problems = _load(Path(path))
+def load_register_map(path: FileRef) -> RegisterMap:
+    """Load and validate a map file (a path or a shipped file). Raises DataFileError listing
+    every problem."""
+    m, problems = _load(as_traversable(path))
     if problems or m is None:
         raise DataFileError(problems)
     return m

@@ -21,12 +21,15 @@ def register_simulate_day(sub: Any, handlers: dict[str, Any]) -> None:
         description="Discrete-event simulation of 24 h of swaps and charging under a policy. "
         "The last stdout line is one JSON object of KPIs.",
     )
-    p.add_argument("--scenario", required=True, help="scenario YAML (config/scenarios/)")
+    p.add_argument(
+        "--scenario", required=True, help="scenario YAML path, or builtin:NAME (city-taxi-day, ...)"
+    )
     p.add_argument(
         "--policy",
         required=True,
-        choices=["naive", "smart", "optimal"],
-        help="optimal = perfect-foresight LP relaxation: a lower bound on cost, not a schedule",
+        choices=["naive", "smart", "predictive", "optimal", "optimal-lp"],
+        help="predictive = rolling-horizon optimisation (HiGHS); optimal = perfect-foresight "
+        "whole-pack MIP (best schedule + bound_cost, gap_pct); optimal-lp = its LP relaxation",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed of arrivals (default 0)")
     p.add_argument("--progress", action="store_true", help="progress bar on stderr")
@@ -62,7 +65,7 @@ def _simulate_day(args: argparse.Namespace) -> int:
     bar = _Bar(f"{scenario.name} {args.policy}") if args.progress else None
     result: DayResult
     try:
-        if args.policy == "optimal":
+        if args.policy in ("optimal", "optimal-lp"):
             from edge.scheduler.optimal import OptimalError, solve_day
 
             if bar is not None:

@@ -14,12 +14,11 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import structlog
-
 from drivers.core.clock import Clock
+from drivers.core.log import get_logger
 from edge.scheduler.core import Allocation, Instant, Lease, Scheduler, SchedulerError, SlotInput
 
-log = structlog.get_logger("edge.scheduler")
+log = get_logger("scheduler")
 
 SlotReader = Callable[[], Sequence[SlotInput]]
 Publisher = Callable[[Allocation], None]

@@ -16,7 +16,7 @@ from edge.scheduler.simday import simulate_day
 from tests.edge.scheduler_fixtures import SMALL_SCENARIO, write_small
 
 ROOT = Path(__file__).resolve().parents[2]
-SCENARIOS = ROOT / "config" / "scenarios"
+SCENARIOS = ROOT / "edge" / "scheduler" / "scenarios"
 
 
 def test_daemon_import_path_has_no_scipy_numpy_matplotlib() -> None:
