@@ -31,7 +31,7 @@ from drivers.modbus.errors import (
     WriteVerifyError,
 )
 from drivers.modbus.link import Bits, ModbusLink, Words
-from drivers.modbus.planner import DEFAULT_MAX_GAP_TCP, Block, plan_map, point_block
+from drivers.modbus.planner import DEFAULT_MAX_GAP_TCP, Block, plan_map, readback_block
 from drivers.modbus.policy import AdaptiveTimeout, OfflineDetector
 from drivers.modbus.regmap import RegisterMap
 
@@ -154,9 +154,15 @@ class ModbusDevice:
         self._backoff = Backoff(t.backoff_initial_s, t.backoff_max_s)
         self._detector = OfflineDetector(t.offline_after_cycles)
         self._values: dict[str, PointValue] = dict.fromkeys(regmap.points, _NEVER)
+        # Map constants (ratings the device does not publish): good in every snapshot.
+        self._constants = {
+            n: PointValue(v, Quality.GOOD, None) for n, v in regmap.constants.items()
+        }
         self._state = DeviceState.STOPPED
         self._cycle = 0
-        self._snapshot = Snapshot(device_id, self._state, 0, clock.monotonic(), dict(self._values))
+        self._snapshot = Snapshot(
+            device_id, self._state, 0, clock.monotonic(), {**self._values, **self._constants}
+        )
         self._update = asyncio.Event()
         self._cycle_started = clock.monotonic()
         self.state_changed = asyncio.Event()  # set (and replaced) on each state change
@@ -224,7 +230,7 @@ class ModbusDevice:
         `verify=False` is for momentary command registers the device clears by itself: sent
         once, not read back, not remembered for a reconnect; a failure raises ModbusCommError."""
         spec = self.map.point(name)
-        if spec.access != "rw":
+        if not spec.writable:
             raise PointError(f"{self.device_id}.{name} is read-only")
         if name == self._wd_point:
             raise PointError(f"{self.device_id}.{name} is the watchdog: the owner feeds it")
@@ -483,8 +489,12 @@ class ModbusDevice:
 
     async def _write_verified(self, name: str, payload: list[int] | bool) -> None:
         spec = self.map.points[name]
-        block = point_block(name, spec, self.map.word_order_of(spec))
+        block = readback_block(name, spec, self.map.word_order_of(spec))
         expect: Words | Bits = [payload] if isinstance(payload, bool) else payload
+        if block is None:
+            # write-only without a read-back address: the device's acknowledgement is all there is
+            await self._write_acknowledged(name, payload)
+            return
         last = ""
         answered = False
         lost: ModbusCommError | None = None
@@ -502,11 +512,7 @@ class ModbusDevice:
             if list(got) == list(expect):
                 fresh: set[str] = set()
                 self._store(block, got, fresh)
-                self._unconfirmed.discard(name)
-                if name in self._failed_writes:
-                    self._failed_writes.discard(name)
-                    if not self._failed_writes:
-                        self._alarms.clear_alarm(ALARM_WRITE_FAILED, self.device_id)
+                self._confirmed(name)
                 return
             last = f"read back {list(got)} after writing {list(expect)}"
         if not answered and lost is not None:
@@ -516,6 +522,26 @@ class ModbusDevice:
         self._failed_writes.add(name)
         self._alarms.raise_alarm(ALARM_WRITE_FAILED, self.device_id, f"{name}: {last}")
         raise WriteVerifyError(f"{self.device_id}.{name} not confirmed: {last}")
+
+    async def _write_acknowledged(self, name: str, payload: list[int] | bool) -> None:
+        last: ModbusCommError | None = None
+        for _attempt in range(2):
+            try:
+                await self._write_raw(name, payload)
+            except (ModbusTimeoutError, ModbusMalformedResponse) as e:
+                last = e
+                continue
+            self._confirmed(name)
+            return
+        assert last is not None
+        raise last
+
+    def _confirmed(self, name: str) -> None:
+        self._unconfirmed.discard(name)
+        if name in self._failed_writes:
+            self._failed_writes.discard(name)
+            if not self._failed_writes:
+                self._alarms.clear_alarm(ALARM_WRITE_FAILED, self.device_id)
 
     async def _feed_watchdog(self, force: bool = False) -> None:
         if self._wd_point is None or not self._wd_feeding:
@@ -566,7 +592,7 @@ class ModbusDevice:
             self._state,
             self._cycle,
             now,
-            dict(self._values),
+            {**self._values, **self._constants},
             fresh,
             now - self._cycle_started,
         )

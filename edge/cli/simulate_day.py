@@ -31,6 +31,13 @@ def register_simulate_day(sub: Any, handlers: dict[str, Any]) -> None:
         help="predictive = rolling-horizon optimisation (HiGHS); optimal = perfect-foresight "
         "whole-pack MIP (best schedule + bound_cost, gap_pct); optimal-lp = its LP relaxation",
     )
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        default=120.0,
+        metavar="S",
+        help="optimal: the MIP's time limit in seconds (default 120)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed of arrivals (default 0)")
     p.add_argument("--progress", action="store_true", help="progress bar on stderr")
     p.add_argument("--plot", metavar="FILE.png", help="plot grid power, tariff and ready packs")
@@ -71,7 +78,10 @@ def _simulate_day(args: argparse.Namespace) -> int:
             if bar is not None:
                 bar(0.0)
             try:
-                result = solve_day(scenario, args.seed, record=bool(args.plot))
+                limit = args.time_limit if args.policy == "optimal" else None
+                result = solve_day(
+                    scenario, args.seed, record=bool(args.plot), integer_ready_s=limit
+                )
             except OptimalError as e:
                 print(f"swapd simulate-day: {e}", file=sys.stderr)
                 return EXIT_RUNTIME

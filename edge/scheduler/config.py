@@ -69,7 +69,13 @@ class TariffConfig(_Model):
     periods: Annotated[list[TariffPeriod], Field(min_length=1)]
     demand_charge_per_kw_month: Annotated[float | None, Field(ge=0)] = None
     """Monthly charge per kW of the month's peak demand (highest quarter-hour mean grid
-    power); None: no demand charge."""
+    power); None: no demand charge. A day carries 1/30 of it (`daily_demand_charge_per_kw`)."""
+
+    @property
+    def daily_demand_charge_per_kw(self) -> float:
+        """A day's share of the monthly demand charge, per kW of the day's peak (every day of
+        the month taken as this one)."""
+        return (self.demand_charge_per_kw_month or 0.0) / 30.0
 
     @field_validator("periods")
     @classmethod

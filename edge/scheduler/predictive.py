@@ -99,7 +99,8 @@ class PredictivePolicy:
         max_age_s: float = 900.0,
         time_limit_s: float = 2.0,
         forecast_drift: float = 0.25,
-        lead_s: float = 1800.0,
+        lead_s: float = 0.0,
+        reserve_guard: bool = True,
         ready_margin_pct: float = 0.5,
     ) -> None:
         self.planner: Planner = planner if planner is not None else InlinePlanner()
@@ -111,6 +112,7 @@ class PredictivePolicy:
         self.time_limit_s = time_limit_s
         self.forecast_drift = forecast_drift
         self.lead_s = lead_s
+        self.reserve_guard = reserve_guard
         self.ready_margin_pct = ready_margin_pct
         self.smart = SmartPolicy()
         self.plan: Plan | None = None
@@ -229,7 +231,7 @@ class PredictivePolicy:
             hull=tuple(concave_hull(cfg.pack)),
             # A hair above the cheapest price: packs top up at the cheapest price, as smart does.
             terminal_price=ctx.tariff.min_price + 1e-3,
-            demand_charge_per_kw=cfg.tariff.demand_charge_per_kw_month or 0.0,
+            demand_charge_per_kw=cfg.tariff.daily_demand_charge_per_kw,
             demand_floor_kw=ctx.demand_peak_kw,
             time_limit_s=self.time_limit_s,
         )
@@ -300,13 +302,17 @@ class PredictivePolicy:
         cap = cfg.pack.capacity_kwh
         out: dict[str, float] = {}
         left = ctx.limit_kw
-        # Vehicles waiting: the packs closest to ready at full power first, whatever the plan.
-        if ctx.queue > 0:
+        # The reserve as feedback (as smart keeps it): while ready packs are fewer than the
+        # swaps expected within the reserve horizon + margin + vehicles waiting, the packs
+        # closest to ready charge at full power whatever the plan. The plan covers the mean
+        # forecast; this covers arrivals bunching up.
+        deficit = ctx.reserve_packs - ctx.ready_packs if self.reserve_guard else ctx.queue
+        if deficit > 0:
             nonready = sorted(
                 (s for s in ctx.slots if s.available and not is_ready(s, cfg.ready_soc_pct)),
                 key=lambda s: (-(s.soc_pct or 0.0), s.slot_id),
             )
-            for s in nonready[: ctx.queue]:
+            for s in nonready[:deficit]:
                 p = min(s.charge_limit_kw, left)
                 if p > 0:
                     out[s.slot_id] = p
@@ -327,7 +333,7 @@ class PredictivePolicy:
             if p > 1e-6:
                 out[s.slot_id] = p
                 planned_kw += p
-        dc = cfg.tariff.demand_charge_per_kw_month or 0.0
+        dc = cfg.tariff.daily_demand_charge_per_kw
         allowed = max(plan.grid_kw[i], ctx.demand_peak_kw) + 1.0
         if dc > 0 and ctx.queue == 0 and planned_kw > allowed:
             # Catching up must not set a new billed peak the plan did not choose.
@@ -336,8 +342,10 @@ class PredictivePolicy:
         horizon_h = plan.ends_s[-1] / _HOUR_S
         total = sum(out.values())
         reason = f"plan {plan.grid_kw[i]:.0f} kW this step ({horizon_h:.1f} h horizon)"
-        if ctx.queue > 0:
-            reason = f"{ctx.queue} waiting: closest packs at full power; " + reason
+        if deficit > 0:
+            reason = (
+                f"reserve short: {ctx.ready_packs} ready of {ctx.reserve_packs} needed; " + reason
+            )
         if total <= 1e-6:
             reason = "holding for cheaper power; " + reason
         return Decision(out, reason)

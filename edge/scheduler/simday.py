@@ -346,6 +346,7 @@ def simulate_day(
     demand_kw = max(quarter_kwh.values(), default=0.0) / 0.25
     dc = grid.tariff.demand_charge_per_kw_month
     if dc is not None:
+        dc = grid.tariff.daily_demand_charge_per_kw
         cost += dc * demand_kw
     if progress is not None:
         progress(1.0)

@@ -35,6 +35,7 @@ from drivers.core.alarm_sink import AlarmSink
 from drivers.core.clock import Clock
 from drivers.core.log import get_logger
 from drivers.core.quality import Quality
+from drivers.modbus.charger import ChargerControl
 from drivers.modbus.device import DeviceState, ModbusDevice, Snapshot
 from drivers.modbus.errors import ModbusError
 from edge.alarms import A_EVENT_LOST_SLOT, A_OUTPUT_OFF_UNCONFIRMED
@@ -118,6 +119,7 @@ class SlotService:
         self.slot_id = slot_id
         self.charging_efficiency = charging_efficiency
         self.charger = charger
+        self.control = ChargerControl.of(charger.map)
         self._clock = clock
         self._alarms = alarms
         self._on_change = on_change or (lambda _s: None)
@@ -291,9 +293,10 @@ class SlotService:
         current = fresh("output_current_a")
         if not isinstance(current, int | float) or abs(float(current)) > OFF_CURRENT_A:
             return False
-        if "enable" in snap.points:
-            return fresh("enable") is False
-        limit = fresh("current_limit_a")
+        en = self.charger.map.points.get("enable")
+        if en is not None and (en.access != "w" or en.readback is not None):
+            return fresh("enable") is False  # a readable enable is the off indication
+        limit = fresh(self.control.limit_point)
         if isinstance(limit, int | float) and not isinstance(limit, bool) and limit == 0:
             return True
         state = fresh("state")
@@ -391,12 +394,15 @@ class SlotService:
         state_pv = snap.points.get("state")
         state = str(state_pv.value) if state_pv is not None and state_pv.value is not None else ""
         current = num("output_current_a")
+        # A fault-code register (drivers.modbus fault_codes) reports the active faults.
+        code_pv = snap.points.get("fault_code")
+        coded = bool(code_pv.value) if code_pv is not None and code_pv.good else False
         return ChargerReading(
             voltage_v=num("output_voltage_v"),
             current_a=current,
             output_on=state in _LIVE_STATES or current > 1.0,
             quality=quality,
-            fault=state == "fault",
+            fault=state == "fault" or coded,
         )
 
     def charger_state(self) -> str:
@@ -553,25 +559,24 @@ class SlotService:
             self.link.update_limits(c.limits)
 
     async def write_output(self, out: SetChargerOutput) -> None:
-        """Seam (issue 12 item 1): carry out one wanted output. Off: current limit 0 first (a
-        map with no enable point is still switched off), then enable false; both are tried
-        even if the first fails. On: only with a positive voltage and current setpoint."""
-        pts = self.charger.map.points
+        """Seam (issue 12 item 1): carry out one wanted output through the map's points
+        (`ChargerControl`). Off: the limit to 0 first (a map with no enable point is still
+        switched off), then enable false; every off write is tried even if one fails. On: only
+        with a positive voltage and current setpoint."""
         if not out.enable or not SlotCore.enable_allowed(out.voltage_v, out.current_a):
             errors: list[ModbusError] = []
-            for name, value in (("current_limit_a", 0.0), ("enable", False)):
-                if name in pts:
-                    try:
-                        await self.charger.write(name, value)
-                    except ModbusError as e:
-                        errors.append(e)
+            writes = sorted(self.control.off_writes(), key=lambda w: w[0] == "enable")
+            for name, value in writes:
+                try:
+                    await self.charger.write(name, value)
+                except ModbusError as e:
+                    errors.append(e)
             if errors:
                 raise errors[0]
             return
-        await self.charger.write("voltage_setpoint_v", round(out.voltage_v, 1))
-        await self.charger.write("current_limit_a", round(max(0.0, out.current_a), 1))
-        if "enable" in pts:
-            await self.charger.write("enable", True)
+        measured = _number(self.charger.snapshot(), "output_voltage_v")
+        for name, value in self.control.on_writes(out.voltage_v, out.current_a, measured):
+            await self.charger.write(name, value)
 
     async def _wait_wake(self, timeout_s: float | None) -> bool:
         """Wait for a new wanted output (or a confirmation); False when `timeout_s` passed."""

@@ -4,18 +4,24 @@ sleeps: time is the `Instant` passed in)."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from edge.scheduler.core import Instant, Scheduler, SlotInput
+from drivers.core.clock import ManualClock
+from edge.scheduler.core import Allocation, Instant, Scheduler, SlotInput
 from edge.scheduler.mpc import solve
 from edge.scheduler.plan import HullLine, Plan, PlanPack, PlanRequest
 from edge.scheduler.policies import SmartPolicy
 from edge.scheduler.predictive import InlinePlanner, PredictivePolicy
 from edge.scheduler.scenario import load_scenario
+from edge.scheduler.service import SchedulerService
 from edge.scheduler.simday import simulate_day
 from tests.edge.scheduler_fixtures import grid_config, write_small
 
@@ -229,3 +235,43 @@ def test_predictive_policy_module_keeps_numpy_out() -> None:
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == ""
+
+
+async def _until(cond: Callable[[], bool], timeout_s: float = 20.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not cond():
+            await asyncio.sleep(0.01)
+
+
+async def test_service_owns_the_solver_process_and_restarts_it(clock: ManualClock) -> None:
+    """The daemon's side: solves in a child process (the loop never waits on one), a plan
+    arrives as a trigger, a killed solver answers "solver_died", is started again, and the
+    next replan is planned again."""
+    pol = PredictivePolicy()
+    sched = Scheduler(grid_config(policy="predictive"), pol)
+    published: list[Allocation] = []
+    slots = _slots(4, 30.0)
+    svc = SchedulerService(sched, clock, lambda: list(slots), published.append)
+    assert svc.solver is not None and pol.planner is svc.solver
+    task = asyncio.create_task(svc.run(), name="scheduler")
+    try:
+        # The first allocation does not wait for the solver: smart until the plan is in.
+        await _until(lambda: len(published) >= 1)
+        assert published[0].grid_reason.startswith("fallback to smart (waiting for a plan)")
+        await _until(lambda: pol.solved == 1)
+        await _until(lambda: "plan" in published[-1].trigger)
+        horizon = svc.plan_horizon()
+        assert horizon and all(s["ends_in_s"] <= 6 * 3600 for s in horizon)
+        pid = svc.solver.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        svc.trigger("fault")  # replans at once: the dead solver answers for it
+        await _until(lambda: pol.fallbacks["solver_died"] == 1)
+        assert published[-1].grid_reason.startswith("fallback to smart (solver_died)")
+        svc.trigger("fault_cleared")
+        await _until(lambda: pol.solved == 2)
+        assert svc.solver.starts == 2 and svc.solver.pid != pid
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert svc.solver.pid is None  # the child is gone with the service
