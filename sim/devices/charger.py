@@ -475,6 +475,12 @@ async def _action(
         and _refused(sim, table, address, list(set_values))
     ):
         return ExcCodes.DEVICE_BUSY
+    if set_values is None and any(
+        b.table == table and address < b.address <= address + count - 1 for b in sim.map.barriers
+    ):
+        # a real device's memory bank ends there: a read across it fails (docs/modbus.md;
+        # found by the generic-map conformance peer)
+        return ExcCodes.ILLEGAL_ADDRESS
     if table in BIT_TABLES:
         bits = sim.bits[table]
         if set_values is not None:
