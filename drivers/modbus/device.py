@@ -220,6 +220,17 @@ class ModbusDevice:
         Used by the safety logic when the output must stop and writes may not get through."""
         self._wd_feeding = False
 
+    def fail_safe(self) -> None:
+        """Its service failed: stop feeding the watchdog and forget the wanted setpoints, so a
+        reconnect writes the output off instead of replaying them (issue 12 item 6). The
+        controller resumes feeding once it has confirmed the output off again."""
+        self._wd_feeding = False
+        for name in ("current_limit_a", "power_limit_kw"):
+            if name in self._desired:
+                self._desired[name] = 0.0
+        if "enable" in self._desired:
+            self._desired["enable"] = False
+
     def resume_watchdog(self) -> None:
         if self._wd_point is not None:
             self._wd_feeding = True

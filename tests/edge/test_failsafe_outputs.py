@@ -127,3 +127,49 @@ async def test_output_off_confirmation_needs_a_read_taken_after_the_command(
         await wait_for(
             lambda: not w.station.alarms.is_active("charger.output_off_unconfirmed", "s01"), 3
         )
+
+
+async def test_a_crashing_slot_service_switches_its_charger_off_before_the_backoff(
+    tmp_path: Path,
+) -> None:
+    """Outcome 7: a slot service that crashed left its charger fed and on for the whole restart
+    backoff, and replayed its last wanted setpoint on restart."""
+    async with running_station(mini_config(tmp_path, 1), soc_pct=40.0) as w:
+        sim, slot = w.chargers["ch01"], w.station.slots["s01"]
+        await charging(w)
+        real = slot.core.on_reading
+        crashed_at: list[float] = []
+
+        def boom(*a: object, **kw: object) -> object:
+            slot.core.on_reading = real  # type: ignore[method-assign]
+            crashed_at.append(time.monotonic())
+            raise RuntimeError("injected slot crash")
+
+        slot.core.on_reading = boom  # type: ignore[method-assign]
+        await wait_for(lambda: bool(crashed_at), 5)
+        # off before the supervisor's first backoff (1 s) ends
+        await wait_for(lambda: really_off(sim), 0.9)
+        assert w.station.supervisor.restarts("slot-s01") == 1
+        assert not w.station.network.devices["ch01"].watchdog_feeding or slot.output_off_confirmed
+        # restarted from off: it charges again only through a new session
+        await wait_for(lambda: slot.output_off_confirmed, 5)
+        await charging(w)
+
+
+async def test_an_event_sink_error_never_crashes_the_slot(tmp_path: Path) -> None:
+    """Outcome 7: a full disk made `charge.stopped` raise out of the outbox and crash the slot."""
+    from edge.telemetry.outbox import OutboxError
+
+    async with running_station(mini_config(tmp_path, 1), soc_pct=40.0) as w:
+        sim, slot = w.chargers["ch01"], w.station.slots["s01"]
+        await charging(w)
+
+        def full_disk(type_: str, details: dict[str, object]) -> None:
+            raise OutboxError("database or disk is full")
+
+        slot._on_event = full_disk
+        w.packs["s01"].inject(Fault.OVER_TEMPERATURE)
+        await wait_for(lambda: w.station.alarms.is_active("slot.event_lost", "s01"), 5)
+        await wait_for(lambda: really_off(sim), 3)
+        assert slot.events_lost >= 1
+        assert w.station.supervisor.restarts("slot-s01") == 0
