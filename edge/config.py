@@ -38,7 +38,7 @@ from drivers.modbus.config import (
     check_endpoints,
     resolve_map_path,
 )
-from drivers.modbus.regmap import RegisterMap, load_register_map
+from drivers.modbus.regmap import RegisterMap, charger_problems, load_register_map
 from edge.scheduler.config import GridConfig
 from edge.telemetry.config import MqttConfig, TelemetryConfig
 from edge.telemetry.topics import TopicError, check_level
@@ -262,6 +262,9 @@ def _file_checks(cfg: StationConfig) -> tuple[list[tuple[PathKey, str]], list[Pr
             continue
         for fld, msg in check_endpoint_against_map(c, m):
             out.append((("chargers", i, fld), msg))
+        if m.device != "charger":  # a map that says it is a charger was checked in its file
+            for _loc, msg in charger_problems(m):
+                out.append((("chargers", i, "map"), f"{m.name}: {msg}"))
     if cfg.mqtt.tls is not None:
         for name in ("ca_file", "cert_file", "key_file"):
             p = getattr(cfg.mqtt.tls, name)
