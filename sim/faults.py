@@ -282,8 +282,9 @@ _TYPES: tuple[_DeviceType, ...] = (
             FaultSpec("garbage", "answers replaced by random bytes"),
             FaultSpec("ignore_writes", "writes acknowledged, not applied (write+verify fails)"),
             FaultSpec(
-                "refuse_write",
-                "the next write(s) answered with exception 6, then accepted again",
+                "refuse_write:<point>",
+                "the next write(s) of that point (`:<raw>` only that value) answered with "
+                "exception 6, then accepted again",
                 ("value: how many writes, default 1",),
             ),
             FaultSpec("frozen", "reads keep serving the image of the moment of injection"),

@@ -397,8 +397,10 @@ async def _apply(c: Composed, f: FaultEvent, out: Outcome) -> Callable[[], Any] 
     w = c.world
     if f.device == "charger":
         sim = w.chargers[f.target]
-        sim.apply_fault(f.fault, True, None)
-        return lambda: sim.apply_fault(f.fault, False, None)
+        # refuse_write: the next output-off write (enable = 0) refused once (outcome 1).
+        name = "refuse_write:enable:0" if f.fault == "refuse_write" else f.fault
+        sim.apply_fault(name, True, None)
+        return lambda: sim.apply_fault(name, False, None)
     if f.device == "pack":
         seat = w.seats[f.target]
         if seat.core is None:
