@@ -69,6 +69,12 @@ _DEFS = [
     ),
     AlarmDef("slot.unavailable", Severity.MAJOR, "slot", "Slot latched unavailable"),
     AlarmDef(
+        "pack.invalid_value",
+        Severity.MINOR,
+        "slot",
+        "Pack reported a value out of range (dropped, session goes on)",
+    ),
+    AlarmDef(
         "charger.offline", Severity.MAJOR, "slot", "Charger offline; its watchdog stops its output"
     ),
     AlarmDef("charger.fault", Severity.MAJOR, "slot", "Charger reports a fault"),

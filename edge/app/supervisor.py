@@ -14,7 +14,7 @@ from typing import Protocol
 
 from drivers.core.alarm_sink import AlarmSink
 from drivers.core.clock import Clock
-from edge.app.logs import get_logger
+from drivers.core.log import get_logger
 
 log = get_logger("supervisor")
 

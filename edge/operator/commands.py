@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from drivers.core.clock import Clock
-from edge.app.logs import get_logger
+from drivers.core.log import get_logger
 from edge.scheduler.core import InvalidRequestError, SchedulerError
 from edge.state import OperatingMode, StationState
 from edge.telemetry.models import (

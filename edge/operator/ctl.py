@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import logging
 import os
 import shutil
 import socket
@@ -23,7 +22,9 @@ from typing import Any, Protocol
 
 import orjson
 
-log = logging.getLogger("swapd.ctl")
+from drivers.core.log import get_logger
+
+log = get_logger("ctl")
 
 DEFAULT_SOCKET = "/run/swapd/ctl.sock"
 MAX_LINE = 64 * 1024
@@ -124,7 +125,7 @@ class CtlServer:
         except Rejected as e:
             return _error(e.code, e.message)
         except Exception as e:  # noqa: BLE001 - one bad command never stops the server
-            log.exception("ctl command %s failed", req["command"])
+            log.exception("ctl command failed", command=req["command"])
             return _error("internal", str(e))
         return {"ok": True, "result": result}
 

@@ -24,12 +24,15 @@ from drivers.can.events import (
     Timeout,
 )
 from drivers.can.runner import ChargerLink
-from drivers.can.session import ChargerLimits
+from drivers.can.session import ChargerLimits, PackFieldLimits
 from drivers.core.alarm_sink import AlarmSink
 from drivers.core.clock import Clock
-from drivers.modbus.device import DeviceState, ModbusDevice, Quality, Snapshot
+from drivers.core.log import get_logger
+from drivers.core.quality import Quality
+from drivers.modbus.charger import ChargerControl
+from drivers.modbus.device import DeviceState, ModbusDevice, Snapshot
 from drivers.modbus.errors import ModbusError
-from edge.app.logs import get_logger
+from edge.power import to_grid_side, to_pack_side
 from edge.scheduler.core import SlotInput
 from edge.slot.core import (
     Action,
@@ -46,7 +49,6 @@ from edge.slot.core import (
     SlotSafety,
     SlotState,
 )
-from edge.slot.core import Quality as ReadingQuality
 from edge.swap.choice import SlotView
 
 log = get_logger("slot")
@@ -103,14 +105,18 @@ class SlotService:
         on_change: Callable[[str], None] | None = None,
         on_event: EventSink | None = None,
         charger_number: int = 1,
+        charging_efficiency: float = 0.95,
     ) -> None:
         self.slot_id = slot_id
+        self.charging_efficiency = charging_efficiency
         self.charger = charger
+        self.control = ChargerControl.of(charger.map)
         self._clock = clock
         self._alarms = alarms
         self._on_change = on_change or (lambda _s: None)
         self._on_event = on_event or (lambda _t, _d: None)
         self.core = SlotCore(slot_id, _DEFAULT_RATINGS, safety or SlotSafety())
+        sf = self.core.safety
         self.link = ChargerLink(
             slot_id,
             bus,
@@ -119,6 +125,13 @@ class SlotService:
             alarms=None,
             clock=clock,
             charger_number=charger_number,
+            # Range checks where the BMS's values enter (the session): the same window as the core.
+            field_limits=PackFieldLimits(
+                max_temperature_c=sf.max_temperature_c,
+                min_temperature_c=sf.min_temperature_c,
+                max_cell_voltage_v=sf.max_cell_voltage_v,
+                cell_voltage_margin_v=sf.cell_voltage_margin_v,
+            ),
         )
         self.docked = False
         self.docked_at_s = 0.0
@@ -162,8 +175,10 @@ class SlotService:
         self._started = False
         self._on_change(self.slot_id)
 
-    def set_grant(self, power_kw: float) -> None:
-        self._apply(self.core.set_grant(power_kw, self._clock.monotonic()))
+    def set_grant(self, grid_kw: float) -> None:
+        """The scheduler's grant (grid-side); the slot limits what reaches the pack."""
+        pack_kw = to_pack_side(grid_kw, self.charging_efficiency)
+        self._apply(self.core.set_grant(pack_kw, self._clock.monotonic()))
 
     def set_derating(self, factor: float) -> None:
         self._apply(self.core.set_derating(factor, self._clock.monotonic()))
@@ -225,14 +240,13 @@ class SlotService:
     def slot_input(self) -> SlotInput:
         s = self.snapshot()
         r = self.core.ratings
-        req_kw = 0.0
-        if s.request_current_a is not None and s.voltage_v is not None:
-            req_kw = s.request_current_a * max(s.voltage_v, 0.0) / 1000.0
+        eff = self.charging_efficiency
+        # The request and the rating are pack-side; the scheduler works grid-side (edge.power).
         return SlotInput(
             slot_id=self.slot_id,
             soc_pct=s.soc_pct if self.docked else None,
-            bms_limit_kw=req_kw,
-            charger_rating_kw=r.max_power_kw,
+            bms_limit_kw=to_grid_side(self.core.request_kw(), eff),
+            charger_rating_kw=to_grid_side(r.max_power_kw, eff),
             derate_factor=self.core.derating,
             faulted=s.state in (SlotState.FAULTED, SlotState.UNAVAILABLE),
             docked_at_s=self.docked_at_s,
@@ -250,7 +264,8 @@ class SlotService:
         """Safe stop: output off (verified write, bounded by the supervisor's deadline), CST."""
         self.stop_output(StopReason.MANUAL)
         try:
-            await self.charger.write("enable", False)
+            for name, value in self.control.off_writes():
+                await self.charger.write(name, value)
         except ModbusError as e:
             # Unreachable: its watchdog switches it off since we stop feeding it.
             self.charger.stop_watchdog()
@@ -276,20 +291,23 @@ class SlotService:
             if n in snap.points
         ]
         if all(q is Quality.GOOD for q in qualities):
-            quality = ReadingQuality.GOOD
+            quality = Quality.GOOD
         elif any(q is Quality.INVALID for q in qualities):
-            quality = ReadingQuality.INVALID
+            quality = Quality.INVALID
         else:
-            quality = ReadingQuality.STALE
+            quality = Quality.STALE
         state_pv = snap.points.get("state")
         state = str(state_pv.value) if state_pv is not None and state_pv.value is not None else ""
         current = num("output_current_a")
+        # A fault-code register (drivers.modbus fault_codes) reports the active faults.
+        code_pv = snap.points.get("fault_code")
+        coded = bool(code_pv.value) if code_pv is not None and code_pv.good else False
         return ChargerReading(
             voltage_v=num("output_voltage_v"),
             current_a=current,
             output_on=state in _LIVE_STATES or current > 1.0,
             quality=quality,
-            fault=state == "fault",
+            fault=state == "fault" or coded,
         )
 
     def charger_state(self) -> str:
@@ -409,12 +427,12 @@ class SlotService:
             out = w.out
             try:
                 if not out.enable:
-                    await self.charger.write("enable", False)
-                    await self.charger.write("current_limit_a", 0.0)
+                    writes = self.control.off_writes()
                 else:
-                    await self.charger.write("voltage_setpoint_v", round(out.voltage_v, 1))
-                    await self.charger.write("current_limit_a", round(max(0.0, out.current_a), 1))
-                    await self.charger.write("enable", True)
+                    measured = _number(self.charger.snapshot(), "output_voltage_v")
+                    writes = self.control.on_writes(out.voltage_v, out.current_a, measured)
+                for name, value in writes:  # the map decides which points (ChargerControl)
+                    await self.charger.write(name, value)
             except ModbusError as e:
                 self.writes_failed += 1
                 if self.writes_failed == 1 or self.writes_failed % 50 == 0:

@@ -7,7 +7,6 @@ byte, and acts once, until its expires_at, also across a restart (the store is S
 from __future__ import annotations
 
 import asyncio
-import logging
 import sqlite3
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -16,6 +15,7 @@ import orjson
 from pydantic import ValidationError
 
 from drivers.core.clock import Clock, utc_iso
+from drivers.core.log import get_logger
 from edge.telemetry.config import TelemetryConfig
 from edge.telemetry.models import (
     COMMAND_PARAMS,
@@ -35,7 +35,7 @@ from edge.telemetry.models import (
 )
 from edge.telemetry.target import CommandTarget, OutOfRange, Rejected
 
-log = logging.getLogger(__name__)
+log = get_logger("commands")
 
 MIN_RETENTION_S = 3600.0  # refusals are remembered at least this long
 MAX_STORED = 100_000
@@ -246,9 +246,9 @@ class CommandProcessor:
                 message=f"station did not answer within {self._cfg.command_timeout_s:g} s",
             )
         except Exception as e:  # a station bug must not stop the command loop
-            log.exception("command %s %s failed", name, cmd_id)
+            log.exception("command failed", command=name, cmd_id=cmd_id)
             return CommandError(code=ErrorCode.REJECTED, message=f"internal error: {e}"[:500])
-        log.info("command %s %s carried out", name, cmd_id)
+        log.info("command carried out", command=name, cmd_id=cmd_id)
         return None
 
 

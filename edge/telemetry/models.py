@@ -8,7 +8,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, create_model
 
+from drivers.core.quality import Quality
 from edge.alarms import Severity
+from edge.scheduler.core import GridMode
 
 Timestamp = Annotated[
     str,
@@ -18,7 +20,7 @@ Timestamp = Annotated[
         description="RFC 3339 UTC",
     ),
 ]
-Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 
 
 class Wire(BaseModel):
@@ -29,18 +31,6 @@ class OperatingMode(StrEnum):
     NORMAL = "normal"
     MAINTENANCE = "maintenance"  # no new swaps; charging goes on
     DRAIN = "drain"  # finish what runs, start nothing new
-
-
-class GridMode(StrEnum):
-    CHARGE = "charge"
-    HOLD = "hold"
-    EXPORT = "export"
-
-
-class Quality(StrEnum):
-    GOOD = "good"
-    STALE = "stale"  # last known values, the source is late
-    BAD = "bad"  # source offline or values invalid
 
 
 # ---- status -------------------------------------------------------------------------------
@@ -66,6 +56,11 @@ class AlarmRef(Wire):
     raised_at: Timestamp
 
 
+class PlanStep(Wire):
+    ends_in_s: float = Field(ge=0, description="the step ends this many seconds from now")
+    power_kw: float = Field(description="planned grid power during the step")
+
+
 class StationTelemetry(Wire):
     grid_power_kw: float = Field(description="import from the grid positive, export negative")
     grid_cap_kw: float = Field(ge=0, description="the station's connection cap")
@@ -81,6 +76,11 @@ class StationTelemetry(Wire):
     packs_charging: int = Field(ge=0)
     packs_unavailable: int = Field(ge=0)
     active_alarms: list[AlarmRef] = []
+    grid_plan: list[PlanStep] | None = Field(
+        None,
+        description="predictive policy only: planned grid power for the next hours, one entry "
+        "per plan step (15 min), ending ends_in_s seconds from this message",
+    )
 
 
 class SlotTelemetry(Wire):
@@ -95,6 +95,9 @@ class SlotTelemetry(Wire):
     charger_state: str = Field(description="charger state from its register map")
     available: bool = True
     quality: Quality = Quality.GOOD
+    invalid: list[str] = Field(
+        [], description="fields published null because the value did not fit (quality bad)"
+    )
 
 
 class RobotTelemetry(Wire):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import math
 import random
 from collections import Counter
@@ -32,12 +31,14 @@ from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from drivers.core.clock import Clock, SystemClock
+from drivers.core.datafile import FileRef
+from drivers.core.log import get_logger
 from drivers.modbus.codec import Value, decode_bit, decode_words, encode
 from drivers.modbus.config import ModbusRtuEndpoint, ModbusTcpEndpoint, resolve_map_path
 from drivers.modbus.errors import WriteRangeError
 from drivers.modbus.regmap import BIT_TABLES, PointSpec, RegisterMap, load_register_map
 
-log = logging.getLogger(__name__)
+log = get_logger("sim.charger")
 
 _TABLES = ("coil", "discrete", "holding", "input")  # SimDevice's tuple order
 # function code -> table (pymodbus also calls the action with a write's code to read it back)
@@ -555,7 +556,7 @@ class ChargerSimSpec:
     """Where one simulated charger answers. `map` is a RegisterMap or a path to one."""
 
     id: str
-    map: RegisterMap | Path | str
+    map: RegisterMap | FileRef
     unit_id: int = 1
     host: str = "127.0.0.1"
     port: int | None = None
@@ -579,7 +580,7 @@ async def _physics_loop(
             try:
                 s.step(dt)
             except Exception:  # one broken sim must not stop the others
-                log.exception("charger sim %s step failed", s.device_id)
+                log.exception("charger sim step failed", device=s.device_id)
 
 
 @contextlib.asynccontextmanager

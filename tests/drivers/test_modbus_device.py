@@ -7,6 +7,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
+import structlog.testing
 
 from drivers.core.alarm_sink import RecordingAlarmSink
 from drivers.core.clock import SystemClock
@@ -396,26 +397,26 @@ async def test_gateway_with_two_unit_ids_shares_one_connection(tmp_path: Path) -
                 await runner
 
 
-async def test_an_unexpected_error_in_a_cycle_is_logged_and_polling_goes_on(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    async with charger_rig("generic") as rig:
-        original = rig.dev._store
-        calls = {"n": 0}
+async def test_an_unexpected_error_in_a_cycle_is_logged_and_polling_goes_on() -> None:
+    with structlog.testing.capture_logs() as logs:
+        async with charger_rig("generic") as rig:
+            original = rig.dev._store
+            calls = {"n": 0}
 
-        def broken_once(*args: object) -> None:
-            calls["n"] += 1
-            if calls["n"] == 1:
-                raise RuntimeError("decoder bug")
-            original(*args)  # type: ignore[arg-type]
+            def broken_once(*args: object) -> None:
+                calls["n"] += 1
+                if calls["n"] == 1:
+                    raise RuntimeError("decoder bug")
+                original(*args)  # type: ignore[arg-type]
 
-        rig.dev._store = broken_once  # type: ignore[method-assign]
-        await until(lambda: rig.clock.sleepers >= 1)
-        rig.clock.advance(rig.dev.tick_s)
-        await until(lambda: rig.dev.counters.internal_errors == 1)
-        snap = await rig.step()
-        assert snap["output_voltage_v"].good
-        assert "decoder bug" in caplog.text
+            rig.dev._store = broken_once  # type: ignore[method-assign]
+            await until(lambda: rig.clock.sleepers >= 1)
+            rig.clock.advance(rig.dev.tick_s)
+            await until(lambda: rig.dev.counters.internal_errors == 1)
+            snap = await rig.step()
+            assert snap["output_voltage_v"].good
+    failed = [e for e in logs if e["event"] == "cycle failed unexpectedly"]
+    assert failed and failed[0]["log_level"] == "error" and failed[0]["exc_info"]
 
 
 async def test_write_to_a_silent_device_is_a_comm_error_and_a_refused_restore_still_comes_online() -> (

@@ -338,6 +338,6 @@ def test_every_alarm_code_the_core_uses_is_in_the_catalogue_for_slot() -> None:
     import edge.slot.core as sc
 
     codes = [v for k, v in vars(sc).items() if k.startswith("A_")]
-    assert len(codes) == 7
+    assert len(codes) == 8
     for code in codes:
         assert CATALOGUE[code].component == "slot", code

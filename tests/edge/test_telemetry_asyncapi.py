@@ -65,7 +65,7 @@ def test_every_contract_topic_has_a_channel_and_refs_resolve() -> None:
         f"{r}/telemetry/robot",
         f"{r}/sim/{{device_id}}/fault",
     }
-    expected |= {f"{r}/event/{t}" for t in EVENT_DETAILS}
+    expected |= {f"{r}/event/{t.replace('.', '/')}" for t in EVENT_DETAILS}
     expected |= {f"{r}/cmd/{n}" for n in COMMAND_NAMES}
     expected |= {f"{r}/cmd/{n}/result" for n in COMMAND_NAMES}
     assert addresses == expected
