@@ -19,11 +19,13 @@ from drivers.core.clock import SystemClock
 from edge.app.station import Station, build_station
 from edge.config import StationConfig, load_config
 from sim.devices.charger import run_charger_sims, spec_from_endpoint
-from tests.conformance.gbt_bms import BmsPeerConfig, GbtBmsPeer
+from tests.conformance.gbt_bms import BmsPeerConfig, GbtBmsPeer, Phase
 from tests.conformance.robot_plc import RobotPlcPeer
 from tests.edge.station_fixtures import mini_config
 
 ENABLE_REG = 102  # charger-generic.yaml: holding 102 = enable
+# BMS phases in which no session is under way (a pack may leave its slot).
+SETTLED = {Phase.WAIT_CHM, Phase.HANDSHAKE, Phase.ENDED, Phase.ERROR}
 
 
 @dataclass
@@ -126,6 +128,10 @@ async def conformance_station(
     def on_slot(slot: int, pack: str | None) -> None:
         seat = seats[slot - 1]
         if pack is None:
+            peer = seat.peer
+            if peer is not None and peer.phase not in SETTLED:
+                # GB/T 27930 §4 phase 6: the charger unlocks only after the end (CSD).
+                peer.violate("unplugged_mid_session", f"pack pulled out in {peer.phase.value}")
             asyncio.get_running_loop().create_task(seat.unplug(), name=f"unplug-{slot}")
         elif pack in pending:
             seat.plug(pending.pop(pack))
