@@ -17,6 +17,7 @@ from typing import Any
 from drivers.can.config import CanBusConfig
 from drivers.can.events import (
     PackIdentified,
+    Phase,
     PhaseChanged,
     SessionEvent,
     SessionStopped,
@@ -52,6 +53,8 @@ from edge.slot.core import (
 from edge.swap.choice import SlotView
 
 log = get_logger("slot")
+# Session phases in which the BMS may have closed its contactors (after BCP/BRO).
+_BMS_ENGAGED = frozenset({Phase.PARAMETERS, Phase.CHARGING, Phase.STOPPING})
 
 # The charger's `state` enum labels that mean its output is live.
 _LIVE_STATES = frozenset({"charging", "derating", "on"})
@@ -222,11 +225,17 @@ class SlotService:
         )
 
     async def output_off(self, timeout_s: float = 5.0) -> None:
-        """Stop the session and return once the charger confirms its output off (a pack may then
-        leave or enter). Raises TimeoutError."""
+        """Stop the session and return once the charger confirms its output off and the GB/T
+        stop exchange is over (a pack may then leave or enter). Raises TimeoutError."""
+        # A BMS past its parameters may have closed its contactors: wait for its BST/BSD after
+        # our CST (GB/T 27930 phase 6: the charger unlocks only after the end; a conformance
+        # BMS caught packs pulled 2 ms after CST). An empty slot's CHM gets no answer to wait on.
+        bms_engaged = self.link.session.phase in _BMS_ENGAGED
         self.undock()
         async with asyncio.timeout(timeout_s):
-            while not self.output_off_confirmed:
+            while not self.output_off_confirmed or (
+                bms_engaged and self.link.session.phase is Phase.STOPPING
+            ):
                 await self.charger.next_update()
 
     @property
