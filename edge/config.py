@@ -36,6 +36,7 @@ from drivers.modbus.config import (
     check_endpoints,
 )
 from drivers.modbus.regmap import RegisterMap, load_register_map
+from edge.operator.config import CommandsConfig
 from edge.scheduler.config import GridConfig
 from edge.telemetry.config import MqttConfig, TelemetryConfig
 
@@ -100,6 +101,7 @@ class StationConfig(Strict):
     station: StationInfo
     mqtt: MqttConfig = MqttConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
+    commands: CommandsConfig = CommandsConfig()
     grid: GridConfig
     chargers: list[ChargerConfig]
     slots: list[SlotConfig]

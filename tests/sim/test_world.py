@@ -71,7 +71,7 @@ async def test_in_process_swap_stores_the_depleted_pack_which_then_charges(
     subscribed = asyncio.Event()
     sub = asyncio.create_task(_events(mosquitto, events, subscribed, f"{ROOT}/event/#"))
     await asyncio.wait_for(subscribed.wait(), 10)
-    request = in_process_requester(station.swap.coordinator)
+    request = in_process_requester(station.command_service)
     async with world.running(request, arrivals=False):
         run = asyncio.create_task(station.run(), name="test-station")
         try:
@@ -122,7 +122,7 @@ async def test_refused_swap_raises_swap_refused(mosquitto: Broker, tmp_path: Pat
     path = bench_config(station_copy(tmp_path), tmp_path / "b", mqtt_port=mosquitto.port)
     cfg = load_config(path)
     station = build_station(cfg, SystemClock())
-    request = in_process_requester(station.swap.coordinator)
+    request = in_process_requester(station.command_service)
     with pytest.raises(SwapRefused):
         await request({"vehicle_id": "V1", "pack_type": "LFP", "announced_pack_id": "X-1"})
     station.swap.close()
