@@ -8,6 +8,7 @@ problem reads `FILE:LINE: dotted.field.path: message`. Secrets may come from the
 from __future__ import annotations
 
 import os
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -28,20 +29,29 @@ from drivers.core.datafile import (
     problems_from_validation,
     read_yaml,
 )
+from drivers.core.resources import data_file, shelf
 from drivers.modbus.config import (
     ModbusEndpoint,
     ModbusRtuEndpoint,
     ModbusTcpEndpoint,
     check_endpoint_against_map,
     check_endpoints,
+    resolve_map_path,
 )
-from drivers.modbus.regmap import RegisterMap, load_register_map
+from drivers.modbus.regmap import RegisterMap, charger_problems, load_register_map
 from edge.operator.config import CommandsConfig
 from edge.scheduler.config import GridConfig
 from edge.telemetry.config import MqttConfig, TelemetryConfig
+from edge.telemetry.topics import TopicError, check_level
+
+# Package data shelves for `builtin:` names.
+ROBOT_MAPS = shelf("drivers.robot")
+STEP_GRAPHS = shelf("edge.swap")
 
 Port = Annotated[int, Field(ge=1, le=65535)]
-Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+# Ids become MQTT topic levels (telemetry/slot/<id>, sim/<device_id>/fault): no '.', which NATS
+# takes for a subject separator and RabbitMQ rewrites to '/'.
+Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 
 
 class Strict(BaseModel):
@@ -71,7 +81,10 @@ class RobotConfig(Strict):
     host: str = "127.0.0.1"
     port: Port = 502
     unit_id: Annotated[int, Field(ge=0, le=247)] = 1
-    map: Path = Path("registers/robot-plc.yaml")
+    # `builtin:NAME` names a file shipped in the package; anything else is a path (relative to
+    # the config file). See drivers/core/resources.py.
+    map: str = Field(default="builtin:robot-plc", min_length=1)
+    steps: str = Field(default="builtin:swap-steps", min_length=1)
 
 
 class SafetyConfig(Strict):
@@ -117,6 +130,15 @@ class StationConfig(Strict):
         base = self.source.parent if self.source is not None else Path.cwd()
         return p if p.is_absolute() else (base / p)
 
+    def robot_map(self) -> Traversable:
+        """The robot PLC contract file (`robot.map`). Raises DataFileError for an unknown
+        builtin name."""
+        return data_file(self.robot.map, self.resolve("."), ROBOT_MAPS)
+
+    def step_graph(self) -> Traversable:
+        """The swap step graph file (`robot.steps`)."""
+        return data_file(self.robot.steps, self.resolve("."), STEP_GRAPHS)
+
     def charger(self, charger_id: str) -> ModbusTcpEndpoint | ModbusRtuEndpoint:
         for c in self.chargers:
             if c.id == charger_id:
@@ -146,6 +168,13 @@ def _reference_checks(data: dict[str, Any]) -> list[tuple[PathKey, str]]:
                 seen[v] = i
 
     dupes(chargers, "id", "chargers")
+    for i, c in enumerate(chargers):
+        cid = c.get("id")
+        if isinstance(cid, str):
+            try:
+                check_level(cid, "charger id")
+            except TopicError as e:
+                out.append((("chargers", i, "id"), f"{e} (it names the charger's MQTT topics)"))
     dupes(slots, "id", "slots")
     charger_ids = {c.get("id") for c in chargers}
     for i, s in enumerate(slots):
@@ -200,9 +229,13 @@ def _file_checks(cfg: StationConfig) -> tuple[list[tuple[PathKey, str]], list[Pr
             )
     for i, msg_field, msg in check_endpoints(list(cfg.chargers)):
         out.append((("chargers", i, msg_field), msg))
-    maps: dict[Path, RegisterMap | DataFileError] = {}
+    maps: dict[str, RegisterMap | DataFileError] = {}
     for i, c in enumerate(cfg.chargers):
-        path = cfg.resolve(Path(c.map))
+        try:
+            path = str(resolve_map_path(c, cfg.resolve(".")))
+        except DataFileError as e:
+            out.append((("chargers", i, "map"), e.problems[0].message))
+            continue
         if path not in maps:
             try:
                 maps[path] = load_register_map(path)
@@ -216,6 +249,9 @@ def _file_checks(cfg: StationConfig) -> tuple[list[tuple[PathKey, str]], list[Pr
             continue
         for fld, msg in check_endpoint_against_map(c, m):
             out.append((("chargers", i, fld), msg))
+        if m.device != "charger":  # a map that says it is a charger was checked in its file
+            for _loc, msg in charger_problems(m):
+                out.append((("chargers", i, "map"), f"{m.name}: {msg}"))
     if cfg.mqtt.tls is not None:
         for name in ("ca_file", "cert_file", "key_file"):
             p = getattr(cfg.mqtt.tls, name)

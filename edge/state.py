@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from edge.alarms import ActiveAlarm, AlarmManager
-from edge.telemetry.models import GridMode, OperatingMode
+from edge.scheduler.core import GridMode
+from edge.telemetry.models import OperatingMode
 
 __all__ = ["GridMode", "GridState", "OperatingMode", "StationState"]
 

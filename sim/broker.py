@@ -22,7 +22,7 @@ from types import TracebackType
 from typing import Any, Self
 from urllib.parse import urlsplit
 
-from edge.app.logs import get_logger
+from drivers.core.log import get_logger
 
 LOOPBACK = "127.0.0.1"
 _log = get_logger("demo.broker")

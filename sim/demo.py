@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 
 from drivers.core.clock import SystemClock
-from edge.app.logs import get_logger
+from drivers.core.log import get_logger
 from edge.app.station import Station, build_station
 from edge.command_types import SIM, Rejected
 from edge.config import StationConfig, load_config

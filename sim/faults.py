@@ -26,7 +26,8 @@ import aiomqtt
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edge.app.logs import get_logger
+from drivers.core.log import get_logger
+from edge.telemetry.topics import check_level
 from sim.broker import BrokerAddress, parse_broker_url
 
 if TYPE_CHECKING:
@@ -50,9 +51,8 @@ class SimFault(BaseModel):
 
 
 def sim_fault_topic(root: str, device_id: str) -> str:
-    if not device_id or any(c in device_id for c in "/#+\x00"):
-        raise ValueError(f"device id {device_id!r} is not a single MQTT topic level")
-    return f"{root}/sim/{device_id}/fault"
+    # TopicError is a ValueError: '.', '$', spaces and wildcards break NATS or RabbitMQ.
+    return f"{root}/sim/{check_level(device_id, 'device id')}/fault"
 
 
 def sim_fault_filter(root: str) -> str:
@@ -301,6 +301,11 @@ _TYPES: tuple[_DeviceType, ...] = (
             FaultSpec("wrong_dlc", "BCL sent with 3 bytes"),
             FaultSpec("broken_tp", "BCS TP.DT with a wrong sequence number"),
             FaultSpec("no_bhm", "a 2011-edition BMS (no BHM)"),
+            FaultSpec("soc_unsupported", "BCS/BSD SOC 0xFF (not supported): flagged, goes on"),
+            FaultSpec("hot_probe", "BSM max temperature 95 degC with no over-temperature flag"),
+            FaultSpec("cell_high", "BCS max cell 4.60 V with the BSM cell state normal"),
+            FaultSpec("pack_over_voltage", "BCS pack voltage 100 V above the BCP maximum"),
+            FaultSpec("bad_remaining", "BCS remaining time 0xFFFF min (flagged, goes on)"),
         ),
         "sim/devices/pack.py Fault on branch can (0f83355), not yet on main",
     ),

@@ -19,7 +19,8 @@ from contextlib import AbstractAsyncContextManager
 
 import orjson
 
-from edge.app.logs import configure_logging, get_logger
+from drivers.core.log import get_logger
+from edge.app.logs import configure_logging
 from edge.config import StationConfig
 from sim.faults import FaultInjectable, FaultListener, StationMqtt, station_mqtt
 

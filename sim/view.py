@@ -29,7 +29,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from edge.app.logs import get_logger
+from drivers.core.log import get_logger
 from sim.broker import BrokerAddress
 from sim.faults import MqttCredentials, mqtt_client, publish_fault
 
@@ -158,8 +158,9 @@ class ViewModel:
             case ["telemetry", "robot"]:
                 self.robot = payload
                 self._units_from_robot(payload.get("units"))
-            case ["event", event_type] if event_type:
-                self._event(event_type, payload)
+            case ["event", room, name] if room and name:
+                # Topic `event/<room>/<name>` carries type `<room>.<name>`.
+                self._event(f"{room}.{name}", payload)
             case _:
                 return False
         return True

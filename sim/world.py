@@ -32,8 +32,8 @@ from drivers.can.bus import BusOwner
 from drivers.can.codec import CanFrame
 from drivers.can.config import CanBusConfig
 from drivers.can.runner import CoreRunner
+from drivers.core.log import get_logger
 from drivers.robot.contract import RobotContract, UnitState
-from edge.app.logs import get_logger
 from edge.config import StationConfig
 from edge.slot.service import PACK_TYPES
 from sim.adapters import ChargerFaults, PackFaults, RobotFaults
@@ -387,7 +387,7 @@ class SimWorld:
         self.seats: dict[str, PackSeat] = {}
         self.chargers: dict[str, ChargerSim] = {}
         self.plc = RobotPlcSim(
-            RobotContract.load(cfg.resolve(cfg.robot.map)),
+            RobotContract.load(cfg.robot_map()),
             speed=speed,
             slots=len(cfg.slots),
             device_id=cfg.robot.unit_id,

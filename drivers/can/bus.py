@@ -27,9 +27,11 @@ import serial
 from drivers.can.codec import CanFrame, MalformedFrameError, UnknownFrameError
 from drivers.can.config import CanBusConfig
 from drivers.core.alarm_sink import AlarmSink
+from drivers.core.backoff import Backoff
 from drivers.core.clock import Clock, SystemClock
+from drivers.core.log import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger("can")
 
 ALARM_BUS_ERROR = "can.bus_error"
 CAN_ERR_BUSOFF = 0x40  # error-class bit in an error frame's id (linux/can/error.h)
@@ -109,16 +111,6 @@ class _GuardedNotifier(can.Notifier):
             self._on_error(exc)
 
 
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    initial_s: float = 0.2
-    factor: float = 2.0
-    max_s: float = 10.0
-
-    def delay(self, failures: int) -> float:
-        return float(min(self.max_s, self.initial_s * self.factor ** max(0, failures - 1)))
-
-
 def _bus_kwargs(config: CanBusConfig) -> dict[str, Any]:
     kw: dict[str, Any] = {"interface": config.interface, "channel": config.channel}
     if config.interface == "slcan":
@@ -156,7 +148,7 @@ class BusOwner:
         self._tx: collections.deque[CanFrame] = collections.deque()
         self._send_queue_size = send_queue_size
         self._notifier_timeout_s = notifier_timeout_s
-        self._backoff = backoff or Backoff()
+        self._backoff = backoff or Backoff(0.2, 10.0)
         self._max_send_failures = max_send_failures
         self._wake = asyncio.Event()
         self._failure: BaseException | None = None

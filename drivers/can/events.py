@@ -119,7 +119,7 @@ class PackStatus:
     current_a: float  # positive into the pack
     max_cell_voltage_v: float
     max_cell_group: int
-    soc_pct: int
+    soc_pct: int | None  # None: out of 0-100 (0xFF = not supported), flagged by FieldInvalid
     remaining_min: int
 
 
@@ -205,6 +205,17 @@ class BmsError:
 
 
 @dataclass(frozen=True, slots=True)
+class FieldInvalid:
+    """A BMS field outside its range that is not a safety stop (those end the session with
+    SessionStopped PACK_FAULT): the value is dropped (published as unknown), the session goes on."""
+
+    message: str  # BCS, BCP, BCL, BSM, BSD
+    field: str
+    value: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class FrameRejected:
     """A frame or TP payload that could not be used (counted by the bus owner)."""
 
@@ -225,5 +236,6 @@ SessionEvent = (
     | SessionStopped
     | Timeout
     | BmsError
+    | FieldInvalid
     | FrameRejected
 )

@@ -20,6 +20,7 @@ from drivers.can.session import (
     ChargerLimits,
     ChargerMeasurements,
     ChargerSession,
+    PackFieldLimits,
     SessionOutput,
     SessionTimers,
 )
@@ -118,11 +119,16 @@ class ChargerLink:
         clock: Clock | None = None,
         charger_number: int = 1,
         timers: SessionTimers | None = None,
+        field_limits: PackFieldLimits | None = None,
     ) -> None:
         self.name = name
         self.clock = clock or SystemClock()
         self.session = ChargerSession(
-            limits, charger_number=charger_number, timers=timers, wall_time=self.clock.now
+            limits,
+            charger_number=charger_number,
+            timers=timers,
+            wall_time=self.clock.now,
+            field_limits=field_limits,
         )
         self.bus = BusOwner(name, config, alarms=alarms, clock=self.clock)
         self.runner = CoreRunner(

@@ -47,6 +47,7 @@ from drivers.can.events import (
     ChargeMode,
     ChargeRequest,
     ChargerFault,
+    FieldInvalid,
     FrameRejected,
     PackFlags,
     PackIdentified,
@@ -149,6 +150,18 @@ class SessionTimers:
 
 
 @dataclass(frozen=True, slots=True)
+class PackFieldLimits:
+    """The station's safety window for what a BMS reports (config `safety`); the pack's own BCP
+    limits tighten it. Values outside it stop the session at the boundary (CST, PACK_FAULT)."""
+
+    max_temperature_c: float = 60.0
+    min_temperature_c: float = 0.0
+    max_cell_voltage_v: float = 4.25
+    cell_voltage_margin_v: float = 0.02
+    pack_voltage_margin_v: float = 5.0  # above BCP's max charge voltage
+
+
+@dataclass(frozen=True, slots=True)
 class ChargerLimits:
     """What the charger can deliver (CML). Currents positive into the pack."""
 
@@ -188,8 +201,12 @@ class ChargerSession:
         timers: SessionTimers | None = None,
         wall_time: Callable[[], datetime] | None = None,
         codec: GbtCodec | None = None,
+        field_limits: PackFieldLimits | None = None,
     ) -> None:
         self.codec = codec or default_codec()
+        self.field_limits = field_limits or PackFieldLimits()
+        self.invalid_fields = 0  # counted here; each (message, field) is reported once per session
+        self._invalid_seen: set[tuple[str, str]] = set()
         self.timers = timers or SessionTimers()
         self.limits = limits
         self.measurements = ChargerMeasurements()
@@ -248,6 +265,7 @@ class ChargerSession:
         self.pack_limits = None
         self.stop_reason = None
         self.bhm_max_voltage_v = None
+        self._invalid_seen = set()
         self._cem_until = 0.0
         self._charging_since = None
         self._last_ccs = None
@@ -438,13 +456,17 @@ class ChargerSession:
         if self.phase is not Phase.IDENTIFICATION or not self._recognised:
             return
         s = d.signals
+        soc = float(s["BCP_SOC"])
+        if not 0.0 <= soc <= 100.0:
+            self._invalid("BCP", "soc_pct", soc, "outside 0-100 %", out)
+            soc = 0.0  # unknown: the pack is treated as empty until BCS says otherwise
         self.pack_limits = PackLimits(
             max_cell_voltage_v=float(s["BCP_MaxCellVoltage"]),
             max_charge_current_a=-float(s["BCP_MaxChargeCurrent"]),
             nominal_energy_kwh=float(s["BCP_NominalEnergy"]),
             max_charge_voltage_v=float(s["BCP_MaxChargeVoltage"]),
             max_temperature_c=int(s["BCP_MaxTemperature"]),
-            soc_pct=float(s["BCP_SOC"]),
+            soc_pct=soc,
             voltage_v=float(s["BCP_BatteryVoltage"]),
         )
         out.append(self.pack_limits)
@@ -484,25 +506,56 @@ class ChargerSession:
         mode = {1: ChargeMode.CONSTANT_VOLTAGE, 2: ChargeMode.CONSTANT_CURRENT}.get(
             int(s["BCL_ChargeMode"]), ChargeMode.UNKNOWN
         )
-        out.append(
-            ChargeRequest(float(s["BCL_VoltageDemand"]), -float(s["BCL_CurrentDemand"]), mode)
-        )
+        voltage, current = float(s["BCL_VoltageDemand"]), -float(s["BCL_CurrentDemand"])
+        lim = self.pack_limits
+        if lim is not None and voltage > lim.max_charge_voltage_v:
+            # Not a stop: the slot never sets more than BCP's maximum; the demand is clamped.
+            self._invalid("BCL", "voltage_demand_v", voltage, "above BCP max charge voltage", out)
+            voltage = lim.max_charge_voltage_v
+        if current < 0.0:
+            self._invalid("BCL", "current_demand_a", current, "a discharge demand", out)
+            current = 0.0
+        out.append(ChargeRequest(voltage, current, mode))
 
     def _on_bcs(self, d: Decoded, now: float, out: list[SessionOutput]) -> None:
         if self.phase not in (Phase.PARAMETERS, Phase.CHARGING) or not self._cro_ready_sent:
             return
         self._watch["BCS"] = now + self.timers.bcs_timeout_s
         s = d.signals
-        out.append(
-            PackStatus(
-                voltage_v=float(s["BCS_ChargeVoltage"]),
-                current_a=-float(s["BCS_ChargeCurrent"]),
-                max_cell_voltage_v=float(s["BCS_MaxCellVoltage"]),
-                max_cell_group=int(s["BCS_MaxCellGroup"]),
-                soc_pct=int(s["BCS_SOC"]),
-                remaining_min=int(s["BCS_RemainingTime"]),
-            )
+        soc: int | None = int(s["BCS_SOC"])
+        if soc is not None and not 0 <= soc <= 100:
+            # GB/T fills a field it does not support with 0xFF: unknown, never a crash.
+            self._invalid("BCS", "soc_pct", soc, "outside 0-100 %", out)
+            soc = None
+        remaining = int(s["BCS_RemainingTime"])
+        if remaining > 600:
+            self._invalid("BCS", "remaining_min", remaining, "above 600 min", out)
+            remaining = 0
+        status = PackStatus(
+            voltage_v=float(s["BCS_ChargeVoltage"]),
+            current_a=-float(s["BCS_ChargeCurrent"]),
+            max_cell_voltage_v=float(s["BCS_MaxCellVoltage"]),
+            max_cell_group=int(s["BCS_MaxCellGroup"]),
+            soc_pct=soc,
+            remaining_min=remaining,
         )
+        out.append(status)
+        f = self.field_limits
+        cell_limit = f.max_cell_voltage_v
+        lim = self.pack_limits
+        if lim is not None:
+            cell_limit = min(cell_limit, lim.max_cell_voltage_v)
+        if status.max_cell_voltage_v > cell_limit + f.cell_voltage_margin_v:
+            detail = f"cell_over_voltage {status.max_cell_voltage_v:.2f} V > {cell_limit:.2f} V"
+            self._safety_stop(detail, ("cell_over_voltage",), now, out)
+        elif (
+            lim is not None
+            and status.voltage_v > lim.max_charge_voltage_v + f.pack_voltage_margin_v
+        ):
+            detail = (
+                f"pack_over_voltage {status.voltage_v:.1f} V > {lim.max_charge_voltage_v:.1f} V"
+            )
+            self._safety_stop(detail, ("pack_over_voltage",), now, out)
 
     def _on_bsm(self, d: Decoded, now: float, out: list[SessionOutput]) -> None:
         if self.phase not in (Phase.PARAMETERS, Phase.CHARGING):
@@ -532,6 +585,20 @@ class ChargerSession:
             cst = dict(_CST_ZERO) | {"CST_FaultStop": 1}
             self._begin_stop(cst, StopReason.PACK_FAULT, ",".join(abnormal), abnormal, now, out)
             return
+        f = self.field_limits
+        t_max = f.max_temperature_c
+        if self.pack_limits is not None:
+            t_max = min(t_max, self.pack_limits.max_temperature_c)
+        if flags.max_temperature_c > t_max:
+            detail = f"pack_over_temperature {flags.max_temperature_c} degC > {t_max:g}"
+            self._safety_stop(detail, ("pack_over_temperature",), now, out)
+            return
+        if flags.min_temperature_c < f.min_temperature_c:
+            detail = (
+                f"pack_under_temperature {flags.min_temperature_c} degC < {f.min_temperature_c:g}"
+            )
+            self._safety_stop(detail, ("pack_under_temperature",), now, out)
+            return
         if self.phase is Phase.CHARGING:
             if not flags.charge_permitted and self._paused_since is None:
                 self._paused_since = now
@@ -558,9 +625,13 @@ class ChargerSession:
         if self.phase is not Phase.STOPPING:
             return
         s = d.signals
+        stop_soc = int(s["BSD_StopSOC"])
+        if not 0 <= stop_soc <= 100:
+            self._invalid("BSD", "stop_soc_pct", stop_soc, "outside 0-100 %", out)
+            stop_soc = 0
         out.append(
             PackStatistics(
-                stop_soc_pct=int(s["BSD_StopSOC"]),
+                stop_soc_pct=stop_soc,
                 min_cell_voltage_v=float(s["BSD_MinCellVoltage"]),
                 max_cell_voltage_v=float(s["BSD_MaxCellVoltage"]),
                 min_temperature_c=int(s["BSD_MinTemperature"]),
@@ -582,6 +653,25 @@ class ChargerSession:
         timeouts = tuple(n for sig, n in _BEM_NAMES.items() if int(d.signals.get(sig, 0)) == 1)
         out.append(BmsError(timeouts))
         self._comm_error("BEM", None, now, out)
+
+    # -- field checks ---------------------------------------------------------------------------
+
+    def _invalid(
+        self, message: str, name: str, value: float, reason: str, out: list[SessionOutput]
+    ) -> None:
+        self.invalid_fields += 1
+        if (message, name) not in self._invalid_seen:
+            self._invalid_seen.add((message, name))
+            out.append(FieldInvalid(message, name, float(value), reason))
+
+    def _safety_stop(
+        self, detail: str, faults: tuple[str, ...], now: float, out: list[SessionOutput]
+    ) -> None:
+        """A reported value outside the safety window: stop here, as for an abnormal BSM flag."""
+        if self.phase not in (Phase.PARAMETERS, Phase.CHARGING):
+            return
+        cst = dict(_CST_ZERO) | {"CST_FaultStop": 1}
+        self._begin_stop(cst, StopReason.PACK_FAULT, detail, faults, now, out)
 
     # -- stop / error paths --------------------------------------------------------------------
 

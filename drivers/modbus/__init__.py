@@ -1,5 +1,6 @@
 """Modbus layer: register maps as data, block planner, device owners over TCP and RTU."""
 
+from drivers.core.quality import Quality
 from drivers.modbus.codec import Value
 from drivers.modbus.config import (
     ModbusEndpoint,
@@ -15,7 +16,6 @@ from drivers.modbus.device import (
     DeviceState,
     ModbusDevice,
     PointValue,
-    Quality,
     Snapshot,
 )
 from drivers.modbus.errors import (

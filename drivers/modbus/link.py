@@ -13,7 +13,6 @@ a sixth of this layer's budget; the lock keeps the same one-at-a-time guarantee.
 from __future__ import annotations
 
 import asyncio
-import logging
 import struct
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException
 from pymodbus.pdu import ModbusPDU
 
+from drivers.core.log import get_logger
 from drivers.modbus.errors import (
     ModbusCommError,
     ModbusConnectionError,
@@ -33,7 +33,7 @@ from drivers.modbus.errors import (
 )
 from drivers.modbus.regmap import Table
 
-log = logging.getLogger(__name__)
+log = get_logger("modbus")
 
 T = TypeVar("T")
 Words = list[int]
@@ -158,7 +158,7 @@ class ModbusLink:
             except ModbusCommError:
                 raise
             except Exception as e:  # a driver bug or an OS error we did not foresee
-                log.exception("%s: request failed unexpectedly; reopening", self.name)
+                log.exception("request failed unexpectedly; reopening", link=self.name)
                 self.counters.connection_errors += 1
                 self._client.close()
                 raise ModbusConnectionError(f"{self.name}: {e!r}") from e

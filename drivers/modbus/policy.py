@@ -31,25 +31,6 @@ class AdaptiveTimeout:
         return min(self.max_s, max(self.floor_s, 4.0 * self._est_s))
 
 
-class Backoff:
-    """Capped exponential delay between probes of an offline device."""
-
-    __slots__ = ("initial_s", "max_s", "_next_s")
-
-    def __init__(self, initial_s: float, max_s: float) -> None:
-        self.initial_s = initial_s
-        self.max_s = max_s
-        self._next_s = initial_s
-
-    def next_delay(self) -> float:
-        d = self._next_s
-        self._next_s = min(self.max_s, self._next_s * 2.0)
-        return d
-
-    def reset(self) -> None:
-        self._next_s = self.initial_s
-
-
 @dataclass(slots=True)
 class OfflineDetector:
     """Counts consecutive cycles without any answer; `True` from `cycle()` means go offline."""

@@ -12,7 +12,8 @@ from typing import TextIO
 
 from drivers.core.clock import SystemClock
 from drivers.core.datafile import DataFileError
-from edge.app.logs import configure_logging, get_logger
+from drivers.core.log import get_logger
+from edge.app.logs import configure_logging
 from edge.app.station import build_station
 from edge.app.supervisor import CoreServiceFailed
 from edge.config import load_config

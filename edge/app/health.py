@@ -13,7 +13,7 @@ import socket
 from collections.abc import Callable
 
 from drivers.core.clock import Clock
-from edge.app.logs import get_logger
+from drivers.core.log import get_logger
 
 log = get_logger("health")
 

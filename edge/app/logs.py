@@ -124,9 +124,3 @@ def _library_component(
         ours = parts[0] in ("edge", "drivers") and len(parts) > 1
         event["component"] = parts[1] if ours else f"lib.{parts[0]}"
     return event
-
-
-def get_logger(component: str, **bound: Any) -> Any:
-    """A logger whose every line carries `component`."""
-    # Initial values stay lazy: module-level loggers made before configure_logging still follow it.
-    return structlog.get_logger(component=component, **bound)

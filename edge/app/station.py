@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from drivers.core.clock import Clock, utc_iso
+from drivers.core.log import get_logger
 from drivers.modbus.network import ModbusNetwork
 from edge.alarms import AlarmManager
 from edge.app.health import LoopMonitor, Notifier, watchdog_interval_s
-from edge.app.logs import get_logger
 from edge.app.supervisor import Kind, Supervisor
 from edge.config import StationConfig
 from edge.operator.commands import OutOfService, StationCommands
@@ -68,6 +68,12 @@ class NetworkService:
 
     async def stop(self) -> None:
         return None
+
+    async def fail_safe(self) -> None:
+        """The network service failed: its owners stop, so nobody feeds the watchdogs; make
+        sure the restart does not replay the last wanted outputs either (issue 12 item 6)."""
+        for dev in self.network.devices.values():
+            dev.fail_safe()
 
 
 class SchedulerRunner:
@@ -293,16 +299,15 @@ def build_station(config: StationConfig, clock: Clock, notifier: Notifier | None
             on_change=publisher.slot_changed,
             on_event=publisher.emit_event,
             charger_number=i + 1,
+            charging_efficiency=config.grid.pack.charging_efficiency,
         )
     publisher.slots = slots
-
-    efficiency = config.grid.pack.charging_efficiency
 
     def apply_allocation(alloc: Allocation) -> None:
         for g in alloc.grants:
             slot = slots.get(g.slot_id)
             if slot is not None:
-                slot.set_grant(g.power_kw * efficiency)  # grants are grid-side; the pack gets 95 %
+                slot.set_grant(g.power_kw)  # grid-side; the slot converts it (edge.power)
         publisher.allocation(alloc)
 
     scheduler = SchedulerService(

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from drivers.core.clock import Clock
-from edge.app.logs import get_logger
+from drivers.core.log import get_logger
 from edge.command_types import ErrorCode, Rejected
 from edge.scheduler.core import InvalidRequestError, SchedulerError
 from edge.state import OperatingMode, StationState

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from edge.app.logs import get_logger
+from drivers.core.log import get_logger
 from edge.command_types import ErrorCode, Origin, Rejected
 
 log = get_logger("ctl")

@@ -21,7 +21,7 @@ import orjson
 from pydantic import ValidationError
 
 from drivers.core.clock import Clock
-from edge.app.logs import get_logger
+from drivers.core.log import get_logger
 from edge.command_types import ErrorCode, Origin, Rejected, Signature, refusal
 from edge.operator.config import COMMANDS, LOCAL_ONLY, CommandsConfig
 from edge.operator.signatures import Verifier

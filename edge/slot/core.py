@@ -31,6 +31,7 @@ from drivers.can.events import (
     BmsError,
     ChargeRequest,
     ChargerFault,
+    FieldInvalid,
     PackFlags,
     PackIdentified,
     PackLimits,
@@ -44,6 +45,7 @@ from drivers.can.events import (
     Timeout,
 )
 from drivers.can.session import ChargerLimits, ChargerMeasurements
+from drivers.core.quality import Quality
 
 A_PACK_FAULT = "pack.fault"
 A_OVER_TEMPERATURE = "pack.over_temperature"
@@ -52,6 +54,7 @@ A_BMS_TIMEOUT = "pack.bms_timeout"
 A_UNAVAILABLE = "slot.unavailable"
 A_CHARGER_OFFLINE = "charger.offline"
 A_CHARGER_FAULT = "charger.fault"
+A_INVALID_VALUE = "pack.invalid_value"
 
 
 class SlotSafety(BaseModel):
@@ -66,12 +69,6 @@ class SlotSafety(BaseModel):
     min_temperature_c: float = 0.0
     current_deadband_a: float = Field(default=1.0, ge=0)
     voltage_deadband_v: float = Field(default=1.0, ge=0)
-
-
-class Quality(StrEnum):
-    GOOD = "good"
-    STALE = "stale"  # last value too old (the owner could not read it)
-    INVALID = "invalid"  # the device reported an invalid raw value
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +184,7 @@ class _Pack:
     flags: PackFlags | None = None
     stats: PackStatistics | None = None
     last_heard: float | None = None
+    invalid_fields: int = 0
 
 
 @dataclass
@@ -204,7 +202,7 @@ class SlotCore:
     slot_id: str
     ratings: ChargerRatings
     safety: SlotSafety = field(default_factory=SlotSafety)
-    grant_kw: float = 0.0
+    grant_kw: float = 0.0  # pack-side (edge.power): the scheduler's grid-side grant x efficiency
     derating: float = 1.0  # charger temperature derating, 0..1
     charger_online: bool = True
     state: SlotState = SlotState.EMPTY
@@ -215,6 +213,8 @@ class SlotCore:
     _alarms: set[str] = field(default_factory=set)
     _unavailable_reason: str = ""
     _feeding: bool = True
+    # Reasons the output must stay off whatever the session asks ("reserved" by a swap, "estop").
+    _inhibit: set[str] = field(default_factory=set)
 
     # -- commands ------------------------------------------------------------------------------
 
@@ -224,7 +224,13 @@ class SlotCore:
         if self.state is SlotState.UNAVAILABLE:
             return acts
         self._pack = _Pack()
-        for code in (A_PACK_FAULT, A_OVER_TEMPERATURE, A_CELL_VOLTAGE, A_BMS_TIMEOUT):
+        for code in (
+            A_PACK_FAULT,
+            A_OVER_TEMPERATURE,
+            A_CELL_VOLTAGE,
+            A_BMS_TIMEOUT,
+            A_INVALID_VALUE,
+        ):
             self._clear(code, acts)
         self.state = SlotState.CONNECTING
         acts.append(SessionCommand(SessionCommandKind.UPDATE_LIMITS, limits=self._cml()))
@@ -250,6 +256,29 @@ class SlotCore:
         self.ratings = ratings
         acts = [SessionCommand(SessionCommandKind.UPDATE_LIMITS, limits=self._cml())]
         return acts + self._regulate()
+
+    def inhibit(self, reason: str, now: float) -> list[Action]:
+        """Hold the output off for `reason` (a swap reserved the slot, an e-stop) until
+        `release(reason)`: output off now, and no enable while any reason stands."""
+        self._inhibit.add(reason)
+        acts: list[Action] = []
+        self._output_off(acts)
+        return acts
+
+    def release(self, reason: str, now: float) -> list[Action]:
+        self._inhibit.discard(reason)
+        return self._regulate()
+
+    @property
+    def inhibited(self) -> frozenset[str]:
+        return frozenset(self._inhibit)
+
+    def force_off(self, now: float) -> list[Action]:
+        """Start again from "off" (a restarted service): forget what was last written."""
+        self._out = _Output()
+        acts: list[Action] = []
+        self._write(acts, 0.0, 0.0, False, force=True)
+        return acts
 
     # -- charger side --------------------------------------------------------------------------
 
@@ -348,6 +377,11 @@ class SlotCore:
                 self._latch_unavailable("BMS lost after three re-handshakes", acts)
             return acts
         p.last_heard = now
+        if isinstance(ev, FieldInvalid):
+            # Dropped at the session boundary; alarmed once per docking, the session goes on.
+            p.invalid_fields += 1
+            self._raise(A_INVALID_VALUE, f"{ev.message} {ev.field}={ev.value:g}: {ev.reason}", acts)
+            return acts
         if isinstance(ev, PackIdentified):
             p.identity = ev
         elif isinstance(ev, PackLimits):
@@ -381,6 +415,8 @@ class SlotCore:
                 code = A_PACK_FAULT
                 if any("temperature" in f for f in ev.faults):
                     code = A_OVER_TEMPERATURE
+                elif any("voltage" in f for f in ev.faults):
+                    code = A_CELL_VOLTAGE
                 self._pack_fault(code, ev.detail or ev.reason.value, acts)
             elif ev.reason is StopReason.COMM_FAILED:
                 self._latch_unavailable("BMS lost after three re-handshakes", acts)
@@ -477,12 +513,30 @@ class SlotCore:
         if p.limits is not None:
             voltage = min(voltage, p.limits.max_charge_voltage_v)
             current = min(current, p.limits.max_charge_current_a)
-        # Power limits act on the pack's present voltage (the charger output follows it).
+        # Power limits act on the pack's present voltage (the charger output follows it); with
+        # no voltage known at all the power limits cannot be applied: no current.
         v_now = self._pack_voltage() or voltage
         if v_now > 0:
             current = min(current, self.grant_kw * 1000.0 / v_now)
             current = min(current, r.max_power_kw * self.derating * 1000.0 / v_now)
-        return round(voltage, 1), round(max(0.0, current), 1)
+        else:
+            current = 0.0
+        return round(max(0.0, voltage), 1), round(max(0.0, current), 1)
+
+    @staticmethod
+    def enable_allowed(voltage_v: float, current_a: float) -> bool:
+        """Seam (issue 12 item 7): no enable without a positive voltage and current setpoint."""
+        return voltage_v > 0.0 and current_a > 0.0
+
+    def request_kw(self) -> float:
+        """The BMS request (BCL current x pack voltage) as pack-side kW, at the voltage the
+        setpoint divides power limits by, so a grant of exactly this power gives exactly the
+        requested current."""
+        p = self._pack
+        if p.request is None:
+            return 0.0
+        v_now = self._pack_voltage() or p.request.voltage_v
+        return max(0.0, p.request.current_a) * max(0.0, v_now) / 1000.0
 
     def _pack_voltage(self) -> float | None:
         r = self.reading
@@ -501,13 +555,16 @@ class SlotCore:
             and self.charger_online
             and (flags is None or flags.charge_permitted)
             and self._pack.request is not None
+            and not self._inhibit
         )
         if not allowed:
             if self._out.enable:
                 self._output_off(acts)
             return acts
         voltage, current = self.setpoint()
-        enable = current > 0.0
+        enable = self.enable_allowed(voltage, current)
+        if not enable:
+            current = 0.0
         self._write(acts, voltage, current, enable)
         return acts
 
@@ -568,7 +625,11 @@ class SlotCore:
             phase=self.phase,
             pack_id=p.identity.pack_id if p.identity else None,
             identity=p.identity,
-            soc_pct=float(st.soc_pct) if st else (p.limits.soc_pct if p.limits else None),
+            soc_pct=(
+                float(st.soc_pct)
+                if st and st.soc_pct is not None
+                else (p.limits.soc_pct if p.limits else None)
+            ),
             voltage_v=st.voltage_v if st else (p.limits.voltage_v if p.limits else None),
             current_a=current,
             max_cell_voltage_v=st.max_cell_voltage_v if st else None,

@@ -9,12 +9,12 @@ remote commands enter through `execute()` (the ctl socket and MQTT use the same 
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Mapping
 from typing import Any, Protocol
 
 from drivers.core.alarm_sink import AlarmSink
 from drivers.core.clock import Clock, utc_iso
+from drivers.core.log import get_logger
 from drivers.robot.port import RobotPort, RobotPortError
 from edge.swap.choice import SlotView
 from edge.swap.journal import Journal
@@ -47,7 +47,7 @@ from edge.swap.sequence import (
 )
 from edge.swap.steps import StepGraph
 
-log = logging.getLogger("swapd.swap")
+log = get_logger("swap")
 
 
 class SlotOutputs(Protocol):
@@ -195,12 +195,12 @@ class SwapCoordinator:
                         await self.port.command(a.unit, a.step_code, a.arg, a.seq)
                     except RobotPortError as e:
                         # the core resends the same seq while the PLC has not acknowledged it
-                        log.warning("command %s seq %d not written: %s", a.step_id, a.seq, e)
+                        log.warning("command not written", step=a.step_id, seq=a.seq, error=str(e))
                 case SetHalt():
                     try:
                         await self.port.set_halt(a.units)
                     except RobotPortError as e:
-                        log.warning("halt %s not written: %s", sorted(a.units), e)
+                        log.warning("halt not written", units=sorted(a.units), error=str(e))
                 case RequestOutputOff():
                     self._spawn(self._output_off(a.slot_id), f"swap-output-off-{a.slot_id}")
                 case RequestAllOutputsOff():
@@ -226,7 +226,7 @@ class SwapCoordinator:
         try:
             await self.outputs.output_off(slot_id)
         except Exception as e:  # noqa: BLE001 - any failure keeps the step blocked
-            log.warning("slot %s output off not confirmed: %s", slot_id, e)
+            log.warning("output off not confirmed", slot=slot_id, error=str(e))
             await self.feed(SlotOutputFailed(slot_id, str(e)))
         else:
             await self.feed(SlotOutputOff(slot_id))
@@ -244,7 +244,7 @@ class SwapCoordinator:
             async with asyncio.timeout(timeout_s):
                 await self.port.set_halt(frozenset({"vehicle", "rack"}))
         except (TimeoutError, RobotPortError) as e:
-            log.warning("robot halt at shutdown not confirmed: %s", e)
+            log.warning("robot halt at shutdown not confirmed", error=str(e))
             return False
         return True
 

@@ -3,16 +3,16 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 from typing import Protocol
 
 from drivers.core.clock import utc_iso
+from drivers.core.log import get_logger
 from edge.alarms import ActiveAlarm, AlarmChange, AlarmManager
 from edge.telemetry.models import AlarmDetails, AlarmRef, Details
 from edge.telemetry.outbox import OutboxError
 
-log = logging.getLogger(__name__)
+log = get_logger("telemetry")
 
 
 class EventSink(Protocol):
@@ -38,7 +38,7 @@ class AlarmEvents:
             self._sink.emit_event("alarm.raised" if change.raised else "alarm.cleared", details)
         except OutboxError:
             # Raising an alarm is on safety paths: a full or broken disk must not break it.
-            log.exception("alarm event %s %s not stored", a.code, a.source)
+            log.exception("alarm event not stored", code=a.code, source=a.source)
 
 
 def alarm_refs(active: Iterable[ActiveAlarm]) -> list[AlarmRef]:

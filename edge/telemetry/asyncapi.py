@@ -18,8 +18,9 @@ from edge.telemetry.models import (
     StationTelemetryMessage,
     StatusPayload,
 )
+from edge.telemetry.topics import LEVEL_PATTERN, event_levels
 
-CONTRACT_VERSION = "1.0.0"
+CONTRACT_VERSION = "3.0.0"
 ROOT = "swapstation/v1/{station_id}"
 REF = "#/components/schemas/{model}"
 
@@ -28,10 +29,15 @@ def _param(description: str) -> dict[str, Any]:
     return {"description": description}
 
 
+LEVEL_RULE = f"A plain topic level matching `{LEVEL_PATTERN}`."
 PARAMS = {
-    "station_id": _param("The station id (config `station.id`); the prefix is configurable."),
-    "slot_id": _param("A rack slot id (config `slots[].id`)."),
-    "device_id": _param("A simulated device id (charger, pack or robot)."),
+    "station_id": _param(
+        f"The station id (config `station.id`); the prefix is configurable. {LEVEL_RULE}"
+    ),
+    "slot_id": _param(f"A rack slot id (config `slots[].id`). {LEVEL_RULE}"),
+    "device_id": _param(
+        f"A simulated device id: a charger id, `pack-<slot_id>` or `robot`. {LEVEL_RULE}"
+    ),
 }
 
 
@@ -96,7 +102,9 @@ def build() -> dict[str, Any]:
         "send",
         0,
         False,
-        "Station state on change (deadband), at most every min_interval_s, all every refresh_s.",
+        "Station state on change (deadband), at most every min_interval_s, all every refresh_s. "
+        "With `grid.policy: predictive` it carries `grid_plan`, the plan's grid power for the "
+        "next hours (absent or null with other policies; consumers must ignore unknown fields).",
     )
     add(
         "telemetrySlot",
@@ -119,7 +127,7 @@ def build() -> dict[str, Any]:
     for etype, model in EVENT_MESSAGES.items():
         add(
             "event" + _ident(etype),
-            f"{ROOT}/event/{etype}",
+            f"{ROOT}/event/{event_levels(etype)}",
             model,
             "send",
             1,
@@ -166,7 +174,11 @@ def build() -> dict[str, Any]:
             "description": (
                 "Telemetry, events, commands and status of one swap station. Payloads are JSON "
                 "(UTF-8, < 128 KB); units are in field names; ts is RFC 3339 UTC. Topics live "
-                "under <prefix>/<station_id> with prefix `swapstation/v1` by default."
+                "under <prefix>/<station_id> with prefix `swapstation/v1` by default. Every topic "
+                f"level is plain (`{LEVEL_PATTERN}`: no `.`, `$`, spaces or wildcards), so the "
+                "contract works on any MQTT 3.1.1/5 broker (tested: Mosquitto, NATS, RabbitMQ). "
+                "An event of type `<room>.<name>` is published on `event/<room>/<name>`: "
+                "subscribe to `event/#` for every event, `event/<room>/#` to follow one room."
             ),
         },
         "defaultContentType": "application/json",

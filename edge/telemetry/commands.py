@@ -12,7 +12,6 @@ store never forgets a command before its expires_at: when it is full, new comman
 
 from __future__ import annotations
 
-import logging
 import re
 import sqlite3
 from collections import OrderedDict
@@ -23,13 +22,14 @@ import orjson
 from pydantic import ValidationError
 
 from drivers.core.clock import Clock, utc_iso
+from drivers.core.log import get_logger
 from edge.command_types import ErrorCode, Origin, Rejected, Signature, refusal
 from edge.operator.config import CommandsConfig
 from edge.telemetry.config import TelemetryConfig
 from edge.telemetry.models import CommandEnvelope, CommandError, CommandResult
 from edge.telemetry.target import CommandTarget
 
-log = logging.getLogger(__name__)
+log = get_logger("commands")
 
 MIN_RETENTION_S = 3600.0  # refusals are remembered at least this long
 MAX_CLIENTS = 4096  # rate-limit buckets kept (idle ones go first)

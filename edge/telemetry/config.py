@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from edge.telemetry.topics import LEVEL_PATTERN
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 
@@ -56,9 +59,10 @@ class MqttConfig(Strict):
     @field_validator("prefix")
     @classmethod
     def _prefix_levels(cls, v: str) -> str:
-        if not v or v.startswith("/") or v.endswith("/") or any(c in v for c in "#+"):
+        # Plain levels only: NATS and RabbitMQ read '.', '$' and wildcards their own way.
+        if not all(re.match(LEVEL_PATTERN, level) for level in v.split("/")):
             raise ValueError(
-                "prefix must be topic levels without wildcards or leading/trailing '/'"
+                "prefix must be plain topic levels (letters, digits, '_', '-') joined by '/'"
             )
         if len(v.split("/")) > 3:
             raise ValueError("prefix may have at most 3 levels (topics stay within 7 levels)")

@@ -4,18 +4,20 @@ client that reports PUBACK refusals (aiomqtt ignores MQTT 5 reason codes)."""
 from __future__ import annotations
 
 import asyncio
-import random
 from enum import StrEnum
 from typing import Any, Self
 
 import aiomqtt
 import paho.mqtt.client as paho
+from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from drivers.core.clock import Clock
 from edge.telemetry.tls import TrackingContext
+
+UNSUPPORTED_VERSION = 0x84  # MQTT 5 CONNACK reason (paho maps 3.1.1's return code 1 onto it)
 
 
 class LinkState(StrEnum):
@@ -31,29 +33,6 @@ class PublishRefused(aiomqtt.MqttError):
     def __init__(self, topic: str, reason: ReasonCode) -> None:
         super().__init__(f"broker refused publish on {topic}: {reason}")
         self.reason = reason
-
-
-class Backoff:
-    """Capped exponential backoff with jitter; one attempt at a time (sans-I/O)."""
-
-    def __init__(self, initial_s: float, max_s: float, rng: random.Random | None = None) -> None:
-        self.initial_s = initial_s
-        self.max_s = max_s
-        self.failures = 0
-        self._rng = rng or random.Random()
-
-    def next_delay(self) -> float:
-        base = min(self.max_s, self.initial_s * (2 ** min(self.failures, 30)))
-        self.failures += 1
-        # Full spread in [base/2, base]: stations restarting together do not reconnect together.
-        return float(base * (0.5 + 0.5 * self._rng.random()))
-
-    def to_max(self) -> None:
-        """Errors a retry will not fix soon (bad credentials) wait the longest."""
-        self.failures = 64
-
-    def reset(self) -> None:
-        self.failures = 0
 
 
 class RateLimiter:
@@ -96,6 +75,9 @@ class Client(aiomqtt.Client):
         self.pending_calls_threshold = 10_000  # our windows are bounded; no warning per call
         tls = kwargs.get("tls_context")
         self._tls = tls if isinstance(tls, TrackingContext) else None
+        # Set when the broker closed the connection before any CONNACK: RabbitMQ 3.x does that
+        # to an MQTT 5 CONNECT it cannot parse (aiomqtt would wait out the whole timeout).
+        self.closed_before_connack = False
 
     def _guard_packet_size(self, limit: int) -> None:
         """A broker that ignores the limit (MQTT 3.1.1 has none) still cannot make us read a
@@ -123,6 +105,29 @@ class Client(aiomqtt.Client):
             if self._tls is not None:
                 self._tls.close_strays()
             raise
+
+    def _on_disconnect(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: Any,
+        reason_code: ReasonCode,
+        properties: Any = None,
+    ) -> None:
+        if not self._connected.done():
+            self.closed_before_connack = True
+            self._connected.set_exception(
+                aiomqtt.MqttError("the broker closed the connection before its CONNACK")
+            )
+        super()._on_disconnect(client, userdata, flags, reason_code, properties)
+
+    def refused_mqtt5(self, e: BaseException) -> bool:
+        """The broker turned an MQTT 5 CONNECT away: CONNACK "unsupported protocol version"
+        (NATS), or a close before any CONNACK (RabbitMQ 3.x)."""
+        if isinstance(e, MqttConnectError):
+            rc = e.rc
+            return (rc.value if isinstance(rc, ReasonCode) else rc) in (1, UNSUPPORTED_VERSION)
+        return self.closed_before_connack
 
     def _on_publish(
         self,

@@ -8,10 +8,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, create_model
 
+from drivers.core.quality import Quality
 from edge.alarms import Severity
 from edge.command_types import ErrorCode
 
 __all__ = ["ErrorCode"]  # re-exported: the contract's result codes live with Rejected
+from edge.scheduler.core import GridMode
 
 Timestamp = Annotated[
     str,
@@ -21,7 +23,7 @@ Timestamp = Annotated[
         description="RFC 3339 UTC",
     ),
 ]
-Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 
 
 class Wire(BaseModel):
@@ -32,18 +34,6 @@ class OperatingMode(StrEnum):
     NORMAL = "normal"
     MAINTENANCE = "maintenance"  # no new swaps; charging goes on
     DRAIN = "drain"  # finish what runs, start nothing new
-
-
-class GridMode(StrEnum):
-    CHARGE = "charge"
-    HOLD = "hold"
-    EXPORT = "export"
-
-
-class Quality(StrEnum):
-    GOOD = "good"
-    STALE = "stale"  # last known values, the source is late
-    BAD = "bad"  # source offline or values invalid
 
 
 # ---- status -------------------------------------------------------------------------------
@@ -69,6 +59,11 @@ class AlarmRef(Wire):
     raised_at: Timestamp
 
 
+class PlanStep(Wire):
+    ends_in_s: float = Field(ge=0, description="the step ends this many seconds from now")
+    power_kw: float = Field(description="planned grid power during the step")
+
+
 class StationTelemetry(Wire):
     grid_power_kw: float = Field(description="import from the grid positive, export negative")
     grid_cap_kw: float = Field(ge=0, description="the station's connection cap")
@@ -84,6 +79,11 @@ class StationTelemetry(Wire):
     packs_charging: int = Field(ge=0)
     packs_unavailable: int = Field(ge=0)
     active_alarms: list[AlarmRef] = []
+    grid_plan: list[PlanStep] | None = Field(
+        None,
+        description="predictive policy only: planned grid power for the next hours, one entry "
+        "per plan step (15 min), ending ends_in_s seconds from this message",
+    )
 
 
 class SlotTelemetry(Wire):
@@ -99,6 +99,9 @@ class SlotTelemetry(Wire):
     available: bool = True
     in_service: bool = Field(True, description="false while an operator took the slot out")
     quality: Quality = Quality.GOOD
+    invalid: list[str] = Field(
+        [], description="fields published null because the value did not fit (quality bad)"
+    )
 
 
 class RobotTelemetry(Wire):
@@ -300,7 +303,7 @@ SwapId = Annotated[
         description="the swap this acts on; a command naming another (stale) swap is rejected",
     ),
 ]
-SlotId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+SlotId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 
 
 class RetryStepParams(Params):

@@ -8,7 +8,6 @@ restarts. Disk use is capped: when stored events reach `max_bytes`, the oldest u
 
 from __future__ import annotations
 
-import logging
 import secrets
 import sqlite3
 from dataclasses import dataclass
@@ -17,9 +16,10 @@ from typing import Literal
 
 import orjson
 
+from drivers.core.log import get_logger
 from edge.telemetry.models import PROTECTED_EVENT_TYPES, DroppedRange, OutboxOverflow
 
-log = logging.getLogger(__name__)
+log = get_logger("outbox")
 
 ROW_OVERHEAD_BYTES = 64  # rowid, index entry and record header, roughly
 LOW_WATER = 0.9  # on overflow, drop down to this share of the cap (one overflow event, not many)
@@ -173,10 +173,10 @@ class Outbox:
         dropped.sort()
         ranges = _ranges([(b, q) for _, b, q in dropped])
         log.warning(
-            "outbox cap %d bytes reached: dropped %d events in %d ranges",
-            self.max_bytes,
-            len(dropped),
-            len(ranges),
+            "outbox cap reached: events dropped",
+            max_bytes=self.max_bytes,
+            dropped=len(dropped),
+            ranges=len(ranges),
         )
         for i in range(0, len(ranges), MAX_RANGES_PER_EVENT):
             chunk = ranges[i : i + MAX_RANGES_PER_EVENT]

@@ -10,14 +10,17 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from drivers.core.clock import Clock
+from drivers.core.log import get_logger
+from drivers.core.quality import Quality
 from drivers.modbus.device import DeviceState
-from edge.app.logs import get_logger
 from edge.config import StationConfig
+from edge.power import to_grid_side
 from edge.scheduler.core import Allocation
 from edge.slot.core import SlotState
-from edge.state import GridMode, StationState
+from edge.state import StationState
 from edge.telemetry.alarm_events import alarm_refs
-from edge.telemetry.models import Quality, SlotTelemetry, StationTelemetry
+from edge.telemetry.fit import fit
+from edge.telemetry.models import SlotTelemetry, StationTelemetry
 from edge.telemetry.service import Telemetry
 
 if TYPE_CHECKING:
@@ -63,7 +66,7 @@ class StatePublisher:
     def allocation(self, alloc: Allocation) -> None:
         g = self.state.grid
         g.limit_kw = alloc.limit_kw
-        g.grid_mode = GridMode(str(alloc.grid_mode))
+        g.grid_mode = alloc.grid_mode
         g.grid_reason = alloc.grid_reason
         g.tariff_period = alloc.tariff_period
         self._wake.set()
@@ -103,7 +106,7 @@ class StatePublisher:
                 if snap.current_a
                 else 0.0
             )
-            grid_kw += max(0.0, power_kw) / efficiency
+            grid_kw += to_grid_side(max(0.0, power_kw), efficiency)
             if slot.docked:
                 counts["total"] += 1
                 if snap.soc_pct is not None and snap.soc_pct >= ready:
@@ -118,23 +121,26 @@ class StatePublisher:
                 if self.scheduler is not None:
                     self.scheduler.trigger(f"slot {slot_id} {snap.state}")
             if slot_id in dirty:
-                self.telemetry.update_slot(
-                    slot_id,
-                    SlotTelemetry(
-                        pack_id=snap.pack_id,
-                        soc_pct=snap.soc_pct,
-                        voltage_v=snap.voltage_v,
-                        current_a=snap.current_a,
-                        power_kw=round(power_kw, 2),
-                        temp_max_c=snap.max_temperature_c,
-                        temp_min_c=snap.min_temperature_c,
-                        session_phase=str(snap.phase),
-                        charger_state=slot.charger_state(),
-                        available=snap.state is not SlotState.UNAVAILABLE,
-                        in_service=slot.in_service,
-                        quality=self._slot_quality(slot),
-                    ),
+                # fit(): a value that does not fit the model goes out null, never raises here.
+                slot_msg = fit(
+                    SlotTelemetry,
+                    {
+                        "pack_id": snap.pack_id,
+                        "soc_pct": snap.soc_pct,
+                        "voltage_v": snap.voltage_v,
+                        "current_a": snap.current_a,
+                        "power_kw": round(power_kw, 2),
+                        "temp_max_c": snap.max_temperature_c,
+                        "temp_min_c": snap.min_temperature_c,
+                        "session_phase": str(snap.phase),
+                        "charger_state": slot.charger_state(),
+                        "available": snap.state is not SlotState.UNAVAILABLE,
+                        "in_service": slot.in_service,
+                        "quality": self._slot_quality(slot),
+                    },
                 )
+                if slot_msg is not None:
+                    self.telemetry.update_slot(slot_id, slot_msg)
         g = self.state.grid
         g.power_kw = grid_kw
         lease = (
@@ -143,21 +149,25 @@ class StatePublisher:
             else None
         )
         remote = lease is not None and lease[1] == "dispatch"
-        self.telemetry.update_station(
-            StationTelemetry(
-                grid_power_kw=round(grid_kw, 2),
-                grid_cap_kw=g.cap_kw,
-                grid_limit_kw=g.limit_kw,
-                remote_limit_kw=lease[0] if remote and lease else None,
-                operating_mode=self.state.operating_mode,
-                grid_mode=g.grid_mode,
-                grid_reason=g.grid_reason,
-                tariff_period=g.tariff_period,
-                packs_total=counts["total"],
-                packs_full=counts["full"],
-                packs_charging=counts["charging"],
-                packs_unavailable=counts["unavailable"],
-                active_alarms=alarm_refs(self.state.active_alarms),
-            )
+        station_msg = fit(
+            StationTelemetry,
+            {
+                "grid_power_kw": round(grid_kw, 2),
+                "grid_cap_kw": g.cap_kw,
+                "grid_limit_kw": g.limit_kw,
+                "remote_limit_kw": lease[0] if remote and lease else None,
+                "operating_mode": self.state.operating_mode,
+                "grid_mode": g.grid_mode,
+                "grid_reason": g.grid_reason,
+                "tariff_period": g.tariff_period,
+                "packs_total": counts["total"],
+                "packs_full": counts["full"],
+                "packs_charging": counts["charging"],
+                "packs_unavailable": counts["unavailable"],
+                "active_alarms": alarm_refs(self.state.active_alarms),
+                "grid_plan": self.scheduler.plan_horizon() if self.scheduler else None,
+            },
         )
+        if station_msg is not None:
+            self.telemetry.update_station(station_msg)
         self.publishes += 1

@@ -23,12 +23,14 @@ from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.reasoncodes import ReasonCode
 
 from drivers.core.alarm_sink import AlarmSink
+from drivers.core.backoff import Backoff
 from drivers.core.clock import Clock, SystemClock, utc_iso
+from drivers.core.log import get_logger
 from edge.operator.config import CommandsConfig
 from edge.telemetry.changes import ChangeTracker
 from edge.telemetry.commands import CommandProcessor, CommandStore
 from edge.telemetry.config import MqttConfig, TelemetryConfig
-from edge.telemetry.link import Backoff, Client, LinkState, PublishRefused, RateLimiter
+from edge.telemetry.link import Client, LinkState, PublishRefused, RateLimiter
 from edge.telemetry.models import (
     EVENT_DETAILS,
     CommandError,
@@ -44,7 +46,7 @@ from edge.telemetry.target import CommandTarget
 from edge.telemetry.tls import TlsSetupError, build_context
 from edge.telemetry.topics import Topics, check_level
 
-log = logging.getLogger(__name__)
+log = get_logger("telemetry")
 
 MAX_PAYLOAD_BYTES = 128 * 1024
 PACKET_OVERHEAD_BYTES = 1024  # topic, properties and headers around a command payload
@@ -100,7 +102,10 @@ class Telemetry:
         )
         self._tracker = ChangeTracker(cfg.deadbands, cfg.min_interval_s, cfg.refresh_s)
         self._key_topic: dict[str, str] = {}
-        self._backoff = Backoff(mqtt.backoff_initial_s, mqtt.backoff_max_s, rng)
+        self._backoff = Backoff(mqtt.backoff_initial_s, mqtt.backoff_max_s, rng=rng)
+        self._protocol = (
+            aiomqtt.ProtocolVersion.V5 if mqtt.protocol == "5" else aiomqtt.ProtocolVersion.V311
+        )
         self._changed = asyncio.Event()
         self._events_ready = asyncio.Event()
         self._stop = asyncio.Event()
@@ -120,6 +125,7 @@ class Telemetry:
         """For health and `swapd ctl status`."""
         return {
             "state": str(self.state),
+            "protocol": "5" if self._protocol is aiomqtt.ProtocolVersion.V5 else "3.1.1",
             "boot_id": self.boot_id,
             "connects": self.connects,
             "failures": self.failures,
@@ -225,7 +231,7 @@ class Telemetry:
         )
         return orjson.dumps(s.model_dump(mode="json"))
 
-    def _make_client(self) -> Client:
+    def _make_client(self, protocol: aiomqtt.ProtocolVersion) -> Client:
         m = self.mqtt
         return Client(
             m.host,
@@ -233,10 +239,8 @@ class Telemetry:
             username=m.username,
             password=m.resolve_password() if m.username is not None else None,
             identifier=f"swapd-{self.station_id}",
-            protocol=aiomqtt.ProtocolVersion.V5
-            if m.protocol == "5"
-            else aiomqtt.ProtocolVersion.V311,
-            clean_session=True if m.protocol == "3.1.1" else None,
+            protocol=protocol,
+            clean_session=True if protocol is aiomqtt.ProtocolVersion.V311 else None,
             keepalive=m.keepalive_s,
             timeout=m.connect_timeout_s,
             will=aiomqtt.Will(self.topics.status, self._status(False, False), qos=1, retain=True),
@@ -291,9 +295,28 @@ class Telemetry:
                 attempt.cancel()
 
     async def _connect_and_serve(self) -> None:
-        client = self._make_client()
-        async with client:
+        async with contextlib.AsyncExitStack() as stack:
+            client = await self._connect(stack)
             await self._session(client)
+
+    async def _connect(self, stack: contextlib.AsyncExitStack) -> Client:
+        """Connect with the configured protocol; a broker that turns MQTT 5 away (NATS, RabbitMQ
+        3.x) gets MQTT 3.1.1 in the same attempt, and keeps it for every later reconnect."""
+        client = self._make_client(self._protocol)
+        try:
+            return await stack.enter_async_context(client)
+        except aiomqtt.MqttError as e:
+            if self._protocol is not aiomqtt.ProtocolVersion.V5 or not client.refused_mqtt5(e):
+                raise
+        client = await stack.enter_async_context(self._make_client(aiomqtt.ProtocolVersion.V311))
+        self._protocol = aiomqtt.ProtocolVersion.V311
+        log.warning(
+            "broker refuses MQTT 5; using MQTT 3.1.1 from now on "
+            "(no PUBACK reason codes: refusals by ACL look like deliveries)",
+            host=self.mqtt.host,
+            port=self.mqtt.port,
+        )
+        return client
 
     def _failed(self, e: BaseException) -> None:
         level = logging.WARNING if self._backoff.failures == 0 else logging.DEBUG
@@ -312,7 +335,7 @@ class Telemetry:
         await client.publish_confirmed(self.topics.status, self._status(True), qos=1, retain=True)
         await client.subscribe(self.topics.cmd_filter, qos=1)
         if self._backoff.failures:
-            log.warning("mqtt connected again after %d failures", self._backoff.failures)
+            log.warning("mqtt connected again", failures=self._backoff.failures)
         self._backoff.reset()
         self._tracker.force_all()
         self._replay_upto = self.outbox.last_id()
@@ -339,7 +362,7 @@ class Telemetry:
                     self.topics.status, self._status(False), qos=1, retain=True
                 )
         except (TimeoutError, aiomqtt.MqttError) as e:
-            log.warning("could not publish offline status: %s", e)
+            log.warning("could not publish offline status", error=str(e))
 
     async def _stop_watch(self) -> None:
         await self._stop.wait()
@@ -394,7 +417,7 @@ class Telemetry:
             except PublishRefused as e:
                 # The broker will refuse it again (ACL, size): do not stall every later event.
                 self.events_refused += 1
-                log.error("event %d dropped: %s", event_id, e)
+                log.error("event dropped", event_id=event_id, error=str(e))
             acked_upto = event_id
             self.events_published += 1
             self.events_replayed += replayed
@@ -470,7 +493,7 @@ class Telemetry:
             except PublishRefused as e:
                 # A result topic the broker refuses (ACL) must not cost the connection; the
                 # result is stored, a repeat of the command gets it.
-                log.error("command result refused: %s", e)
+                log.error("command result refused", error=str(e))
 
 
 def _rc_value(rc: int | ReasonCode | None) -> int | None:

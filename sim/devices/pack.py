@@ -208,6 +208,12 @@ class Fault(StrEnum):
     WRONG_DLC = "wrong_dlc"  # BCL sent with 3 bytes
     BROKEN_TP = "broken_tp"  # BCS TP.DT with a wrong sequence number
     NO_BHM = "no_bhm"  # a 2011-edition BMS (no BHM)
+    # Out-of-range values with no BSM flag set: the charger side must range-check them itself.
+    SOC_UNSUPPORTED = "soc_unsupported"  # BCS/BSD SOC 0xFF (GB/T "not supported")
+    HOT_PROBE = "hot_probe"  # BSM max temperature 95 degC, over-temperature flag still 00
+    CELL_HIGH = "cell_high"  # BCS max cell voltage 4.60 V, BSM cell state still normal
+    PACK_OVER_VOLTAGE = "pack_over_voltage"  # BCS pack voltage 100 V above BCP's maximum
+    BAD_REMAINING = "bad_remaining"  # BCS remaining time 0xFFFF min (not a safety value)
 
 
 class BmsPhase(StrEnum):
@@ -556,12 +562,21 @@ class BmsCore:
             payload = c.encode(
                 "BCS",
                 {
-                    "BCS_ChargeVoltage": round(m.voltage_v, 1),
+                    "BCS_ChargeVoltage": round(
+                        m.voltage_v + (100.0 if Fault.PACK_OVER_VOLTAGE in self.faults else 0.0),
+                        1,
+                    ),
                     "BCS_ChargeCurrent": -round(max(0.0, self._measured_current_a()), 1),
-                    "BCS_MaxCellVoltage": round(m.max_cell_v, 2),
+                    "BCS_MaxCellVoltage": 4.6
+                    if Fault.CELL_HIGH in self.faults
+                    else round(m.max_cell_v, 2),
                     "BCS_MaxCellGroup": 1,
-                    "BCS_SOC": int(round(m.soc_pct)),
-                    "BCS_RemainingTime": m.remaining_min,
+                    "BCS_SOC": 0xFF
+                    if Fault.SOC_UNSUPPORTED in self.faults
+                    else int(round(m.soc_pct)),
+                    "BCS_RemainingTime": 0xFFFF
+                    if Fault.BAD_REMAINING in self.faults
+                    else (m.remaining_min),
                 },
             )
             return self._tp_send(c.pgn("BCS"), payload, now)
@@ -590,7 +605,9 @@ class BmsCore:
                 c.frame(
                     "BSD",
                     {
-                        "BSD_StopSOC": int(round(m.soc_pct)),
+                        "BSD_StopSOC": 0xFF
+                        if Fault.SOC_UNSUPPORTED in self.faults
+                        else int(round(m.soc_pct)),
                         "BSD_MinCellVoltage": round(m.min_cell_v, 2),
                         "BSD_MaxCellVoltage": round(m.max_cell_v, 2),
                         "BSD_MinTemperature": int(m.min_temperature_c),
@@ -622,7 +639,7 @@ class BmsCore:
         f = self.faults
         return {
             "BSM_MaxCellNumber": 7,
-            "BSM_MaxTemperature": int(round(m.max_temperature_c)),
+            "BSM_MaxTemperature": 95 if Fault.HOT_PROBE in f else int(round(m.max_temperature_c)),
             "BSM_MaxTempProbe": 3,
             "BSM_MinTemperature": int(round(m.min_temperature_c)),
             "BSM_MinTempProbe": 11,

@@ -25,8 +25,9 @@ from collections.abc import Callable
 from typing import Any
 
 from drivers.can.codec import CanFrame
+from drivers.core.log import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger("sim.slcan")
 
 OK = b"\r"
 ERROR = b"\a"
@@ -139,7 +140,7 @@ class SlcanPort:
                 try:
                     self._handler(frame)
                 except Exception as exc:  # noqa: BLE001 - the simulated node must survive
-                    log.warning("SLCAN %s handler failed: %r", self.name, exc)
+                    log.warning("SLCAN handler failed", name=self.name, error=repr(exc))
             return b""
         if c in (b"O", b"L"):
             self._open = True

@@ -1,5 +1,5 @@
-"""Ground truth: real GB/T 27930 captures (/work/shared/data/gbt27930) through our codec, J1939
-receiver and charger session, and the simulated pack's timing against the real BMS's."""
+"""Ground truth: real GB/T 27930 captures (tests/data/gbt27930, source and licence in its README)
+through our codec, J1939 receiver and charger session, and the simulated pack's timing against the real BMS's."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ from drivers.can.j1939 import MessageReceived, TransferAborted, TransportSession
 from drivers.can.session import ChargerSession
 from tests.drivers.can_fixtures import LIMITS, make_wire
 
-DATA = Path("/work/shared/data/gbt27930")
+DATA = Path(__file__).resolve().parents[1] / "data" / "gbt27930"
 C = default_codec()
 UNKNOWN_IDS = {0x0070F4B5, 0x0073F4B5}
 

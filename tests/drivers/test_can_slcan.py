@@ -10,13 +10,14 @@ from collections.abc import Callable
 
 import can
 
-from drivers.can.bus import Backoff, BusOwner, BusState
+from drivers.can.bus import BusOwner, BusState
 from drivers.can.codec import CanFrame
 from drivers.can.config import CanBusConfig
 from drivers.can.events import ChargeRequest, Phase, PhaseChanged, SessionEvent
 from drivers.can.runner import ChargerLink
 from drivers.can.session import ChargerLimits, ChargerMeasurements
 from drivers.core.alarm_sink import RecordingAlarmSink
+from drivers.core.backoff import Backoff
 from sim.devices.slcan_server import SlcanPort
 from tests.conftest import free_port
 
@@ -126,7 +127,7 @@ async def test_lost_connection_raises_alarm_and_reopens_with_backoff() -> None:
     port = SlcanPort(port_no, handler=got.append)
     ptask = asyncio.create_task(port.run(), name="slcan-1")
     conf = CanBusConfig(interface="slcan", channel=f"socket://127.0.0.1:{port_no}")
-    owner = BusOwner("slot-9", conf, alarms=alarms, backoff=Backoff(0.05, 2.0, 0.2))
+    owner = BusOwner("slot-9", conf, alarms=alarms, backoff=Backoff(0.05, 0.2, 2.0))
     otask = asyncio.create_task(owner.run(), name="bus-slot-9")
     try:
         await asyncio.wait_for(owner.opened.wait(), 10)

@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from drivers.core.backoff import Backoff
 from drivers.modbus import plan_blocks, plan_map
-from drivers.modbus.policy import AdaptiveTimeout, Backoff, OfflineDetector
+from drivers.modbus.policy import AdaptiveTimeout, OfflineDetector
 from drivers.modbus.regmap import Barrier, PointSpec
 
 

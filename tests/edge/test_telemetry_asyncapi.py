@@ -64,7 +64,7 @@ def test_every_contract_topic_has_a_channel_and_refs_resolve() -> None:
         f"{r}/telemetry/robot",
         f"{r}/sim/{{device_id}}/fault",
     }
-    expected |= {f"{r}/event/{t}" for t in EVENT_DETAILS}
+    expected |= {f"{r}/event/{t.replace('.', '/')}" for t in EVENT_DETAILS}
     expected |= {f"{r}/cmd/{n}" for n in MQTT_COMMANDS}
     expected |= {f"{r}/cmd/{n}/result" for n in MQTT_COMMANDS}
     assert addresses == expected

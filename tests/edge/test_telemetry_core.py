@@ -11,12 +11,13 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
+from drivers.core.backoff import Backoff
 from drivers.core.clock import ManualClock
 from edge.operator.config import CommandsConfig
 from edge.telemetry.changes import ChangeTracker
 from edge.telemetry.commands import CommandProcessor, CommandStore
 from edge.telemetry.config import MqttConfig, TelemetryConfig, TlsConfig
-from edge.telemetry.link import Backoff, RateLimiter
+from edge.telemetry.link import RateLimiter
 from edge.telemetry.models import PROTECTED_EVENT_TYPES, SetModeParams
 from edge.telemetry.outbox import EventTooLarge, Outbox, open_db
 from edge.telemetry.target import InMemoryTarget
@@ -52,7 +53,7 @@ def test_deadband_min_interval_and_refresh() -> None:
 
 
 def test_backoff_is_capped_and_jittered() -> None:
-    b = Backoff(0.5, 8.0, random.Random(1))
+    b = Backoff(0.5, 8.0, rng=random.Random(1))
     delays = [b.next_delay() for _ in range(10)]
     assert all(0.25 <= d <= 8.0 for d in delays)
     assert max(delays[6:]) <= 8.0 and min(delays[6:]) >= 4.0

@@ -287,7 +287,7 @@ async def test_mqtt5_refused_event_is_reported_not_taken_for_delivered(
     acl.write_text(
         "\n".join(
             f"topic readwrite {ROOT}/{t}"
-            for t in ("status", "telemetry/#", "cmd/#", "event/swap.started", "event/swap.step")
+            for t in ("status", "telemetry/#", "cmd/#", "event/swap/started", "event/swap/step")
         )
         + "\n"
     )

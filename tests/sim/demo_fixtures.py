@@ -110,5 +110,5 @@ def feed() -> list[tuple[str, dict[str, Any]]]:
             raised_at="2026-11-25T23:09:58Z",
         ),
     ]
-    out += [(f"{ROOT}/event/{e['type']}", e) for e in events]
+    out += [(f"{ROOT}/event/{e['type'].replace('.', '/')}", e) for e in events]
     return out

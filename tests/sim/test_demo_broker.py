@@ -48,9 +48,9 @@ async def _next(client: aiomqtt.Client, timeout_s: float = 10.0) -> aiomqtt.Mess
 async def test_qos1_delivery_to_aiomqtt_subscriber(broker: BrokerAddress) -> None:
     async with _client(broker, "sub") as sub, _client(broker, "pub") as pub:
         await sub.subscribe("r/event/#", qos=1)
-        await pub.publish("r/event/swap.started", b'{"msg_id":"b:1"}', qos=1)
+        await pub.publish("r/event/swap/started", b'{"msg_id":"b:1"}', qos=1)
         msg = await _next(sub)
-    assert msg.topic.value == "r/event/swap.started"
+    assert msg.topic.value == "r/event/swap/started"
     assert msg.payload == b'{"msg_id":"b:1"}'
     assert msg.qos == 1
 

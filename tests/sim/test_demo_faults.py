@@ -136,8 +136,9 @@ def test_dispatcher_rejects_topics_outside_the_filter() -> None:
 
 
 async def test_publish_fault_refuses_a_bad_device_id(broker: BrokerAddress) -> None:
-    with pytest.raises(ValueError, match="single MQTT topic level"):
-        await publish_fault(broker, ROOT, "a/b", "offline")
+    for bad in ("a/b", "ch.01", "$x", "a b"):
+        with pytest.raises(ValueError, match="not a plain MQTT topic level"):
+            await publish_fault(broker, ROOT, bad, "offline")
 
 
 # ---- the catalogue and the command line ------------------------------------------------------

@@ -65,7 +65,7 @@ def test_render_shows_every_panel_from_realistic_telemetry() -> None:
 
 def test_summary_is_json_ready() -> None:
     m = fed()
-    m.ingest(f"{ROOT}/event/swap.completed", event("swap.completed", 7, swap_id="sw-0007"))
+    m.ingest(f"{ROOT}/event/swap/completed", event("swap.completed", 7, swap_id="sw-0007"))
     doc = orjson.loads(orjson.dumps(m.summary()))
     assert doc["online"] is True
     assert doc["slots_seen"][0] == "s01" and len(doc["slots_seen"]) == 12
@@ -78,7 +78,7 @@ def test_summary_is_json_ready() -> None:
 def test_events_ring_keeps_the_latest_ten_newest_first() -> None:
     m = ViewModel(ROOT)
     for i in range(1, 26):
-        m.ingest(f"{ROOT}/event/charge.started", event("charge.started", i, slot_id=f"x{i}"))
+        m.ingest(f"{ROOT}/event/charge/started", event("charge.started", i, slot_id=f"x{i}"))
     assert len(m.events) == 10
     text = text_of(m)
     assert "slot x25" in text and "slot x16" in text and "slot x15 " not in text
@@ -88,9 +88,9 @@ def test_events_ring_keeps_the_latest_ten_newest_first() -> None:
 def test_alarms_follow_events_and_station_telemetry() -> None:
     m = fed()
     raised = {"code": "robot.estop", "source": "robot", "severity": "critical", "text": "E-stop"}
-    m.ingest(f"{ROOT}/event/alarm.raised", event("alarm.raised", 9, **raised))
+    m.ingest(f"{ROOT}/event/alarm/raised", event("alarm.raised", 9, **raised))
     assert set(m.alarms) == {("slot.charger_offline", "s07"), ("robot.estop", "robot")}
-    m.ingest(f"{ROOT}/event/alarm.cleared", event("alarm.cleared", 10, **raised))
+    m.ingest(f"{ROOT}/event/alarm/cleared", event("alarm.cleared", 10, **raised))
     assert set(m.alarms) == {("slot.charger_offline", "s07")}
     cleared = {**station(), "active_alarms": []}
     m.ingest(f"{ROOT}/telemetry/station", cleared)
@@ -101,14 +101,14 @@ def test_alarms_follow_events_and_station_telemetry() -> None:
 def test_swap_outcomes_and_offline_status() -> None:
     m = fed()
     m.ingest(
-        f"{ROOT}/event/swap.completed",
+        f"{ROOT}/event/swap/completed",
         event("swap.completed", 7, swap_id="sw-0007", duration_s=141.2, pack_out_id="PK-9"),
     )
     text = text_of(m)
     assert re.search(r"vehicle TAXI-88 +completed", text)
     assert "│ in 141 s, fitted PK-9, stored -" in text
     m.ingest(
-        f"{ROOT}/event/swap.failed",
+        f"{ROOT}/event/swap/failed",
         event("swap.failed", 8, swap_id="sw-0008", step="lock", reason="torque out of window"),
     )
     text = text_of(m)
@@ -134,7 +134,7 @@ def test_swap_events_as_the_swap_sequence_emits_them() -> None:
         ],
         start=1,
     ):
-        assert m.ingest(f"{ROOT}/event/{etype}", event(etype, seq, **details))
+        assert m.ingest(f"{ROOT}/event/{etype.replace('.', '/')}", event(etype, seq, **details))
     assert (m.units["rack"].step, m.units["rack"].state) == ("fetch_full", "started")
     assert (m.units["vehicle"].step, m.units["vehicle"].state) == ("lift", "done")
     text = text_of(m)
@@ -160,7 +160,7 @@ MALFORMED: list[tuple[str, Any]] = [
     ("telemetry/station", b'"a string"'),
     ("telemetry/slot/s01", b"NaN"),
     ("telemetry/slot/s01", b"\xff\xfe"),
-    ("event/swap.step", b"42"),
+    ("event/swap/step", b"42"),
     ("status", b'{"online": "yes"}'),
     ("status", b"null"),
 ]
@@ -172,10 +172,10 @@ ODD_BUT_OBJECTS: list[tuple[str, dict[str, Any]]] = [
     ("telemetry/station", {"active_alarms": [1, None, "raw.code", {"code": 5}]}),
     ("telemetry/robot", {"units": "oops", "axes_mm": [1], "interlocks": "x"}),
     ("telemetry/robot", {"units": {"vehicle": "busy", "rack": {"state": 3}}}),
-    ("event/swap.step", {"details": ["not", "a", "dict"]}),
-    ("event/swap.step", {"details": {"step": None, "unit": 7}}),
-    ("event/alarm.raised", {"details": {}}),
-    ("event/whatever.new", {"details": {"a": 1, "b": [1], "c": None}}),
+    ("event/swap/step", {"details": ["not", "a", "dict"]}),
+    ("event/swap/step", {"details": {"step": None, "unit": 7}}),
+    ("event/alarm/raised", {"details": {}}),
+    ("event/whatever/new", {"details": {"a": 1, "b": [1], "c": None}}),
 ]
 
 
@@ -395,7 +395,8 @@ async def test_logs_print_above_the_view_on_a_terminal(broker: BrokerAddress) ->
 
     import structlog
 
-    from edge.app.logs import configure_logging, get_logger
+    from drivers.core.log import get_logger
+    from edge.app.logs import configure_logging
 
     saved_handlers = logging.getLogger().handlers[:]
     saved_config = structlog.get_config()

@@ -49,7 +49,7 @@ async def _wait_for(pred: Any, timeout_s: float) -> None:
 
 
 def _event_of(events: list[tuple[str, dict[str, Any]]], kind: str) -> list[dict[str, Any]]:
-    return [p for t, p in events if t == f"{ROOT}/event/{kind}"]
+    return [p for t, p in events if t == f"{ROOT}/event/{kind.replace('.', '/')}"]
 
 
 def _details(p: dict[str, Any]) -> dict[str, Any]:
@@ -306,8 +306,7 @@ async def test_scenario_player_applies_events_at_their_times_and_drives_arrivals
     from edge.scheduler.scenario import ScenarioEvent, load_scenario
     from sim.demo import ScenarioPlayer
 
-    root = Path(__file__).resolve().parents[2]
-    sc = load_scenario(root / "config/scenarios/grid-emergency-day.yaml")
+    sc = load_scenario("builtin:grid-emergency-day")
     sc = sc.model_copy(
         update={
             "events": [
