@@ -97,9 +97,9 @@ class StationCommands:
             case StartSwapParams():
                 return await self.start_swap(params)
             case SetPowerLimitParams():
-                self.set_power_limit(params)
+                await self.set_power_limit(params)
             case SetModeParams():
-                self.set_mode(params)
+                await self.set_mode(params)
             case RefreshParams():
                 if self.telemetry is not None:
                     self.telemetry.refresh()
@@ -128,7 +128,7 @@ class StationCommands:
                 raise AssertionError(f"no dispatch for {type(params).__name__}")
         return None
 
-    def set_power_limit(self, params: SetPowerLimitParams) -> None:
+    async def set_power_limit(self, params: SetPowerLimitParams) -> None:
         if self.scheduler is None:
             raise _rejected("scheduler not running")
         try:
@@ -138,7 +138,7 @@ class StationCommands:
         except SchedulerError as e:
             raise _rejected(str(e)) from e
 
-    def set_mode(self, params: SetModeParams, source: str = "command") -> None:
+    async def set_mode(self, params: SetModeParams, source: str = "command") -> None:
         if params.mode == self.state.operating_mode:
             return
         self.state.operating_mode = OperatingMode(params.mode)

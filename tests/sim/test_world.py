@@ -329,11 +329,13 @@ async def test_scenario_player_applies_events_at_their_times_and_drives_arrivals
         def apply_fault(self, name: str, active: bool = True) -> None:
             calls.append(("charger", name, active))
 
-    limits = SimpleNamespace(
-        set_power_limit=lambda kw, until: calls.append(("limit", kw)),
-    )
+    class Commands:  # the station's command service: the sim route goes through it
+        async def execute(self, name: str, params: dict[str, Any], origin: Any) -> None:
+            assert origin.route == "sim"
+            calls.append(("limit", params["power_kw"]) if name == "set_power_limit" else (name,))
+
     slots = [SimpleNamespace(id="s01", charger="ch01"), SimpleNamespace(id="s02", charger="ch02")]
-    station = SimpleNamespace(scheduler=limits, slots={s.id: Slot(s.id) for s in slots})
+    station = SimpleNamespace(command_service=Commands(), slots={s.id: Slot(s.id) for s in slots})
     world = SimpleNamespace(
         cfg=SimpleNamespace(slots=slots), chargers={"ch01": Charger(), "ch02": Charger()}
     )
