@@ -23,6 +23,7 @@ from typing import Any
 from drivers.can.config import CanBusConfig
 from drivers.can.events import (
     PackIdentified,
+    Phase,
     PhaseChanged,
     SessionEvent,
     SessionStopped,
@@ -59,6 +60,8 @@ from edge.slot.core import (
 from edge.swap.choice import SlotView
 
 log = get_logger("slot")
+# Session phases in which the BMS may have closed its contactors (after BCP/BRO).
+_BMS_ENGAGED = frozenset({Phase.PARAMETERS, Phase.CHARGING, Phase.STOPPING})
 
 # The charger's `state` enum labels that mean its output is live, and those that mean it is off.
 _LIVE_STATES = frozenset({"charging", "derating", "on"})
@@ -208,8 +211,8 @@ class SlotService:
             self._feed_again("estop")
 
     def resume_charging(self) -> None:
-        """After an e-stop reset: a docked slot whose session was stopped starts a new one."""
-        if self.docked:
+        """After an e-stop reset: a docked slot whose session has ended starts a new one."""
+        if self.docked and self.core.state is SlotState.EMPTY:
             self._started = False
             self._start_session()
 
@@ -271,16 +274,21 @@ class SlotService:
         )
 
     async def output_off(self, timeout_s: float = 5.0, *, undock: bool = True) -> None:
-        """Stop the session (and undock unless told not to), command the output off afresh and
-        return once a read taken after that command confirms it (a pack may then leave or
-        enter). Raises TimeoutError; the off stays wanted and retried either way."""
+        """Undock (stop the session) unless told not to, command the output off afresh and
+        return once a read taken after that command confirms it and the GB/T stop exchange is
+        over (a pack may then leave or enter). Raises TimeoutError; the off stays wanted and
+        retried either way."""
+        # A BMS past its parameters may have closed its contactors: wait for its BST/BSD after
+        # our CST (GB/T 27930 phase 6: the charger unlocks only after the end; a conformance
+        # BMS caught packs pulled 2 ms after CST). An empty slot's CHM gets no answer to wait on.
+        bms_engaged = self.link.session.phase in _BMS_ENGAGED
         if undock:
             self.undock()
-        else:
-            self.stop_output()
         self._command_off()
         async with asyncio.timeout(timeout_s):
-            while not self.output_off_confirmed:
+            while not self.output_off_confirmed or (
+                bms_engaged and self.link.session.phase is Phase.STOPPING
+            ):
                 await self.charger.next_update()
 
     @property

@@ -25,8 +25,10 @@ from drivers.core.clock import Clock, utc_iso
 from drivers.core.log import get_logger
 from edge.command_types import ErrorCode, Origin, Rejected, Signature, refusal
 from edge.operator.config import CommandsConfig
+from edge.schema import migrate
 from edge.telemetry.config import TelemetryConfig
 from edge.telemetry.models import CommandEnvelope, CommandError, CommandResult
+from edge.telemetry.outbox import OUTBOX_SCHEMA
 from edge.telemetry.target import CommandTarget
 
 log = get_logger("commands")
@@ -36,15 +38,6 @@ MAX_CLIENTS = 4096  # rate-limit buckets kept (idle ones go first)
 _CMD_ID = re.compile(rb'"cmd_id"\s*:\s*"([^"\\\x00-\x1f]{1,128})"')
 _PEEK_BYTES = 4096  # where a too-large payload's cmd_id is looked for
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS commands (
-    cmd_id TEXT PRIMARY KEY,
-    keep_until REAL NOT NULL,
-    result BLOB
-);
-CREATE INDEX IF NOT EXISTS commands_keep ON commands (keep_until);
-"""
-
 
 class CommandStore:
     """cmd_id -> first result. A row without a result is a command interrupted mid-flight.
@@ -52,7 +45,8 @@ class CommandStore:
 
     def __init__(self, conn: sqlite3.Connection, max_rows: int = 100_000) -> None:
         self._db = conn
-        self._db.executescript(_SCHEMA)
+        # Its table lives in the outbox file, whose schema version covers both.
+        migrate(conn, OUTBOX_SCHEMA)
         self.max_rows = max_rows
         self._count = int(self._db.execute("SELECT COUNT(*) FROM commands").fetchone()[0])
         self._purged_at = float("-inf")
