@@ -350,6 +350,7 @@ class SwapCoordinator:
             self._check_swap_id(params)
             await self.feed(RefitOriginal())
         elif command == "manual":
+            self._check_swap_id(params)
             enabled = params.get("enabled", True)
             if not isinstance(enabled, bool):
                 raise Rejected(
