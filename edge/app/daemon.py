@@ -17,7 +17,11 @@ from edge.app.logs import configure_logging
 from edge.app.station import build_station
 from edge.app.supervisor import CoreServiceFailed
 from edge.config import load_config
+<<<<<<< HEAD
+from edge.statefiles import StateFileError
+=======
 from edge.operator.signatures import KeyLoadError
+>>>>>>> main
 
 
 def run_daemon(config_path: str) -> int:
@@ -36,6 +40,10 @@ def run_daemon(config_path: str) -> int:
         return 2
     try:
         asyncio.run(_main(config_path, config))
+    except StateFileError as e:
+        # One line, the file and the way out; exit 2 so systemd does not restart-loop on it.
+        print(f"swapd: {e}", file=sys.stderr)
+        return 2
     except CoreServiceFailed as e:
         log.critical("daemon stopped by a core service failure", error=str(e))
         return 1
