@@ -24,7 +24,11 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     p = _Parser(prog="swapd", description="Edge daemon for battery-swap stations")
-    p.add_argument("--version", action="store_true", help="print the version and the commit it was built from, and exit")
+    p.add_argument(
+        "--version",
+        action="store_true",
+        help="print the version and the commit it was built from, and exit",
+    )
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
     handlers: dict[str, Handler] = {}
 
