@@ -18,6 +18,7 @@ from edge.app.station import build_station
 from edge.app.supervisor import CoreServiceFailed
 from edge.config import load_config
 from edge.operator.signatures import KeyLoadError
+from edge.statefiles import StateFileError
 
 
 def run_daemon(config_path: str) -> int:
@@ -36,6 +37,10 @@ def run_daemon(config_path: str) -> int:
         return 2
     try:
         asyncio.run(_main(config_path, config))
+    except StateFileError as e:
+        # One line, the file and the way out; exit 2 so systemd does not restart-loop on it.
+        print(f"swapd: {e}", file=sys.stderr)
+        return 2
     except CoreServiceFailed as e:
         log.critical("daemon stopped by a core service failure", error=str(e))
         return 1

@@ -72,12 +72,19 @@ def register_ctl(sub: Sub, handlers: dict[str, Handler]) -> None:
     register(sub, handlers)
 
 
+def register_journal(sub: Sub, handlers: dict[str, Handler]) -> None:
+    from edge.cli.journal import register
+
+    register(sub, handlers)
+
+
 REGISTRY: list[Register] = [
     register_check_config,
     register_run,
     register_asyncapi,
     register_simulate_day,
     register_ctl,
+    register_journal,
     register_sim,
     register_demo,
 ]

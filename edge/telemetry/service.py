@@ -13,6 +13,7 @@ import contextlib
 import logging
 import random
 import socket
+import sqlite3
 from collections import deque
 from collections.abc import Mapping
 from typing import Any
@@ -27,6 +28,7 @@ from drivers.core.backoff import Backoff
 from drivers.core.clock import Clock, SystemClock, utc_iso
 from drivers.core.log import get_logger
 from edge.operator.config import CommandsConfig
+from edge.statefiles import StateFileError, outbox_advice
 from edge.telemetry.changes import ChangeTracker
 from edge.telemetry.commands import CommandProcessor, CommandStore
 from edge.telemetry.config import MqttConfig, TelemetryConfig
@@ -89,8 +91,11 @@ class Telemetry:
         self.topics = Topics.for_station(mqtt.prefix, station_id)
         self._clock: Clock = clock or SystemClock()
         self._alarms = alarms
-        self._db = open_db(cfg.outbox_path, cfg.outbox_synchronous)
-        self.outbox = Outbox(self._db, cfg.outbox_max_bytes, boot_id)
+        try:
+            self._db = open_db(cfg.outbox_path, cfg.outbox_synchronous)
+            self.outbox = Outbox(self._db, cfg.outbox_max_bytes, boot_id)
+        except (sqlite3.DatabaseError, OutboxError) as e:
+            raise StateFileError(cfg.outbox_path, str(e), outbox_advice()) from e
         self.command_limits = commands or CommandsConfig()
         self.commands = CommandProcessor(
             cfg,
