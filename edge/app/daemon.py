@@ -17,11 +17,8 @@ from edge.app.logs import configure_logging
 from edge.app.station import build_station
 from edge.app.supervisor import CoreServiceFailed
 from edge.config import load_config
-<<<<<<< HEAD
-from edge.statefiles import StateFileError
-=======
 from edge.operator.signatures import KeyLoadError
->>>>>>> main
+from edge.statefiles import StateFileError
 
 
 def run_daemon(config_path: str) -> int:
