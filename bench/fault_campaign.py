@@ -29,6 +29,7 @@ from tests.safety.harness import one_schedule, replay_command  # noqa: E402
 async def main_async(args: argparse.Namespace) -> int:
     totals = {"faults": 0, "violations": 0, "recoveries": 0, "not_recovered": 0, "swaps": 0}
     failing: list[int] = []
+    harness_errors: list[int] = []
     t0 = time.monotonic()
     station_s = 0.0
     with tempfile.TemporaryDirectory(prefix="fault-campaign-") as d:
@@ -40,14 +41,19 @@ async def main_async(args: argparse.Namespace) -> int:
                 seed = args.seed + i
                 tmp = root / f"run-{seed}"
                 tmp.mkdir()
-                sched, out = await one_schedule(
-                    tmp,
-                    seed,
-                    process=not args.in_process,
-                    length_s=args.length,
-                    broker=(broker.host, broker.port),
-                    slots=args.slots,
-                )
+                try:
+                    sched, out = await one_schedule(
+                        tmp,
+                        seed,
+                        process=not args.in_process,
+                        length_s=args.length,
+                        broker=(broker.host, broker.port),
+                        slots=args.slots,
+                    )
+                except Exception as e:  # noqa: BLE001 - one broken run must not end the campaign
+                    harness_errors.append(seed)
+                    print(f"seed {seed}: HARNESS ERROR {type(e).__name__}: {e}", flush=True)
+                    continue
                 station_s += out.station_s
                 totals["faults"] += len(out.injected)
                 totals["violations"] += len(out.violations)
@@ -81,9 +87,11 @@ async def main_async(args: argparse.Namespace) -> int:
         f"{station_s:.0f} s station time in {wall:.0f} s wall "
         f"({station_s / max(wall, 1e-9):.2f}x)"
     )
+    if harness_errors:
+        print(f"harness errors (no verdict) for seeds {harness_errors}")
     for seed in failing:
         print(f"violation seed {seed}: {replay_command(seed, not args.in_process)}")
-    return 1 if failing else 0
+    return 1 if failing or harness_errors else 0
 
 
 def main() -> int:
