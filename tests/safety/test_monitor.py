@@ -77,3 +77,21 @@ async def test_monitor_catches_soc_255_stopping_the_daemon_without_item_4(
     monkeypatch.setattr(gbt_session, "SOC_RANGE", (0, 255))
     monkeypatch.setattr(publisher_module, "fit", lambda model, fields: model.model_validate(fields))
     assert "I4" in await _soc_255_run(tmp_path)
+
+
+async def _refused_off_run(tmp_path: Path) -> list[str]:
+    """Outcome 1: the charger refuses the off writes once (exception 6) when its pack goes
+    silent (the BMS keeps its contactors closed: only the charger can stop the current)."""
+    async with composed(campaign_config(tmp_path, slots=2), vehicles=False, empty_slots=0) as c:
+        slot = _charging_slot(c)
+        await _charging(c, slot)
+        sim = c.world.chargers[c.monitor.charger_of[slot]]
+        sim.apply_fault("refuse_write:enable:0", True, None)
+        sim.apply_fault("refuse_write:current_limit_a", True, None)
+        c.world.seats[slot].inject(Fault.SILENT)
+        await _hold(c, 6.0)
+        return [v.invariant for v in c.monitor.violations]
+
+
+async def test_a_refused_off_write_is_caught_by_no_invariant(tmp_path: Path) -> None:
+    assert await _refused_off_run(tmp_path) == []
