@@ -116,7 +116,7 @@ class Telemetry:
         """For health and `swapd ctl status`."""
         return {
             "state": str(self.state),
-            "protocol": "5" if self._protocol is aiomqtt.ProtocolVersion.V5 else "3.1.1",
+            "protocol": self.protocol,
             "boot_id": self.boot_id,
             "connects": self.connects,
             "failures": self.failures,
@@ -131,6 +131,11 @@ class Telemetry:
             "commands_handled": self.commands.handled,
             "commands_refused": self.commands.refused,
         }
+
+    @property
+    def protocol(self) -> str:
+        """The MQTT version asked for next: "3.1.1" once a broker refused 5."""
+        return "5" if self._protocol is aiomqtt.ProtocolVersion.V5 else "3.1.1"
 
     @property
     def failures(self) -> int:

@@ -186,10 +186,11 @@ def make_telemetry(
     target: InMemoryTarget | None = None,
     mqtt: dict[str, Any] | None = None,
     alarms: AlarmSink | None = None,
+    station_id: str = STATION_ID,
     **cfg: Any,
 ) -> Telemetry:
     return Telemetry(
-        STATION_ID,
+        station_id,
         mqtt_config(host, port, **(mqtt or {})),
         telemetry_config(tmp_path, **cfg),
         target or InMemoryTarget(),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 import subprocess
+import uuid
 import sys
 from pathlib import Path
 from typing import Any
@@ -77,12 +78,20 @@ def test_every_contract_topic_has_a_channel_and_refs_resolve() -> None:
 
 
 async def test_end_to_end_messages_match_channels_and_schemas(
-    mosquitto: Broker, tmp_path: Path
+    any_broker: Broker, tmp_path: Path
 ) -> None:
+    """On each real broker (Mosquitto, NATS, RabbitMQ): every message lands on a channel of the
+    document and validates; the link asks for MQTT 5 and falls back where it is refused."""
     from drivers.core.clock import SystemClock
 
+    mosquitto = any_broker  # the name the body grew up with
+    # A station of its own: the RabbitMQ node serves the whole session and keeps retained status.
+    station_id = f"st-{uuid.uuid4().hex[:8]}"
+    ROOT = f"swapstation/v1/{station_id}"  # noqa: N806
     contract = Contract()
-    tel = make_telemetry(mosquitto.host, mosquitto.port, tmp_path, allow_remote_reset=True)
+    tel = make_telemetry(
+        mosquitto.host, mosquitto.port, tmp_path, allow_remote_reset=True, station_id=station_id
+    )
     alarms = AlarmManager(SystemClock())
     AlarmEvents(alarms, tel)
     for i in range(3):
@@ -91,6 +100,7 @@ async def test_end_to_end_messages_match_channels_and_schemas(
     async with recorder(mosquitto.host, mosquitto.port, f"{ROOT}/#") as rec:
         async with running(tel):
             await asyncio.wait_for(tel.connected.wait(), 10)
+            protocol = tel.protocol
             raiser = alarms.raiser("swap")
             raiser.raise_alarm("robot.step_fault", "vehicle", "torque out of window")
             st = station().model_dump()
@@ -143,3 +153,4 @@ async def test_end_to_end_messages_match_channels_and_schemas(
     assert {e["type"] for e in rec.events()} == set(EVENT_DETAILS) - {"outbox.overflow"}
     assert {"status", "telemetryStation", "telemetrySlot", "telemetryRobot", "simFault"} <= seen
     assert len(seen) >= 4 + n_events - 1 + 2 * len(good)
+    assert protocol == ("5" if any_broker.name == "mosquitto" else "3.1.1")
