@@ -279,16 +279,15 @@ def build_station(config: StationConfig, clock: Clock, notifier: Notifier | None
             on_change=publisher.slot_changed,
             on_event=publisher.emit_event,
             charger_number=i + 1,
+            charging_efficiency=config.grid.pack.charging_efficiency,
         )
     publisher.slots = slots
-
-    efficiency = config.grid.pack.charging_efficiency
 
     def apply_allocation(alloc: Allocation) -> None:
         for g in alloc.grants:
             slot = slots.get(g.slot_id)
             if slot is not None:
-                slot.set_grant(g.power_kw * efficiency)  # grants are grid-side; the pack gets 95 %
+                slot.set_grant(g.power_kw)  # grid-side; the slot converts it (edge.power)
         publisher.allocation(alloc)
 
     scheduler = SchedulerService(

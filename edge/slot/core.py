@@ -202,7 +202,7 @@ class SlotCore:
     slot_id: str
     ratings: ChargerRatings
     safety: SlotSafety = field(default_factory=SlotSafety)
-    grant_kw: float = 0.0
+    grant_kw: float = 0.0  # pack-side (edge.power): the scheduler's grid-side grant x efficiency
     derating: float = 1.0  # charger temperature derating, 0..1
     charger_online: bool = True
     state: SlotState = SlotState.EMPTY
@@ -494,6 +494,16 @@ class SlotCore:
             current = min(current, self.grant_kw * 1000.0 / v_now)
             current = min(current, r.max_power_kw * self.derating * 1000.0 / v_now)
         return round(voltage, 1), round(max(0.0, current), 1)
+
+    def request_kw(self) -> float:
+        """The BMS request (BCL current x pack voltage) as pack-side kW, at the voltage the
+        setpoint divides power limits by, so a grant of exactly this power gives exactly the
+        requested current."""
+        p = self._pack
+        if p.request is None:
+            return 0.0
+        v_now = self._pack_voltage() or p.request.voltage_v
+        return max(0.0, p.request.current_a) * max(0.0, v_now) / 1000.0
 
     def _pack_voltage(self) -> float | None:
         r = self.reading

@@ -31,6 +31,7 @@ from drivers.core.log import get_logger
 from drivers.core.quality import Quality
 from drivers.modbus.device import DeviceState, ModbusDevice, Snapshot
 from drivers.modbus.errors import ModbusError
+from edge.power import to_grid_side, to_pack_side
 from edge.scheduler.core import SlotInput
 from edge.slot.core import (
     Action,
@@ -103,8 +104,10 @@ class SlotService:
         on_change: Callable[[str], None] | None = None,
         on_event: EventSink | None = None,
         charger_number: int = 1,
+        charging_efficiency: float = 0.95,
     ) -> None:
         self.slot_id = slot_id
+        self.charging_efficiency = charging_efficiency
         self.charger = charger
         self._clock = clock
         self._alarms = alarms
@@ -170,8 +173,10 @@ class SlotService:
         self._started = False
         self._on_change(self.slot_id)
 
-    def set_grant(self, power_kw: float) -> None:
-        self._apply(self.core.set_grant(power_kw, self._clock.monotonic()))
+    def set_grant(self, grid_kw: float) -> None:
+        """The scheduler's grant (grid-side); the slot limits what reaches the pack."""
+        pack_kw = to_pack_side(grid_kw, self.charging_efficiency)
+        self._apply(self.core.set_grant(pack_kw, self._clock.monotonic()))
 
     def set_derating(self, factor: float) -> None:
         self._apply(self.core.set_derating(factor, self._clock.monotonic()))
@@ -233,14 +238,13 @@ class SlotService:
     def slot_input(self) -> SlotInput:
         s = self.snapshot()
         r = self.core.ratings
-        req_kw = 0.0
-        if s.request_current_a is not None and s.voltage_v is not None:
-            req_kw = s.request_current_a * max(s.voltage_v, 0.0) / 1000.0
+        eff = self.charging_efficiency
+        # The request and the rating are pack-side; the scheduler works grid-side (edge.power).
         return SlotInput(
             slot_id=self.slot_id,
             soc_pct=s.soc_pct if self.docked else None,
-            bms_limit_kw=req_kw,
-            charger_rating_kw=r.max_power_kw,
+            bms_limit_kw=to_grid_side(self.core.request_kw(), eff),
+            charger_rating_kw=to_grid_side(r.max_power_kw, eff),
             derate_factor=self.core.derating,
             faulted=s.state in (SlotState.FAULTED, SlotState.UNAVAILABLE),
             docked_at_s=self.docked_at_s,

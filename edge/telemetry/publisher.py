@@ -14,6 +14,7 @@ from drivers.core.log import get_logger
 from drivers.core.quality import Quality
 from drivers.modbus.device import DeviceState
 from edge.config import StationConfig
+from edge.power import to_grid_side
 from edge.scheduler.core import Allocation
 from edge.slot.core import SlotState
 from edge.state import StationState
@@ -105,7 +106,7 @@ class StatePublisher:
                 if snap.current_a
                 else 0.0
             )
-            grid_kw += max(0.0, power_kw) / efficiency
+            grid_kw += to_grid_side(max(0.0, power_kw), efficiency)
             if slot.docked:
                 counts["total"] += 1
                 if snap.soc_pct is not None and snap.soc_pct >= ready:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +16,7 @@ from edge.app.station import Station, build_station
 from edge.config import StationConfig, load_config
 from sim.benchcfg import LoopbackPorts
 from sim.devices.charger import ChargerSim, run_charger_sims, spec_from_endpoint
-from sim.devices.pack import BmsCore, PackModel, PackSpec, SimPack
+from sim.devices.pack import BmsCore, BmsPhase, PackModel, PackSpec, SimPack
 from sim.devices.robot_plc import RobotPlcSim
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,6 +68,28 @@ robot: {{host: 127.0.0.1, port: {robot_port}, unit_id: 1, map: registers/robot-p
     return path
 
 
+class PackLoad:
+    """A simulated pack as the charger simulator's load (sim.devices.charger.ChargerLoad): the
+    charger's output voltage is the pack's, and the current flows only in the BMS's charging
+    phase (its contactors)."""
+
+    def __init__(self, model: PackModel) -> None:
+        self.model = model
+        self.core: BmsCore | None = None
+
+    def pack_voltage_v(self) -> float:
+        self.model.current_a = 0.0  # no current unless absorb() follows in this step
+        return self.model.voltage_v
+
+    def max_current_a(self) -> float:
+        if self.core is None or self.core.phase is not BmsPhase.CHARGING:
+            return 0.0
+        return self.model.max_current_a
+
+    def absorb(self, current_a: float, dt_s: float) -> None:
+        self.model.apply_current(current_a, dt_s / self.model.speed)
+
+
 @dataclass
 class World:
     config: StationConfig
@@ -79,10 +101,29 @@ class World:
 
 @contextlib.asynccontextmanager
 async def running_station(
-    path: Path, *, soc_pct: float = 40.0, speed: float = 50.0, docked: set[str] | None = None
+    path: Path,
+    *,
+    soc_pct: float = 40.0,
+    speed: float = 50.0,
+    docked: set[str] | None = None,
+    pack_model: Callable[[PackSpec, float], PackModel] = PackModel,
+    pack_spec: Callable[[int], PackSpec] | None = None,
+    coupled: bool = False,
 ) -> AsyncIterator[World]:
+    """`coupled`: each charger simulator drives its slot's pack model (same voltage, the pack
+    takes the charger's current); otherwise the pack integrates the CCS current."""
     cfg = load_config(path)
-    specs = [spec_from_endpoint(c, path.parent) for c in cfg.chargers]
+    models: dict[str, PackModel] = {}
+    for i, s in enumerate(cfg.slots):
+        if docked is None or s.id in docked:
+            spec = (
+                pack_spec(i)
+                if pack_spec is not None
+                else PackSpec(soc_pct=soc_pct, serial=1000 + i)
+            )
+            models[s.id] = pack_model(spec, speed)
+    loads = {s.charger: PackLoad(models[s.id]) for s in cfg.slots if coupled and s.id in models}
+    specs = [spec_from_endpoint(c, path.parent, load=loads.get(c.id)) for c in cfg.chargers]
     plc = RobotPlcSim(
         speed=speed, slots=len(cfg.slots), occupied_slots=set(range(1, len(cfg.slots) + 1))
     )
@@ -92,10 +133,12 @@ async def running_station(
     try:
         async with run_charger_sims(specs, speed=speed) as chargers:
             for i, s in enumerate(cfg.slots):
-                if docked is not None and s.id not in docked:
+                if s.id not in models:
                     continue
-                model = PackModel(PackSpec(soc_pct=soc_pct, serial=1000 + i), speed=speed)
-                core = BmsCore(model, seed=i + 1)
+                load = loads.get(s.charger)
+                core = BmsCore(models[s.id], seed=i + 1, current_from_ccs=load is None)
+                if load is not None:
+                    load.core = core
                 pack = SimPack.on_bus(
                     f"pack-{s.id}", core, CanBusConfig(interface="virtual", channel=s.bus.channel)
                 )
