@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import re
 import subprocess
-import uuid
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
