@@ -97,7 +97,8 @@ async def test_end_to_end_messages_match_channels_and_schemas(
     for i in range(3):
         tel.update_slot(f"s{i}", slot())
     tel.update_robot(robot("lift"))
-    async with recorder(mosquitto.host, mosquitto.port, f"{ROOT}/#") as rec:
+    # Every client with a timeout: aiomqtt waits forever for a PUBACK by default.
+    async with recorder(mosquitto.host, mosquitto.port, f"{ROOT}/#", timeout=10) as rec:
         async with running(tel):
             await asyncio.wait_for(tel.connected.wait(), 10)
             protocol = tel.protocol
@@ -132,7 +133,7 @@ async def test_end_to_end_messages_match_channels_and_schemas(
                 "refresh": {},
                 "start_swap": {"vehicle_id": "V1", "pack_type": "A"},
             }
-            async with aiomqtt.Client(mosquitto.host, mosquitto.port) as cloud:
+            async with aiomqtt.Client(mosquitto.host, mosquitto.port, timeout=10) as cloud:
                 for i, (name, p) in enumerate(good.items()):
                     await cloud.publish(f"{ROOT}/cmd/{name}", command(f"k{i}", p), qos=1)
                 await cloud.publish(f"{ROOT}/cmd/set_mode", b"junk", qos=1)
