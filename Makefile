@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,demo,sim]'
+	$(BIN)/pip install --quiet -e '.[dev,demo,sim,solver]'
 	touch $(STAMP)
 
 system-deps:

@@ -144,7 +144,7 @@ async def bench(args: argparse.Namespace) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="swapd-bench-"))
     plc_map = tmp / "bench-plc.yaml"
     plc_map.write_text(PLC_MAP)
-    charger_map = ROOT / "config" / "registers" / f"charger-{args.map}.yaml"
+    charger_map = ROOT / "drivers" / "modbus" / "maps" / f"charger-{args.map}.yaml"
     n = args.chargers + 1
     ports = free_ports(n)
     specs = [

@@ -18,7 +18,7 @@ from edge.scheduler.policies import make_policy
 from edge.scheduler.scenario import load_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
-TAXI = ROOT / "config" / "scenarios" / "city-taxi-day.yaml"
+TAXI = ROOT / "edge" / "scheduler" / "scenarios" / "city-taxi-day.yaml"
 
 
 def _slots(n: int, rng: random.Random) -> list[SlotInput]:
@@ -108,7 +108,7 @@ def goal_table(seeds: list[int], mip_s: float | None) -> None:
     )
     print("|---|---|---|---|---|---|---|---|")
     for name in names:
-        sc = load_scenario(ROOT / "config" / "scenarios" / f"{name}.yaml")
+        sc = load_scenario(ROOT / "edge" / "scheduler" / "scenarios" / f"{name}.yaml")
         rows: dict[str, list[dict[str, object]]] = {}
         for seed in seeds:
             for policy in ("naive", "smart", "optimal"):

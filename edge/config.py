@@ -8,6 +8,7 @@ problem reads `FILE:LINE: dotted.field.path: message`. Secrets may come from the
 from __future__ import annotations
 
 import os
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -28,17 +29,37 @@ from drivers.core.datafile import (
     problems_from_validation,
     read_yaml,
 )
+from drivers.core.resources import data_file, shelf
 from drivers.modbus.config import (
     ModbusEndpoint,
     ModbusRtuEndpoint,
     ModbusTcpEndpoint,
     check_endpoint_against_map,
     check_endpoints,
+    resolve_map_path,
 )
-from drivers.modbus.regmap import RegisterMap, load_register_map
+from drivers.modbus.regmap import RegisterMap, charger_problems, load_register_map
 from edge.scheduler.config import GridConfig
 from edge.telemetry.config import MqttConfig, TelemetryConfig
 from edge.telemetry.topics import TopicError, check_level
+
+# Package data shelves for `builtin:` names.
+ROBOT_MAPS = shelf("drivers.robot")
+STEP_GRAPHS = shelf("edge.swap")
+
+# The config format's version (top-level `version:`). Bump it when a config that used to load
+# would now mean something else or fail, and say what changed: an old config is refused with
+# these lines rather than half-understood.
+CONFIG_VERSION = 2
+CONFIG_CHANGES: dict[int, tuple[str, ...]] = {
+    2: (
+        "shipped data files are named builtin:NAME (chargers' map: builtin:charger-generic,"
+        " robot.map: builtin:robot-plc); the registers/ folder beside the config is no longer"
+        " installed, a path still names a station's own file",
+        "the swap step graph is robot.steps (default builtin:swap-steps); a swap-steps.yaml"
+        " beside the config is no longer read",
+    ),
+}
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 # Ids become MQTT topic levels (telemetry/slot/<id>, sim/<device_id>/fault): no '.', which NATS
@@ -73,7 +94,10 @@ class RobotConfig(Strict):
     host: str = "127.0.0.1"
     port: Port = 502
     unit_id: Annotated[int, Field(ge=0, le=247)] = 1
-    map: Path = Path("registers/robot-plc.yaml")
+    # `builtin:NAME` names a file shipped in the package; anything else is a path (relative to
+    # the config file). See drivers/core/resources.py.
+    map: str = Field(default="builtin:robot-plc", min_length=1)
+    steps: str = Field(default="builtin:swap-steps", min_length=1)
 
 
 class SafetyConfig(Strict):
@@ -100,6 +124,7 @@ class SimConfig(Strict):
 
 
 class StationConfig(Strict):
+    version: int = CONFIG_VERSION
     station: StationInfo
     mqtt: MqttConfig = MqttConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
@@ -117,6 +142,15 @@ class StationConfig(Strict):
         p = Path(p)
         base = self.source.parent if self.source is not None else Path.cwd()
         return p if p.is_absolute() else (base / p)
+
+    def robot_map(self) -> Traversable:
+        """The robot PLC contract file (`robot.map`). Raises DataFileError for an unknown
+        builtin name."""
+        return data_file(self.robot.map, self.resolve("."), ROBOT_MAPS)
+
+    def step_graph(self) -> Traversable:
+        """The swap step graph file (`robot.steps`)."""
+        return data_file(self.robot.steps, self.resolve("."), STEP_GRAPHS)
 
     def charger(self, charger_id: str) -> ModbusTcpEndpoint | ModbusRtuEndpoint:
         for c in self.chargers:
@@ -208,9 +242,13 @@ def _file_checks(cfg: StationConfig) -> tuple[list[tuple[PathKey, str]], list[Pr
             )
     for i, msg_field, msg in check_endpoints(list(cfg.chargers)):
         out.append((("chargers", i, msg_field), msg))
-    maps: dict[Path, RegisterMap | DataFileError] = {}
+    maps: dict[str, RegisterMap | DataFileError] = {}
     for i, c in enumerate(cfg.chargers):
-        path = cfg.resolve(Path(c.map))
+        try:
+            path = str(resolve_map_path(c, cfg.resolve(".")))
+        except DataFileError as e:
+            out.append((("chargers", i, "map"), e.problems[0].message))
+            continue
         if path not in maps:
             try:
                 maps[path] = load_register_map(path)
@@ -224,6 +262,9 @@ def _file_checks(cfg: StationConfig) -> tuple[list[tuple[PathKey, str]], list[Pr
             continue
         for fld, msg in check_endpoint_against_map(c, m):
             out.append((("chargers", i, fld), msg))
+        if m.device != "charger":  # a map that says it is a charger was checked in its file
+            for _loc, msg in charger_problems(m):
+                out.append((("chargers", i, "map"), f"{m.name}: {msg}"))
     if cfg.mqtt.tls is not None:
         for name in ("ca_file", "cert_file", "key_file"):
             p = getattr(cfg.mqtt.tls, name)
@@ -248,12 +289,43 @@ def _apply_env(data: dict[str, Any]) -> None:
         data["mqtt"] = mqtt
 
 
+def _version_problems(data: dict[str, Any]) -> list[tuple[PathKey, str]]:
+    """An old or newer config is refused up front, naming what changed since its version."""
+    v = data.get("version", 1)
+    if isinstance(v, bool) or not isinstance(v, int):
+        return [(("version",), f"must be an integer (this swapd reads {CONFIG_VERSION})")]
+    found = "version 1 (no version key)" if "version" not in data else f"version {v}"
+    if v > CONFIG_VERSION:
+        return [
+            (
+                ("version",),
+                f"config {found} is newer than this swapd reads ({CONFIG_VERSION}):"
+                " upgrade swapd or use the config kept with this version",
+            )
+        ]
+    if v == CONFIG_VERSION:
+        return []
+    out: list[tuple[PathKey, str]] = [
+        (
+            ("version",),
+            f"config {found} is older than this swapd reads ({CONFIG_VERSION}); check what"
+            f" changed (below), then set version: {CONFIG_VERSION}",
+        )
+    ]
+    for n in range(max(v, 1) + 1, CONFIG_VERSION + 1):
+        out += [(("version",), f"changed in {n}: {c}") for c in CONFIG_CHANGES.get(n, ())]
+    return out
+
+
 def load_config(path: Path | str) -> StationConfig:
     """Load and fully validate a station config. Raises DataFileError with every problem."""
     p = Path(path)
     data, index = read_yaml(p)
     if not isinstance(data, dict):
         raise DataFileError([Problem(str(p), 1, "", "the config must be a mapping of sections")])
+    version = [problem_at(p, index, loc, msg) for loc, msg in _version_problems(data)]
+    if version:
+        raise DataFileError(version)
     _apply_env(data)
     problems = [problem_at(p, index, loc, msg) for loc, msg in _reference_checks(data)]
     try:

@@ -9,7 +9,6 @@ loads it through the ordinary config loader.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +16,7 @@ from typing import Any, Literal
 import yaml
 
 from drivers.core.datafile import read_yaml
+from drivers.core.resources import is_builtin
 
 
 class LoopbackPorts:
@@ -51,7 +51,7 @@ def bench_config(
 ) -> Path:
     """Write `<out_dir>/station.yaml`: chargers, robot and SLCAN ports moved to free loopback
     ports (virtual CAN channels unique to this process with `bus="virtual"`), relative paths
-    made absolute, `swap-steps.yaml` copied beside it. Returns its path."""
+    made absolute (`builtin:` names kept). Returns its path."""
     src = Path(source).resolve()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -62,6 +62,8 @@ def bench_config(
     base = src.parent
 
     def absolute(p: str) -> str:
+        if is_builtin(p):
+            return p
         return str(p if Path(p).is_absolute() else base / p)
 
     ports = LoopbackPorts()
@@ -70,7 +72,7 @@ def bench_config(
         if "port" in c:
             c["host"] = "127.0.0.1"
             c["port"] = ports.take()
-        c["map"] = absolute(c.get("map", "registers/charger-generic.yaml"))
+        c["map"] = absolute(c.get("map", "builtin:charger-generic"))
     for s in doc.get("slots", []):
         if bus == "virtual":
             s["bus"] = {"interface": "virtual", "channel": f"bench-{tag}-{s['id']}"}
@@ -84,7 +86,8 @@ def bench_config(
     robot["host"] = "127.0.0.1"
     robot["port"] = ports.take()
     ports.close()
-    robot["map"] = absolute(robot.get("map", "registers/robot-plc.yaml"))
+    robot["map"] = absolute(robot.get("map", "builtin:robot-plc"))
+    robot["steps"] = absolute(robot.get("steps", "builtin:swap-steps"))
     doc["robot"] = robot
     station = dict(doc["station"])
     station["state_dir"] = str(Path(state_dir) if state_dir is not None else out / "state")
@@ -100,9 +103,6 @@ def bench_config(
     doc["mqtt"] = mqtt
     if speed is not None:
         doc["sim"] = {**(doc.get("sim") or {}), "speed": speed}
-    steps = base / "swap-steps.yaml"
-    if steps.exists():
-        shutil.copyfile(steps, out / "swap-steps.yaml")
     path = out / "station.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path

@@ -386,7 +386,7 @@ class SimWorld:
         self.seats: dict[str, PackSeat] = {}
         self.chargers: dict[str, ChargerSim] = {}
         self.plc = RobotPlcSim(
-            RobotContract.load(cfg.resolve(cfg.robot.map)),
+            RobotContract.load(cfg.robot_map()),
             speed=speed,
             slots=len(cfg.slots),
             device_id=cfg.robot.unit_id,

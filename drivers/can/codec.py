@@ -1,4 +1,4 @@
-"""GB/T 27930-2015 codec: CAN frames <-> signal dicts, driven by config/gbt27930.dbc (cantools).
+"""GB/T 27930-2015 codec: CAN frames <-> signal dicts, driven by drivers/can/gbt27930.dbc (cantools).
 
 The DBC is the data; this module adds what a DBC cannot say: the fill-with-1 rule for unused
 bits (an OR mask computed from the signal layout), lenient lengths (CCS with DLC 6/7, BRM with
@@ -10,12 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
-from pathlib import Path
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from typing import Any
 
 import cantools
 
-DBC_PATH = Path(__file__).resolve().parents[2] / "config" / "gbt27930.dbc"
+# Package data: shipped in the wheel beside this module.
+DBC_PATH = files("drivers.can") / "gbt27930.dbc"
 
 CHARGER_ADDR = 0x56
 BMS_ADDR = 0xF4
@@ -130,8 +132,10 @@ class _MessageInfo:
 class GbtCodec:
     """Encode/decode GB/T 27930 messages. Decoding is lenient, encoding is strict to the standard."""
 
-    def __init__(self, path: Path = DBC_PATH) -> None:
-        db: Any = cantools.database.load_file(str(path), strict=True)
+    def __init__(self, path: Traversable = DBC_PATH) -> None:
+        db: Any = cantools.database.load_string(
+            path.read_text(encoding="utf-8"), database_format="dbc", strict=True
+        )
         self.db = db
         self._by_id: dict[int, _MessageInfo] = {}
         self._by_name: dict[str, _MessageInfo] = {}

@@ -7,6 +7,7 @@ through `load_model`, so a bad file always reads `FILE:LINE: dotted.field.path: 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -16,6 +17,13 @@ from pydantic import BaseModel, ValidationError
 M = TypeVar("M", bound=BaseModel)
 
 PathKey = tuple[str | int, ...]
+
+# A data file: a path (str or Path) or a file shipped in a package (importlib.resources).
+FileRef = Traversable | str
+
+
+def as_traversable(path: FileRef) -> Traversable:
+    return Path(path) if isinstance(path, str) else path
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,9 +62,10 @@ def _build_index(node: yaml.Node, path: PathKey, index: dict[PathKey, int]) -> N
             _build_index(item, (*path, i), index)
 
 
-def read_yaml(path: Path) -> tuple[Any, dict[PathKey, int]]:
+def read_yaml(path: FileRef) -> tuple[Any, dict[PathKey, int]]:
     """Parse YAML and index the line of every key and item. Raises DataFileError."""
     name = str(path)
+    path = as_traversable(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -119,9 +128,9 @@ def _file_loc(loc: tuple[int | str, ...], index: dict[PathKey, int], prefix: Pat
     return tuple(kept)
 
 
-def load_model(model: type[M], path: Path | str, context: dict[str, Any] | None = None) -> M:
+def load_model(model: type[M], path: FileRef, context: dict[str, Any] | None = None) -> M:
     """Read a YAML file into `model`. Raises DataFileError listing every problem."""
-    p = Path(path)
+    p = as_traversable(path)
     data, index = read_yaml(p)
     if data is None:
         data = {}
@@ -132,7 +141,7 @@ def load_model(model: type[M], path: Path | str, context: dict[str, Any] | None 
 
 
 def problem_at(
-    path: Path | str, data_index: dict[PathKey, int], loc: PathKey, message: str
+    path: FileRef, data_index: dict[PathKey, int], loc: PathKey, message: str
 ) -> Problem:
     """A problem found after validation (cross-references), placed at `loc` in the file."""
     return Problem(str(path), line_of(data_index, loc), ".".join(str(p) for p in loc), message)

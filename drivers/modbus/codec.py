@@ -1,7 +1,8 @@
 """Point codec: registers <-> engineering values, per the map. Pure, no I/O.
 
 Values are `float | int | bool | str | tuple[str, ...]`: numbers (scaled), booleans, enum state
-names, and the names of the set bits of a bitfield. A raw value the map lists as invalid, a
+names, the names of the set bits of a bitfield, and the active faults of a fault-code register.
+A `mask` picks a field out of the register before anything else. A raw value the map lists as invalid, a
 NaN/inf float, or an enum raw value the map does not name decodes as invalid.
 """
 
@@ -53,9 +54,16 @@ def decode_words(p: PointSpec, order: WordOrder, words: Sequence[int]) -> tuple[
     if len(words) != p.words:
         raise ValueError(f"{len(words)} registers for a {p.words}-register point")
     raw = combine(words, order)
+    if p.mask is not None:
+        raw = (raw & p.mask) >> p.bit_shift  # a field packed in the register
     if _is_invalid_raw(p, raw):
         return raw, False
     t = p.type
+    if p.fault_codes is not None:
+        if raw in p.no_fault:
+            return (), True
+        # an unknown code is still a fault: never read it as "no fault"
+        return (p.fault_codes.get(raw, f"code_{raw}"),), True
     if t == "bool":
         return raw != 0, True
     if t == "f32":
@@ -67,7 +75,7 @@ def decode_words(p: PointSpec, order: WordOrder, words: Sequence[int]) -> tuple[
     if t == "bitfield":
         names = p.bits or {}
         return tuple(names.get(i, f"bit{i}") for i in range(p.raw_bits) if raw >> i & 1), True
-    n = _SIGNED.get(t)
+    n = _SIGNED.get(t) if p.mask is None else None
     value = raw - (1 << n) if n is not None and raw >> (n - 1) & 1 else raw
     if p.enum is not None:
         name = p.enum.get(value)

@@ -6,11 +6,13 @@ field the user wrote, not a union member.
 
 from __future__ import annotations
 
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
+from drivers.core.resources import data_file, shelf
 from drivers.modbus.planner import DEFAULT_MAX_GAP_RTU, DEFAULT_MAX_GAP_TCP
 from drivers.modbus.regmap import RegisterMap
 
@@ -94,12 +96,17 @@ ModbusEndpoint = Annotated[
 ]
 
 
+# Package data: the shipped charger maps, `map: builtin:<name>` in a station config.
+SHIPPED_MAPS = shelf("drivers.modbus", "maps")
+
+
 def resolve_map_path(
     endpoint: ModbusTcpEndpoint | ModbusRtuEndpoint, config_dir: Path | str
-) -> Path:
-    """The endpoint's map file: relative paths are relative to the config file's directory."""
-    p = Path(endpoint.map)
-    return p if p.is_absolute() else Path(config_dir) / p
+) -> Traversable:
+    """The endpoint's map file: `builtin:NAME` is drivers/modbus/maps/NAME.yaml (shipped);
+    a relative path is relative to the config file's directory. Raises DataFileError for an
+    unknown builtin name."""
+    return data_file(endpoint.map, config_dir, SHIPPED_MAPS)
 
 
 def check_endpoints(

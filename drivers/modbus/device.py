@@ -31,7 +31,7 @@ from drivers.modbus.errors import (
     WriteVerifyError,
 )
 from drivers.modbus.link import Bits, ModbusLink, Words
-from drivers.modbus.planner import DEFAULT_MAX_GAP_TCP, Block, plan_map, point_block
+from drivers.modbus.planner import DEFAULT_MAX_GAP_TCP, Block, plan_map, readback_block
 from drivers.modbus.policy import AdaptiveTimeout, OfflineDetector
 from drivers.modbus.regmap import RegisterMap
 
@@ -40,6 +40,7 @@ log = get_logger("modbus")
 ALARM_OFFLINE = "modbus.offline"
 ALARM_WRITE_FAILED = "modbus.write_failed"
 ALARM_INVALID_VALUE = "modbus.invalid_value"
+READBACK_SETTLE_S = 0.5  # how long a device may take to echo a write-only value
 
 
 class DeviceState(StrEnum):
@@ -47,7 +48,7 @@ class DeviceState(StrEnum):
     CONNECTING = "connecting"  # started, no answer yet
     ONLINE = "online"  # answering; values of the last cycle are fresh
     DEGRADED = "degraded"  # missed one or more cycles, not yet offline; values stale
-    OFFLINE = "offline"  # N cycles without an answer: alarm raised, probing with backoff
+    OFFLINE = "offline"  # N cycles without a good answer: alarm raised, probing with backoff
     RESTORING = "restoring"  # answering again: last setpoints being rewritten before ONLINE
 
 
@@ -154,9 +155,15 @@ class ModbusDevice:
         self._backoff = Backoff(t.backoff_initial_s, t.backoff_max_s)
         self._detector = OfflineDetector(t.offline_after_cycles)
         self._values: dict[str, PointValue] = dict.fromkeys(regmap.points, _NEVER)
+        # Map constants (ratings the device does not publish): good in every snapshot.
+        self._constants = {
+            n: PointValue(v, Quality.GOOD, None) for n, v in regmap.constants.items()
+        }
         self._state = DeviceState.STOPPED
         self._cycle = 0
-        self._snapshot = Snapshot(device_id, self._state, 0, clock.monotonic(), dict(self._values))
+        self._snapshot = Snapshot(
+            device_id, self._state, 0, clock.monotonic(), {**self._values, **self._constants}
+        )
         self._update = asyncio.Event()
         self._cycle_started = clock.monotonic()
         self.state_changed = asyncio.Event()  # set (and replaced) on each state change
@@ -213,6 +220,17 @@ class ModbusDevice:
         Used by the safety logic when the output must stop and writes may not get through."""
         self._wd_feeding = False
 
+    def fail_safe(self) -> None:
+        """Its service failed: stop feeding the watchdog and forget the wanted setpoints, so a
+        reconnect writes the output off instead of replaying them (issue 12 item 6). The
+        controller resumes feeding once it has confirmed the output off again."""
+        self._wd_feeding = False
+        for name in ("current_limit_a", "power_limit_kw"):
+            if name in self._desired:
+                self._desired[name] = 0.0
+        if "enable" in self._desired:
+            self._desired["enable"] = False
+
     def resume_watchdog(self) -> None:
         if self._wd_point is not None:
             self._wd_feeding = True
@@ -224,7 +242,7 @@ class ModbusDevice:
         `verify=False` is for momentary command registers the device clears by itself: sent
         once, not read back, not remembered for a reconnect; a failure raises ModbusCommError."""
         spec = self.map.point(name)
-        if spec.access != "rw":
+        if not spec.writable:
             raise PointError(f"{self.device_id}.{name} is read-only")
         if name == self._wd_point:
             raise PointError(f"{self.device_id}.{name} is the watchdog: the owner feeds it")
@@ -292,7 +310,6 @@ class ModbusDevice:
         for g in due:
             nxt = self._due[g] + self._periods[g]
             self._due[g] = nxt if nxt > now else now + self._periods[g]
-        answered = False
         fresh: set[str] = set()
         blocks = [b for g in due for b in self.plan[g]]
         silent = False
@@ -307,11 +324,10 @@ class ModbusDevice:
                 silent = True  # the rest of the cycle would time out too
                 continue
             except (ModbusExceptionResponse, ModbusMalformedResponse):
-                answered = True  # alive, but this answer is dropped
-                self._mark_stale(b)
+                self._mark_stale(b)  # an answer, but not a good one: it does not count
                 continue
-            answered = True
             self._store(b, data, fresh)
+        answered = self.good_cycle(fresh)
         if answered:
             await self._feed_watchdog()
         self.counters.cycles += 1
@@ -334,6 +350,11 @@ class ModbusDevice:
         self._check_invalid_alarm()
         self._publish(frozenset(fresh))
 
+    def good_cycle(self, fresh: set[str]) -> bool:
+        """Liveness seam (issue 12): a cycle counts as an answer only if it produced at least one
+        good value. Exceptions, malformed answers and all-invalid reads are silence."""
+        return any(self._values[n].quality is Quality.GOOD for n in fresh)
+
     async def _probe_until_back(self) -> None:
         while True:
             await self._clock.sleep(self._backoff.next_delay())
@@ -351,6 +372,8 @@ class ModbusDevice:
                     data = await self._read_block(probe, retries=0)
                     fresh: set[str] = set()
                     self._store(probe, data, fresh)
+                    if not self.good_cycle(fresh):
+                        raise ModbusMalformedResponse("probe answered without a good value")
                 self._set_state(DeviceState.RESTORING)
                 await self._restore_setpoints()
             except ModbusCommError as e:
@@ -398,7 +421,7 @@ class ModbusDevice:
         self.counters.offline_events += 1
         self._all_stale()
         self._alarms.raise_alarm(
-            ALARM_OFFLINE, self.device_id, f"{self.link.name} unit {self.unit_id}: no answer"
+            ALARM_OFFLINE, self.device_id, f"{self.link.name} unit {self.unit_id}: no good answer"
         )
         log.warning("offline", device=self.device_id, link=self.link.name, unit=self.unit_id)
         self._set_state(DeviceState.OFFLINE)
@@ -478,8 +501,12 @@ class ModbusDevice:
 
     async def _write_verified(self, name: str, payload: list[int] | bool) -> None:
         spec = self.map.points[name]
-        block = point_block(name, spec, self.map.word_order_of(spec))
+        block = readback_block(name, spec, self.map.word_order_of(spec))
         expect: Words | Bits = [payload] if isinstance(payload, bool) else payload
+        if block is None:
+            # write-only without a read-back address: the device's acknowledgement is all there is
+            await self._write_acknowledged(name, payload)
+            return
         last = ""
         answered = False
         lost: ModbusCommError | None = None
@@ -487,6 +514,8 @@ class ModbusDevice:
             try:
                 await self._write_raw(name, payload)
                 got = await self._read_block(block, retries=0)
+                if spec.access == "w":
+                    got = await self._settled_readback(block, got, expect)
             except (ModbusTimeoutError, ModbusConnectionError) as e:
                 last, lost = str(e), e
                 continue
@@ -497,11 +526,7 @@ class ModbusDevice:
             if list(got) == list(expect):
                 fresh: set[str] = set()
                 self._store(block, got, fresh)
-                self._unconfirmed.discard(name)
-                if name in self._failed_writes:
-                    self._failed_writes.discard(name)
-                    if not self._failed_writes:
-                        self._alarms.clear_alarm(ALARM_WRITE_FAILED, self.device_id)
+                self._confirmed(name)
                 return
             last = f"read back {list(got)} after writing {list(expect)}"
         if not answered and lost is not None:
@@ -511,6 +536,37 @@ class ModbusDevice:
         self._failed_writes.add(name)
         self._alarms.raise_alarm(ALARM_WRITE_FAILED, self.device_id, f"{name}: {last}")
         raise WriteVerifyError(f"{self.device_id}.{name} not confirmed: {last}")
+
+    async def _settled_readback(
+        self, block: Block, got: Words | Bits, expect: Words | Bits
+    ) -> Words | Bits:
+        """A device echoes a write-only value at its read-back address on its own cycle, not
+        necessarily by the next request: re-read for up to READBACK_SETTLE_S."""
+        deadline = self._clock.monotonic() + READBACK_SETTLE_S
+        while list(got) != list(expect) and self._clock.monotonic() < deadline:
+            await self._clock.sleep(READBACK_SETTLE_S / 10)
+            got = await self._read_block(block, retries=0)
+        return got
+
+    async def _write_acknowledged(self, name: str, payload: list[int] | bool) -> None:
+        last: ModbusCommError | None = None
+        for _attempt in range(2):
+            try:
+                await self._write_raw(name, payload)
+            except (ModbusTimeoutError, ModbusMalformedResponse) as e:
+                last = e
+                continue
+            self._confirmed(name)
+            return
+        assert last is not None
+        raise last
+
+    def _confirmed(self, name: str) -> None:
+        self._unconfirmed.discard(name)
+        if name in self._failed_writes:
+            self._failed_writes.discard(name)
+            if not self._failed_writes:
+                self._alarms.clear_alarm(ALARM_WRITE_FAILED, self.device_id)
 
     async def _feed_watchdog(self, force: bool = False) -> None:
         if self._wd_point is None or not self._wd_feeding:
@@ -561,7 +617,7 @@ class ModbusDevice:
             self._state,
             self._cycle,
             now,
-            dict(self._values),
+            {**self._values, **self._constants},
             fresh,
             now - self._cycle_started,
         )

@@ -47,15 +47,15 @@ class ModbusNetwork:
     ) -> None:
         self.links: dict[str, ModbusLink] = {}
         self.devices: dict[str, ModbusDevice] = {}
-        loaded: dict[Path, RegisterMap] = {}
+        loaded: dict[str, RegisterMap] = {}
         for e in endpoints:
             if maps is not None and e.id in maps:
                 regmap = maps[e.id]
             else:
-                path = resolve_map_path(e, config_dir).resolve()
-                if path not in loaded:
-                    loaded[path] = load_register_map(path)
-                regmap = loaded[path]
+                path = resolve_map_path(e, config_dir)
+                if str(path) not in loaded:
+                    loaded[str(path)] = load_register_map(path)
+                regmap = loaded[str(path)]
             link = self.links.get(e.link_key)
             if link is None:
                 link = self.links[e.link_key] = make_link(e)

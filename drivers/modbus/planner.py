@@ -109,9 +109,10 @@ def plan_map(
     max_registers: int = MAX_READ_REGISTERS,
     max_bits: int = MAX_READ_BITS,
 ) -> dict[str, list[Block]]:
-    """Blocks of every point of the map, by poll group (every group of the map has an entry)."""
+    """Blocks of every polled point of the map, by poll group (every group of the map has an
+    entry). Write-only points are never read: devices answer such reads with an exception."""
     blocks = plan_blocks(
-        ((n, p, m.word_order_of(p)) for n, p in m.points.items()),
+        ((n, p, m.word_order_of(p)) for n, p in m.points.items() if p.polled),
         barriers=m.barriers,
         max_gap=max_gap,
         max_registers=max_registers,
@@ -128,6 +129,23 @@ def point_block(name: str, spec: PointSpec, order: WordOrder) -> Block:
     return Block(
         spec.table,
         spec.address,
+        _length(spec),
+        spec.group,
+        (BlockItem(name, spec, 0, order, _words(spec)),),
+    )
+
+
+def readback_block(name: str, spec: PointSpec, order: WordOrder) -> Block | None:
+    """The block that confirms a write of this point: the point itself, or for a write-only
+    point its declared read-back address; None when the device offers no way to read it back."""
+    if spec.access != "w":
+        return point_block(name, spec, order)
+    if spec.readback is None:
+        return None
+    rb = spec.readback
+    return Block(
+        rb.table,
+        rb.address,
         _length(spec),
         spec.group,
         (BlockItem(name, spec, 0, order, _words(spec)),),

@@ -1,6 +1,6 @@
 """Register maps as data: canonical point names -> where and how they live on a device.
 
-A map file (`config/registers/*.yaml`) is validated in two passes: pydantic for shapes and
+A map file (`drivers/modbus/maps/*.yaml`, or a station's own) is validated in two passes: pydantic for shapes and
 types, then cross-checks (overlaps, ranges, barriers, read-only tables) placed at the file line
 of the offending key. Every error reads `FILE:LINE: dotted.field.path: message`.
 """
@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import math
 import re
-from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from drivers.core.datafile import (
     DataFileError,
+    FileRef,
     PathKey,
     Problem,
+    as_traversable,
     problem_at,
     problems_from_validation,
     read_yaml,
@@ -27,7 +28,7 @@ from drivers.modbus.errors import PointError
 Table = Literal["holding", "input", "coil", "discrete"]
 PointType = Literal["u16", "i16", "u32", "i32", "f32", "bool", "bitfield"]
 WordOrder = Literal["big", "little"]
-Access = Literal["r", "rw"]
+Access = Literal["r", "rw", "w"]
 
 REGISTER_TABLES: frozenset[str] = frozenset({"holding", "input"})
 BIT_TABLES: frozenset[str] = frozenset({"coil", "discrete"})
@@ -40,6 +41,14 @@ _NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Readback(_Strict):
+    """Where a device echoes the value it accepted for a write-only point (same type, scale and
+    word order as the point)."""
+
+    table: Table
+    address: int = Field(ge=0, le=MAX_ADDRESS)
 
 
 class PointSpec(_Strict):
@@ -56,7 +65,16 @@ class PointSpec(_Strict):
     offset: float = 0.0
     unit: str = ""
     invalid: list[int] = Field(default_factory=list)  # raw values meaning "no value"
-    access: Access = "r"
+    access: Access = "r"  # "w": write-only, never polled (the device may refuse reads)
+    readback: Readback | None = None  # w points: where the accepted value is echoed
+    # Integer fields packed in a register: value = (raw & mask) >> shift (shift defaults to the
+    # mask's lowest set bit). Points may share a register when their masks do not overlap.
+    mask: int | None = Field(default=None, ge=1)
+    shift: int | None = Field(default=None, ge=0, le=31)
+    # A fault-code register: raw code -> canonical fault name; the value is the tuple of active
+    # faults (empty for a code in `no_fault`; an unlisted code reads as ("code_<n>",)).
+    fault_codes: dict[int, str] | None = None
+    no_fault: list[int] = Field(default_factory=lambda: [0])
     group: str = "fast"
     min: float | None = None  # engineering limits a write must respect
     max: float | None = None
@@ -70,6 +88,23 @@ class PointSpec(_Strict):
         if v == 0 or not math.isfinite(v):
             raise ValueError("scale must be a finite non-zero number")
         return v
+
+    @property
+    def bit_shift(self) -> int:
+        if self.shift is not None:
+            return self.shift
+        if self.mask is None:
+            return 0
+        return (self.mask & -self.mask).bit_length() - 1
+
+    @property
+    def polled(self) -> bool:
+        """Read by the poll cycle (write-only points never are)."""
+        return self.access != "w"
+
+    @property
+    def writable(self) -> bool:
+        return self.access in ("rw", "w")
 
     @property
     def words(self) -> int:
@@ -122,6 +157,9 @@ class RegisterMap(_Strict):
     poll_groups: dict[str, PollGroup] = Field(default_factory=_default_groups)
     barriers: list[Barrier] = Field(default_factory=list)
     watchdog: WatchdogSpec | None = None
+    # Values the device does not publish (e.g. its voltage and power ratings): canonical name ->
+    # constant, served in every snapshot as a good value.
+    constants: dict[str, float] = Field(default_factory=dict)
     points: dict[str, PointSpec] = Field(min_length=1)
 
     def point(self, name: str) -> PointSpec:
@@ -134,7 +172,7 @@ class RegisterMap(_Strict):
         return p.word_order or self.word_order
 
 
-def cross_check(m: RegisterMap, file: Path | str, index: dict[PathKey, int]) -> list[Problem]:
+def cross_check(m: RegisterMap, file: FileRef, index: dict[PathKey, int]) -> list[Problem]:
     """Checks that need the whole map; each problem is placed at its key's line."""
     out: list[Problem] = []
 
@@ -153,8 +191,36 @@ def cross_check(m: RegisterMap, file: Path | str, index: dict[PathKey, int]) -> 
             )
         if p.is_bit and p.type != "bool":
             bad((*loc, "type"), f"a {p.table} point holds one bit: type must be bool, not {p.type}")
-        if p.access == "rw" and p.table in READ_ONLY_TABLES:
-            bad((*loc, "access"), f"rw on read-only table {p.table!r} (use holding or coil)")
+        if p.writable and p.table in READ_ONLY_TABLES:
+            bad(
+                (*loc, "access"), f"{p.access} on read-only table {p.table!r} (use holding or coil)"
+            )
+        if p.readback is not None:
+            if p.access != "w":
+                bad((*loc, "readback"), "readback applies to write-only (access: w) points")
+            elif p.readback.table in BIT_TABLES and not p.is_bit:
+                bad(
+                    (*loc, "readback", "table"), "a register point reads back from a register table"
+                )
+            elif p.readback.table == p.table and p.readback.address == p.address:
+                bad((*loc, "readback", "address"), "the read-back address is the point itself")
+            elif p.readback.address + p.words - 1 > MAX_ADDRESS:
+                bad((*loc, "readback", "address"), f"read-back spans beyond {MAX_ADDRESS}")
+        if p.mask is not None or p.shift is not None:
+            if p.type not in INTEGER_TYPES:
+                bad((*loc, "mask"), f"mask/shift need an integer type, not {p.type}")
+            elif p.mask is None:
+                bad((*loc, "shift"), "shift needs a mask")
+            elif p.mask >= 1 << p.raw_bits:
+                bad((*loc, "mask"), f"mask {p.mask:#x} wider than {p.raw_bits} bits")
+            if p.writable:
+                bad(
+                    (*loc, "access"), "a masked field is read-only (a write would clobber the rest)"
+                )
+        if p.fault_codes is not None and p.type not in INTEGER_TYPES:
+            bad((*loc, "fault_codes"), f"fault_codes need an integer type, not {p.type}")
+        if p.fault_codes is not None and p.enum is not None:
+            bad((*loc, "fault_codes"), "a point has enum or fault_codes, not both")
         if p.width != 16 and p.type != "bitfield":
             bad((*loc, "width"), "width applies to bitfield points only")
         if p.enum is not None and p.type not in INTEGER_TYPES:
@@ -179,30 +245,96 @@ def cross_check(m: RegisterMap, file: Path | str, index: dict[PathKey, int]) -> 
                 bad((*loc, "invalid", i), f"invalid raw value {raw} outside the {p.type} range")
         if p.min is not None and p.max is not None and p.min > p.max:
             bad((*loc, "min"), f"min {p.min} > max {p.max}")
-        if (p.min is not None or p.max is not None) and p.access != "rw":
-            bad((*loc, "min" if p.min is not None else "max"), "min/max apply to rw points only")
+        if (p.min is not None or p.max is not None) and not p.writable:
+            bad(
+                (*loc, "min" if p.min is not None else "max"),
+                "min/max apply to writable points only",
+            )
         for b_i, b in enumerate(m.barriers):
             if b.table == p.table and p.address < b.address <= end:
                 bad((*loc, "address"), f"point straddles barrier {b_i} at {b.table} {b.address}")
         spans[p.table].append((p.address, end, name))
     for table, items in spans.items():
         items.sort()
-        for (s0, e0, n0), (s1, _e1, n1) in zip(items, items[1:], strict=False):
-            if s1 <= e0:
-                bad(
-                    ("points", n1, "address"),
-                    f"overlaps point {n0!r} ({table} {s0}..{e0})",
-                )
+        for i, (s1, _e1, n1) in enumerate(items):
+            for s0, e0, n0 in items[:i]:
+                if s1 <= e0 and not _disjoint_fields(m.points[n0], m.points[n1]):
+                    bad(("points", n1, "address"), f"overlaps point {n0!r} ({table} {s0}..{e0})")
+                    break
+    for cname in m.constants:
+        if cname in m.points:
+            bad(("constants", cname), f"{cname!r} is also a point: a value comes from one place")
+        elif not re.match(_NAME_PATTERN, cname):
+            bad(("constants", cname), "constant names are canonical lower_snake_case names")
     if m.watchdog is not None:
         wp = m.points.get(m.watchdog.point)
         if wp is None:
             bad(("watchdog", "point"), f"no point {m.watchdog.point!r} in points")
-        elif wp.access != "rw" or wp.type not in INTEGER_TYPES:
-            bad(("watchdog", "point"), "the watchdog point must be an rw integer register")
+        elif not wp.writable or wp.type not in INTEGER_TYPES:
+            bad(("watchdog", "point"), "the watchdog point must be a writable integer register")
+    if m.device == "charger":
+        for loc, msg in charger_problems(m):
+            bad(loc, msg)
     return out
 
 
-def _load(path: Path) -> tuple[RegisterMap | None, list[Problem]]:
+# What the station needs of a charger map (docs/modbus.md "Canonical charger points").
+CHARGER_STATUS = ("output_voltage_v", "output_current_a", "state")
+CHARGER_RATINGS = ("max_voltage_v", "max_current_a", "max_power_kw")
+CHARGER_LIMITS = ("current_limit_a", "power_limit_kw")
+
+
+def charger_problems(m: RegisterMap) -> list[tuple[PathKey, str]]:
+    """(location, message) for each point the station needs to run a charger and to switch it
+    off that the map lacks. Empty for a usable charger map."""
+    out: list[tuple[PathKey, str]] = []
+    where: PathKey = ("points",)
+    for name in CHARGER_STATUS:
+        p = m.points.get(name)
+        if p is None or not p.polled:
+            out.append((where, f"a charger map needs a readable {name!r} point"))
+    for name in CHARGER_RATINGS:
+        p = m.points.get(name)
+        if name not in m.constants and (p is None or not p.polled):
+            out.append(
+                (where, f"a charger map needs {name!r}: a readable point or a constants entry")
+            )
+    limits = [n for n in CHARGER_LIMITS if n in m.points]
+    if not limits:
+        out.append(
+            (where, "a charger map needs a writable 'current_limit_a' (or 'power_limit_kw')")
+        )
+    for name in (*limits, "voltage_setpoint_v", "enable"):
+        p = m.points.get(name)
+        if p is not None and not p.writable:
+            out.append((("points", name, "access"), f"{name!r} must be writable (rw or w)"))
+    enable = m.points.get("enable")
+    if enable is not None and enable.type != "bool":
+        out.append((("points", "enable", "type"), "'enable' must be a bool"))
+    if limits and enable is None:
+        # No enable point: the output is switched off by writing a limit of 0.
+        lim = m.points[limits[0]]
+        if (lim.min is not None and lim.min > 0) or (0 in lim.invalid):
+            out.append(
+                (
+                    ("points", limits[0]),
+                    f"no 'enable' point, so {limits[0]!r} must accept 0 to switch the output off",
+                )
+            )
+    return out
+
+
+def _disjoint_fields(a: PointSpec, b: PointSpec) -> bool:
+    """Two points on the same registers that read different bits of them (masks)."""
+    return (
+        a.mask is not None
+        and b.mask is not None
+        and (a.address, a.words) == (b.address, b.words)
+        and a.mask & b.mask == 0
+    )
+
+
+def _load(path: FileRef) -> tuple[RegisterMap | None, list[Problem]]:
     try:
         data, index = read_yaml(path)
     except DataFileError as e:
@@ -214,14 +346,15 @@ def _load(path: Path) -> tuple[RegisterMap | None, list[Problem]]:
     return m, cross_check(m, path, index)
 
 
-def validate_map_file(path: Path | str) -> list[Problem]:
+def validate_map_file(path: FileRef) -> list[Problem]:
     """Every problem of a map file (empty when valid). For `swapd check-config`."""
-    return _load(Path(path))[1]
+    return _load(as_traversable(path))[1]
 
 
-def load_register_map(path: Path | str) -> RegisterMap:
-    """Load and validate a map file. Raises DataFileError listing every problem."""
-    m, problems = _load(Path(path))
+def load_register_map(path: FileRef) -> RegisterMap:
+    """Load and validate a map file (a path or a shipped file). Raises DataFileError listing
+    every problem."""
+    m, problems = _load(as_traversable(path))
     if problems or m is None:
         raise DataFileError(problems)
     return m

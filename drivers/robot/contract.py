@@ -1,4 +1,4 @@
-"""The robot PLC register contract (config/registers/robot-plc.yaml) as typed codec.
+"""The robot PLC register contract (drivers/robot/robot-plc.yaml) as typed codec.
 
 Pure: registers <-> typed commands and status. Both the station's client and the simulated PLC
 use it, so they cannot disagree about an address.
@@ -8,13 +8,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
-from pathlib import Path
+from importlib.resources import files
 
-from drivers.core.datafile import DataFileError, PathKey, Problem, problem_at, read_yaml
+from drivers.core.datafile import (
+    DataFileError,
+    FileRef,
+    PathKey,
+    Problem,
+    problem_at,
+    read_yaml,
+)
 from drivers.modbus.regmap import RegisterMap, load_register_map
 
 UNITS: tuple[str, str] = ("vehicle", "rack")
-DEFAULT_CONTRACT = Path(__file__).resolve().parents[2] / "config" / "registers" / "robot-plc.yaml"
+# Package data: the shipped contract, `builtin:robot-plc` in a station config.
+DEFAULT_CONTRACT = files("drivers.robot") / "robot-plc.yaml"
 
 
 class UnitState(IntEnum):
@@ -47,9 +55,7 @@ _UNIT_POINTS = (
 )
 
 
-def robot_map_problems(
-    m: RegisterMap, path: Path | str, index: dict[PathKey, int]
-) -> list[Problem]:
+def robot_map_problems(m: RegisterMap, path: FileRef, index: dict[PathKey, int]) -> list[Problem]:
     """What the robot contract needs of a map beyond the shared format; each problem placed at
     its key's line."""
     out: list[Problem] = []
@@ -157,11 +163,11 @@ class RobotContract:
         self.fault_codes: dict[str, int] = {n: c for c, n in self.fault_names.items()}
 
     @classmethod
-    def load(cls, path: Path | str = DEFAULT_CONTRACT) -> RobotContract:
+    def load(cls, path: FileRef = DEFAULT_CONTRACT) -> RobotContract:
         """The shared map loader (drivers.modbus.regmap), then the robot's own checks.
         Raises DataFileError (`FILE:LINE: dotted.field: message`)."""
         m = load_register_map(path)
-        _, index = read_yaml(Path(path))
+        _, index = read_yaml(path)
         problems = robot_map_problems(m, path, index)
         if problems:
             raise DataFileError(problems)

@@ -1,6 +1,6 @@
 """The station config's `grid` section: cap, tariff, default limit, export, scheduler tuning.
 
-Pydantic models with `extra="forbid"`; scenarios (config/scenarios/*.yaml) reuse them, so a
+Pydantic models with `extra="forbid"`; scenarios (edge/scheduler/scenarios/*.yaml) reuse them, so a
 simulated day and the live station read the same grid description. Times of day are local
 `HH:MM` strings; `24:00` may end a window and a window may wrap midnight (`22:00-06:00`).
 """
@@ -67,6 +67,15 @@ class TariffConfig(_Model):
 
     currency: str = "CNY"
     periods: Annotated[list[TariffPeriod], Field(min_length=1)]
+    demand_charge_per_kw_month: Annotated[float | None, Field(ge=0)] = None
+    """Monthly charge per kW of the month's peak demand (highest quarter-hour mean grid
+    power); None: no demand charge. A day carries 1/30 of it (`daily_demand_charge_per_kw`)."""
+
+    @property
+    def daily_demand_charge_per_kw(self) -> float:
+        """A day's share of the monthly demand charge, per kW of the day's peak (every day of
+        the month taken as this one)."""
+        return (self.demand_charge_per_kw_month or 0.0) / 30.0
 
     @field_validator("periods")
     @classmethod
@@ -168,7 +177,7 @@ class GridConfig(_Model):
     max_export_kw: Annotated[float, Field(ge=0)] = 0.0
     export_floor_soc_pct: Annotated[float, Field(ge=0, le=100)] = 50.0
     """Surplus packs export down to this SOC at most; reserve packs never export."""
-    policy: Literal["naive", "smart"] = "smart"
+    policy: Literal["naive", "smart", "predictive"] = "smart"
     period_s: Annotated[float, Field(gt=0, le=300)] = 5.0
     ready_soc_pct: Annotated[float, Field(gt=0, le=100)] = 90.0
     """A pack at or above this SOC can be handed to a vehicle."""

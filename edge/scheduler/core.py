@@ -138,6 +138,7 @@ class PolicyContext:
     reserve_packs: int
     queue: int  # vehicles waiting for a ready pack
     trigger: str  # why this allocation runs: "period" or the triggers since the last one
+    demand_peak_kw: float = 0.0  # highest quarter-hour mean of the allocated power so far
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +178,7 @@ class Scheduler:
         self._last_t_s: float | None = None
         self._queue = 0
         self.last: Allocation | None = None
+        self.demand = DemandMeter()
 
     # -- inputs -----------------------------------------------------------------------------
 
@@ -263,6 +265,8 @@ class Scheduler:
 
     def allocate(self, now: Instant, slots: Sequence[SlotInput]) -> Allocation:
         self._expire(now.t_s)
+        if self.last is not None:
+            self.demand.add(self.last.at, now, self.last.total_kw)
         trigger = ",".join(dict.fromkeys(self._pending)) or "period"
         self._pending.clear()
         self._last_t_s = now.t_s
@@ -292,6 +296,7 @@ class Scheduler:
             reserve_packs=reserve,
             queue=self._queue,
             trigger=trigger,
+            demand_peak_kw=self.demand.peak_kw,
         )
         decision = self.policy.decide(ctx)
         grants = _enforce(slots, decision.power_kw, limit_kw, export_kw)
@@ -321,6 +326,29 @@ class Scheduler:
         )
         self.last = alloc
         return alloc
+
+
+class DemandMeter:
+    """Quarter-hour mean grid power (the billing demand of a demand charge) and its peak, from
+    the allocations' totals held between allocations."""
+
+    __slots__ = ("_q", "_kwh", "peak_kw")
+
+    QUARTER_S = 900.0
+
+    def __init__(self) -> None:
+        self._q: int | None = None
+        self._kwh = 0.0
+        self.peak_kw = 0.0
+
+    def add(self, since: Instant, now: Instant, kw: float) -> None:
+        dt = max(0.0, now.t_s - since.t_s)
+        q = int(since.day_s // self.QUARTER_S)
+        if self._q is not None and q != self._q:
+            self._kwh = 0.0
+        self._q = q
+        self._kwh += max(0.0, kw) * dt / 3600.0
+        self.peak_kw = max(self.peak_kw, self._kwh / (self.QUARTER_S / 3600.0))
 
 
 def _enforce(

@@ -326,14 +326,20 @@ class SmartPolicy:
         return Decision(out, "; ".join(reasons))
 
 
-POLICY_NAMES = ("naive", "smart", "optimal")
-LIVE_POLICIES = ("naive", "smart")
+POLICY_NAMES = ("naive", "smart", "predictive", "optimal", "optimal-lp")
+LIVE_POLICIES = ("naive", "smart", "predictive")
 
 
 def make_policy(name: str) -> Policy:
-    """A live policy by name. `optimal` is not one: it needs the future (simulate-day only)."""
+    """A live policy by name. `optimal` is not one: it needs the future (simulate-day only).
+    `predictive` made here solves inline; the daemon passes its solver process instead
+    (`PredictivePolicy(planner=...)`)."""
     if name == "naive":
         return NaivePolicy()
     if name == "smart":
         return SmartPolicy()
+    if name == "predictive":
+        from edge.scheduler.predictive import PredictivePolicy
+
+        return PredictivePolicy()
     raise ValueError(f"unknown live policy {name!r}; choose from {', '.join(LIVE_POLICIES)}")

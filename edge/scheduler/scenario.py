@@ -1,4 +1,4 @@
-"""Simulated-day scenarios (config/scenarios/*.yaml): a statistical day plus timed events.
+"""Simulated-day scenarios (edge/scheduler/scenarios/*.yaml, `builtin:NAME`): a statistical day plus timed events.
 
 The same file is what `swapd demo --scenario` replays. Loaded through drivers.core.datafile, so every
 problem reads `FILE:LINE: dotted.field.path: message`.
@@ -11,7 +11,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from drivers.core.datafile import load_model
+from drivers.core.datafile import FileRef, load_model
+from drivers.core.resources import data_file, is_builtin, shelf
 from edge.scheduler.config import GridConfig, PackModel, parse_hhmm
 
 
@@ -128,6 +129,14 @@ class Scenario(_Model):
         return self
 
 
-def load_scenario(path: Path | str) -> Scenario:
-    """Read and validate a scenario. Raises drivers.core.datafile.DataFileError."""
+# Package data: the shipped scenarios.
+SCENARIOS = shelf("edge.scheduler", "scenarios")
+
+
+def load_scenario(path: FileRef) -> Scenario:
+    """Read and validate a scenario: a path, `builtin:NAME` (shipped in
+    edge/scheduler/scenarios/) or a shipped file. Raises drivers.core.datafile.DataFileError."""
+    if is_builtin(path):
+        assert isinstance(path, str)
+        path = data_file(path, Path.cwd(), SCENARIOS)
     return load_model(Scenario, path)

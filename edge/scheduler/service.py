@@ -17,6 +17,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from drivers.core.clock import Clock
 from drivers.core.log import get_logger
 from edge.scheduler.core import Allocation, Instant, Lease, Scheduler, SchedulerError, SlotInput
+from edge.scheduler.predictive import PredictivePolicy
+from edge.scheduler.solver import ProcessPlanner
 
 log = get_logger("scheduler")
 
@@ -34,8 +36,17 @@ class SchedulerService:
         clock: Clock,
         read_slots: SlotReader,
         publish: Publisher,
+        *,
+        solver_process: bool = True,
     ) -> None:
         self.scheduler = scheduler
+        # The predictive policy's solves run in a child process this service owns (the
+        # daemon never imports numpy and never waits on a solve).
+        self.solver: ProcessPlanner | None = None
+        policy = scheduler.policy
+        if solver_process and isinstance(policy, PredictivePolicy):
+            self.solver = ProcessPlanner(on_result=lambda: self.trigger("plan_ready"))
+            policy.planner = self.solver
         self._clock = clock
         self._read_slots = read_slots
         self._publish = publish
@@ -102,7 +113,24 @@ class SchedulerService:
         self._publish(alloc)
         return alloc
 
+    def plan_horizon(self, max_s: float = 6 * 3600.0) -> list[dict[str, float]] | None:
+        """The predictive plan's next hours: [{ends_in_s, power_kw}]; None for other
+        policies."""
+        policy = self.scheduler.policy
+        if not isinstance(policy, PredictivePolicy):
+            return None
+        steps = policy.horizon_kw(self._clock.monotonic())
+        return [{"ends_in_s": e, "power_kw": kw} for e, kw in steps if e - max_s < 1e-6]
+
     async def run(self) -> None:
+        if self.solver is None:
+            await self._loop()
+            return
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.solver.run(), name="scheduler.solver")
+            await self._loop()
+
+    async def _loop(self) -> None:
         while True:
             self._wake.clear()
             if self.scheduler.needs_reallocation(self._clock.monotonic()):

@@ -64,12 +64,15 @@ class Sample:
     limit_kw: float
     price_per_kwh: float
     ready_packs: int
+    plan_kw: float | None = None  # predictive: the plan's grid power for this moment
 
 
 @dataclass(slots=True)
 class DayResult:
     kpis: dict[str, object]
     samples: list[Sample] = field(default_factory=list)
+    # predictive: every hour, the plan's horizon then (t_s, [(step end t_s, planned kW)])
+    plans: list[tuple[float, list[tuple[float, float]]]] = field(default_factory=list)
 
 
 def _kpi_round(x: float) -> float:
@@ -99,7 +102,7 @@ def simulate_day(
     progress: Callable[[float], None] | None = None,
     record: bool = False,
 ) -> DayResult:
-    """Run 00:00-24:00 with a live policy (`naive`, `smart`). KPIs as a dict."""
+    """Run 00:00-24:00 with a live policy (`naive`, `smart`, `predictive`). KPIs as a dict."""
     st = scenario.station
     grid = scenario.grid
     pack = st.pack
@@ -109,6 +112,10 @@ def simulate_day(
     max_soc = grid.max_soc_pct
     curve = pack.curve()
     sched = Scheduler(grid, make_policy(policy))
+    horizon_of = getattr(sched.policy, "horizon_kw", None)
+    plans: list[tuple[float, list[tuple[float, float]]]] = []
+    next_plan_s = 0.0
+    quarter_kwh: dict[int, float] = {}
     tariff = Tariff(grid.tariff)
     arrivals = deque(draw_arrivals(scenario, seed))
     n_requested = len(arrivals)
@@ -298,12 +305,26 @@ def simulate_day(
             step_kwh += e_grid
         energy_kwh += step_kwh
         cost += step_kwh * price
+        q = int(t // 900.0)
+        quarter_kwh[q] = quarter_kwh.get(q, 0.0) + max(0.0, step_kwh)
         if tariff.is_peak(t):
             peak_energy += step_kwh
         if record and (t - last_sample_s >= 60.0 or t_next >= DAY_S):
+            plan_kw = None
+            if horizon_of is not None:
+                horizon = horizon_of(t)
+                plan_kw = horizon[0][1] if horizon else None
+                if t >= next_plan_s and horizon:
+                    plans.append((t, [(t + off, kw) for off, kw in horizon]))
+                    next_plan_s = t + _HOUR_S
             samples.append(
                 Sample(
-                    t, grid_kw, limit_true, price, sum(1 for _ in filter(_ready(ready_soc), slots))
+                    t,
+                    grid_kw,
+                    limit_true,
+                    price,
+                    sum(1 for _ in filter(_ready(ready_soc), slots)),
+                    plan_kw,
                 )
             )
             last_sample_s = t
@@ -322,6 +343,11 @@ def simulate_day(
     )
     energy_kwh += closing_kwh
     cost += closing_kwh * tariff.min_price
+    demand_kw = max(quarter_kwh.values(), default=0.0) / 0.25
+    dc = grid.tariff.demand_charge_per_kw_month
+    if dc is not None:
+        dc = grid.tariff.daily_demand_charge_per_kw
+        cost += dc * demand_kw
     if progress is not None:
         progress(1.0)
     kpis: dict[str, object] = {
@@ -343,7 +369,13 @@ def simulate_day(
         "export_kwh": _kpi_round(export_kwh),
         "max_limit_latency_s": _kpi_round(limit_latency_s),
     }
-    return DayResult(kpis, samples)
+    if dc is not None:
+        kpis["demand_peak_kw"] = _kpi_round(demand_kw)
+        kpis["demand_charge"] = _kpi_round(dc * demand_kw)
+    stats = getattr(sched.policy, "stats", None)
+    if callable(stats):
+        kpis.update(stats())
+    return DayResult(kpis, samples, plans)
 
 
 def _ready(ready_soc: float) -> Callable[[_Slot], bool]:

@@ -106,7 +106,11 @@ def render_into(doc: str, graph: StepGraph) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m edge.swap.diagram")
-    p.add_argument("--steps", default=None, help="step graph file (default config/swap-steps.yaml)")
+    p.add_argument(
+        "--steps",
+        default=None,
+        help="step graph file (default: the shipped edge/swap/swap-steps.yaml)",
+    )
     p.add_argument("--write", metavar="DOC", help="rewrite the generated block of DOC")
     args = p.parse_args(argv)
     graph = load_step_graph(args.steps) if args.steps else load_step_graph()

@@ -45,11 +45,10 @@ def build_swap(
     steps_path: Path | None = None,
     state_dir: Path | None = None,
 ) -> SwapRoom:
-    """Contract from `robot.map`, step graph from `swap-steps.yaml` beside the station config
-    (or `steps_path`), journal in `state_dir` (default `station.state_dir`, relative to the
+    """Contract from `robot.map`, step graph from `robot.steps` (or `steps_path`), journal in `state_dir` (default `station.state_dir`, relative to the
     config file). Raises DataFileError for a bad map or step file."""
-    contract = RobotContract.load(cfg.resolve(cfg.robot.map))
-    graph = load_step_graph(steps_path or cfg.resolve(Path("swap-steps.yaml")), contract)
+    contract = RobotContract.load(cfg.robot_map())
+    graph = load_step_graph(steps_path or cfg.step_graph(), contract)
     port = ModbusRobotPort(contract, cfg.robot.host, cfg.robot.port, device_id=cfg.robot.unit_id)
     journal = Journal(cfg.resolve(state_dir or cfg.station.state_dir) / JOURNAL_NAME)
     coord = SwapCoordinator(

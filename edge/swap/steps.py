@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
+from importlib.resources import files
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from drivers.core.datafile import DataFileError, load_model, problem_at, read_yaml
+from drivers.core.datafile import DataFileError, FileRef, load_model, problem_at, read_yaml
 from drivers.robot.contract import RobotContract
 
-DEFAULT_STEPS = Path(__file__).resolve().parents[2] / "config" / "swap-steps.yaml"
+# Package data: the shipped step graph, `builtin:swap-steps` in a station config.
+DEFAULT_STEPS = files("edge.swap") / "swap-steps.yaml"
 
 Place = Literal["vehicle", "shuttle", "buffer", "stacker", "full_slot", "store_slot", "away"]
 Interlock = Literal[
@@ -145,12 +146,12 @@ class StepGraph:
 
 
 def load_step_graph(
-    path: Path | str = DEFAULT_STEPS, contract: RobotContract | None = None
+    path: FileRef = DEFAULT_STEPS, contract: RobotContract | None = None
 ) -> StepGraph:
     """Load and validate the step graph, cross-checking PLC step names against the contract."""
     contract = contract or RobotContract.load()
     model = load_model(StepGraphModel, path)
-    _, index = read_yaml(Path(path))
+    _, index = read_yaml(path)
     problems = []
     for key, group in (("steps", model.steps), ("recovery_steps", model.recovery_steps)):
         for i, s in enumerate(group):

@@ -102,7 +102,9 @@ def build() -> dict[str, Any]:
         "send",
         0,
         False,
-        "Station state on change (deadband), at most every min_interval_s, all every refresh_s.",
+        "Station state on change (deadband), at most every min_interval_s, all every refresh_s. "
+        "With `grid.policy: predictive` it carries `grid_plan`, the plan's grid power for the "
+        "next hours (absent or null with other policies; consumers must ignore unknown fields).",
     )
     add(
         "telemetrySlot",

@@ -56,6 +56,11 @@ class AlarmRef(Wire):
     raised_at: Timestamp
 
 
+class PlanStep(Wire):
+    ends_in_s: float = Field(ge=0, description="the step ends this many seconds from now")
+    power_kw: float = Field(description="planned grid power during the step")
+
+
 class StationTelemetry(Wire):
     grid_power_kw: float = Field(description="import from the grid positive, export negative")
     grid_cap_kw: float = Field(ge=0, description="the station's connection cap")
@@ -71,6 +76,11 @@ class StationTelemetry(Wire):
     packs_charging: int = Field(ge=0)
     packs_unavailable: int = Field(ge=0)
     active_alarms: list[AlarmRef] = []
+    grid_plan: list[PlanStep] | None = Field(
+        None,
+        description="predictive policy only: planned grid power for the next hours, one entry "
+        "per plan step (15 min), ending ends_in_s seconds from this message",
+    )
 
 
 class SlotTelemetry(Wire):

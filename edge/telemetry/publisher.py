@@ -164,6 +164,7 @@ class StatePublisher:
                 "packs_charging": counts["charging"],
                 "packs_unavailable": counts["unavailable"],
                 "active_alarms": alarm_refs(self.state.active_alarms),
+                "grid_plan": self.scheduler.plan_horizon() if self.scheduler else None,
             },
         )
         if station_msg is not None:

@@ -1,4 +1,4 @@
-"""Simulated swap robot PLC: a pymodbus TCP server implementing config/registers/robot-plc.yaml.
+"""Simulated swap robot PLC: a pymodbus TCP server implementing drivers/robot/robot-plc.yaml.
 
 Two units (vehicle side, rack side) run steps whose durations (DOMAIN.md defaults) are divided by
 `speed`. The PLC tracks which physical places hold a pack, so a wrong command faults just as a

@@ -18,8 +18,8 @@ from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 MAPS = {
-    "generic": ROOT / "config" / "registers" / "charger-generic.yaml",
-    "vendorb": ROOT / "config" / "registers" / "charger-vendorb.yaml",
+    "generic": ROOT / "drivers" / "modbus" / "maps" / "charger-generic.yaml",
+    "vendorb": ROOT / "drivers" / "modbus" / "maps" / "charger-vendorb.yaml",
 }
 
 # Short timeouts so silence tests run fast; a generous ceiling for a loaded 2-core machine.

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +26,6 @@ def mini_config(
 ) -> Path:
     cfg_dir = tmp_path / "cfg"
     cfg_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(ROOT / "config" / "registers", cfg_dir / "registers", dirs_exist_ok=True)
-    shutil.copy(ROOT / "config" / "swap-steps.yaml", cfg_dir / "swap-steps.yaml")
     full = (ROOT / "config" / "station.yaml").read_text()
     # naive: every docked pack charges whatever the hour, so slot-control tests do not depend on
     # the tariff period the test happens to run in.
@@ -38,7 +35,7 @@ def mini_config(
     tag = tmp_path.name[-20:].replace("[", "").replace("]", "")
     ports = LoopbackPorts()  # all distinct, unlike repeated free_port() calls
     chargers = "\n".join(
-        f"  - {{id: ch{i:02d}, host: 127.0.0.1, port: {ports.take()}, unit_id: 1, map: registers/charger-generic.yaml}}"
+        f"  - {{id: ch{i:02d}, host: 127.0.0.1, port: {ports.take()}, unit_id: 1, map: builtin:charger-generic}}"
         for i in range(1, n_slots + 1)
     )
     slots = "\n".join(
@@ -47,7 +44,8 @@ def mini_config(
     )
     robot_port = ports.take()
     ports.close()
-    text = f"""station:
+    text = f"""version: 2
+station:
   id: it-station
   state_dir: {tmp_path / "state"}
   ctl_socket: {tmp_path / "ctl.sock"}
@@ -61,7 +59,7 @@ mqtt:
 {chargers}
 slots:
 {slots}
-robot: {{host: 127.0.0.1, port: {robot_port}, unit_id: 1, map: registers/robot-plc.yaml}}
+robot: {{host: 127.0.0.1, port: {robot_port}, unit_id: 1, map: builtin:robot-plc}}
 {extra}"""
     path = cfg_dir / "station.yaml"
     path.write_text(text)
@@ -109,9 +107,11 @@ async def running_station(
     pack_model: Callable[[PackSpec, float], PackModel] = PackModel,
     pack_spec: Callable[[int], PackSpec] | None = None,
     coupled: bool = False,
+    charger_sims: bool = True,
 ) -> AsyncIterator[World]:
     """`coupled`: each charger simulator drives its slot's pack model (same voltage, the pack
-    takes the charger's current); otherwise the pack integrates the CCS current."""
+    takes the charger's current); otherwise the pack integrates the CCS current.
+    `charger_sims=False`: the test serves the chargers' addresses itself (conformance peers)."""
     cfg = load_config(path)
     models: dict[str, PackModel] = {}
     for i, s in enumerate(cfg.slots):
@@ -131,7 +131,12 @@ async def running_station(
     packs: dict[str, SimPack] = {}
     tasks: list[asyncio.Task[None]] = []
     try:
-        async with run_charger_sims(specs, speed=speed) as chargers:
+        sims = (
+            run_charger_sims(specs, speed=speed)
+            if charger_sims
+            else contextlib.nullcontext(dict[str, ChargerSim]())
+        )
+        async with sims as chargers:
             for i, s in enumerate(cfg.slots):
                 if s.id not in models:
                     continue

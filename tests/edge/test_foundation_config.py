@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from drivers.core.datafile import DataFileError
+from drivers.modbus.config import SHIPPED_MAPS
 from drivers.modbus.config import ModbusRtuEndpoint as ModbusRtu
 from drivers.modbus.config import ModbusTcpEndpoint as ModbusTcp
 from edge.config import load_config
@@ -131,10 +132,21 @@ def test_secret_from_env_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 
 def test_check_config_reports_problems_inside_a_register_map(tmp_path: Path) -> None:
-    path = station_copy(tmp_path)
-    m = path.parent / "registers" / "charger-generic.yaml"
+    # A station's own map, named relative to the config file, beside the shipped ones.
+    path = station_copy(
+        tmp_path,
+        {
+            "port: 15021, unit_id: 1, map: builtin:charger-generic": (
+                "port: 15021, unit_id: 1, map: registers/charger-own.yaml"
+            )
+        },
+    )
+    m = path.parent / "registers" / "charger-own.yaml"
+    m.parent.mkdir()
     m.write_text(
-        m.read_text().replace("type: i16, scale: 0.1, unit: A", "type: i17, scale: 0.1, unit: A", 1)
+        (SHIPPED_MAPS / "charger-generic.yaml")
+        .read_text()
+        .replace("type: i16, scale: 0.1, unit: A", "type: i17, scale: 0.1, unit: A", 1)
     )
     r = swapd("check-config", str(path))
     assert r.returncode == 2
@@ -162,6 +174,30 @@ def test_relative_config_path_resolves_state_files_once(
     assert cfg.telemetry.outbox_path == tmp_path / "cfg" / "var" / "state" / "outbox.sqlite"
 
 
+def test_builtin_names_resolve_to_shipped_package_data(tmp_path: Path) -> None:
+    cfg = load_config(station_copy(tmp_path))
+    assert cfg.chargers[0].map == "builtin:charger-generic"
+    assert cfg.robot.map == "builtin:robot-plc" and cfg.robot.steps == "builtin:swap-steps"
+    # Shipped files are found in the installed packages, not beside the config.
+    assert cfg.robot_map().name == "robot-plc.yaml" and cfg.robot_map().is_file()
+    assert cfg.step_graph().name == "swap-steps.yaml" and cfg.step_graph().is_file()
+    assert not (tmp_path / "cfg" / "registers").exists()
+
+
+def test_unknown_builtin_map_is_a_clear_config_error(tmp_path: Path) -> None:
+    path = station_copy(
+        tmp_path,
+        {
+            "port: 15022, unit_id: 1, map: builtin:charger-generic": "port: 15022, unit_id: 1, map: builtin:charger-nope"
+        },
+    )
+    r = swapd("check-config", str(path))
+    assert r.returncode == 2
+    line = next(ln for ln in r.stderr.splitlines() if "chargers.1.map" in ln)
+    assert line.startswith(f"{path}:")
+    assert "builtin:charger-nope" in line and "builtin:charger-generic" in line, line
+
+
 def test_ids_that_become_topic_levels_refuse_dots(tmp_path: Path) -> None:
     """Slot and charger ids name MQTT topics: a '.' breaks NATS (subject separator)."""
     path = station_copy(tmp_path, {"id: ch02,": "id: ch.02,", "charger: ch02": "charger: ch.02"})
@@ -169,3 +205,29 @@ def test_ids_that_become_topic_levels_refuse_dots(tmp_path: Path) -> None:
         load_config(path)
     msgs = [f"{p.field}: {p.message}" for p in ei.value.problems]
     assert any(m.startswith("chargers.1.id: charger id 'ch.02' is not a plain") for m in msgs), msgs
+
+
+def test_an_old_config_is_refused_naming_what_changed(tmp_path: Path) -> None:
+    path = station_copy(tmp_path, {"version: 2 ": "# no version "})
+    r = swapd("check-config", str(path))
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert lines[0].startswith(f"{path}:")
+    assert ": version: config version 1 (no version key) is older than this swapd" in lines[0]
+    assert "then set version: 2" in lines[0]
+    assert any("changed in 2:" in ln and "builtin:charger-generic" in ln for ln in lines), lines
+    assert any("changed in 2:" in ln and "robot.steps" in ln for ln in lines), lines
+    # Only the version is reported: the rest of an old file would read as noise.
+    assert all(": version: " in ln for ln in lines), lines
+
+
+def test_a_config_from_a_newer_swapd_is_refused(tmp_path: Path) -> None:
+    path = station_copy(tmp_path, {"version: 2 ": "version: 3 "})
+    with pytest.raises(DataFileError) as ei:
+        load_config(path)
+    (p,) = ei.value.problems
+    assert p.field == "version" and p.line == 4
+    assert "config version 3 is newer than this swapd reads (2)" in p.message
+    path.write_text(path.read_text().replace("version: 3 ", "version: two "))
+    with pytest.raises(DataFileError, match="version: must be an integer"):
+        load_config(path)

@@ -16,7 +16,7 @@ from edge.scheduler.simday import simulate_day
 from tests.edge.scheduler_fixtures import SMALL_SCENARIO, write_small
 
 ROOT = Path(__file__).resolve().parents[2]
-SCENARIOS = ROOT / "config" / "scenarios"
+SCENARIOS = ROOT / "edge" / "scheduler" / "scenarios"
 
 
 def test_daemon_import_path_has_no_scipy_numpy_matplotlib() -> None:
@@ -61,16 +61,21 @@ def test_small_day_every_policy_and_event(tmp_path: Path) -> None:
     # The LP is a lower bound: no policy is cheaper.
     assert float(bound["energy_cost"]) <= float(smart["energy_cost"]) <= float(naive["energy_cost"])  # type: ignore[arg-type]
     # Integer ready flags only tighten it, and it stays a bound.
+    # optimal (whole packs): its best schedule's KPIs, with its bound between the LP's and it.
     tight = solve_day(sc, seed=3, integer_ready_s=10).kpis
-    assert float(bound["energy_cost"]) - 1e-6 <= float(tight["energy_cost"])  # type: ignore[arg-type]
-    assert float(tight["energy_cost"]) <= float(smart["energy_cost"])  # type: ignore[arg-type]
+    assert tight["policy"] == "optimal" and tight["lower_bound"] is False
+    b, best = float(tight["bound_cost"]), float(tight["energy_cost"])  # type: ignore[arg-type]
+    assert float(bound["energy_cost"]) - 1e-6 <= b <= best + 1e-6
+    assert b <= float(smart["energy_cost"])  # type: ignore[arg-type]
+    assert float(tight["gap_pct"]) == pytest.approx((best - b) / best * 100, abs=0.01)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
     ("scenario", "policy"),
     [
-        ("city-taxi-day", "optimal"),
+        ("city-taxi-day", "optimal-lp"),
         ("grid-emergency-day", "smart"),
+        ("demand-charge-day", "naive"),
         ("heat-wave-day", "naive"),
     ],
 )

@@ -306,8 +306,7 @@ async def test_scenario_player_applies_events_at_their_times_and_drives_arrivals
     from edge.scheduler.scenario import ScenarioEvent, load_scenario
     from sim.demo import ScenarioPlayer
 
-    root = Path(__file__).resolve().parents[2]
-    sc = load_scenario(root / "config/scenarios/grid-emergency-day.yaml")
+    sc = load_scenario("builtin:grid-emergency-day")
     sc = sc.model_copy(
         update={
             "events": [
