@@ -60,8 +60,9 @@ class NetworkService:
 
     name = "modbus"
 
-    def __init__(self, network: ModbusNetwork) -> None:
+    def __init__(self, network: ModbusNetwork, slots: dict[str, SlotService] | None = None) -> None:
         self.network = network
+        self.slots = slots or {}
 
     async def run(self) -> None:
         await self.network.run()
@@ -74,6 +75,8 @@ class NetworkService:
         sure the restart does not replay the last wanted outputs either (issue 12 item 6)."""
         for dev in self.network.devices.values():
             dev.fail_safe()
+        for slot in self.slots.values():
+            slot.restart_from_off("charger owner (Modbus network service) failed")
 
 
 class SchedulerRunner:
@@ -384,7 +387,7 @@ def build_station(config: StationConfig, clock: Clock, notifier: Notifier | None
         slot.on_identified = identified
 
     supervisor.add(MonitorService(monitor), Kind.CORE)
-    supervisor.add(NetworkService(network), Kind.DEVICE)
+    supervisor.add(NetworkService(network, slots), Kind.DEVICE)
     supervisor.add(TelemetryRunner(telemetry), Kind.DEVICE)
     supervisor.add(SchedulerRunner(scheduler), Kind.CORE)
     supervisor.add(publisher, Kind.CORE)

@@ -365,6 +365,13 @@ class SlotService:
         if self.docked and self.ratings_known.is_set():
             self._start_session()
 
+    def restart_from_off(self, why: str) -> None:
+        """The charger's owner failed (nothing feeds it now): hold the output off and unfed
+        until a read after a new off command confirms it; only then may regulation resume."""
+        self.off_unconfirmed(why)
+        self._apply(self.core.inhibit("restart", self._clock.monotonic()))
+        self._command_off()
+
     async def fail_safe(self, timeout_s: float = 0.5) -> None:
         """Seam (issue 12 item 6): the service failed. Before the supervisor's backoff: starve
         the charger's watchdog (it switches itself off) and try, bounded, to write it off."""
@@ -461,6 +468,8 @@ class SlotService:
             self._alarms.clear_alarm(A_OUTPUT_OFF_UNCONFIRMED, self.slot_id)
             self._feed_again("off")
             self._wake.set()
+            if "restart" in self.core.inhibited:
+                self._apply(self.core.release("restart", self._clock.monotonic()))
 
     def _update_ratings(self, snap: Snapshot, now: float) -> None:
         rated = [_number(snap, n) for n in ("max_voltage_v", "max_current_a", "max_power_kw")]
