@@ -150,9 +150,11 @@ class SwapBindings:
 
     def emergency_off(self) -> None:
         # Output off and held off, watchdogs starved; the packs stay docked (issue 12 item 5).
-        # The sessions stay up at zero current, so charging resumes after a reset.
+        # Output held off (CST to every pack), watchdogs starved; the packs stay docked, so a
+        # reset restarts their sessions.
         for slot in self.slots.values():
             slot.inhibit("estop")
+            slot.stop_output()
 
     async def all_outputs_off(self) -> None:
         await asyncio.gather(
@@ -165,6 +167,7 @@ class SwapBindings:
             if slot_id in reserved:
                 continue
             if slot.docked:
+                slot.reset()  # a session the stop ended (or latched) starts afresh
                 slot.resume_charging()
             elif slot_id in occupied:
                 slot.dock()

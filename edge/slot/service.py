@@ -168,6 +168,7 @@ class SlotService:
         self.off_retry_max_s = 1.0
         self.events_lost = 0
         self._failed = False  # the last run() failed: the next one starts from "off"
+        self._resume_pending = False  # an e-stop reset waits for the stopped session to end
 
     @property
     def name(self) -> str:
@@ -211,8 +212,14 @@ class SlotService:
             self._feed_again("estop")
 
     def resume_charging(self) -> None:
-        """After an e-stop reset: a docked slot whose session has ended starts a new one."""
-        if self.docked and self.core.state is SlotState.EMPTY:
+        """After an e-stop reset: a docked slot whose session has ended starts a new one (one
+        still ending starts it when it has ended)."""
+        self._resume_pending = self.docked
+        self._maybe_resume()
+
+    def _maybe_resume(self) -> None:
+        if self._resume_pending and self.docked and self.core.state is SlotState.EMPTY:
+            self._resume_pending = False
             self._started = False
             self._start_session()
 
@@ -501,6 +508,8 @@ class SlotService:
             log.info("slot empty at start-up", slot=self.slot_id)
             return
         self._apply(self.core.on_session_event(ev, now))
+        if isinstance(ev, PhaseChanged):
+            self._maybe_resume()
         snap = self.snapshot()
         if isinstance(ev, PackIdentified):
             self.probing = False

@@ -363,7 +363,10 @@ class BmsCore:
             return []
         s = d.signals
         if fid == self._ids["CHM"]:
-            if self.phase is BmsPhase.WAIT_CHARGER and Fault.NO_BHM not in self.faults:
+            # CHM after an ended session: the charger started a new one (as after cycling the
+            # auxiliary supply, e.g. once an e-stop is reset)
+            restart = self.phase in (BmsPhase.WAIT_CHARGER, BmsPhase.ENDED)
+            if restart and Fault.NO_BHM not in self.faults:
                 self._enter(BmsPhase.HANDSHAKE, {"BHM": self.timers.bhm_period_s}, now)
         elif fid == self._ids["CRM"]:
             result = int(s["CRM_RecognitionResult"])
