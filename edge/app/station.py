@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from drivers.can.events import ChargerFault, StopReason
 from drivers.core.clock import Clock, utc_iso
 from drivers.core.log import get_logger
 from drivers.modbus.network import ModbusNetwork
@@ -136,8 +137,9 @@ class SwapBindings:
         await self.slots[slot_id].output_off()
 
     async def all_outputs_off(self) -> None:
+        # The e-stop latch: CST says so (SPN3522 emergency stop, a fault stop), not "manual".
         for slot in self.slots.values():
-            slot.stop_output()
+            slot.stop_output(StopReason.CHARGER_FAULT, (ChargerFault.EMERGENCY_STOP,))
         await asyncio.gather(*(s.output_off() for s in self.slots.values()), return_exceptions=True)
 
     def slot_views(self) -> list[SlotView]:

@@ -22,6 +22,7 @@ from typing import Any
 
 from drivers.can.config import CanBusConfig
 from drivers.can.events import (
+    ChargerFault,
     PackIdentified,
     Phase,
     PhaseChanged,
@@ -228,9 +229,11 @@ class SlotService:
         if self.docked and self.core.state is SlotState.EMPTY:
             self._start_session()
 
-    def stop_output(self, reason: StopReason = StopReason.MANUAL) -> None:
-        """Emergency stop or shutdown: output off and CST, at once."""
-        self._apply(self.core.stop(self._clock.monotonic(), reason))
+    def stop_output(
+        self, reason: StopReason = StopReason.MANUAL, faults: tuple[ChargerFault, ...] = ()
+    ) -> None:
+        """Emergency stop or shutdown: output off and CST (with its reason), at once."""
+        self._apply(self.core.stop(self._clock.monotonic(), reason, faults))
 
     # ---- what others read ---------------------------------------------------------------
     def snapshot(self) -> PackSnapshot:

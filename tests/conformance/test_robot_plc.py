@@ -123,6 +123,8 @@ async def test_emergency_stop(tmp_path: Path) -> None:
         await wait_until(lambda: rig.plc.halt == 3, 2.0)
         await wait_until(lambda: busy.stop_latency_s is not None, 5.0)
         assert busy.cst, "the charging pack got no CST"
+        # GB/T 27930 CST: fault stop (byte 1 bits 5-6) with SPN3522 emergency stop (byte 3).
+        assert busy.cst[0][0] >> 4 & 3 == 1 and busy.cst[0][2] & 3 == 1, busy.cst[0].hex()
         moved = len(rig.plc.motions)
         rig.plc.set_input(ESTOP, True)
         import asyncio
