@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from drivers.can.events import ChargerFault, StopReason
 from drivers.core.clock import Clock, utc_iso
 from drivers.core.log import get_logger
 from drivers.modbus.network import ModbusNetwork
@@ -104,8 +103,13 @@ class SwapRunner:
         boot) probe every slot, and a slot whose BMS stays silent is taken as empty."""
         inv = self.room.coordinator.core.inventory
         known = bool(inv.packs())
+        # A slot a journalled swap reserved is never docked (energised) at start-up; the swap
+        # docks it again when it ends (issue 12 item 3).
+        reserved = self.room.coordinator.core.reserved_slots()
         for slot_id, slot in slots.items():
-            if not known:
+            if slot_id in reserved:
+                slot.inhibit("reserved")
+            elif not known:
                 slot.probe()
             elif inv.at(f"slot:{slot_id}") is not None:
                 slot.dock()
@@ -132,15 +136,43 @@ class SwapBindings:
         self.alarms = alarms
         self.publisher = publisher
         self.ready_soc_pct = publisher.config.grid.ready_soc_pct
+        self.events_lost = 0
+        self._raiser = alarms.raiser("swap")
 
     async def output_off(self, slot_id: str) -> None:
-        await self.slots[slot_id].output_off()
+        slot = self.slots[slot_id]
+        slot.inhibit("reserved")
+        await slot.output_off()
+
+    def emergency_off(self) -> None:
+        # Output off and held off, watchdogs starved; the packs stay docked (issue 12 item 5).
+        # The sessions stay up at zero current, so charging resumes after a reset.
+        for slot in self.slots.values():
+            slot.inhibit("estop")
 
     async def all_outputs_off(self) -> None:
-        # The e-stop latch: CST says so (SPN3522 emergency stop, a fault stop), not "manual".
-        for slot in self.slots.values():
-            slot.stop_output(StopReason.CHARGER_FAULT, (ChargerFault.EMERGENCY_STOP,))
-        await asyncio.gather(*(s.output_off() for s in self.slots.values()), return_exceptions=True)
+        await asyncio.gather(
+            *(s.output_off(undock=False) for s in self.slots.values()), return_exceptions=True
+        )
+
+    def emergency_reset(self, occupied: frozenset[str], reserved: frozenset[str]) -> None:
+        for slot_id, slot in self.slots.items():
+            slot.release("estop")
+            if slot_id in reserved:
+                continue
+            if slot.docked:
+                slot.resume_charging()
+            elif slot_id in occupied:
+                slot.dock()
+
+    def set_reserved(self, reserved: frozenset[str], occupied: frozenset[str]) -> None:
+        for slot_id, slot in self.slots.items():
+            if slot_id in reserved:
+                slot.inhibit("reserved")
+            elif "reserved" in slot.core.inhibited:
+                slot.release("reserved")
+                if not slot.docked and slot_id in occupied:
+                    slot.dock()
 
     def slot_views(self) -> list[SlotView]:
         sources = {a.source for a in self.alarms.active}
@@ -160,6 +192,10 @@ class SwapBindings:
             self.publisher.emit_event(type, fields)
         except (ValueError, KeyError) as e:
             log.warning("swap event not published", type=type, error=str(e))
+        except Exception as e:  # noqa: BLE001 - a failing sink (full disk) never stops the swap
+            self.events_lost += 1
+            self._raiser.raise_alarm("swap.event_lost", "events", f"{type}: {e}")
+            log.error("swap event lost", type=type, error=repr(e))
 
 
 class TelemetryRunner:

@@ -237,15 +237,10 @@ class SlotCore:
         acts.append(SessionCommand(SessionCommandKind.START))
         return acts
 
-    def stop(
-        self,
-        now: float,
-        reason: StopReason = StopReason.MANUAL,
-        faults: tuple[ChargerFault, ...] = (),
-    ) -> list[Action]:
+    def stop(self, now: float, reason: StopReason = StopReason.MANUAL) -> list[Action]:
         acts: list[Action] = []
         self._output_off(acts)
-        acts.append(SessionCommand(SessionCommandKind.STOP, reason=reason, faults=faults))
+        acts.append(SessionCommand(SessionCommandKind.STOP, reason=reason))
         return acts
 
     def set_grant(self, power_kw: float, now: float) -> list[Action]:

@@ -22,7 +22,6 @@ from typing import Any
 
 from drivers.can.config import CanBusConfig
 from drivers.can.events import (
-    ChargerFault,
     PackIdentified,
     Phase,
     PhaseChanged,
@@ -210,8 +209,8 @@ class SlotService:
             self._feed_again("estop")
 
     def resume_charging(self) -> None:
-        """After an e-stop reset: a docked slot whose session was stopped starts a new one."""
-        if self.docked:
+        """After an e-stop reset: a docked slot whose session has ended starts a new one."""
+        if self.docked and self.core.state is SlotState.EMPTY:
             self._started = False
             self._start_session()
 
@@ -229,11 +228,9 @@ class SlotService:
         if self.docked and self.core.state is SlotState.EMPTY:
             self._start_session()
 
-    def stop_output(
-        self, reason: StopReason = StopReason.MANUAL, faults: tuple[ChargerFault, ...] = ()
-    ) -> None:
-        """Emergency stop or shutdown: output off and CST (with its reason), at once."""
-        self._apply(self.core.stop(self._clock.monotonic(), reason, faults))
+    def stop_output(self, reason: StopReason = StopReason.MANUAL) -> None:
+        """Emergency stop or shutdown: output off and CST, at once."""
+        self._apply(self.core.stop(self._clock.monotonic(), reason))
 
     # ---- what others read ---------------------------------------------------------------
     def snapshot(self) -> PackSnapshot:
@@ -264,7 +261,7 @@ class SlotService:
         )
 
     async def output_off(self, timeout_s: float = 5.0, *, undock: bool = True) -> None:
-        """Stop the session (and undock unless told not to), command the output off afresh and
+        """Undock (stop the session) unless told not to, command the output off afresh and
         return once a read taken after that command confirms it and the GB/T stop exchange is
         over (a pack may then leave or enter). Raises TimeoutError; the off stays wanted and
         retried either way."""
@@ -274,8 +271,6 @@ class SlotService:
         bms_engaged = self.link.session.phase in _BMS_ENGAGED
         if undock:
             self.undock()
-        else:
-            self.stop_output()
         self._command_off()
         async with asyncio.timeout(timeout_s):
             while not self.output_off_confirmed or (
