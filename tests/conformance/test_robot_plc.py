@@ -120,6 +120,7 @@ async def test_emergency_stop(tmp_path: Path) -> None:
         )
         await wait_until(lambda: len(rig.plc.motions) >= 3, 30)
         rig.plc.set_input(ESTOP, False)
+        busy.expect_output_off(0.1)  # as after a CST (GB/T 27930: <= 5 A within 100 ms)
         await wait_until(lambda: rig.plc.halt == 3, 2.0)
         await wait_until(lambda: busy.stop_latency_s is not None, 5.0)
         # The station holds outputs off and may keep the session up at zero current (charging
