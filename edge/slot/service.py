@@ -151,6 +151,8 @@ class SlotService:
         self.probing = False
         self.on_identified: Callable[[str, str, str], None] | None = None
         self._started = False
+        # An operator took the slot out of service: output off, no session, no pack in or out.
+        self.in_service = True
         self._wanted: _Wanted | None = None
         self._wake = asyncio.Event()
         self._version = 0
@@ -228,6 +230,17 @@ class SlotService:
         if self.docked and self.core.state is SlotState.EMPTY:
             self._start_session()
 
+    def set_in_service(self, in_service: bool) -> None:
+        """Out of service: output off and CST now, no new session; back: a seated pack
+        starts its session again."""
+        self.in_service = in_service
+        if not in_service:
+            self.stop_output()
+            self._started = False
+        elif self.docked and self.ratings_known.is_set():
+            self._start_session()
+        self._on_change(self.slot_id)
+
     def stop_output(self, reason: StopReason = StopReason.MANUAL) -> None:
         """Emergency stop or shutdown: output off and CST, at once."""
         self._apply(self.core.stop(self._clock.monotonic(), reason))
@@ -257,7 +270,7 @@ class SlotService:
             # output off at its start and the fetch step waits for the charger's confirmation.
             output_off=idle or not (self.core.reading.output_on if self.core.reading else False),
             alarm_active=alarm_active,
-            available=s.state is not SlotState.UNAVAILABLE,
+            available=s.state is not SlotState.UNAVAILABLE and self.in_service,
         )
 
     async def output_off(self, timeout_s: float = 5.0, *, undock: bool = True) -> None:
@@ -321,7 +334,7 @@ class SlotService:
             bms_limit_kw=to_grid_side(self.core.request_kw(), eff),
             charger_rating_kw=to_grid_side(r.max_power_kw, eff),
             derate_factor=self.core.derating,
-            faulted=s.state in (SlotState.FAULTED, SlotState.UNAVAILABLE),
+            faulted=s.state in (SlotState.FAULTED, SlotState.UNAVAILABLE) or not self.in_service,
             docked_at_s=self.docked_at_s,
             capacity_kwh=self.capacity_kwh,
         )
@@ -380,7 +393,7 @@ class SlotService:
 
     # ---- internals ----------------------------------------------------------------------
     def _start_session(self) -> None:
-        if not self._started:
+        if not self._started and self.in_service:
             self._started = True
             self._apply(self.core.start(self._clock.monotonic()))
 

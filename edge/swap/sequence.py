@@ -18,6 +18,7 @@ from enum import StrEnum
 from typing import Any
 
 from drivers.robot.contract import UNITS, RobotStatus, UnitState
+from edge.command_types import Rejected as CommandRejected
 from edge.swap.choice import NoPackError, SlotView, choose_pack, choose_store_slot
 from edge.swap.inventory import (
     HANDLING_PLACES,
@@ -185,13 +186,12 @@ Action = (
 )
 
 
-class Rejected(Exception):
-    """A command the station cannot carry out now (nothing moved). `code` as in DESIGN.md."""
+class Rejected(CommandRejected):
+    """The house's one refusal (`edge.command_types.Rejected`), message first for the core's
+    many `rejected` answers. Nothing moved."""
 
     def __init__(self, message: str, code: str = "rejected") -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+        super().__init__(code, message)
 
 
 class Mode(StrEnum):
