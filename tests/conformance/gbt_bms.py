@@ -1,7 +1,7 @@
 """An independent GB/T 27930-2015 BMS (the vehicle/pack side) for conformance tests.
 
-Written from the standard's message tables (/work/shared/design/GBT27930.md, restated from the
-public transcriptions) and DOMAIN.md only: it shares no code with the daemon's CAN room or its
+Written from the standard's message tables (docs/gbt27930.md, restated from the
+public transcriptions) only: it shares no code with the daemon's CAN room or its
 pack simulator. Frames are packed by hand (struct), J1939 TP (RTS/CTS) is its own.
 
 The peer plays every phase with its own timers (handshake CHM/BHM, recognition CRM/BRM over TP,
