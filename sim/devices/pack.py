@@ -597,8 +597,12 @@ class BmsCore:
             return self._tp_send(PGN_BMT, encode_bmt([int(m.max_temperature_c)] * 16), now)
         if name == "BST":
             self._bst_sent += 1
-            if self._bst_sent == self.timers.bst_repeats_before_bsd:
-                self._periodic["BSD"] = (self.timers.bsd_period_s, now + 0.01)
+            # GB/T 27930 phase 6: BSD only once the charger's CST is in (after our own BST the
+            # CST watch is pending until then; a conformance BMS showed the simulator sent BSD
+            # 50 ms after BST whether or not the charger had answered).
+            answered = "CST" not in self._watch
+            if self._bst_sent >= self.timers.bst_repeats_before_bsd and answered:
+                self._periodic.setdefault("BSD", (self.timers.bsd_period_s, now + 0.01))
             return [c.frame("BST", self._bst_signals)]
         if name == "BSD":
             self._periodic.pop("BST", None)
