@@ -150,11 +150,11 @@ class SwapBindings:
 
     def emergency_off(self) -> None:
         # Output off and held off, watchdogs starved; the packs stay docked (issue 12 item 5).
-        # Output held off (CST to every pack), watchdogs starved; the packs stay docked, so a
-        # reset restarts their sessions.
+        # Output held off at zero current, watchdogs starved; the packs stay docked and their
+        # sessions up, so charging resumes after a reset (a session that ended meanwhile is
+        # started again by the reset).
         for slot in self.slots.values():
             slot.inhibit("estop")
-            slot.stop_output()
 
     async def all_outputs_off(self) -> None:
         await asyncio.gather(
