@@ -27,6 +27,7 @@ import orjson
 from drivers.core.clock import SystemClock
 from drivers.core.log import get_logger
 from edge.app.station import Station, build_station
+from edge.command_types import SIM, Rejected
 from edge.config import StationConfig, load_config
 from edge.scheduler.core import SchedulerError
 from edge.scheduler.scenario import Scenario, load_scenario
@@ -86,7 +87,11 @@ class ScenarioPlayer:
             try:
                 if ev.kind == "dispatch_limit" and ev.power_kw is not None:
                     until = datetime.now(UTC) + timedelta(seconds=wall_s)
-                    self.station.scheduler.set_power_limit(ev.power_kw, until)
+                    await self.station.command_service.execute(
+                        "set_power_limit",
+                        {"power_kw": ev.power_kw, "valid_until": until.isoformat()},
+                        SIM,
+                    )
                 elif ev.kind == "derate" and ev.factor is not None:
                     which = ev.slots if isinstance(ev.slots, list) else range(len(slot_ids))
                     targets = [slot_ids[i % len(slot_ids)] for i in which]
@@ -101,7 +106,7 @@ class ScenarioPlayer:
                 else:
                     _log.info("scenario event not simulated", item=label)
                     continue
-            except (SchedulerError, ValueError, KeyError) as e:  # must not end the demo
+            except (Rejected, SchedulerError, ValueError, KeyError) as e:  # must not end the demo
                 _log.warning("scenario event failed", item=label, error=str(e))
                 continue
             self.applied.append(label)
@@ -191,7 +196,7 @@ async def _run(
     charging = 0
     try:
         async with (
-            world.running(in_process_requester(station.swap.coordinator), rate_per_hour=rate),
+            world.running(in_process_requester(station.command_service), rate_per_hour=rate),
             asyncio.TaskGroup() as tg,
         ):
             aux: list[asyncio.Task[Any]] = []

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from drivers.core.clock import ManualClock
+from tests.release_fixtures import release  # noqa: F401  (session fixture: the installed wheel)
 
 
 def free_port() -> int:

@@ -20,8 +20,10 @@ from edge.alarms import AlarmManager
 from edge.app.health import LoopMonitor, Notifier, watchdog_interval_s
 from edge.app.supervisor import Kind, Supervisor
 from edge.config import StationConfig
-from edge.operator.commands import StationCommands
+from edge.operator.commands import OutOfService, StationCommands
 from edge.operator.ctl import CtlServer
+from edge.operator.service import CommandService
+from edge.operator.signatures import Verifier, load_keys
 from edge.scheduler.core import Allocation, Scheduler
 from edge.scheduler.policies import make_policy
 from edge.scheduler.service import SchedulerService
@@ -29,7 +31,6 @@ from edge.slot.core import SlotSafety
 from edge.slot.service import SlotService
 from edge.state import GridState, StationState
 from edge.swap.choice import SlotView
-from edge.swap.remote import SwapCommands
 from edge.swap.sequence import PackIdentity
 from edge.swap.service import SwapRoom, build_swap
 from edge.telemetry.alarm_events import AlarmEvents
@@ -59,8 +60,9 @@ class NetworkService:
 
     name = "modbus"
 
-    def __init__(self, network: ModbusNetwork) -> None:
+    def __init__(self, network: ModbusNetwork, slots: dict[str, SlotService] | None = None) -> None:
         self.network = network
+        self.slots = slots or {}
 
     async def run(self) -> None:
         await self.network.run()
@@ -73,6 +75,8 @@ class NetworkService:
         sure the restart does not replay the last wanted outputs either (issue 12 item 6)."""
         for dev in self.network.devices.values():
             dev.fail_safe()
+        for slot in self.slots.values():
+            slot.restart_from_off("charger owner (Modbus network service) failed")
 
 
 class SchedulerRunner:
@@ -146,7 +150,9 @@ class SwapBindings:
 
     def emergency_off(self) -> None:
         # Output off and held off, watchdogs starved; the packs stay docked (issue 12 item 5).
-        # The sessions stay up at zero current, so charging resumes after a reset.
+        # Output held off at zero current, watchdogs starved; the packs stay docked and their
+        # sessions up, so charging resumes after a reset (a session that ended meanwhile is
+        # started again by the reset).
         for slot in self.slots.values():
             slot.inhibit("estop")
 
@@ -161,6 +167,7 @@ class SwapBindings:
             if slot_id in reserved:
                 continue
             if slot.docked:
+                slot.reset()  # a session the stop ended (or latched) starts afresh
                 slot.resume_charging()
             elif slot_id in occupied:
                 slot.dock()
@@ -237,6 +244,7 @@ class Station:
     commands: StationCommands
     publisher: StatePublisher
     swap: SwapRoom
+    command_service: CommandService
 
     async def run(self) -> None:
         """Run until `stop()`; raises CoreServiceFailed when a core service fails."""
@@ -292,14 +300,26 @@ def build_station(config: StationConfig, clock: Clock, notifier: Notifier | None
         list(config.chargers), config_dir=config_dir, clock=clock, alarms=alarms.raiser("modbus")
     )
 
-    commands = StationCommands(state, clock)
+    commands = StationCommands(
+        state, clock, OutOfService(config.station.state_dir / "slots-out-of-service.json")
+    )
+    keys = load_keys(list(config.commands.keys), config_dir)
+    command_service = CommandService(
+        config.commands,
+        commands,
+        clock=clock,
+        verifier=Verifier(config.station.id, keys) if keys else None,
+        timeout_s=config.telemetry.command_timeout_s,
+        max_power_lease_s=config.telemetry.max_power_lease_s,
+    )
     telemetry = Telemetry(
         config.station.id,
         config.mqtt,
         config.telemetry,
-        commands,
+        command_service,
         clock=clock,
         alarms=alarms.raiser("telemetry"),
+        commands=config.commands,
     )
     AlarmEvents(alarms, telemetry)
 
@@ -354,8 +374,9 @@ def build_station(config: StationConfig, clock: Clock, notifier: Notifier | None
         events=bindings,
         alarms=alarms.raiser("swap"),
     )
-    commands.swap = SwapCommands(room.coordinator)
-    ctl = CtlServer(config.station.ctl_socket, room.coordinator, group=config.station.ctl_group)
+    commands.swap = room.coordinator
+    commands.apply_out_of_service()
+    ctl = CtlServer(config.station.ctl_socket, command_service, group=config.station.ctl_group)
 
     def identified(slot_id: str, pack_id: str, pack_type: str) -> None:
         task = asyncio.ensure_future(
@@ -369,7 +390,7 @@ def build_station(config: StationConfig, clock: Clock, notifier: Notifier | None
         slot.on_identified = identified
 
     supervisor.add(MonitorService(monitor), Kind.CORE)
-    supervisor.add(NetworkService(network), Kind.DEVICE)
+    supervisor.add(NetworkService(network, slots), Kind.DEVICE)
     supervisor.add(TelemetryRunner(telemetry), Kind.DEVICE)
     supervisor.add(SchedulerRunner(scheduler), Kind.CORE)
     supervisor.add(publisher, Kind.CORE)
@@ -396,4 +417,5 @@ def build_station(config: StationConfig, clock: Clock, notifier: Notifier | None
         commands,
         publisher,
         room,
+        command_service,
     )

@@ -151,6 +151,8 @@ class SlotService:
         self.probing = False
         self.on_identified: Callable[[str, str, str], None] | None = None
         self._started = False
+        # An operator took the slot out of service: output off, no session, no pack in or out.
+        self.in_service = True
         self._wanted: _Wanted | None = None
         self._wake = asyncio.Event()
         self._version = 0
@@ -166,6 +168,7 @@ class SlotService:
         self.off_retry_max_s = 1.0
         self.events_lost = 0
         self._failed = False  # the last run() failed: the next one starts from "off"
+        self._resume_pending = False  # an e-stop reset waits for the stopped session to end
 
     @property
     def name(self) -> str:
@@ -209,8 +212,14 @@ class SlotService:
             self._feed_again("estop")
 
     def resume_charging(self) -> None:
-        """After an e-stop reset: a docked slot whose session has ended starts a new one."""
-        if self.docked and self.core.state is SlotState.EMPTY:
+        """After an e-stop reset: a docked slot whose session has ended starts a new one (one
+        still ending starts it when it has ended)."""
+        self._resume_pending = self.docked
+        self._maybe_resume()
+
+    def _maybe_resume(self) -> None:
+        if self._resume_pending and self.docked and self.core.state is SlotState.EMPTY:
+            self._resume_pending = False
             self._started = False
             self._start_session()
 
@@ -227,6 +236,17 @@ class SlotService:
         self._apply(self.core.reset_unavailable(self._clock.monotonic()))
         if self.docked and self.core.state is SlotState.EMPTY:
             self._start_session()
+
+    def set_in_service(self, in_service: bool) -> None:
+        """Out of service: output off and CST now, no new session; back: a seated pack
+        starts its session again."""
+        self.in_service = in_service
+        if not in_service:
+            self.stop_output()
+            self._started = False
+        elif self.docked and self.ratings_known.is_set():
+            self._start_session()
+        self._on_change(self.slot_id)
 
     def stop_output(self, reason: StopReason = StopReason.MANUAL) -> None:
         """Emergency stop or shutdown: output off and CST, at once."""
@@ -257,7 +277,7 @@ class SlotService:
             # output off at its start and the fetch step waits for the charger's confirmation.
             output_off=idle or not (self.core.reading.output_on if self.core.reading else False),
             alarm_active=alarm_active,
-            available=s.state is not SlotState.UNAVAILABLE,
+            available=s.state is not SlotState.UNAVAILABLE and self.in_service,
         )
 
     async def output_off(self, timeout_s: float = 5.0, *, undock: bool = True) -> None:
@@ -321,7 +341,7 @@ class SlotService:
             bms_limit_kw=to_grid_side(self.core.request_kw(), eff),
             charger_rating_kw=to_grid_side(r.max_power_kw, eff),
             derate_factor=self.core.derating,
-            faulted=s.state in (SlotState.FAULTED, SlotState.UNAVAILABLE),
+            faulted=s.state in (SlotState.FAULTED, SlotState.UNAVAILABLE) or not self.in_service,
             docked_at_s=self.docked_at_s,
             capacity_kwh=self.capacity_kwh,
         )
@@ -352,6 +372,13 @@ class SlotService:
         if self.docked and self.ratings_known.is_set():
             self._start_session()
 
+    def restart_from_off(self, why: str) -> None:
+        """The charger's owner failed (nothing feeds it now): hold the output off and unfed
+        until a read after a new off command confirms it; only then may regulation resume."""
+        self.off_unconfirmed(why)
+        self._apply(self.core.inhibit("restart", self._clock.monotonic()))
+        self._command_off()
+
     async def fail_safe(self, timeout_s: float = 0.5) -> None:
         """Seam (issue 12 item 6): the service failed. Before the supervisor's backoff: starve
         the charger's watchdog (it switches itself off) and try, bounded, to write it off."""
@@ -380,7 +407,7 @@ class SlotService:
 
     # ---- internals ----------------------------------------------------------------------
     def _start_session(self) -> None:
-        if not self._started:
+        if not self._started and self.in_service:
             self._started = True
             self._apply(self.core.start(self._clock.monotonic()))
 
@@ -448,6 +475,8 @@ class SlotService:
             self._alarms.clear_alarm(A_OUTPUT_OFF_UNCONFIRMED, self.slot_id)
             self._feed_again("off")
             self._wake.set()
+            if "restart" in self.core.inhibited:
+                self._apply(self.core.release("restart", self._clock.monotonic()))
 
     def _update_ratings(self, snap: Snapshot, now: float) -> None:
         rated = [_number(snap, n) for n in ("max_voltage_v", "max_current_a", "max_power_kw")]
@@ -479,6 +508,8 @@ class SlotService:
             log.info("slot empty at start-up", slot=self.slot_id)
             return
         self._apply(self.core.on_session_event(ev, now))
+        if isinstance(ev, PhaseChanged):
+            self._maybe_resume()
         snap = self.snapshot()
         if isinstance(ev, PackIdentified):
             self.probing = False

@@ -18,7 +18,7 @@ from drivers.core.log import get_logger
 from drivers.robot.port import RobotPort, RobotPortError
 from edge.swap.choice import SlotView
 from edge.swap.inventory import slot_place
-from edge.swap.journal import Journal
+from edge.swap.journal import Journal, JournalError
 from edge.swap.sequence import (
     Action,
     ClearAlarm,
@@ -137,11 +137,15 @@ class SwapCoordinator:
         self.offline_after = offline_after
         snap = journal.snapshot()
         self.restored = snap is not None
-        self.core = (
-            SwapSequence.restore(graph, slot_numbers, snap)
-            if snap is not None
-            else SwapSequence(graph, slot_numbers)
-        )
+        try:
+            self.core = (
+                SwapSequence.restore(graph, slot_numbers, snap)
+                if snap is not None
+                else SwapSequence(graph, slot_numbers)
+            )
+        except (KeyError, ValueError, TypeError, AttributeError) as e:
+            # A snapshot that decodes but does not fit the sequence: as corrupt as a bad page.
+            raise JournalError(f"{journal.path}: snapshot does not restore: {e!r}") from e
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -346,6 +350,7 @@ class SwapCoordinator:
             self._check_swap_id(params)
             await self.feed(RefitOriginal())
         elif command == "manual":
+            self._check_swap_id(params)
             enabled = params.get("enabled", True)
             if not isinstance(enabled, bool):
                 raise Rejected(
