@@ -212,14 +212,22 @@ def test_triggers_debounced_except_faults_and_limits() -> None:
     assert len(planner.requests) == 5
 
 
-def test_small_day_predictive_serves_every_swap_within_limits(tmp_path: Path) -> None:
+def test_small_day_predictive_serves_every_swap_within_limits_and_plots(tmp_path: Path) -> None:
+    from edge.scheduler.plot import plot_day
+
     sc = load_scenario(write_small(tmp_path))
-    k = simulate_day(sc, "predictive", 3).kpis
+    r = simulate_day(sc, "predictive", 3, record=True)
+    k = r.kpis
     assert k["swaps_served"] == k["swaps_requested"]
     assert k["cap_violations"] == 0
     assert k["fallbacks"] == 0
     naive = simulate_day(sc, "naive", 3).kpis
     assert float(k["energy_cost"]) < float(naive["energy_cost"])  # type: ignore[arg-type]
+    # --plot: the plan in force and the hourly horizons against what happened.
+    assert r.plans and any(s.plan_kw is not None for s in r.samples)
+    png = tmp_path / "day.png"
+    plot_day(r, sc, png)
+    assert png.stat().st_size > 10_000
 
 
 def test_predictive_policy_module_keeps_numpy_out() -> None:
