@@ -6,7 +6,7 @@ import asyncio
 import signal
 import sys
 
-from drivers.core.clock import SystemClock
+from drivers.core.clock import ScaledClock, SystemClock
 from drivers.core.datafile import DataFileError
 from drivers.core.log import get_logger
 from edge.app.logs import configure_logging
@@ -15,7 +15,7 @@ from edge.app.supervisor import CoreServiceFailed
 from edge.config import load_config
 
 
-def run_daemon(config_path: str) -> int:
+def run_daemon(config_path: str, sim_speed: float | None = None) -> int:
     configure_logging()
     log = get_logger("daemon")
     try:
@@ -25,7 +25,7 @@ def run_daemon(config_path: str) -> int:
             print(p, file=sys.stderr)
         return 2
     try:
-        asyncio.run(_main(config_path, config))
+        asyncio.run(_main(config_path, config, sim_speed))
     except CoreServiceFailed as e:
         log.critical("daemon stopped by a core service failure", error=str(e))
         return 1
@@ -33,12 +33,14 @@ def run_daemon(config_path: str) -> int:
     return 0
 
 
-async def _main(config_path: str, config: object) -> None:
+async def _main(config_path: str, config: object, sim_speed: float | None = None) -> None:
     from edge.config import StationConfig
 
     assert isinstance(config, StationConfig)
     log = get_logger("daemon")
-    station = build_station(config, SystemClock())
+    # Against a simulated world running X times faster, the scheduler plans in world time.
+    sched_clock = ScaledClock(sim_speed) if sim_speed is not None and sim_speed != 1.0 else None
+    station = build_station(config, SystemClock(), scheduler_clock=sched_clock)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, _on_signal, station, sig)

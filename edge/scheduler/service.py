@@ -113,6 +113,10 @@ class SchedulerService:
         self._publish(alloc)
         return alloc
 
+    def active_limit(self) -> tuple[float, str, float | None]:
+        """The import limit in force now, on this service's clock."""
+        return self.scheduler.active_limit(self._clock.monotonic())
+
     def plan_horizon(self, max_s: float = 6 * 3600.0) -> list[dict[str, float]] | None:
         """The predictive plan's next hours: [{ends_in_s, power_kw}]; None for other
         policies."""
