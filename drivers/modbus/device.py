@@ -40,6 +40,7 @@ log = get_logger("modbus")
 ALARM_OFFLINE = "modbus.offline"
 ALARM_WRITE_FAILED = "modbus.write_failed"
 ALARM_INVALID_VALUE = "modbus.invalid_value"
+READBACK_SETTLE_S = 0.5  # how long a device may take to echo a write-only value
 
 
 class DeviceState(StrEnum):
@@ -497,6 +498,8 @@ class ModbusDevice:
             try:
                 await self._write_raw(name, payload)
                 got = await self._read_block(block, retries=0)
+                if spec.access == "w":
+                    got = await self._settled_readback(block, got, expect)
             except (ModbusTimeoutError, ModbusConnectionError) as e:
                 last, lost = str(e), e
                 continue
@@ -517,6 +520,17 @@ class ModbusDevice:
         self._failed_writes.add(name)
         self._alarms.raise_alarm(ALARM_WRITE_FAILED, self.device_id, f"{name}: {last}")
         raise WriteVerifyError(f"{self.device_id}.{name} not confirmed: {last}")
+
+    async def _settled_readback(
+        self, block: Block, got: Words | Bits, expect: Words | Bits
+    ) -> Words | Bits:
+        """A device echoes a write-only value at its read-back address on its own cycle, not
+        necessarily by the next request: re-read for up to READBACK_SETTLE_S."""
+        deadline = self._clock.monotonic() + READBACK_SETTLE_S
+        while list(got) != list(expect) and self._clock.monotonic() < deadline:
+            await self._clock.sleep(READBACK_SETTLE_S / 10)
+            got = await self._read_block(block, retries=0)
+        return got
 
     async def _write_acknowledged(self, name: str, payload: list[int] | bool) -> None:
         last: ModbusCommError | None = None

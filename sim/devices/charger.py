@@ -438,6 +438,12 @@ async def _action(
         return ExcCodes.ILLEGAL_FUNCTION
     if set_values is not None and f.ignore_writes:
         return None  # acknowledged; reads keep serving the image, which did not change
+    if set_values is None and any(
+        b.table == table and address < b.address <= address + count - 1 for b in sim.map.barriers
+    ):
+        # a real device's memory bank ends there: a read across it fails (docs/modbus.md;
+        # found by the generic-map conformance peer)
+        return ExcCodes.ILLEGAL_ADDRESS
     if table in BIT_TABLES:
         bits = sim.bits[table]
         if set_values is not None:

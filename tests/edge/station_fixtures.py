@@ -106,9 +106,11 @@ async def running_station(
     pack_model: Callable[[PackSpec, float], PackModel] = PackModel,
     pack_spec: Callable[[int], PackSpec] | None = None,
     coupled: bool = False,
+    charger_sims: bool = True,
 ) -> AsyncIterator[World]:
     """`coupled`: each charger simulator drives its slot's pack model (same voltage, the pack
-    takes the charger's current); otherwise the pack integrates the CCS current."""
+    takes the charger's current); otherwise the pack integrates the CCS current.
+    `charger_sims=False`: the test serves the chargers' addresses itself (conformance peers)."""
     cfg = load_config(path)
     models: dict[str, PackModel] = {}
     for i, s in enumerate(cfg.slots):
@@ -128,7 +130,12 @@ async def running_station(
     packs: dict[str, SimPack] = {}
     tasks: list[asyncio.Task[None]] = []
     try:
-        async with run_charger_sims(specs, speed=speed) as chargers:
+        sims = (
+            run_charger_sims(specs, speed=speed)
+            if charger_sims
+            else contextlib.nullcontext(dict[str, ChargerSim]())
+        )
+        async with sims as chargers:
             for i, s in enumerate(cfg.slots):
                 if s.id not in models:
                     continue
