@@ -316,6 +316,7 @@ def build_station(
         alarms=alarms.raiser("swap"),
     )
     commands.swap = SwapCommands(room.coordinator)
+    room.coordinator.on_request = scheduler.vehicle_request  # arrivals and waiting vehicles
     ctl = CtlServer(config.station.ctl_socket, room.coordinator, group=config.station.ctl_group)
 
     def identified(slot_id: str, pack_id: str, pack_type: str) -> None:

@@ -283,3 +283,24 @@ async def test_service_owns_the_solver_process_and_restarts_it(clock: ManualCloc
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     assert svc.solver.pid is None  # the child is gone with the service
+
+
+def test_swap_requests_feed_the_queue_and_the_forecast(clock: ManualClock) -> None:
+    """The live station tells the scheduler of every swap request: a refused vehicle waits
+    (the reserve counts it) until served or gone for WAIT_FORGET_S; a first request is an
+    arrival for the forecast."""
+    sched = Scheduler(grid_config(), SmartPolicy())
+    svc = SchedulerService(sched, clock, lambda: _slots(), lambda a: None)
+    base = svc.allocate_now().reserve_packs
+    svc.vehicle_request("TAXI-1", "no LFP pack qualifies")
+    svc.vehicle_request("TAXI-1", "no LFP pack qualifies")  # a retry is not a new arrival
+    svc.vehicle_request("TAXI-2", "a swap is already running")
+    assert svc.allocate_now().reserve_packs == base + 2
+    assert len(sched.forecast._seen) == 2
+    svc.vehicle_request("TAXI-1", None)  # served
+    assert svc.allocate_now().reserve_packs == base + 1
+    clock.advance(SchedulerService.WAIT_FORGET_S + 1)
+    svc.vehicle_request("TAXI-3", None)
+    assert sched.pending_triggers == ("queue",) or "queue" in sched.pending_triggers
+    alloc = svc.allocate_now()
+    assert alloc.reserve_packs >= 0 and svc._waiting == {}
