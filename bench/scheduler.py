@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -121,12 +122,20 @@ def _run(job: tuple[str, str, int, float]) -> dict[str, object]:
 
 def goal_table(seeds: list[int], mip_s: float, workers: int) -> None:
     """Every policy x scenario x seed, then the issue's goals per scenario and seed."""
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import ProcessPoolExecutor, as_completed
 
     jobs = [(n, p, s, mip_s) for n in SCENARIOS for s in seeds for p in POLICIES]
+    by: dict[tuple[str, str, int], dict[str, object]] = {}
     with ProcessPoolExecutor(max_workers=workers) as ex:
-        results = list(ex.map(_run, jobs))
-    by = {(j[0], j[1], j[2]): k for j, k in zip(jobs, results, strict=True)}
+        futs = {ex.submit(_run, j): j for j in jobs}
+        for f in as_completed(futs):
+            j = futs[f]
+            try:
+                by[j[:3]] = f.result()
+            except Exception as e:
+                by[j[:3]] = {"error": repr(e)}
+            # Progress on stderr: a long table is not lost to one failure.
+            print(j[:3], by[j[:3]], file=sys.stderr, flush=True)
     print(
         "| scenario | policy | seed | cost CNY | bound CNY | waits | wait min "
         "| peak-period kWh | peak kW | cap viol. | wall s |"
@@ -134,6 +143,9 @@ def goal_table(seeds: list[int], mip_s: float, workers: int) -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for j in jobs:
         k = by[j[:3]]
+        if "error" in k:
+            print(f"| {j[0]} | {j[1]} | {j[2]} | {k['error']} |||||||||")
+            continue
         bound = k.get("bound_cost")
         print(
             f"| {j[0]} | {j[1]} | {j[2]} | {float(k['energy_cost']):.0f} "  # type: ignore[arg-type]
@@ -153,6 +165,9 @@ def goal_table(seeds: list[int], mip_s: float, workers: int) -> None:
     for name in SCENARIOS:
         for s in seeds:
             n, sm, pr, op = (by[(name, p, s)] for p in ("naive", "smart", "predictive", "optimal"))
+            if any("error" in x for x in (n, sm, pr, op)):
+                print(f"| {name} | {s} | (a run failed, see above) |||||||||")
+                continue
             nc, sc_, pc = (float(x["energy_cost"]) for x in (n, sm, pr))  # type: ignore[arg-type]
             bc = float(op["bound_cost"])  # type: ignore[arg-type]
             npk, spk, ppk = (float(x["peak_period_energy_kwh"]) for x in (n, sm, pr))  # type: ignore[arg-type]
