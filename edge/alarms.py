@@ -78,6 +78,15 @@ _DEFS = [
         "charger.offline", Severity.MAJOR, "slot", "Charger offline; its watchdog stops its output"
     ),
     AlarmDef("charger.fault", Severity.MAJOR, "slot", "Charger reports a fault"),
+    AlarmDef(
+        "charger.output_off_unconfirmed",
+        Severity.CRITICAL,
+        "slot",
+        "Charger output off not confirmed by a read after the command; retrying, watchdog starved",
+    ),
+    AlarmDef(
+        "slot.event_lost", Severity.MINOR, "slot", "Slot event not stored (event sink failed)"
+    ),
     # Swap robot
     AlarmDef(
         "safety.emergency_stop",
@@ -94,6 +103,15 @@ _DEFS = [
         "Interlock lost during a step; unit halted",
     ),
     AlarmDef("robot.plc_offline", Severity.CRITICAL, "swap", "Robot PLC not answering"),
+    AlarmDef(
+        "robot.plc_stale",
+        Severity.CRITICAL,
+        "swap",
+        "Robot PLC heartbeat frozen or status too old; units halted",
+    ),
+    AlarmDef(
+        "swap.event_lost", Severity.MINOR, "swap", "Swap event not stored (event sink failed)"
+    ),
     AlarmDef(
         "swap.pack_mismatch",
         Severity.MAJOR,
@@ -122,6 +140,12 @@ _DEFS = [
 ]
 
 CATALOGUE: dict[str, AlarmDef] = {d.code: d for d in _DEFS}
+
+# Codes other modules name (issue 12); every code stays defined once, above.
+A_OUTPUT_OFF_UNCONFIRMED = "charger.output_off_unconfirmed"
+A_EVENT_LOST_SLOT = "slot.event_lost"
+A_EVENT_LOST_SWAP = "swap.event_lost"
+A_PLC_STALE = "robot.plc_stale"
 
 
 class UnknownAlarmError(KeyError):

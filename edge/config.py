@@ -47,6 +47,20 @@ from edge.telemetry.topics import TopicError, check_level
 ROBOT_MAPS = shelf("drivers.robot")
 STEP_GRAPHS = shelf("edge.swap")
 
+# The config format's version (top-level `version:`). Bump it when a config that used to load
+# would now mean something else or fail, and say what changed: an old config is refused with
+# these lines rather than half-understood.
+CONFIG_VERSION = 2
+CONFIG_CHANGES: dict[int, tuple[str, ...]] = {
+    2: (
+        "shipped data files are named builtin:NAME (chargers' map: builtin:charger-generic,"
+        " robot.map: builtin:robot-plc); the registers/ folder beside the config is no longer"
+        " installed, a path still names a station's own file",
+        "the swap step graph is robot.steps (default builtin:swap-steps); a swap-steps.yaml"
+        " beside the config is no longer read",
+    ),
+}
+
 Port = Annotated[int, Field(ge=1, le=65535)]
 # Ids become MQTT topic levels (telemetry/slot/<id>, sim/<device_id>/fault): no '.', which NATS
 # takes for a subject separator and RabbitMQ rewrites to '/'.
@@ -110,6 +124,7 @@ class SimConfig(Strict):
 
 
 class StationConfig(Strict):
+    version: int = CONFIG_VERSION
     station: StationInfo
     mqtt: MqttConfig = MqttConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
@@ -274,12 +289,43 @@ def _apply_env(data: dict[str, Any]) -> None:
         data["mqtt"] = mqtt
 
 
+def _version_problems(data: dict[str, Any]) -> list[tuple[PathKey, str]]:
+    """An old or newer config is refused up front, naming what changed since its version."""
+    v = data.get("version", 1)
+    if isinstance(v, bool) or not isinstance(v, int):
+        return [(("version",), f"must be an integer (this swapd reads {CONFIG_VERSION})")]
+    found = "version 1 (no version key)" if "version" not in data else f"version {v}"
+    if v > CONFIG_VERSION:
+        return [
+            (
+                ("version",),
+                f"config {found} is newer than this swapd reads ({CONFIG_VERSION}):"
+                " upgrade swapd or use the config kept with this version",
+            )
+        ]
+    if v == CONFIG_VERSION:
+        return []
+    out: list[tuple[PathKey, str]] = [
+        (
+            ("version",),
+            f"config {found} is older than this swapd reads ({CONFIG_VERSION}); check what"
+            f" changed (below), then set version: {CONFIG_VERSION}",
+        )
+    ]
+    for n in range(max(v, 1) + 1, CONFIG_VERSION + 1):
+        out += [(("version",), f"changed in {n}: {c}") for c in CONFIG_CHANGES.get(n, ())]
+    return out
+
+
 def load_config(path: Path | str) -> StationConfig:
     """Load and fully validate a station config. Raises DataFileError with every problem."""
     p = Path(path)
     data, index = read_yaml(p)
     if not isinstance(data, dict):
         raise DataFileError([Problem(str(p), 1, "", "the config must be a mapping of sections")])
+    version = [problem_at(p, index, loc, msg) for loc, msg in _version_problems(data)]
+    if version:
+        raise DataFileError(version)
     _apply_env(data)
     problems = [problem_at(p, index, loc, msg) for loc, msg in _reference_checks(data)]
     try:

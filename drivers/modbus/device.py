@@ -48,7 +48,7 @@ class DeviceState(StrEnum):
     CONNECTING = "connecting"  # started, no answer yet
     ONLINE = "online"  # answering; values of the last cycle are fresh
     DEGRADED = "degraded"  # missed one or more cycles, not yet offline; values stale
-    OFFLINE = "offline"  # N cycles without an answer: alarm raised, probing with backoff
+    OFFLINE = "offline"  # N cycles without a good answer: alarm raised, probing with backoff
     RESTORING = "restoring"  # answering again: last setpoints being rewritten before ONLINE
 
 
@@ -220,6 +220,17 @@ class ModbusDevice:
         Used by the safety logic when the output must stop and writes may not get through."""
         self._wd_feeding = False
 
+    def fail_safe(self) -> None:
+        """Its service failed: stop feeding the watchdog and forget the wanted setpoints, so a
+        reconnect writes the output off instead of replaying them (issue 12 item 6). The
+        controller resumes feeding once it has confirmed the output off again."""
+        self._wd_feeding = False
+        for name in ("current_limit_a", "power_limit_kw"):
+            if name in self._desired:
+                self._desired[name] = 0.0
+        if "enable" in self._desired:
+            self._desired["enable"] = False
+
     def resume_watchdog(self) -> None:
         if self._wd_point is not None:
             self._wd_feeding = True
@@ -299,7 +310,6 @@ class ModbusDevice:
         for g in due:
             nxt = self._due[g] + self._periods[g]
             self._due[g] = nxt if nxt > now else now + self._periods[g]
-        answered = False
         fresh: set[str] = set()
         blocks = [b for g in due for b in self.plan[g]]
         silent = False
@@ -314,11 +324,10 @@ class ModbusDevice:
                 silent = True  # the rest of the cycle would time out too
                 continue
             except (ModbusExceptionResponse, ModbusMalformedResponse):
-                answered = True  # alive, but this answer is dropped
-                self._mark_stale(b)
+                self._mark_stale(b)  # an answer, but not a good one: it does not count
                 continue
-            answered = True
             self._store(b, data, fresh)
+        answered = self.good_cycle(fresh)
         if answered:
             await self._feed_watchdog()
         self.counters.cycles += 1
@@ -341,6 +350,11 @@ class ModbusDevice:
         self._check_invalid_alarm()
         self._publish(frozenset(fresh))
 
+    def good_cycle(self, fresh: set[str]) -> bool:
+        """Liveness seam (issue 12): a cycle counts as an answer only if it produced at least one
+        good value. Exceptions, malformed answers and all-invalid reads are silence."""
+        return any(self._values[n].quality is Quality.GOOD for n in fresh)
+
     async def _probe_until_back(self) -> None:
         while True:
             await self._clock.sleep(self._backoff.next_delay())
@@ -358,6 +372,8 @@ class ModbusDevice:
                     data = await self._read_block(probe, retries=0)
                     fresh: set[str] = set()
                     self._store(probe, data, fresh)
+                    if not self.good_cycle(fresh):
+                        raise ModbusMalformedResponse("probe answered without a good value")
                 self._set_state(DeviceState.RESTORING)
                 await self._restore_setpoints()
             except ModbusCommError as e:
@@ -405,7 +421,7 @@ class ModbusDevice:
         self.counters.offline_events += 1
         self._all_stale()
         self._alarms.raise_alarm(
-            ALARM_OFFLINE, self.device_id, f"{self.link.name} unit {self.unit_id}: no answer"
+            ALARM_OFFLINE, self.device_id, f"{self.link.name} unit {self.unit_id}: no good answer"
         )
         log.warning("offline", device=self.device_id, link=self.link.name, unit=self.unit_id)
         self._set_state(DeviceState.OFFLINE)

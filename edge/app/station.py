@@ -68,6 +68,12 @@ class NetworkService:
     async def stop(self) -> None:
         return None
 
+    async def fail_safe(self) -> None:
+        """The network service failed: its owners stop, so nobody feeds the watchdogs; make
+        sure the restart does not replay the last wanted outputs either (issue 12 item 6)."""
+        for dev in self.network.devices.values():
+            dev.fail_safe()
+
 
 class SchedulerRunner:
     name = "scheduler"

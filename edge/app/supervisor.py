@@ -65,6 +65,7 @@ class Supervisor:
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
         self.healthy_after_s = healthy_after_s
+        self.fail_safe_timeout_s = 1.0
         self._stop = asyncio.Event()
         self._started = asyncio.Event()
         self.failure: BaseException | None = None
@@ -146,6 +147,7 @@ class Supervisor:
                     error=repr(exc),
                     retry_in_s=delay,
                 )
+                await self.fail_safe(e)
             e.restarts += 1
             self._alarms.raise_alarm("service.restarting", name, f"restart {e.restarts}")
             if self._clock.monotonic() - started >= self.healthy_after_s:
@@ -155,6 +157,26 @@ class Supervisor:
             # Cleared once the next run has lasted a while without failing.
             asyncio.get_running_loop().call_later(
                 self.healthy_after_s, self._maybe_clear, e, e.restarts
+            )
+
+    async def fail_safe(self, e: _Entry) -> None:
+        """Seam (issue 12 item 6): a failed device service makes its devices safe (outputs
+        off, or at least watchdogs starved) before the backoff starts, bounded."""
+        hook = getattr(e.service, "fail_safe", None)
+        if hook is None:
+            return
+        # Its own task: the failed TaskGroup may leave this task's cancel count raised (Python
+        # 3.11), which the Modbus link reads as a cancellation of every request it serves.
+        task = asyncio.get_running_loop().create_task(hook(), name=f"{e.service.name}-fail-safe")
+        done, _ = await asyncio.wait({task}, timeout=self.fail_safe_timeout_s)
+        if not done:
+            task.cancel()
+            log.error("fail-safe after a failure timed out", service=e.service.name)
+        elif task.exception() is not None:
+            log.error(
+                "fail-safe after a failure failed",
+                service=e.service.name,
+                error=repr(task.exception()),
             )
 
     def _maybe_clear(self, e: _Entry, restarts_then: int) -> None:

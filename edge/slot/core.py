@@ -213,6 +213,8 @@ class SlotCore:
     _alarms: set[str] = field(default_factory=set)
     _unavailable_reason: str = ""
     _feeding: bool = True
+    # Reasons the output must stay off whatever the session asks ("reserved" by a swap, "estop").
+    _inhibit: set[str] = field(default_factory=set)
 
     # -- commands ------------------------------------------------------------------------------
 
@@ -254,6 +256,29 @@ class SlotCore:
         self.ratings = ratings
         acts = [SessionCommand(SessionCommandKind.UPDATE_LIMITS, limits=self._cml())]
         return acts + self._regulate()
+
+    def inhibit(self, reason: str, now: float) -> list[Action]:
+        """Hold the output off for `reason` (a swap reserved the slot, an e-stop) until
+        `release(reason)`: output off now, and no enable while any reason stands."""
+        self._inhibit.add(reason)
+        acts: list[Action] = []
+        self._output_off(acts)
+        return acts
+
+    def release(self, reason: str, now: float) -> list[Action]:
+        self._inhibit.discard(reason)
+        return self._regulate()
+
+    @property
+    def inhibited(self) -> frozenset[str]:
+        return frozenset(self._inhibit)
+
+    def force_off(self, now: float) -> list[Action]:
+        """Start again from "off" (a restarted service): forget what was last written."""
+        self._out = _Output()
+        acts: list[Action] = []
+        self._write(acts, 0.0, 0.0, False, force=True)
+        return acts
 
     # -- charger side --------------------------------------------------------------------------
 
@@ -488,12 +513,20 @@ class SlotCore:
         if p.limits is not None:
             voltage = min(voltage, p.limits.max_charge_voltage_v)
             current = min(current, p.limits.max_charge_current_a)
-        # Power limits act on the pack's present voltage (the charger output follows it).
+        # Power limits act on the pack's present voltage (the charger output follows it); with
+        # no voltage known at all the power limits cannot be applied: no current.
         v_now = self._pack_voltage() or voltage
         if v_now > 0:
             current = min(current, self.grant_kw * 1000.0 / v_now)
             current = min(current, r.max_power_kw * self.derating * 1000.0 / v_now)
-        return round(voltage, 1), round(max(0.0, current), 1)
+        else:
+            current = 0.0
+        return round(max(0.0, voltage), 1), round(max(0.0, current), 1)
+
+    @staticmethod
+    def enable_allowed(voltage_v: float, current_a: float) -> bool:
+        """Seam (issue 12 item 7): no enable without a positive voltage and current setpoint."""
+        return voltage_v > 0.0 and current_a > 0.0
 
     def request_kw(self) -> float:
         """The BMS request (BCL current x pack voltage) as pack-side kW, at the voltage the
@@ -522,13 +555,16 @@ class SlotCore:
             and self.charger_online
             and (flags is None or flags.charge_permitted)
             and self._pack.request is not None
+            and not self._inhibit
         )
         if not allowed:
             if self._out.enable:
                 self._output_off(acts)
             return acts
         voltage, current = self.setpoint()
-        enable = current > 0.0
+        enable = self.enable_allowed(voltage, current)
+        if not enable:
+            current = 0.0
         self._write(acts, voltage, current, enable)
         return acts
 

@@ -4,7 +4,13 @@ to the pure slot core, and carries out the core's actions.
 The core decides (setpoints, safety reactions); this service only moves data: charger
 snapshots and session events in, Modbus writes, watchdog feeding, CAN commands and alarms out.
 Writes go through one writer task that always applies the latest wanted output, output-off
-first, so a safety stop never waits behind an older setpoint.
+first, so a safety stop never waits behind an older setpoint. A request counts as done only once
+every write of it went through; a failed one is retried with a short backoff.
+
+Output off is a held state (issue 12): once off is wanted it stays wanted until a good read taken
+after the off command shows the map's off indication and at most 5 A; until then the off is
+written again with backoff, the charger's watchdog is starved (it switches itself off) and
+`charger.output_off_unconfirmed` stays raised.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from drivers.core.quality import Quality
 from drivers.modbus.charger import ChargerControl
 from drivers.modbus.device import DeviceState, ModbusDevice, Snapshot
 from drivers.modbus.errors import ModbusError
+from edge.alarms import A_EVENT_LOST_SLOT, A_OUTPUT_OFF_UNCONFIRMED
 from edge.power import to_grid_side, to_pack_side
 from edge.scheduler.core import SlotInput
 from edge.slot.core import (
@@ -53,8 +60,10 @@ from edge.swap.choice import SlotView
 
 log = get_logger("slot")
 
-# The charger's `state` enum labels that mean its output is live.
+# The charger's `state` enum labels that mean its output is live, and those that mean it is off.
 _LIVE_STATES = frozenset({"charging", "derating", "on"})
+_OFF_STATES = frozenset({"off", "standby"})
+OFF_CURRENT_A = 5.0  # at most this much output current counts as "off"
 # GB/T 27930 BRM battery type codes -> the pack type a vehicle announces.
 PACK_TYPES = {
     1: "lead-acid",
@@ -145,6 +154,15 @@ class SlotService:
         self.writes_failed = 0
         self.ratings_known = asyncio.Event()
         self.capacity_kwh = 70.0
+        # the held off: when the current off command started (reads before it never count),
+        # whether a read after it confirmed the output off, and why the watchdog is starved
+        self._off_since: float | None = None
+        self._off_confirmed = False
+        self._starve: set[str] = set()
+        self.off_retry_initial_s = 0.1
+        self.off_retry_max_s = 1.0
+        self.events_lost = 0
+        self._failed = False  # the last run() failed: the next one starts from "off"
 
     @property
     def name(self) -> str:
@@ -169,11 +187,29 @@ class SlotService:
         return PACK_TYPES.get(ident.battery_type, f"type-{ident.battery_type}") if ident else None
 
     def undock(self) -> None:
-        """The pack is about to leave (the swap coordinator asks after output-off is confirmed)."""
+        """The pack is about to leave: session stopped, output off, the slot counts as empty.
+        (Output off alone is `stop_output`; an e-stop does not undock.)"""
         self._apply(self.core.stop(self._clock.monotonic(), StopReason.MANUAL))
         self.docked = False
         self._started = False
         self._on_change(self.slot_id)
+
+    def inhibit(self, reason: str) -> None:
+        """Hold the output off for `reason` ("reserved" by a swap, "estop") until `release`."""
+        self._apply(self.core.inhibit(reason, self._clock.monotonic()))
+        if reason == "estop":
+            self._starve_watchdog("estop")
+
+    def release(self, reason: str) -> None:
+        self._apply(self.core.release(reason, self._clock.monotonic()))
+        if reason == "estop":
+            self._feed_again("estop")
+
+    def resume_charging(self) -> None:
+        """After an e-stop reset: a docked slot whose session was stopped starts a new one."""
+        if self.docked:
+            self._started = False
+            self._start_session()
 
     def set_grant(self, grid_kw: float) -> None:
         """The scheduler's grant (grid-side); the slot limits what reaches the pack."""
@@ -221,21 +257,50 @@ class SlotService:
             available=s.state is not SlotState.UNAVAILABLE,
         )
 
-    async def output_off(self, timeout_s: float = 5.0) -> None:
-        """Stop the session and return once the charger confirms its output off (a pack may then
-        leave or enter). Raises TimeoutError."""
-        self.undock()
+    async def output_off(self, timeout_s: float = 5.0, *, undock: bool = True) -> None:
+        """Stop the session (and undock unless told not to), command the output off afresh and
+        return once a read taken after that command confirms it (a pack may then leave or
+        enter). Raises TimeoutError; the off stays wanted and retried either way."""
+        if undock:
+            self.undock()
+        else:
+            self.stop_output()
+        self._command_off()
         async with asyncio.timeout(timeout_s):
             while not self.output_off_confirmed:
                 await self.charger.next_update()
 
     @property
     def output_off_confirmed(self) -> bool:
-        """The charger reports its output off now (fresh reading): a pack may leave or enter."""
-        snap = self.charger.snapshot()
+        """Off is wanted and a good read taken after the off command confirmed it."""
+        w = self._wanted
+        return w is not None and not w.out.enable and self._off_confirmed
+
+    def off_confirmed_by(self, snap: Snapshot, since: float) -> bool:
+        """Seam (issue 12 item 1): does this snapshot confirm the output off? Only good values
+        read at or after `since` (the off command) count: output current at most 5 A and the
+        map's off indication (enable read false; with no enable point, the current-limit
+        read-back at 0 or an off state)."""
         if snap.state is not DeviceState.ONLINE:
             return False
-        return not self._reading(snap).output_on
+
+        def fresh(name: str) -> Any:
+            pv = snap.points.get(name)
+            if pv is None or pv.quality is not Quality.GOOD or pv.read_at is None:
+                return None
+            return pv.value if pv.read_at >= since else None
+
+        current = fresh("output_current_a")
+        if not isinstance(current, int | float) or abs(float(current)) > OFF_CURRENT_A:
+            return False
+        en = self.charger.map.points.get("enable")
+        if en is not None and (en.access != "w" or en.readback is not None):
+            return fresh("enable") is False  # a readable enable is the off indication
+        limit = fresh(self.control.limit_point)
+        if isinstance(limit, int | float) and not isinstance(limit, bool) and limit == 0:
+            return True
+        state = fresh("state")
+        return state is not None and str(state) in _OFF_STATES
 
     def slot_input(self) -> SlotInput:
         s = self.snapshot()
@@ -255,17 +320,47 @@ class SlotService:
 
     # ---- the service --------------------------------------------------------------------
     async def run(self) -> None:
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self.link.run(), name=f"slot-{self.slot_id}-can")
-            tg.create_task(self._follow_charger(), name=f"slot-{self.slot_id}-charger")
-            tg.create_task(self._writer(), name=f"slot-{self.slot_id}-writer")
+        self.start_from_off()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.link.run(), name=f"slot-{self.slot_id}-can")
+                tg.create_task(self._follow_charger(), name=f"slot-{self.slot_id}-charger")
+                tg.create_task(self._writer(), name=f"slot-{self.slot_id}-writer")
+        except Exception:
+            self._failed = True
+            raise
+
+    def start_from_off(self) -> None:
+        """Seam (issue 12 item 6): every run begins from "off", never from the last wanted
+        setpoint; after a failure the session is stopped and started afresh."""
+        now = self._clock.monotonic()
+        if self._failed:
+            self._failed = False
+            if self._started:
+                self._apply(self.core.stop(now, StopReason.CHARGER_FAULT))
+                self._started = False
+        self._apply(self.core.force_off(now))
+        self._command_off()
+        if self.docked and self.ratings_known.is_set():
+            self._start_session()
+
+    async def fail_safe(self, timeout_s: float = 0.5) -> None:
+        """Seam (issue 12 item 6): the service failed. Before the supervisor's backoff: starve
+        the charger's watchdog (it switches itself off) and try, bounded, to write it off."""
+        self._failed = True
+        self._starve_watchdog("off")
+        self._alarms.raise_alarm(A_OUTPUT_OFF_UNCONFIRMED, self.slot_id, "slot service failed")
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self.write_output(SetChargerOutput(0.0, 0.0, False))
+        except (ModbusError, TimeoutError) as e:
+            log.warning("output-off write failed after a crash", slot=self.slot_id, error=str(e))
 
     async def stop(self) -> None:
-        """Safe stop: output off (verified write, bounded by the supervisor's deadline), CST."""
+        """Safe stop: output off (verified writes, bounded by the supervisor's deadline), CST."""
         self.stop_output(StopReason.MANUAL)
         try:
-            for name, value in self.control.off_writes():
-                await self.charger.write(name, value)
+            await self.write_output(SetChargerOutput(0.0, 0.0, False))
         except ModbusError as e:
             # Unreachable: its watchdog switches it off since we stop feeding it.
             self.charger.stop_watchdog()
@@ -333,7 +428,18 @@ class SlotService:
                 self._update_ratings(snap, now)
                 self._apply(self.core.on_reading(self._reading(snap), now))
                 self._apply(self.core.tick(now))
+            self._check_off(snap)
             self._on_change(self.slot_id)
+
+    def _check_off(self, snap: Snapshot) -> None:
+        w, since = self._wanted, self._off_since
+        if w is None or w.out.enable or self._off_confirmed or since is None:
+            return
+        if self.off_confirmed_by(snap, since):
+            self._off_confirmed = True
+            self._alarms.clear_alarm(A_OUTPUT_OFF_UNCONFIRMED, self.slot_id)
+            self._feed_again("off")
+            self._wake.set()
 
     def _update_ratings(self, snap: Snapshot, now: float) -> None:
         rated = [_number(snap, n) for n in ("max_voltage_v", "max_current_a", "max_power_kw")]
@@ -375,29 +481,66 @@ class SlotService:
             and self.core.state is SlotState.CHARGING
             and before is not SlotState.CHARGING
         ):
-            self._on_event("charge.started", {"slot_id": self.slot_id, "pack_id": snap.pack_id})
+            self._emit("charge.started", {"slot_id": self.slot_id, "pack_id": snap.pack_id})
         if isinstance(ev, SessionStopped):
-            self._on_event(
+            self._emit(
                 "charge.stopped",
                 {"slot_id": self.slot_id, "pack_id": snap.pack_id, "reason": str(ev.reason)},
             )
         self._on_change(self.slot_id)
 
+    def _emit(self, type_: str, details: dict[str, Any]) -> None:
+        """Seam (issue 12 item 6): an event sink that fails (a full or unwritable disk) never
+        stops the slot: the event is counted as lost and alarmed."""
+        try:
+            self._on_event(type_, details)
+        except Exception as e:  # noqa: BLE001 - whatever the sink raises, the slot goes on
+            self.events_lost += 1
+            self._alarms.raise_alarm(A_EVENT_LOST_SLOT, self.slot_id, f"{type_}: {e}")
+            log.error("event lost", slot=self.slot_id, type=type_, error=repr(e))
+
+    def _want(self, out: SetChargerOutput) -> None:
+        prev = self._wanted
+        self._version += 1
+        self._wanted = _Wanted(out, self._version)
+        if not out.enable and (prev is None or prev.out.enable):
+            # a new off: only reads taken from now on may confirm it
+            self._off_since = None
+            self._off_confirmed = False
+        self._wake.set()
+
+    def _command_off(self) -> None:
+        """Command the output off afresh: a confirmation must come from a read after it."""
+        self._want(SetChargerOutput(0.0, 0.0, False))
+        self._off_since = None
+        self._off_confirmed = False
+
+    def _starve_watchdog(self, reason: str) -> None:
+        self._starve.add(reason)
+        self.charger.stop_watchdog()
+
+    def _feed_again(self, reason: str) -> None:
+        self._starve.discard(reason)
+        if not self._starve:
+            self.charger.resume_watchdog()
+
+    def off_unconfirmed(self, why: str) -> None:
+        """Seam (issue 12 item 1): an off attempt failed or was not confirmed: starve the
+        charger's watchdog at once and raise the alarm (both held until confirmed)."""
+        self._starve_watchdog("off")
+        self._alarms.raise_alarm(A_OUTPUT_OFF_UNCONFIRMED, self.slot_id, why)
+
     def _apply(self, actions: list[Action]) -> None:
         for a in actions:
             if isinstance(a, SetChargerOutput):
-                self._version += 1
-                self._wanted = _Wanted(a, self._version)
-                self._wake.set()
+                self._want(a)
             elif isinstance(a, FeedWatchdog):
                 if a.feed:
-                    self.charger.resume_watchdog()
+                    self._feed_again("offline")
                 else:
-                    self.charger.stop_watchdog()
+                    self._starve_watchdog("offline")
                     # Remembered by the device owner: written (off) first thing on reconnect.
-                    self._version += 1
-                    self._wanted = _Wanted(SetChargerOutput(0.0, 0.0, False), self._version)
-                    self._wake.set()
+                    self._want(SetChargerOutput(0.0, 0.0, False))
             elif isinstance(a, RaiseAlarm):
                 self._alarms.raise_alarm(a.code, self.slot_id, a.detail)
             elif isinstance(a, ClearAlarm):
@@ -415,24 +558,63 @@ class SlotService:
         elif c.kind is SessionCommandKind.UPDATE_LIMITS and c.limits is not None:
             self.link.update_limits(c.limits)
 
+    async def write_output(self, out: SetChargerOutput) -> None:
+        """Seam (issue 12 item 1): carry out one wanted output through the map's points
+        (`ChargerControl`). Off: the limit to 0 first (a map with no enable point is still
+        switched off), then enable false; every off write is tried even if one fails. On: only
+        with a positive voltage and current setpoint."""
+        if not out.enable or not SlotCore.enable_allowed(out.voltage_v, out.current_a):
+            errors: list[ModbusError] = []
+            writes = sorted(self.control.off_writes(), key=lambda w: w[0] == "enable")
+            for name, value in writes:
+                try:
+                    await self.charger.write(name, value)
+                except ModbusError as e:
+                    errors.append(e)
+            if errors:
+                raise errors[0]
+            return
+        measured = _number(self.charger.snapshot(), "output_voltage_v")
+        for name, value in self.control.on_writes(out.voltage_v, out.current_a, measured):
+            await self.charger.write(name, value)
+
+    async def _wait_wake(self, timeout_s: float | None) -> bool:
+        """Wait for a new wanted output (or a confirmation); False when `timeout_s` passed."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._wake.wait()
+        except TimeoutError:
+            return False
+        finally:
+            self._wake.clear()
+        return True
+
+    def _confirm_wait_s(self) -> float:
+        # a fresh current read needs one fast cycle (and a slow machine some slack)
+        return max(0.5, 3 * self.charger.tick_s)
+
     async def _writer(self) -> None:
         done = 0
+        delay = self.off_retry_initial_s
         while True:
-            await self._wake.wait()
-            self._wake.clear()
             w = self._wanted
-            if w is None or w.version == done:
+            if w is None or (w.version == done and (w.out.enable or self._off_confirmed)):
+                await self._wait_wake(None)
                 continue
-            done = w.version
-            out = w.out
+            if w.version == done:
+                # Off written, not yet confirmed: give the poll time to read it; then it counts
+                # as unconfirmed and is written again with backoff.
+                if await self._wait_wake(max(self._confirm_wait_s(), delay)):
+                    continue
+                if self._wanted is w and not self._off_confirmed:
+                    self.off_unconfirmed("no read after the off command shows the output off")
+                    done = 0
+                    delay = min(self.off_retry_max_s, delay * 2)
+                continue
+            if not w.out.enable and self._off_since is None:
+                self._off_since = self._clock.monotonic()
             try:
-                if not out.enable:
-                    writes = self.control.off_writes()
-                else:
-                    measured = _number(self.charger.snapshot(), "output_voltage_v")
-                    writes = self.control.on_writes(out.voltage_v, out.current_a, measured)
-                for name, value in writes:  # the map decides which points (ChargerControl)
-                    await self.charger.write(name, value)
+                await self.write_output(w.out)
             except ModbusError as e:
                 self.writes_failed += 1
                 if self.writes_failed == 1 or self.writes_failed % 50 == 0:
@@ -442,3 +624,12 @@ class SlotService:
                         error=str(e),
                         failures=self.writes_failed,
                     )
+                if not w.out.enable:
+                    self.off_unconfirmed(f"off write failed: {e}")
+                # not done: written again after a short backoff (or at once for a newer request)
+                await self._wait_wake(delay)
+                delay = min(self.off_retry_max_s, delay * 2)
+                continue
+            done = w.version
+            if w.out.enable:
+                delay = self.off_retry_initial_s

@@ -16,9 +16,24 @@ from typing import Any
 
 import orjson
 
+from edge.schema import Schema, SchemaError, migrate, sql
+
 
 class JournalError(RuntimeError):
     pass
+
+
+# Append a migration for every format change (edge/schema.py); never edit a released one.
+JOURNAL_SCHEMA = Schema(
+    "swap journal",
+    (
+        sql(
+            "CREATE TABLE IF NOT EXISTS records (id INTEGER PRIMARY KEY, ts TEXT NOT NULL,"
+            " kind TEXT NOT NULL, data TEXT NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        ),
+    ),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,15 +52,12 @@ class Journal:
             self._db.execute("PRAGMA journal_mode=WAL")
             # per connection: fsync on every commit
             self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS records (id INTEGER PRIMARY KEY, ts TEXT NOT NULL,"
-                " kind TEXT NOT NULL, data TEXT NOT NULL)"
-            )
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
-            )
+            self.found_version = migrate(self._db, JOURNAL_SCHEMA, str(self.path))
         except sqlite3.Error as e:
             raise JournalError(f"{self.path}: {e}") from e
+        except SchemaError as e:
+            self._db.close()
+            raise JournalError(str(e)) from e
         self.commits = 0
 
     def synchronous(self) -> int:

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from drivers.core.clock import Clock, utc_iso
 from drivers.core.log import get_logger
+from edge.schema import migrate
 from edge.telemetry.config import TelemetryConfig
 from edge.telemetry.models import (
     COMMAND_PARAMS,
@@ -33,6 +34,7 @@ from edge.telemetry.models import (
     SetPowerLimitParams,
     StartSwapParams,
 )
+from edge.telemetry.outbox import OUTBOX_SCHEMA
 from edge.telemetry.target import CommandTarget, OutOfRange, Rejected
 
 log = get_logger("commands")
@@ -40,15 +42,6 @@ log = get_logger("commands")
 MIN_RETENTION_S = 3600.0  # refusals are remembered at least this long
 MAX_STORED = 100_000
 _RANGE_ERRORS = frozenset({"greater_than", "greater_than_equal", "less_than", "less_than_equal"})
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS commands (
-    cmd_id TEXT PRIMARY KEY,
-    keep_until REAL NOT NULL,
-    result BLOB
-);
-CREATE INDEX IF NOT EXISTS commands_keep ON commands (keep_until);
-"""
 
 
 class _Refused(Exception):  # noqa: N818 - internal control flow
@@ -63,7 +56,8 @@ class CommandStore:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._db = conn
-        self._db.executescript(_SCHEMA)
+        # Its table lives in the outbox file, whose schema version covers both.
+        migrate(conn, OUTBOX_SCHEMA)
 
     def get(self, cmd_id: str, now_epoch: float) -> tuple[bool, bytes | None]:
         """(found, result). found with result None: a restart interrupted it."""

@@ -17,6 +17,7 @@ from typing import Literal
 import orjson
 
 from drivers.core.log import get_logger
+from edge.schema import Schema, SchemaError, migrate, sql
 from edge.telemetry.models import PROTECTED_EVENT_TYPES, DroppedRange, OutboxOverflow
 
 log = get_logger("outbox")
@@ -25,18 +26,31 @@ ROW_OVERHEAD_BYTES = 64  # rowid, index entry and record header, roughly
 LOW_WATER = 0.9  # on overflow, drop down to this share of the cap (one overflow event, not many)
 MAX_RANGES_PER_EVENT = 500  # keeps an overflow payload far below 128 KB
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    msg_id TEXT NOT NULL,
-    type TEXT NOT NULL,
-    ts TEXT NOT NULL,
-    details BLOB NOT NULL,
-    protected INTEGER NOT NULL,
-    size INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_unprotected ON events (protected, id);
-"""
+# The outbox file holds the events and the command dedupe store (edge/telemetry/commands.py).
+# Append a migration for every format change (edge/schema.py); never edit a released one.
+OUTBOX_SCHEMA = Schema(
+    "telemetry outbox",
+    (
+        sql(
+            """CREATE TABLE IF NOT EXISTS events (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                msg_id TEXT NOT NULL,
+                type TEXT NOT NULL,
+                ts TEXT NOT NULL,
+                details BLOB NOT NULL,
+                protected INTEGER NOT NULL,
+                size INTEGER NOT NULL
+            )""",
+            "CREATE INDEX IF NOT EXISTS events_unprotected ON events (protected, id)",
+            """CREATE TABLE IF NOT EXISTS commands (
+                cmd_id TEXT PRIMARY KEY,
+                keep_until REAL NOT NULL,
+                result BLOB
+            )""",
+            "CREATE INDEX IF NOT EXISTS commands_keep ON commands (keep_until)",
+        ),
+    ),
+)
 
 
 class OutboxError(RuntimeError):
@@ -92,7 +106,10 @@ class Outbox:
         boot_id: str | None = None,
     ) -> None:
         self._db = conn
-        self._db.executescript(_SCHEMA)
+        try:
+            self.found_version = migrate(conn, OUTBOX_SCHEMA)
+        except SchemaError as e:
+            raise OutboxError(str(e)) from e
         self.max_bytes = max_bytes
         self.boot_id = boot_id or new_boot_id()
         self._seq = 0

@@ -189,6 +189,9 @@ class ChargerFaults:
     ignore_writes: bool = (
         False  # writes acknowledged but not applied (read-back shows the old value)
     )
+    # point name -> (how many more writes touching it are refused with exception 6 (busy), only
+    # writes of this raw first word / bit, or None for any value)
+    refuse_writes: dict[str, tuple[int, int | None]] = field(default_factory=dict)
 
 
 FAULT_NAMES = (
@@ -199,6 +202,7 @@ FAULT_NAMES = (
     "short_answers",
     "garbage",
     "ignore_writes",
+    "refuse_write:<point>",
 )
 
 
@@ -368,6 +372,16 @@ class ChargerSim:
         if name.startswith("bit:"):
             flag = name[4:]
             (f.fault_bits.add if active else f.fault_bits.discard)(flag)
+        elif name.startswith("refuse_write:"):
+            # refuse_write:<point>[:<raw value>], `value` = how many times (default once)
+            point, _, raw = name.partition(":")[2].partition(":")
+            if point not in self.map.points:
+                raise ValueError(f"{name}: no point {point!r} in {self.map.name}")
+            if active:
+                times = int(value if value is not None else 1)
+                f.refuse_writes[point] = (times, int(raw) if raw else None)
+            else:
+                f.refuse_writes.pop(point, None)
         elif name == "silent":
             f.silent = active
         elif name == "slow":
@@ -419,6 +433,23 @@ class ChargerSim:
         )
 
 
+def _refused(sim: ChargerSim, table: str | None, address: int, values: list[Any]) -> bool:
+    """One-shot refusals: a write touching a point listed in `refuse_writes` (with the listed
+    raw value, if one is given) is answered with exception 6 and uses up one refusal."""
+    for name, (left, raw) in list(sim.faults.refuse_writes.items()):
+        p = sim.map.points[name]
+        overlaps = p.address < address + len(values) and p.address + p.words > address
+        if left <= 0 or p.table != table or not overlaps:
+            continue
+        first = p.address - address
+        if raw is not None and not 0 <= first < len(values):
+            continue
+        if raw is None or int(values[first]) == raw:
+            sim.faults.refuse_writes[name] = (left - 1, raw)
+            return True
+    return False
+
+
 async def _action(
     sim: ChargerSim,
     function_code: int,
@@ -438,6 +469,12 @@ async def _action(
         return ExcCodes.ILLEGAL_FUNCTION
     if set_values is not None and f.ignore_writes:
         return None  # acknowledged; reads keep serving the image, which did not change
+    if (
+        set_values is not None
+        and f.refuse_writes
+        and _refused(sim, table, address, list(set_values))
+    ):
+        return ExcCodes.DEVICE_BUSY
     if set_values is None and any(
         b.table == table and address < b.address <= address + count - 1 for b in sim.map.barriers
     ):

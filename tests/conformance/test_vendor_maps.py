@@ -224,3 +224,74 @@ async def test_composed_daemon_charges_through_and_switches_off(
     # ... and the daemon's stop left it off.
     assert vendor.off(emu), vars(emu)
     assert emu.refused == 0
+
+
+def test_check_config_refuses_the_map_a_new_user_first_wrote(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 13: a vendor map written as a new user would before the format had write-only
+    points and limit-0 switch-off: setpoint `rw`, no enable, a limit that must stay >= 6 A and
+    no voltage or power rating. check-config now says what is missing instead of accepting it."""
+    from edge.cli.check_config import check_config
+
+    text = (MAPS / "charger-abb-terra-ac.yaml").read_text()
+    text = text.replace("    access: w\n    readback: {table: holding, address: 0x400E}\n", "")
+    text = text.replace("    min: 0\n", "    min: 6\n")
+    start, end = text.index("constants:"), text.index("points:")
+    text = text[:start] + text[end:]  # no ratings but the published max current
+    bad = tmp_path / "cfg" / "abb-first-try.yaml"
+    path = mini_config(tmp_path, 1)
+    bad.write_text(text)
+    path.write_text(path.read_text().replace("builtin:charger-generic", "abb-first-try.yaml"))
+    assert check_config(str(path)) == 2
+    err = capsys.readouterr().err
+    assert "must accept 0 to switch the output off" in err
+    assert "'max_voltage_v'" in err and "'max_power_kw'" in err
+
+
+async def test_device_owner_on_a_write_only_block(tmp_path: Path) -> None:
+    """Against the ABB emulator: the poll never reads the write-only block, a write is
+    confirmed at its read-back address, constants are good values, and a write-only point
+    without a read-back is confirmed by the device's acknowledgement alone."""
+    import asyncio
+    import contextlib
+
+    from drivers.core.alarm_sink import RecordingAlarmSink
+    from drivers.core.clock import SystemClock
+    from drivers.modbus import ModbusDevice, ModbusLink
+    from sim.benchcfg import LoopbackPorts
+
+    ports = LoopbackPorts()
+    port = ports.take()
+    ports.close()
+    text = (MAPS / "charger-abb-terra-ac.yaml").read_text()
+    for with_readback in (True, False):
+        if not with_readback:
+            text = text.replace("    readback: {table: holding, address: 0x400E}\n", "")
+        path = tmp_path / f"abb-{with_readback}.yaml"
+        path.write_text(text)
+        m = load_register_map(path)
+        emu = AbbTerraAc()
+        async with serving(emu, port):
+            link = ModbusLink.tcp("127.0.0.1", port, connect_timeout_s=1.0)
+            sink = RecordingAlarmSink()
+            dev = ModbusDevice("abb", m, link, unit_id=1, clock=SystemClock(), alarms=sink)
+            tasks = [asyncio.create_task(link.run()), asyncio.create_task(dev.run())]
+            try:
+                async with asyncio.timeout(10):
+                    while not dev.online.is_set():
+                        await dev.next_update()
+                    await dev.write("current_limit_a", 12.5)
+                    assert emu.limit_ma == 12_500
+                    snap = await dev.next_update()
+                    assert snap.good("max_power_kw") == 22.0  # a constant
+                    assert snap.good("max_current_a") == 32.0  # published
+                    await dev.write("current_limit_a", 0.0)
+                    assert emu.limit_ma == 0
+                assert emu.refused == 0 and dev.counters.write_verify_failures == 0
+                assert not [k for k in emu.requests if k[0] in (3, 4) and k[1] >= 0x4100]
+            finally:
+                for t in tasks:
+                    t.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await t

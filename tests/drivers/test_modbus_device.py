@@ -233,19 +233,42 @@ async def test_failed_write_verification_raises_and_alarms(map_name: str) -> Non
 
 
 @BOTH
-async def test_exception_responses_are_counted_and_survived(map_name: str) -> None:
+async def test_exception_on_every_request_is_offline_like_silence(map_name: str) -> None:
+    """Issue 12 outcome 3: liveness is judged by good answers. A charger that answers every
+    request with an exception goes offline after N cycles with the same alarm as silence, its
+    watchdog is no longer fed, and it comes back only with a good read."""
     async with charger_rig(map_name) as rig:
-        rig.sim.apply_fault("exception", True, 6)  # device busy
-        for _ in range(FAST.offline_after_cycles + 1):
+        rig.sim.apply_fault("exception", True, 4)  # device failure, on every request
+        feeds = rig.dev.counters.watchdog_feeds
+        for _ in range(FAST.offline_after_cycles):
             snap = await rig.step()
         assert snap["output_voltage_v"].quality is Quality.STALE
         assert rig.dev.counters.exception_responses >= FAST.offline_after_cycles
-        assert rig.dev.state is DeviceState.ONLINE  # it answers: not a communication loss
+        assert rig.dev.state is DeviceState.OFFLINE
+        assert ("modbus.offline", "c1") in rig.alarms.active
+        assert rig.dev.counters.watchdog_feeds == feeds  # no good read: nothing fed
+        rig.sim.apply_fault("exception", False)
+        await until(lambda: rig.clock.sleepers >= 1)
+        rig.clock.advance(FAST.backoff_max_s)  # the probe
+        await until(lambda: rig.dev.state is DeviceState.ONLINE)
+        assert ("modbus.offline", "c1") not in rig.alarms.active
+        snap = await rig.step()
+        assert snap["output_voltage_v"].quality is Quality.GOOD
+
+
+@BOTH
+async def test_one_exception_cycle_is_survived(map_name: str) -> None:
+    async with charger_rig(map_name) as rig:
+        rig.sim.apply_fault("exception", True, 6)  # device busy, briefly
+        snap = await rig.step()
+        assert snap["output_voltage_v"].quality is Quality.STALE
+        assert rig.dev.state is DeviceState.DEGRADED
         with pytest.raises(WriteVerifyError):
             await rig.dev.write("current_limit_a", 10.0)
         rig.sim.apply_fault("exception", False)
         snap = await rig.step()
         assert snap["output_voltage_v"].quality is Quality.GOOD
+        assert rig.dev.state is DeviceState.ONLINE
 
 
 @BOTH

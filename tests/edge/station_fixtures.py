@@ -44,7 +44,8 @@ def mini_config(
     )
     robot_port = ports.take()
     ports.close()
-    text = f"""station:
+    text = f"""version: 2
+station:
   id: it-station
   state_dir: {tmp_path / "state"}
   ctl_socket: {tmp_path / "ctl.sock"}

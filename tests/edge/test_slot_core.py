@@ -341,3 +341,34 @@ def test_every_alarm_code_the_core_uses_is_in_the_catalogue_for_slot() -> None:
     assert len(codes) == 8
     for code in codes:
         assert CATALOGUE[code].component == "slot", code
+
+
+def test_no_enable_without_a_positive_voltage_setpoint() -> None:
+    """Issue 12 outcome 9: a 0 kW grant with an unknown pack voltage enabled the output
+    (SetChargerOutput(0.0, 90.0, enable=True)). No voltage, no enable; no known voltage, no
+    power-limited current."""
+    core = SlotCore("slot-1", RATINGS, SlotSafety())
+    core.start(0.0)
+    core.set_grant(0.0, 0.0)
+    for ev in (PhaseChanged(Phase.PARAMETERS, Phase.CHARGING), flags()):
+        core.on_session_event(ev, 0.1)
+    acts = core.on_session_event(ChargeRequest(0.0, 90.0, ChargeMode.CONSTANT_CURRENT), 0.2)
+    assert not [o for o in outputs(acts) if o.enable]
+    core.set_grant(50.0, 0.3)
+    acts = core.on_session_event(ChargeRequest(0.0, 90.0, ChargeMode.CONSTANT_CURRENT), 0.4)
+    assert not [o for o in outputs(acts) if o.enable]
+    assert core.enable_allowed(0.0, 90.0) is False
+    assert core.enable_allowed(400.0, 0.0) is False
+    assert core.enable_allowed(400.0, 10.0) is True
+
+
+def test_an_inhibited_slot_is_never_enabled_and_goes_off_at_once() -> None:
+    """A slot reserved by a swap, or under an e-stop, never enables; inhibiting a charging slot
+    switches it off in the same call, and releasing it lets regulation resume."""
+    core = charging_core()
+    acts = core.inhibit("reserved", 1.0)
+    assert outputs(acts) == [SetChargerOutput(0.0, 0.0, False)]
+    acts = core.on_session_event(ChargeRequest(400.0, 150.0, ChargeMode.CONSTANT_CURRENT), 1.1)
+    assert not [o for o in outputs(acts) if o.enable]
+    acts = core.release("reserved", 1.2)
+    assert [o for o in outputs(acts) if o.enable]

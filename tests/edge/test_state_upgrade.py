@@ -1,6 +1,7 @@
 """State files written by earlier versions open with this one: every pack, the swap in flight and
 every unsent event are found. The fixtures in tests/data/state/<version>/ are the bytes that
-version wrote (see make_v0.py); they are never regenerated."""
+version wrote (see make_fixtures.py); they are never regenerated. Each opens at the current
+schema version (edge/schema.py)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ from pathlib import Path
 import pytest
 
 from drivers.robot.contract import RobotContract
-from edge.swap.journal import Journal
+from edge.schema import file_version
+from edge.swap.journal import JOURNAL_SCHEMA, Journal
 from edge.swap.sequence import SwapSequence
 from edge.swap.steps import load_step_graph
-from edge.telemetry.outbox import Outbox, open_db
+from edge.telemetry.outbox import OUTBOX_SCHEMA, Outbox, open_db
 from tests.edge.swap_fixtures import SLOTS
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "state"
@@ -30,6 +32,11 @@ EVENTS = [
 ]
 
 
+def test_fixtures_cover_the_unversioned_files_and_the_current_schema() -> None:
+    assert "v0" in VERSIONS
+    assert f"v{max(JOURNAL_SCHEMA.version, OUTBOX_SCHEMA.version)}" in VERSIONS
+
+
 @pytest.mark.parametrize("version", VERSIONS)
 def test_journal_of_every_version_restores_packs_and_swap(version: str, tmp_path: Path) -> None:
     path = tmp_path / "journal.sqlite"
@@ -37,6 +44,8 @@ def test_journal_of_every_version_restores_packs_and_swap(version: str, tmp_path
     journal = Journal(path)
     try:
         snap = journal.snapshot()
+        assert journal.found_version == int(version[1:])
+        assert file_version(journal._db) == JOURNAL_SCHEMA.version
     finally:
         journal.close()
     assert snap is not None
@@ -55,6 +64,8 @@ def test_outbox_of_every_version_keeps_unsent_events(version: str, tmp_path: Pat
     try:
         box = Outbox(db, 1 << 20)
         pending = box.pending(0)
+        assert box.found_version == int(version[1:])
+        assert file_version(db) == OUTBOX_SCHEMA.version
     finally:
         db.close()
     assert [e.type for e in pending] == EVENTS

@@ -1,11 +1,13 @@
-"""How tests/data/state/v0 was written (2026-12-05, before any format change of this round).
+"""How tests/data/state/<version>/ is written: v0 on 2026-12-05 by the code before schema
+versions existed, v1 the same day by the first versioned code (journal and outbox schema 1).
+After a format change, write the new version's fixtures with this script into a new folder.
 
-Kept for the record: the fixtures must stay the bytes today's code wrote, so this script is not
-rerun by the tests. journal.sqlite: five rack packs docked, a swap started and the process
+Kept for the record: the fixtures must stay the bytes that version wrote, so this script is not
+rerun by the tests and an existing folder is never rewritten. journal.sqlite: five rack packs docked, a swap started and the process
 killed (SIGKILL) right after the journal commit of the `fetch_full` intent. outbox.sqlite: six
 events appended and never sent.
 
-    python tests/data/state/make_v0.py OUTDIR
+    python tests/data/state/make_fixtures.py tests/data/state/vN
 """
 
 from __future__ import annotations

@@ -1,0 +1,175 @@
+"""Issue 12: output off is a held state. The composed daemon against simulated chargers, packs
+and the robot PLC; every verdict is taken from the simulated charger's own registers and physics,
+never from the daemon's view of it."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from drivers.modbus.device import DeviceState
+from edge.alarms import AlarmChange
+from edge.telemetry.models import SetPowerLimitParams
+from sim.devices.charger import ChargerSim
+from sim.devices.pack import Fault
+from tests.edge.station_fixtures import World, mini_config, running_station, wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+OFF_A = 5.0  # the most a charger may deliver once its output counts as off
+
+
+def delivering(sim: ChargerSim) -> float:
+    return sim.physics.output_current_a
+
+
+def really_off(sim: ChargerSim) -> bool:
+    return sim.get("enable") is False and delivering(sim) <= OFF_A
+
+
+def record_alarms(w: World) -> list[tuple[bool, str, str]]:
+    seen: list[tuple[bool, str, str]] = []
+
+    def on(change: AlarmChange) -> None:
+        seen.append((change.raised, change.alarm.code, change.alarm.source))
+
+    w.station.alarms.subscribe(on)
+    return seen
+
+
+async def charging(w: World, slot_id: str = "s01", charger: str = "ch01") -> None:
+    sim = w.chargers[charger]
+    await wait_for(lambda: bool(sim.get("enable")) and delivering(sim) > 10.0, 30)
+
+
+async def test_a_refused_off_write_is_retried_until_the_charger_itself_is_off(
+    tmp_path: Path,
+) -> None:
+    """Outcome 1: the charger refuses one `enable` write (exception 6) during an
+    over-temperature stop. The off is retried and the alarm stays until confirmed."""
+    async with running_station(mini_config(tmp_path, 1), soc_pct=40.0) as w:
+        sim = w.chargers["ch01"]
+        seen = record_alarms(w)
+        await charging(w)
+        await wait_for(
+            lambda: not w.station.alarms.is_active("charger.output_off_unconfirmed", "s01"), 3
+        )
+        seen.clear()
+        sim.apply_fault("refuse_write:enable:0", True, 2)  # one "enable false" and its retry
+        w.packs["s01"].inject(Fault.OVER_TEMPERATURE)
+        await wait_for(lambda: really_off(sim), 3)
+        assert sim.faults.refuse_writes["enable"][0] == 0  # the refusal happened
+        assert (True, "charger.output_off_unconfirmed", "s01") in seen
+        await wait_for(lambda: w.station.slots["s01"].output_off_confirmed, 3)
+        assert not w.station.alarms.is_active("charger.output_off_unconfirmed", "s01")
+
+
+async def test_a_refused_voltage_write_does_not_lose_a_later_current_reduction(
+    tmp_path: Path,
+) -> None:
+    """Outcome 1: the writer marked a request done before it was written, so a refused voltage
+    write dropped the current reduction that came with it."""
+    async with running_station(mini_config(tmp_path, 1), soc_pct=40.0) as w:
+        sim, st = w.chargers["ch01"], w.station
+        await charging(w)
+        assert (sim.get("current_limit_a") or 0.0) > 20.0
+        sim.apply_fault("refuse_write:voltage_setpoint_v", True, 2)
+        until = datetime.now(UTC) + timedelta(minutes=5)
+        await st.commands.set_power_limit(SetPowerLimitParams(power_kw=4.0, valid_until=until))
+        # 4 kW grid-side at ~370 V pack: at most ~11 A; the charger's own register must follow.
+        await wait_for(lambda: float(sim.get("current_limit_a") or 0.0) <= 12.0, 5)
+        assert sim.faults.refuse_writes["voltage_setpoint_v"][0] == 0
+
+
+async def test_a_charger_answering_only_exceptions_goes_offline_and_its_output_stops(
+    tmp_path: Path,
+) -> None:
+    """Outcome 3: exception 4 on every request kept the charger online with stale values and
+    `output_off_confirmed` true from an old reading while it delivered 155 A."""
+    async with running_station(mini_config(tmp_path, 1), soc_pct=40.0) as w:
+        sim, slot = w.chargers["ch01"], w.station.slots["s01"]
+        dev = w.station.network.devices["ch01"]
+        await charging(w)
+        t0 = time.monotonic()
+        sim.apply_fault("exception", True, 4)
+        await wait_for(lambda: w.station.alarms.is_active("modbus.offline", "ch01"), 5)
+        assert time.monotonic() - t0 < 3.5
+        assert dev.state is DeviceState.OFFLINE
+        assert not slot.output_off_confirmed
+        assert not dev.watchdog_feeding
+        # Nothing reaches it; its own watchdog (5 s) switches it off.
+        await wait_for(lambda: sim.watchdog_expired and delivering(sim) <= OFF_A, 8)
+        assert not slot.output_off_confirmed
+
+
+async def test_output_off_confirmation_needs_a_read_taken_after_the_command(
+    tmp_path: Path,
+) -> None:
+    """Outcome 3: a charger that acknowledges writes but does not apply them (the read-back shows
+    it still on) is never confirmed off; its watchdog is starved at once and it stops itself."""
+    async with running_station(mini_config(tmp_path, 1), soc_pct=40.0) as w:
+        sim, slot = w.chargers["ch01"], w.station.slots["s01"]
+        dev = w.station.network.devices["ch01"]
+        await charging(w)
+        sim.apply_fault("ignore_writes", True)
+        with pytest.raises(TimeoutError):
+            await slot.output_off(timeout_s=1.5)
+        assert not slot.output_off_confirmed
+        assert not dev.watchdog_feeding
+        assert w.station.alarms.is_active("charger.output_off_unconfirmed", "s01")
+        await wait_for(lambda: sim.watchdog_expired and delivering(sim) <= OFF_A, 8)
+        sim.apply_fault("ignore_writes", False)
+        await wait_for(lambda: slot.output_off_confirmed, 5)
+        assert really_off(sim)
+        await wait_for(
+            lambda: not w.station.alarms.is_active("charger.output_off_unconfirmed", "s01"), 3
+        )
+
+
+async def test_a_crashing_slot_service_switches_its_charger_off_before_the_backoff(
+    tmp_path: Path,
+) -> None:
+    """Outcome 7: a slot service that crashed left its charger fed and on for the whole restart
+    backoff, and replayed its last wanted setpoint on restart."""
+    async with running_station(mini_config(tmp_path, 1), soc_pct=40.0) as w:
+        sim, slot = w.chargers["ch01"], w.station.slots["s01"]
+        await charging(w)
+        real = slot.core.on_reading
+        crashed_at: list[float] = []
+
+        def boom(*a: object, **kw: object) -> object:
+            slot.core.on_reading = real  # type: ignore[method-assign]
+            crashed_at.append(time.monotonic())
+            raise RuntimeError("injected slot crash")
+
+        slot.core.on_reading = boom  # type: ignore[method-assign]
+        await wait_for(lambda: bool(crashed_at), 5)
+        # off before the supervisor's first backoff (1 s) ends
+        await wait_for(lambda: really_off(sim), 0.9)
+        assert w.station.supervisor.restarts("slot-s01") == 1
+        assert not w.station.network.devices["ch01"].watchdog_feeding or slot.output_off_confirmed
+        # restarted from off: it charges again only through a new session
+        await wait_for(lambda: slot.output_off_confirmed, 5)
+        await charging(w)
+
+
+async def test_an_event_sink_error_never_crashes_the_slot(tmp_path: Path) -> None:
+    """Outcome 7: a full disk made `charge.stopped` raise out of the outbox and crash the slot."""
+    from edge.telemetry.outbox import OutboxError
+
+    async with running_station(mini_config(tmp_path, 1), soc_pct=40.0) as w:
+        sim, slot = w.chargers["ch01"], w.station.slots["s01"]
+        await charging(w)
+
+        def full_disk(type_: str, details: dict[str, object]) -> None:
+            raise OutboxError("database or disk is full")
+
+        slot._on_event = full_disk
+        w.packs["s01"].inject(Fault.OVER_TEMPERATURE)
+        await wait_for(lambda: w.station.alarms.is_active("slot.event_lost", "s01"), 5)
+        await wait_for(lambda: really_off(sim), 3)
+        assert slot.events_lost >= 1
+        assert w.station.supervisor.restarts("slot-s01") == 0
