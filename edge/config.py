@@ -39,6 +39,7 @@ from drivers.modbus.config import (
     resolve_map_path,
 )
 from drivers.modbus.regmap import RegisterMap, charger_problems, load_register_map
+from edge.operator.config import CommandsConfig
 from edge.scheduler.config import GridConfig
 from edge.telemetry.config import MqttConfig, TelemetryConfig
 from edge.telemetry.topics import TopicError, check_level
@@ -128,6 +129,7 @@ class StationConfig(Strict):
     station: StationInfo
     mqtt: MqttConfig = MqttConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
+    commands: CommandsConfig = CommandsConfig()
     grid: GridConfig
     chargers: list[ChargerConfig]
     slots: list[SlotConfig]

@@ -87,6 +87,8 @@ class _RobotPlc(Protocol):
 
     def inject_torque_failure(self, heads: int) -> None: ...
 
+    def freeze(self, frozen: bool = True) -> None: ...
+
 
 def _text(params: Mapping[str, Any], key: str) -> str:
     v = params.get(key)
@@ -109,6 +111,7 @@ class RobotFaults:
         "stuck_step",
         "torque_failure",
         "vehicle_not_ready",
+        "frozen_heartbeat",
     )
 
     def __init__(self, plc: _RobotPlc) -> None:
@@ -131,6 +134,8 @@ class RobotFaults:
             p.break_curtain(on)
         elif fault == "door_open":
             p.set_input("doors_closed", not on)
+        elif fault == "frozen_heartbeat":
+            p.freeze(on)
         elif fault == "vehicle_not_ready":
             p.set_input("vehicle_hv_off", not on)
             p.set_input("vehicle_immobilised", not on)

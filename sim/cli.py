@@ -11,7 +11,7 @@ import argparse
 import sys
 from typing import Any
 
-from edge.cli import EXIT_BAD_INPUT, EXIT_OK, EXIT_RUNTIME, Handler
+from edge.cli.base import EXIT_BAD_INPUT, EXIT_OK, EXIT_RUNTIME, Handler
 
 
 def _positive_float(text: str) -> float:

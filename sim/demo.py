@@ -28,6 +28,7 @@ import orjson
 from drivers.core.clock import Clock, ScaledClock, SystemClock
 from drivers.core.log import get_logger
 from edge.app.station import Station, build_station
+from edge.command_types import SIM, Rejected
 from edge.config import StationConfig, load_config
 from edge.scheduler.core import SchedulerError
 from edge.scheduler.scenario import Scenario, load_scenario
@@ -98,7 +99,11 @@ class ScenarioPlayer:
                     now = self.clock.now() if self.clock is not None else datetime.now(UTC)
                     scale = self.speed if self.clock is not None else 1.0
                     until = now + timedelta(seconds=wall_s * scale)
-                    self.station.scheduler.set_power_limit(ev.power_kw, until)
+                    await self.station.command_service.execute(
+                        "set_power_limit",
+                        {"power_kw": ev.power_kw, "valid_until": until.isoformat()},
+                        SIM,
+                    )
                 elif ev.kind == "derate" and ev.factor is not None:
                     which = ev.slots if isinstance(ev.slots, list) else range(len(slot_ids))
                     targets = [slot_ids[i % len(slot_ids)] for i in which]
@@ -113,7 +118,7 @@ class ScenarioPlayer:
                 else:
                     _log.info("scenario event not simulated", item=label)
                     continue
-            except (SchedulerError, ValueError, KeyError) as e:  # must not end the demo
+            except (Rejected, SchedulerError, ValueError, KeyError) as e:  # must not end the demo
                 _log.warning("scenario event failed", item=label, error=str(e))
                 continue
             self.applied.append(label)
@@ -215,7 +220,7 @@ async def _run(
     charging = 0
     try:
         async with (
-            world.running(in_process_requester(station.swap.coordinator), rate_per_hour=rate),
+            world.running(in_process_requester(station.command_service), rate_per_hour=rate),
             asyncio.TaskGroup() as tg,
         ):
             aux: list[asyncio.Task[Any]] = []

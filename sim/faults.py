@@ -281,6 +281,14 @@ _TYPES: tuple[_DeviceType, ...] = (
             FaultSpec("short_answers", "reads answered with one register too few"),
             FaultSpec("garbage", "answers replaced by random bytes"),
             FaultSpec("ignore_writes", "writes acknowledged, not applied (write+verify fails)"),
+            FaultSpec(
+                "refuse_write:<point>",
+                "the next write(s) of that point (`:<raw>` only that value) answered with "
+                "exception 6, then accepted again",
+                ("value: how many writes, default 1",),
+            ),
+            FaultSpec("frozen", "reads keep serving the image of the moment of injection"),
+            FaultSpec("out_of_range", "output voltage/current read an absurd value (0xFFFE)"),
         ),
         "sim/devices/charger.py FAULT_NAMES on branch modbus (89092f9), not yet on main",
         (FaultSpec("bit:<flag>", "sets a device fault bit named in the map's fault_bits"),),
@@ -336,6 +344,7 @@ _TYPES: tuple[_DeviceType, ...] = (
                 {"heads": 2},
             ),
             FaultSpec("vehicle_not_ready", "vehicle HV on, not immobilised (clear: ready)"),
+            FaultSpec("frozen_heartbeat", "status image frozen, heartbeat too (clear: live)"),
         ),
         "RobotPlcSim methods on branch swap, through sim.adapters.RobotFaults",
     ),

@@ -305,13 +305,14 @@ class VehicleFlow:
         w.vehicle_leaves(v, forced=False)
 
 
-def in_process_requester(coordinator: Any) -> SwapRequester:
-    """start_swap straight into the station's swap coordinator (one process)."""
-    from edge.swap.sequence import Rejected
+def in_process_requester(service: Any) -> SwapRequester:
+    """start_swap through the station's command service (one process): the `sim` route, with
+    the same policy, mode rules and interlocks as MQTT."""
+    from edge.command_types import SIM, Rejected
 
     async def request(announcement: dict[str, str]) -> None:
         try:
-            await coordinator.execute("start_swap", announcement)
+            await service.execute("start_swap", announcement, SIM)
         except Rejected as e:
             raise SwapRefused(e.message) from None
 

@@ -118,6 +118,7 @@ _BST_REASONS = {
     "BST_ChargerStopped": "charger_stopped",
 }
 _LEVEL = {0: "normal", 1: "too_high", 2: "too_low"}
+SOC_RANGE = (0, 100)  # GB/T fills an unsupported SOC with 0xFF
 
 
 @dataclass(frozen=True, slots=True)
@@ -523,7 +524,7 @@ class ChargerSession:
         self._watch["BCS"] = now + self.timers.bcs_timeout_s
         s = d.signals
         soc: int | None = int(s["BCS_SOC"])
-        if soc is not None and not 0 <= soc <= 100:
+        if soc is not None and not SOC_RANGE[0] <= soc <= SOC_RANGE[1]:
             # GB/T fills a field it does not support with 0xFF: unknown, never a crash.
             self._invalid("BCS", "soc_pct", soc, "outside 0-100 %", out)
             soc = None

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import signal
 import sys
+from pathlib import Path
+from typing import TextIO
 
 from drivers.core.clock import ScaledClock, SystemClock
 from drivers.core.datafile import DataFileError
@@ -13,6 +17,8 @@ from edge.app.logs import configure_logging
 from edge.app.station import build_station
 from edge.app.supervisor import CoreServiceFailed
 from edge.config import load_config
+from edge.operator.signatures import KeyLoadError
+from edge.statefiles import StateFileError
 
 
 def run_daemon(config_path: str, sim_speed: float | None = None) -> int:
@@ -25,12 +31,56 @@ def run_daemon(config_path: str, sim_speed: float | None = None) -> int:
             print(p, file=sys.stderr)
         return 2
     try:
+        lock = lock_state_dir(config.station.state_dir)
+    except StationLocked as e:
+        print(f"swapd run: {e}", file=sys.stderr)
+        return 2
+    try:
         asyncio.run(_main(config_path, config, sim_speed))
+    except StateFileError as e:
+        # One line, the file and the way out; exit 2 so systemd does not restart-loop on it.
+        print(f"swapd: {e}", file=sys.stderr)
+        return 2
     except CoreServiceFailed as e:
         log.critical("daemon stopped by a core service failure", error=str(e))
         return 1
+    except KeyLoadError as e:  # a command-signing key named in the config
+        print(f"swapd run: {e}", file=sys.stderr)
+        return 2
+    finally:
+        lock.close()  # the kernel drops the lock with the descriptor (also on a crash)
     log.info("daemon stopped")
     return 0
+
+
+LOCK_NAME = "swapd.lock"
+
+
+class StationLocked(RuntimeError):
+    pass
+
+
+def lock_state_dir(state_dir: Path) -> TextIO:
+    """One daemon per station: an exclusive, non-blocking flock on `<state_dir>/swapd.lock`,
+    held for the life of the process, taken before anything else is opened or bound (the ctl
+    socket included). The file names the holder's pid for the second one's message."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / LOCK_NAME
+    f = open(path, "a+", encoding="ascii")  # noqa: SIM115 - held until the daemon ends
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "unknown"
+        f.close()
+        raise StationLocked(
+            f"another swapd (pid {holder}) is running for this station ({path} is locked)"
+        ) from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
 
 
 async def _main(config_path: str, config: object, sim_speed: float | None = None) -> None:

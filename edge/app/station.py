@@ -20,8 +20,10 @@ from edge.alarms import AlarmManager
 from edge.app.health import LoopMonitor, Notifier, watchdog_interval_s
 from edge.app.supervisor import Kind, Supervisor
 from edge.config import StationConfig
-from edge.operator.commands import StationCommands
+from edge.operator.commands import OutOfService, StationCommands
 from edge.operator.ctl import CtlServer
+from edge.operator.service import CommandService
+from edge.operator.signatures import Verifier, load_keys
 from edge.scheduler.core import Allocation, Scheduler
 from edge.scheduler.policies import make_policy
 from edge.scheduler.service import SchedulerService
@@ -29,7 +31,6 @@ from edge.slot.core import SlotSafety
 from edge.slot.service import SlotService
 from edge.state import GridState, StationState
 from edge.swap.choice import SlotView
-from edge.swap.remote import SwapCommands
 from edge.swap.sequence import PackIdentity
 from edge.swap.service import SwapRoom, build_swap
 from edge.telemetry.alarm_events import AlarmEvents
@@ -103,8 +104,13 @@ class SwapRunner:
         boot) probe every slot, and a slot whose BMS stays silent is taken as empty."""
         inv = self.room.coordinator.core.inventory
         known = bool(inv.packs())
+        # A slot a journalled swap reserved is never docked (energised) at start-up; the swap
+        # docks it again when it ends (issue 12 item 3).
+        reserved = self.room.coordinator.core.reserved_slots()
         for slot_id, slot in slots.items():
-            if not known:
+            if slot_id in reserved:
+                slot.inhibit("reserved")
+            elif not known:
                 slot.probe()
             elif inv.at(f"slot:{slot_id}") is not None:
                 slot.dock()
@@ -131,14 +137,43 @@ class SwapBindings:
         self.alarms = alarms
         self.publisher = publisher
         self.ready_soc_pct = publisher.config.grid.ready_soc_pct
+        self.events_lost = 0
+        self._raiser = alarms.raiser("swap")
 
     async def output_off(self, slot_id: str) -> None:
-        await self.slots[slot_id].output_off()
+        slot = self.slots[slot_id]
+        slot.inhibit("reserved")
+        await slot.output_off()
+
+    def emergency_off(self) -> None:
+        # Output off and held off, watchdogs starved; the packs stay docked (issue 12 item 5).
+        # The sessions stay up at zero current, so charging resumes after a reset.
+        for slot in self.slots.values():
+            slot.inhibit("estop")
 
     async def all_outputs_off(self) -> None:
-        for slot in self.slots.values():
-            slot.stop_output()
-        await asyncio.gather(*(s.output_off() for s in self.slots.values()), return_exceptions=True)
+        await asyncio.gather(
+            *(s.output_off(undock=False) for s in self.slots.values()), return_exceptions=True
+        )
+
+    def emergency_reset(self, occupied: frozenset[str], reserved: frozenset[str]) -> None:
+        for slot_id, slot in self.slots.items():
+            slot.release("estop")
+            if slot_id in reserved:
+                continue
+            if slot.docked:
+                slot.resume_charging()
+            elif slot_id in occupied:
+                slot.dock()
+
+    def set_reserved(self, reserved: frozenset[str], occupied: frozenset[str]) -> None:
+        for slot_id, slot in self.slots.items():
+            if slot_id in reserved:
+                slot.inhibit("reserved")
+            elif "reserved" in slot.core.inhibited:
+                slot.release("reserved")
+                if not slot.docked and slot_id in occupied:
+                    slot.dock()
 
     def slot_views(self) -> list[SlotView]:
         sources = {a.source for a in self.alarms.active}
@@ -158,6 +193,10 @@ class SwapBindings:
             self.publisher.emit_event(type, fields)
         except (ValueError, KeyError) as e:
             log.warning("swap event not published", type=type, error=str(e))
+        except Exception as e:  # noqa: BLE001 - a failing sink (full disk) never stops the swap
+            self.events_lost += 1
+            self._raiser.raise_alarm("swap.event_lost", "events", f"{type}: {e}")
+            log.error("swap event lost", type=type, error=repr(e))
 
 
 class TelemetryRunner:
@@ -199,6 +238,7 @@ class Station:
     commands: StationCommands
     publisher: StatePublisher
     swap: SwapRoom
+    command_service: CommandService
 
     async def run(self) -> None:
         """Run until `stop()`; raises CoreServiceFailed when a core service fails."""
@@ -259,14 +299,26 @@ def build_station(
         list(config.chargers), config_dir=config_dir, clock=clock, alarms=alarms.raiser("modbus")
     )
 
-    commands = StationCommands(state, clock)
+    commands = StationCommands(
+        state, clock, OutOfService(config.station.state_dir / "slots-out-of-service.json")
+    )
+    keys = load_keys(list(config.commands.keys), config_dir)
+    command_service = CommandService(
+        config.commands,
+        commands,
+        clock=clock,
+        verifier=Verifier(config.station.id, keys) if keys else None,
+        timeout_s=config.telemetry.command_timeout_s,
+        max_power_lease_s=config.telemetry.max_power_lease_s,
+    )
     telemetry = Telemetry(
         config.station.id,
         config.mqtt,
         config.telemetry,
-        commands,
+        command_service,
         clock=clock,
         alarms=alarms.raiser("telemetry"),
+        commands=config.commands,
     )
     AlarmEvents(alarms, telemetry)
 
@@ -321,9 +373,10 @@ def build_station(
         events=bindings,
         alarms=alarms.raiser("swap"),
     )
-    commands.swap = SwapCommands(room.coordinator)
+    commands.swap = room.coordinator
     room.coordinator.on_request = scheduler.vehicle_request  # arrivals and waiting vehicles
-    ctl = CtlServer(config.station.ctl_socket, room.coordinator, group=config.station.ctl_group)
+    commands.apply_out_of_service()
+    ctl = CtlServer(config.station.ctl_socket, command_service, group=config.station.ctl_group)
 
     def identified(slot_id: str, pack_id: str, pack_type: str) -> None:
         task = asyncio.ensure_future(
@@ -364,4 +417,5 @@ def build_station(
         commands,
         publisher,
         room,
+        command_service,
     )

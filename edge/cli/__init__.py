@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-EXIT_OK = 0
-EXIT_RUNTIME = 1
-EXIT_BAD_INPUT = 2
+from edge.cli.base import EXIT_BAD_INPUT, EXIT_OK, EXIT_RUNTIME, Handler
+
+__all__ = ["EXIT_BAD_INPUT", "EXIT_OK", "EXIT_RUNTIME", "Handler", "build_parser", "main"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -22,18 +22,15 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_BAD_INPUT)
 
 
-Handler = Callable[[argparse.Namespace], int]
-
-
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     p = _Parser(prog="swapd", description="Edge daemon for battery-swap stations")
     p.add_argument("--version", action="store_true", help="print the version and exit")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
     handlers: dict[str, Handler] = {}
 
-    from edge.cli import commands as cli_commands
+    from edge.cli.commands import REGISTRY
 
-    for register in cli_commands.REGISTRY:
+    for register in REGISTRY:
         register(sub, handlers)
     return p, handlers
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from edge.cli import Handler
+from edge.cli.base import Handler
 
 
 def register_asyncapi(sub: Any, handlers: dict[str, Handler]) -> None:

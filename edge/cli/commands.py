@@ -7,7 +7,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from edge.cli import Handler
+from edge.cli.base import Handler
 
 Sub = Any  # argparse's _SubParsersAction is private
 Register = Callable[[Sub, dict[str, Handler]], None]
@@ -76,7 +76,13 @@ def register_demo(sub: Sub, handlers: dict[str, Handler]) -> None:
 
 
 def register_ctl(sub: Sub, handlers: dict[str, Handler]) -> None:
-    from edge.operator.ctl import register
+    from edge.cli.ctl import register
+
+    register(sub, handlers)
+
+
+def register_journal(sub: Sub, handlers: dict[str, Handler]) -> None:
+    from edge.cli.journal import register
 
     register(sub, handlers)
 
@@ -87,6 +93,7 @@ REGISTRY: list[Register] = [
     register_asyncapi,
     register_simulate_day,
     register_ctl,
+    register_journal,
     register_sim,
     register_demo,
 ]

@@ -23,6 +23,7 @@ from typing import Any
 from drivers.can.config import CanBusConfig
 from drivers.can.events import (
     PackIdentified,
+    Phase,
     PhaseChanged,
     SessionEvent,
     SessionStopped,
@@ -59,6 +60,8 @@ from edge.slot.core import (
 from edge.swap.choice import SlotView
 
 log = get_logger("slot")
+# Session phases in which the BMS may have closed its contactors (after BCP/BRO).
+_BMS_ENGAGED = frozenset({Phase.PARAMETERS, Phase.CHARGING, Phase.STOPPING})
 
 # The charger's `state` enum labels that mean its output is live, and those that mean it is off.
 _LIVE_STATES = frozenset({"charging", "derating", "on"})
@@ -148,6 +151,8 @@ class SlotService:
         self.probing = False
         self.on_identified: Callable[[str, str, str], None] | None = None
         self._started = False
+        # An operator took the slot out of service: output off, no session, no pack in or out.
+        self.in_service = True
         self._wanted: _Wanted | None = None
         self._wake = asyncio.Event()
         self._version = 0
@@ -206,8 +211,8 @@ class SlotService:
             self._feed_again("estop")
 
     def resume_charging(self) -> None:
-        """After an e-stop reset: a docked slot whose session was stopped starts a new one."""
-        if self.docked:
+        """After an e-stop reset: a docked slot whose session has ended starts a new one."""
+        if self.docked and self.core.state is SlotState.EMPTY:
             self._started = False
             self._start_session()
 
@@ -224,6 +229,17 @@ class SlotService:
         self._apply(self.core.reset_unavailable(self._clock.monotonic()))
         if self.docked and self.core.state is SlotState.EMPTY:
             self._start_session()
+
+    def set_in_service(self, in_service: bool) -> None:
+        """Out of service: output off and CST now, no new session; back: a seated pack
+        starts its session again."""
+        self.in_service = in_service
+        if not in_service:
+            self.stop_output()
+            self._started = False
+        elif self.docked and self.ratings_known.is_set():
+            self._start_session()
+        self._on_change(self.slot_id)
 
     def stop_output(self, reason: StopReason = StopReason.MANUAL) -> None:
         """Emergency stop or shutdown: output off and CST, at once."""
@@ -254,20 +270,25 @@ class SlotService:
             # output off at its start and the fetch step waits for the charger's confirmation.
             output_off=idle or not (self.core.reading.output_on if self.core.reading else False),
             alarm_active=alarm_active,
-            available=s.state is not SlotState.UNAVAILABLE,
+            available=s.state is not SlotState.UNAVAILABLE and self.in_service,
         )
 
     async def output_off(self, timeout_s: float = 5.0, *, undock: bool = True) -> None:
-        """Stop the session (and undock unless told not to), command the output off afresh and
-        return once a read taken after that command confirms it (a pack may then leave or
-        enter). Raises TimeoutError; the off stays wanted and retried either way."""
+        """Undock (stop the session) unless told not to, command the output off afresh and
+        return once a read taken after that command confirms it and the GB/T stop exchange is
+        over (a pack may then leave or enter). Raises TimeoutError; the off stays wanted and
+        retried either way."""
+        # A BMS past its parameters may have closed its contactors: wait for its BST/BSD after
+        # our CST (GB/T 27930 phase 6: the charger unlocks only after the end; a conformance
+        # BMS caught packs pulled 2 ms after CST). An empty slot's CHM gets no answer to wait on.
+        bms_engaged = self.link.session.phase in _BMS_ENGAGED
         if undock:
             self.undock()
-        else:
-            self.stop_output()
         self._command_off()
         async with asyncio.timeout(timeout_s):
-            while not self.output_off_confirmed:
+            while not self.output_off_confirmed or (
+                bms_engaged and self.link.session.phase is Phase.STOPPING
+            ):
                 await self.charger.next_update()
 
     @property
@@ -313,7 +334,7 @@ class SlotService:
             bms_limit_kw=to_grid_side(self.core.request_kw(), eff),
             charger_rating_kw=to_grid_side(r.max_power_kw, eff),
             derate_factor=self.core.derating,
-            faulted=s.state in (SlotState.FAULTED, SlotState.UNAVAILABLE),
+            faulted=s.state in (SlotState.FAULTED, SlotState.UNAVAILABLE) or not self.in_service,
             docked_at_s=self.docked_at_s,
             capacity_kwh=self.capacity_kwh,
         )
@@ -372,7 +393,7 @@ class SlotService:
 
     # ---- internals ----------------------------------------------------------------------
     def _start_session(self) -> None:
-        if not self._started:
+        if not self._started and self.in_service:
             self._started = True
             self._apply(self.core.start(self._clock.monotonic()))
 

@@ -17,7 +17,8 @@ from drivers.core.clock import Clock, utc_iso
 from drivers.core.log import get_logger
 from drivers.robot.port import RobotPort, RobotPortError
 from edge.swap.choice import SlotView
-from edge.swap.journal import Journal
+from edge.swap.inventory import slot_place
+from edge.swap.journal import Journal, JournalError
 from edge.swap.sequence import (
     Action,
     ClearAlarm,
@@ -35,6 +36,7 @@ from edge.swap.sequence import (
     RaiseAlarm,
     RefitOriginal,
     Rejected,
+    ReleaseOutputs,
     RequestAllOutputsOff,
     RequestOutputOff,
     ResetFault,
@@ -56,7 +58,22 @@ class SlotOutputs(Protocol):
         ...
 
     async def all_outputs_off(self) -> None:
-        """Emergency stop: every charger output off."""
+        """Emergency stop: return once every charger output is confirmed off."""
+        ...
+
+    def emergency_off(self) -> None:
+        """Emergency stop, at once and before anything is written to disk: every output
+        commanded off and held off, every charger watchdog starved; no slot is undocked."""
+        ...
+
+    def emergency_reset(self, occupied: frozenset[str], reserved: frozenset[str]) -> None:
+        """The latch was reset with the chain healthy: release the hold, dock again the slots
+        the inventory says hold a pack (except those a swap reserved) and let them charge."""
+        ...
+
+    def set_reserved(self, reserved: frozenset[str], occupied: frozenset[str]) -> None:
+        """The slots a swap uses now: never energised; a released one that holds a pack is
+        docked (again)."""
         ...
 
 
@@ -120,11 +137,15 @@ class SwapCoordinator:
         self.offline_after = offline_after
         snap = journal.snapshot()
         self.restored = snap is not None
-        self.core = (
-            SwapSequence.restore(graph, slot_numbers, snap)
-            if snap is not None
-            else SwapSequence(graph, slot_numbers)
-        )
+        try:
+            self.core = (
+                SwapSequence.restore(graph, slot_numbers, snap)
+                if snap is not None
+                else SwapSequence(graph, slot_numbers)
+            )
+        except (KeyError, ValueError, TypeError, AttributeError) as e:
+            # A snapshot that decodes but does not fit the sequence: as corrupt as a bad page.
+            raise JournalError(f"{journal.path}: snapshot does not restore: {e!r}") from e
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -134,6 +155,7 @@ class SwapCoordinator:
         self.online = asyncio.Event()  # set while the PLC answers
         # Told of every swap request (vehicle id, refusal or None): the scheduler's demand.
         self.on_request: Callable[[str, str | None], None] | None = None
+        self._reserved: frozenset[str] = frozenset()
 
     # ----- the service task
 
@@ -182,7 +204,28 @@ class SwapCoordinator:
             await self._execute(actions)
             return actions
 
+    async def safety_first(self, actions: list[Action]) -> set[int]:
+        """Seam (issue 12 item 5): halts and the e-stop's all-outputs-off go out before the
+        journal is written (a stalled or failed disk must not delay or drop them). Returns the
+        indexes of the actions already carried out."""
+        done: set[int] = set()
+        for i, a in enumerate(actions):
+            if isinstance(a, RequestAllOutputsOff):
+                self.outputs.emergency_off()
+            elif isinstance(a, SetHalt) and a.units:
+                done.add(i)
+                try:
+                    await self.port.set_halt(a.units)
+                except RobotPortError as e:
+                    log.warning("halt %s not written: %s", sorted(a.units), e)
+        return done
+
+    def _occupied(self) -> frozenset[str]:
+        inv = self.core.inventory
+        return frozenset(s for s in self.core.slot_numbers if inv.at(slot_place(s)) is not None)
+
     async def _execute(self, actions: list[Action]) -> None:
+        early = await self.safety_first(actions)
         records = [a.record for a in actions if isinstance(a, JournalWrite)]
         if records:
             # Intent on disk before the command it causes; a failed write stops the service.
@@ -190,7 +233,9 @@ class SwapCoordinator:
             await asyncio.to_thread(
                 self.journal.commit, utc_iso(self.clock.now()), records, self.core.snapshot()
             )
-        for a in actions:
+        for i, a in enumerate(actions):
+            if i in early:
+                continue
             match a:
                 case CommandStep():
                     try:
@@ -207,6 +252,8 @@ class SwapCoordinator:
                     self._spawn(self._output_off(a.slot_id), f"swap-output-off-{a.slot_id}")
                 case RequestAllOutputsOff():
                     self._spawn(self._all_off(), "swap-all-outputs-off")
+                case ReleaseOutputs():
+                    self.outputs.emergency_reset(self._occupied(), self.core.reserved_slots())
                 case Emit():
                     self.events.emit(a.type, {**a.details, "ts": utc_iso(self.clock.now())})
                 case RaiseAlarm():
@@ -215,6 +262,10 @@ class SwapCoordinator:
                     self.alarms.clear_alarm(a.code, a.source)
                 case JournalWrite():
                     pass
+        reserved = self.core.reserved_slots()
+        if reserved != self._reserved:
+            self._reserved = reserved
+            self.outputs.set_reserved(reserved, self._occupied())
         if actions:
             self.changed.set()
             self._wake.set()
@@ -314,6 +365,7 @@ class SwapCoordinator:
             self._check_swap_id(params)
             await self.feed(RefitOriginal())
         elif command == "manual":
+            self._check_swap_id(params)
             enabled = params.get("enabled", True)
             if not isinstance(enabled, bool):
                 raise Rejected(

@@ -59,6 +59,8 @@ class Journal:
             self._db.close()
             raise JournalError(str(e)) from e
         self.commits = 0
+        self.keep_records = 5000  # pruned to this every `prune_every` commits
+        self.prune_every = 500
 
     def synchronous(self) -> int:
         return int(self._db.execute("PRAGMA synchronous").fetchone()[0])
@@ -83,13 +85,52 @@ class Journal:
                 self._db.execute("ROLLBACK")
             raise JournalError(f"{self.path}: {e}") from e
         self.commits += 1
+        if self.commits % self.prune_every == 0:
+            self.prune(self.keep_records)
 
     def snapshot(self) -> dict[str, Any] | None:
-        row = self._db.execute("SELECT value FROM state WHERE key = 'core'").fetchone()
-        if row is None:
-            return None
-        data: dict[str, Any] = orjson.loads(row[0])
+        try:
+            row = self._db.execute("SELECT value FROM state WHERE key = 'core'").fetchone()
+            if row is None:
+                return None
+            data = orjson.loads(row[0])
+        except (sqlite3.Error, orjson.JSONDecodeError) as e:
+            raise JournalError(f"{self.path}: snapshot unreadable: {e}") from e
+        if not isinstance(data, dict):
+            raise JournalError(f"{self.path}: snapshot is not an object")
         return data
+
+    def check(self) -> list[str]:
+        """Problems found (empty: the file is sound): SQLite's integrity check, every record's
+        and the snapshot's JSON."""
+        problems: list[str] = []
+        try:
+            for (line,) in self._db.execute("PRAGMA integrity_check").fetchall():
+                if line != "ok":
+                    problems.append(f"integrity: {line}")
+            for rid, data in self._db.execute("SELECT id, data FROM records").fetchall():
+                try:
+                    orjson.loads(data)
+                except orjson.JSONDecodeError:
+                    problems.append(f"record {rid}: not JSON")
+            self.snapshot()
+        except (sqlite3.Error, JournalError) as e:
+            problems.append(str(e))
+        return problems
+
+    def prune(self, keep: int) -> int:
+        """Drop all but the newest `keep` records (the snapshot holds the state; records are
+        the recent history), so the file stays bounded. Returns how many went."""
+        try:
+            cur = self._db.execute(
+                "DELETE FROM records WHERE id <= (SELECT MAX(id) FROM records) - ?", (keep,)
+            )
+        except sqlite3.Error as e:
+            raise JournalError(f"{self.path}: {e}") from e
+        return int(cur.rowcount or 0)
+
+    def count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM records").fetchone()[0])
 
     def records(self, kind: str | None = None, limit: int = 10_000) -> list[JournalRecord]:
         if kind is None:

@@ -18,6 +18,7 @@ from enum import StrEnum
 from typing import Any
 
 from drivers.robot.contract import UNITS, RobotStatus, UnitState
+from edge.command_types import Rejected as CommandRejected
 from edge.swap.choice import NoPackError, SlotView, choose_pack, choose_store_slot
 from edge.swap.inventory import (
     HANDLING_PLACES,
@@ -149,6 +150,11 @@ class RequestAllOutputsOff:
 
 
 @dataclass(frozen=True, slots=True)
+class ReleaseOutputs:
+    """The e-stop latch was reset with the chain healthy: slots may charge again."""
+
+
+@dataclass(frozen=True, slots=True)
 class Emit:
     type: str
     details: dict[str, Any]
@@ -173,19 +179,19 @@ Action = (
     | SetHalt
     | RequestOutputOff
     | RequestAllOutputsOff
+    | ReleaseOutputs
     | Emit
     | RaiseAlarm
     | ClearAlarm
 )
 
 
-class Rejected(Exception):
-    """A command the station cannot carry out now (nothing moved). `code` as in DESIGN.md."""
+class Rejected(CommandRejected):
+    """The house's one refusal (`edge.command_types.Rejected`), message first for the core's
+    many `rejected` answers. Nothing moved."""
 
     def __init__(self, message: str, code: str = "rejected") -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+        super().__init__(code, message)
 
 
 class Mode(StrEnum):
@@ -231,6 +237,7 @@ class Swap:
     hold: dict[str, str] | None = None
     unlock_started: bool = False
     lift_started: bool = False
+    off_requested: set[str] = field(default_factory=set)  # not journalled: asked again on restore
 
 
 _HOLD_ALARMS = ("robot.step_fault", "robot.step_timeout", "robot.interlock_lost")
@@ -271,6 +278,8 @@ class SwapSequence:
                 self._start(event, now, out)
             case SlotOutputOff(slot_id=s):
                 sw = self.swap
+                if sw is not None:
+                    sw.off_requested.discard(s)
                 if (
                     sw is not None
                     and s in (sw.full_slot, sw.store_slot)
@@ -280,6 +289,8 @@ class SwapSequence:
                     self._journal(out, "output_off_confirmed", slot=s)
             case SlotOutputFailed(slot_id=s, reason=r):
                 sw = self.swap
+                if sw is not None:
+                    sw.off_requested.discard(s)
                 if sw is not None and s in (sw.full_slot, sw.store_slot):
                     # no pack may leave or enter that slot: hold; retry_step asks again
                     self._hold(out, "output_off_failed", "", f"slot {s}: {r}")
@@ -326,9 +337,10 @@ class SwapSequence:
         if self.latched:
             out.append(RequestAllOutputsOff())
         if self.swap is not None:
+            # The journalled confirmations are not trusted: both slots are confirmed afresh.
+            self.swap.outputs_off.clear()
             for slot in (self.swap.full_slot, self.swap.store_slot):
-                if slot not in self.swap.outputs_off:
-                    out.append(RequestOutputOff(slot))  # the confirmation died with the process
+                self._request_off(slot, out)
             for run in self.swap.runs.values():
                 run.started_at = now  # timeouts restart with the process
                 run.last_sent = -math.inf  # resend at once if the PLC has not acknowledged
@@ -661,6 +673,11 @@ class SwapSequence:
             if st.unit in busy or self.plc.units[st.unit].state == UnitState.BUSY:
                 continue
             missing = self._missing(st)
+            for r in missing:
+                if r.startswith("output_off:"):
+                    self._request_off(
+                        sw.full_slot if r.endswith("full_slot") else sw.store_slot, out
+                    )
             if missing:
                 if sw.blocked.get(sid) != missing:
                     sw.blocked[sid] = missing
@@ -691,6 +708,7 @@ class SwapSequence:
                 self._inconsistent(out, f"{sid}: {dst} already holds a pack", sid)
                 return False
             moves.append([rec.pack_id, src, dst])
+        self.consume_off_confirmations(st)
         unit = st.unit
         self.seq[unit] = self.seq[unit] % 0xFFFF + 1
         run = sw.runs[sid]
@@ -730,6 +748,25 @@ class SwapSequence:
             moves=self._moves_json(run),
         )
         return True
+
+    def consume_off_confirmations(self, st: StepDef) -> None:
+        """Seam (issue 12 item 3): a step touching a slot uses up that slot's output-off
+        confirmation, so every later step there needs a fresh one (never one from the journal
+        or from before a fault)."""
+        sw = self.swap
+        assert sw is not None
+        for r in st.requires:
+            if r == "output_off:full_slot":
+                sw.outputs_off.discard(sw.full_slot)
+            elif r == "output_off:store_slot":
+                sw.outputs_off.discard(sw.store_slot)
+
+    def _request_off(self, slot: str, out: list[Action]) -> None:
+        sw = self.swap
+        if sw is None or slot in sw.off_requested or slot in sw.outputs_off:
+            return
+        sw.off_requested.add(slot)
+        out.append(RequestOutputOff(slot))
 
     def _done(self, sid: str, out: list[Action]) -> None:
         sw = self.swap
@@ -881,8 +918,8 @@ class SwapSequence:
             store_slot=sw.store_slot,
             soc_pct=full.soc_pct,
         )
-        out.append(RequestOutputOff(sw.full_slot))
-        out.append(RequestOutputOff(sw.store_slot))
+        self._request_off(sw.full_slot, out)
+        self._request_off(sw.store_slot, out)
 
     def _require_operable(self) -> Swap:
         sw = self.swap
@@ -911,6 +948,7 @@ class SwapSequence:
             raise Rejected("emergency-stop chain still open")
         self.latched = False
         self._clear(out, "safety.emergency_stop", "robot")
+        out.append(ReleaseOutputs())
         self._journal(out, "unlatched")
         self._emit(out, "swap.recovery", action="reset_fault")
         if self.swap is None:
@@ -941,8 +979,8 @@ class SwapSequence:
         for sid in failed:
             sw.runs[sid].status = StepStatus.PENDING
         for slot in (sw.full_slot, sw.store_slot):
-            if slot not in sw.outputs_off:
-                out.append(RequestOutputOff(slot))
+            sw.off_requested.discard(slot)  # ask again even if an earlier request hangs
+            self._request_off(slot, out)
         sw.hold = None
         self.mode = Mode.RUNNING
         self._clear_hold_alarms(out)

@@ -10,8 +10,9 @@ from drivers.core.clock import Clock
 from drivers.robot.contract import RobotContract
 from drivers.robot.modbus_port import ModbusRobotPort
 from edge.config import StationConfig
+from edge.statefiles import StateFileError, journal_advice
 from edge.swap.coordinator import EventSink, SlotOutputs, SlotViews, SwapCoordinator
-from edge.swap.journal import Journal
+from edge.swap.journal import Journal, JournalError
 from edge.swap.steps import StepGraph, load_step_graph
 
 JOURNAL_NAME = "swap-journal.sqlite"
@@ -50,16 +51,20 @@ def build_swap(
     contract = RobotContract.load(cfg.robot_map())
     graph = load_step_graph(steps_path or cfg.step_graph(), contract)
     port = ModbusRobotPort(contract, cfg.robot.host, cfg.robot.port, device_id=cfg.robot.unit_id)
-    journal = Journal(cfg.resolve(state_dir or cfg.station.state_dir) / JOURNAL_NAME)
-    coord = SwapCoordinator(
-        graph=graph,
-        slot_numbers=slot_numbers(cfg),
-        port=port,
-        journal=journal,
-        clock=clock,
-        outputs=outputs,
-        slots=slots,
-        events=events,
-        alarms=alarms,
-    )
+    journal_path = cfg.resolve(state_dir or cfg.station.state_dir) / JOURNAL_NAME
+    try:
+        journal = Journal(journal_path)
+        coord = SwapCoordinator(
+            graph=graph,
+            slot_numbers=slot_numbers(cfg),
+            port=port,
+            journal=journal,
+            clock=clock,
+            outputs=outputs,
+            slots=slots,
+            events=events,
+            alarms=alarms,
+        )
+    except JournalError as e:
+        raise StateFileError(journal_path, str(e), journal_advice(cfg.source)) from e
     return SwapRoom(coord, port, journal, graph)

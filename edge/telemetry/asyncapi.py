@@ -20,7 +20,7 @@ from edge.telemetry.models import (
 )
 from edge.telemetry.topics import LEVEL_PATTERN, event_levels
 
-CONTRACT_VERSION = "2.0.0"
+CONTRACT_VERSION = "3.0.0"
 ROOT = "swapstation/v1/{station_id}"
 REF = "#/components/schemas/{model}"
 

@@ -14,17 +14,6 @@ from edge.telemetry.topics import LEVEL_PATTERN
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 
-COMMAND_NAMES = (
-    "set_power_limit",
-    "set_mode",
-    "reset_fault",
-    "retry_step",
-    "refit_original",
-    "manual",
-    "refresh",
-    "start_swap",
-)
-
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -109,18 +98,8 @@ class TelemetryConfig(Strict):
     # "full" survives power loss (an fsync per event); "normal" survives a process crash.
     outbox_synchronous: Literal["full", "normal"] = "full"
     replay_rate_per_s: Annotated[float, Field(gt=0)] = 2000.0
-    commands_allowed: list[str] = list(COMMAND_NAMES)
-    allow_remote_reset: bool = False
     # Commands whose expires_at lies further ahead are refused (bounds the dedupe store).
     max_command_ttl_s: Annotated[float, Field(gt=0, le=7 * 86400)] = 86400.0
     command_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
     # Longest power-limit lease accepted by set_power_limit.
     max_power_lease_s: Annotated[float, Field(gt=0)] = 86400.0
-
-    @field_validator("commands_allowed")
-    @classmethod
-    def _known_commands(cls, v: list[str]) -> list[str]:
-        unknown = [c for c in v if c not in COMMAND_NAMES]
-        if unknown:
-            raise ValueError(f"unknown commands {unknown}; known: {', '.join(COMMAND_NAMES)}")
-        return v

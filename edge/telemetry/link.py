@@ -10,6 +10,8 @@ from typing import Any, Self
 import aiomqtt
 import paho.mqtt.client as paho
 from aiomqtt.exceptions import MqttConnectError
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from drivers.core.clock import Clock
@@ -59,8 +61,16 @@ class Client(aiomqtt.Client):
     """aiomqtt's client plus: publish_confirmed() raises on a refused PUBACK, and
     wait_disconnected() returns (raising MqttError) when the connection drops."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, max_packet_bytes: int | None = None, **kwargs: Any) -> None:
+        if max_packet_bytes is not None and kwargs.get("protocol") == aiomqtt.ProtocolVersion.V5:
+            # MQTT 5: the broker must not send us a larger packet (it drops it instead).
+            props = kwargs.get("properties") or Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.MaximumPacketSize = max_packet_bytes
+            kwargs["properties"] = props
         super().__init__(*args, **kwargs)
+        self.packets_too_large = 0
+        if max_packet_bytes is not None:
+            self._guard_packet_size(max_packet_bytes)
         self._refused: dict[int, ReasonCode] = {}
         self.pending_calls_threshold = 10_000  # our windows are bounded; no warning per call
         tls = kwargs.get("tls_context")
@@ -68,6 +78,23 @@ class Client(aiomqtt.Client):
         # Set when the broker closed the connection before any CONNACK: RabbitMQ 3.x does that
         # to an MQTT 5 CONNECT it cannot parse (aiomqtt would wait out the whole timeout).
         self.closed_before_connack = False
+
+    def _guard_packet_size(self, limit: int) -> None:
+        """A broker that ignores the limit (MQTT 3.1.1 has none) still cannot make us read a
+        huge packet: once its header announces more than `limit` bytes, the next read fails
+        and the connection is dropped before a byte of the body is read. paho reads a packet
+        into one growing bytes object, so 40 MB would stall the event loop for seconds."""
+        paho_client = self._client
+        read = paho_client._sock_recv
+
+        def guarded(bufsize: int) -> bytes:
+            packet = paho_client._in_packet
+            if packet["have_remaining"] and packet["remaining_length"] > limit:
+                self.packets_too_large += 1
+                raise OSError(f"inbound packet of {packet['remaining_length']} bytes > {limit}")
+            return read(bufsize)
+
+        paho_client._sock_recv = guarded  # type: ignore[method-assign]
 
     async def __aenter__(self) -> Self:
         try:

@@ -10,6 +10,9 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, create_model
 
 from drivers.core.quality import Quality
 from edge.alarms import Severity
+from edge.command_types import ErrorCode
+
+__all__ = ["ErrorCode"]  # re-exported: the contract's result codes live with Rejected
 from edge.scheduler.core import GridMode
 
 Timestamp = Annotated[
@@ -94,6 +97,7 @@ class SlotTelemetry(Wire):
     session_phase: str = Field(description="GB/T 27930 session phase, e.g. idle, charging")
     charger_state: str = Field(description="charger state from its register map")
     available: bool = True
+    in_service: bool = Field(True, description="false while an operator took the slot out")
     quality: Quality = Quality.GOOD
     invalid: list[str] = Field(
         [], description="fields published null because the value did not fit (quality bad)"
@@ -272,16 +276,6 @@ EVENT_MESSAGES: dict[str, type[EventMessage]] = {
 # ---- commands -----------------------------------------------------------------------------
 
 
-class ErrorCode(StrEnum):
-    BAD_JSON = "bad_json"
-    INVALID_PARAMS = "invalid_params"
-    UNKNOWN_COMMAND = "unknown_command"
-    NOT_ALLOWED = "not_allowed"
-    OUT_OF_RANGE = "out_of_range"
-    EXPIRED = "expired"
-    REJECTED = "rejected"
-
-
 class Params(Wire):
     pass
 
@@ -301,16 +295,60 @@ class ResetFaultParams(Params):
     reason: str = Field("", max_length=200)
 
 
+SwapId = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=128,
+        description="the swap this acts on; a command naming another (stale) swap is rejected",
+    ),
+]
+SlotId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+
+
 class RetryStepParams(Params):
-    swap_id: str | None = None
+    swap_id: SwapId
 
 
 class RefitOriginalParams(Params):
-    swap_id: str | None = None
+    swap_id: SwapId
 
 
 class ManualParams(Params):
+    """`enabled: false` (leaving manual) is its own policy entry, `end_manual`."""
+
     enabled: bool
+    swap_id: SwapId
+
+
+class StatusParams(Params):
+    pass
+
+
+class InventorySetParams(Params):
+    pack_id: str = Field(min_length=1, max_length=128)
+    place: str | None = Field(
+        description="slot:<id>, vehicle, shuttle, buffer, stacker, or null (not in the station)"
+    )
+    pack_type: str | None = Field(None, min_length=1, max_length=64)
+
+
+class ResetSlotParams(Params):
+    """Clear one slot's BMS-lost latch (after re-plugging its pack)."""
+
+    slot_id: SlotId
+
+
+class DisableSlotParams(Params):
+    """Take a slot out of service: output off, no pack taken from or stored into it; kept
+    across restarts."""
+
+    slot_id: SlotId
+    reason: str = Field("", max_length=200)
+
+
+class EnableSlotParams(Params):
+    slot_id: SlotId
 
 
 class RefreshParams(Params):
@@ -328,6 +366,11 @@ class StartSwapParams(Params):
 
 
 COMMAND_PARAMS: dict[str, type[Params]] = {
+    "status": StatusParams,
+    "inventory_set": InventorySetParams,
+    "reset_slot": ResetSlotParams,
+    "disable_slot": DisableSlotParams,
+    "enable_slot": EnableSlotParams,
     "set_power_limit": SetPowerLimitParams,
     "set_mode": SetModeParams,
     "reset_fault": ResetFaultParams,
@@ -339,10 +382,29 @@ COMMAND_PARAMS: dict[str, type[Params]] = {
 }
 
 
+# Commands of the MQTT contract (`status` is for the local operator only).
+MQTT_COMMANDS = tuple(n for n in COMMAND_PARAMS if n != "status")
+
+
 class CommandEnvelope(Wire):
     cmd_id: str = Field(min_length=1, max_length=128)
     expires_at: AwareDatetime
     params: dict[str, Any] = {}
+    client_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description="who sends (logged, and the key of the per-client rate limit)",
+    )
+    key_id: str | None = Field(
+        None, min_length=1, max_length=64, description="the key that made `sig`"
+    )
+    sig: str | None = Field(
+        None,
+        max_length=128,
+        description="base64 Ed25519 signature over station id, command, cmd_id, expires_at "
+        "and params (docs/mqtt.md)",
+    )
 
 
 def _command_message_model(name: str, params: type[Params]) -> type[CommandEnvelope]:
@@ -350,7 +412,7 @@ def _command_message_model(name: str, params: type[Params]) -> type[CommandEnvel
 
 
 COMMAND_MESSAGES: dict[str, type[CommandEnvelope]] = {
-    n: _command_message_model(n, p) for n, p in COMMAND_PARAMS.items()
+    n: _command_message_model(n, COMMAND_PARAMS[n]) for n in MQTT_COMMANDS
 }
 
 

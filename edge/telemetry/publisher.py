@@ -135,6 +135,7 @@ class StatePublisher:
                         "session_phase": str(snap.phase),
                         "charger_state": slot.charger_state(),
                         "available": snap.state is not SlotState.UNAVAILABLE,
+                        "in_service": slot.in_service,
                         "quality": self._slot_quality(slot),
                     },
                 )

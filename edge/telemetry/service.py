@@ -13,6 +13,7 @@ import contextlib
 import logging
 import random
 import socket
+import sqlite3
 from collections import deque
 from collections.abc import Mapping
 from typing import Any
@@ -26,6 +27,8 @@ from drivers.core.alarm_sink import AlarmSink
 from drivers.core.backoff import Backoff
 from drivers.core.clock import Clock, SystemClock, utc_iso
 from drivers.core.log import get_logger
+from edge.operator.config import CommandsConfig
+from edge.statefiles import StateFileError, outbox_advice
 from edge.telemetry.changes import ChangeTracker
 from edge.telemetry.commands import CommandProcessor, CommandStore
 from edge.telemetry.config import MqttConfig, TelemetryConfig
@@ -48,6 +51,7 @@ from edge.telemetry.topics import Topics, check_level
 log = get_logger("telemetry")
 
 MAX_PAYLOAD_BYTES = 128 * 1024
+PACKET_OVERHEAD_BYTES = 1024  # topic, properties and headers around a command payload
 EVENT_BATCH = 200
 EVENT_WINDOW = 16  # QoS 1 publishes in flight (paho's own limit is 20)
 STOP_PUBLISH_TIMEOUT_S = 2.0
@@ -74,6 +78,7 @@ class Telemetry:
         alarms: AlarmSink | None = None,
         boot_id: str | None = None,
         rng: random.Random | None = None,
+        commands: CommandsConfig | None = None,
     ) -> None:
         if version is None:
             from edge.version import VERSION
@@ -86,10 +91,19 @@ class Telemetry:
         self.topics = Topics.for_station(mqtt.prefix, station_id)
         self._clock: Clock = clock or SystemClock()
         self._alarms = alarms
-        self._db = open_db(cfg.outbox_path, cfg.outbox_synchronous)
-        self.outbox = Outbox(self._db, cfg.outbox_max_bytes, boot_id)
+        try:
+            self._db = open_db(cfg.outbox_path, cfg.outbox_synchronous)
+            self.outbox = Outbox(self._db, cfg.outbox_max_bytes, boot_id)
+        except (sqlite3.DatabaseError, OutboxError) as e:
+            raise StateFileError(cfg.outbox_path, str(e), outbox_advice()) from e
+        self.command_limits = commands or CommandsConfig()
         self.commands = CommandProcessor(
-            cfg, target, CommandStore(self._db), self._clock, self.refresh, self._audit
+            cfg,
+            target,
+            CommandStore(self._db, self.command_limits.dedupe_max),
+            self._clock,
+            self._audit,
+            limits=self.command_limits,
         )
         self._tracker = ChangeTracker(cfg.deadbands, cfg.min_interval_s, cfg.refresh_s)
         self._key_topic: dict[str, str] = {}
@@ -130,6 +144,8 @@ class Telemetry:
             "telemetry_published": self.telemetry_published,
             "commands_handled": self.commands.handled,
             "commands_refused": self.commands.refused,
+            "commands_too_large": self.commands.too_large,
+            "commands_busy": self.commands.busy,
         }
 
     @property
@@ -234,6 +250,10 @@ class Telemetry:
             timeout=m.connect_timeout_s,
             will=aiomqtt.Will(self.topics.status, self._status(False, False), qos=1, retain=True),
             tls_context=build_context(m.tls) if m.tls is not None else None,
+            # Bounded input: the broker never sends an MQTT 5 client a larger packet, and
+            # paho's queue of received messages is bounded (beyond it they are dropped).
+            max_packet_bytes=self.command_limits.max_payload_bytes + PACKET_OVERHEAD_BYTES,
+            max_queued_incoming_messages=self.command_limits.queue_size,
             # Small messages, latency matters: no Nagle delay (paho does not set it).
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         )

@@ -1,16 +1,20 @@
-"""What remote commands ask of the station: one async method per command. The station
-implements `CommandTarget`; `InMemoryTarget` is a simple one for tests and benches."""
+"""What the MQTT route asks of the station's command service (`edge.operator.service`), and
+`InMemoryTarget`, a small station behind that service for tests and benches."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
+from edge.command_types import ErrorCode, Origin, Rejected, Signature
 from edge.telemetry.models import (
+    COMMAND_PARAMS,
     ManualParams,
     OperatingMode,
     Params,
     RefitOriginalParams,
+    RefreshParams,
     ResetFaultParams,
     RetryStepParams,
     SetModeParams,
@@ -18,81 +22,77 @@ from edge.telemetry.models import (
     StartSwapParams,
 )
 
-
-class Rejected(Exception):  # noqa: N818 - the result code is `rejected`
-    """A valid command the station cannot carry out now; `reason` goes to the result."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class OutOfRange(Rejected):
-    """A value the station's own limits refuse (the result code is `out_of_range`)."""
+__all__ = ["CommandTarget", "InMemoryTarget", "Rejected"]
 
 
 class CommandTarget(Protocol):
-    """Each method returns once the station has accepted the command (not when a swap ends) and
-    raises `Rejected(reason)` when it cannot carry it out now."""
+    """The command service, as the MQTT route uses it: `admit` (known command, remote policy)
+    runs before the envelope is validated, `execute` does the rest; `refuse` logs a refusal the
+    route made itself. Both raise `Rejected(code, message)`."""
 
-    async def set_power_limit(self, params: SetPowerLimitParams) -> None: ...
+    def admit(self, name: str, params: Mapping[str, Any], origin: Origin) -> None: ...
 
-    async def set_mode(self, params: SetModeParams) -> None: ...
+    async def execute(
+        self,
+        name: str,
+        params: Mapping[str, Any],
+        origin: Origin,
+        *,
+        signature: Signature | None = None,
+    ) -> dict[str, Any]: ...
 
-    async def reset_fault(self, params: ResetFaultParams) -> None: ...
-
-    async def retry_step(self, params: RetryStepParams) -> None: ...
-
-    async def refit_original(self, params: RefitOriginalParams) -> None: ...
-
-    async def manual(self, params: ManualParams) -> None: ...
-
-    async def start_swap(self, params: StartSwapParams) -> None: ...
+    def refuse(self, name: str, origin: Origin, e: Rejected) -> None: ...
 
 
 @dataclass
 class InMemoryTarget:
-    """Keeps a little state and a call log; refuses what a real station would refuse."""
+    """A station that keeps a little state and a call log; refuses what a real one would."""
 
     mode: OperatingMode = OperatingMode.NORMAL
     power_limit_kw: float | None = None
     fault_latched: bool = False
     manual_mode: bool = False
     swap_running: bool = False
+    swap_id: str = "SW-1"
+    refreshes: int = 0
     calls: list[tuple[str, Params]] = field(default_factory=list)
 
-    async def set_power_limit(self, params: SetPowerLimitParams) -> None:
-        self.calls.append(("set_power_limit", params))
-        self.power_limit_kw = params.power_kw
+    def _rejected(self, reason: str) -> Rejected:
+        return Rejected(ErrorCode.REJECTED, reason)
 
-    async def set_mode(self, params: SetModeParams) -> None:
-        self.calls.append(("set_mode", params))
-        self.mode = params.mode
-
-    async def reset_fault(self, params: ResetFaultParams) -> None:
-        self.calls.append(("reset_fault", params))
-        if not self.fault_latched:
-            raise Rejected("no fault latched")
-        self.fault_latched = False
-
-    async def retry_step(self, params: RetryStepParams) -> None:
-        self.calls.append(("retry_step", params))
+    def _swap(self, swap_id: str) -> None:
         if not self.swap_running:
-            raise Rejected("no swap waiting for a retry")
+            raise self._rejected("no swap in progress")
+        if swap_id != self.swap_id:
+            raise self._rejected(f"{swap_id} is not the current swap ({self.swap_id})")
 
-    async def refit_original(self, params: RefitOriginalParams) -> None:
-        self.calls.append(("refit_original", params))
-        if not self.swap_running:
-            raise Rejected("no swap to recover")
-
-    async def manual(self, params: ManualParams) -> None:
-        self.calls.append(("manual", params))
-        self.manual_mode = params.enabled
-
-    async def start_swap(self, params: StartSwapParams) -> None:
-        self.calls.append(("start_swap", params))
-        if self.mode is not OperatingMode.NORMAL:
-            raise Rejected(f"station in {self.mode} mode")
-        if self.swap_running:
-            raise Rejected("a swap is running")
-        self.swap_running = True
+    async def carry_out(self, params: Params) -> dict[str, Any] | None:
+        name = next(n for n, m in COMMAND_PARAMS.items() if m is type(params))
+        self.calls.append((name, params))
+        match params:
+            case SetPowerLimitParams():
+                self.power_limit_kw = params.power_kw
+            case SetModeParams():
+                self.mode = params.mode
+            case ResetFaultParams():
+                if not self.fault_latched:
+                    raise self._rejected("no fault latched")
+                self.fault_latched = False
+            case RetryStepParams():
+                self._swap(params.swap_id)
+            case RefitOriginalParams():
+                self._swap(params.swap_id)
+            case ManualParams():
+                self._swap(params.swap_id)
+                self.manual_mode = params.enabled
+            case StartSwapParams():
+                if self.mode is not OperatingMode.NORMAL:
+                    raise self._rejected(f"station in {self.mode} mode: no new swaps")
+                if self.swap_running:
+                    raise self._rejected("a swap is running")
+                self.swap_running = True
+            case RefreshParams():
+                self.refreshes += 1
+            case _:
+                raise self._rejected(f"{name} not supported here")
+        return None

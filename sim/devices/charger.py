@@ -192,6 +192,8 @@ class ChargerFaults:
     # point name -> (how many more writes touching it are refused with exception 6 (busy), only
     # writes of this raw first word / bit, or None for any value)
     refuse_writes: dict[str, tuple[int, int | None]] = field(default_factory=dict)
+    frozen: bool = False  # reads serve the image as it was at injection; physics go on
+    out_of_range: bool = False  # measured points read an absurd value (raw 0xFFFE words)
 
 
 FAULT_NAMES = (
@@ -203,6 +205,8 @@ FAULT_NAMES = (
     "garbage",
     "ignore_writes",
     "refuse_write:<point>",
+    "frozen",
+    "out_of_range",
 )
 
 
@@ -239,7 +243,14 @@ class ChargerSim:
         self._wd_timeout_s = wd.timeout_s if wd else math.inf
         self._wd_fed_at = self._clock.monotonic()
         self.watchdog_expired = False
+        self.frozen_words: dict[str, dict[int, int]] = {}
+        self.frozen_bits: dict[str, dict[int, bool]] = {}
         self.refresh()
+
+    @property
+    def watchdog_fed_at(self) -> float:
+        """When the station last wrote the watchdog point (the sim's clock): for monitors."""
+        return self._wd_fed_at
 
     def attach_load(self, load: ChargerLoad) -> None:
         """Connect the output to a load (e.g. the CAN pack simulator)."""
@@ -301,6 +312,11 @@ class ChargerSim:
             "temperature_c": round(ph.temperature_c, 3),
         }
         for name, v in measured.items():
+            if self.faults.out_of_range and name in ("output_voltage_v", "output_current_a"):
+                p = self.map.points.get(name)
+                if p is not None and not p.is_bit:
+                    self._put(p, [0xFFFE] * p.words)
+                    continue
             if not (self.faults.invalid_values and self._set_invalid(name)):
                 self._set(name, v)
         state_p = self.map.points.get("state")
@@ -398,6 +414,13 @@ class ChargerSim:
             f.garbage = active
         elif name == "ignore_writes":
             f.ignore_writes = active
+        elif name == "frozen":
+            f.frozen = active
+            if active:
+                self.frozen_words = {t: dict(w) for t, w in self.words.items()}
+                self.frozen_bits = {t: dict(b) for t, b in self.bits.items()}
+        elif name == "out_of_range":
+            f.out_of_range = active
         else:
             raise ValueError(
                 f"unknown fault {name!r} (known: {', '.join(FAULT_NAMES)}, bit:<flag>)"
@@ -467,6 +490,7 @@ async def _action(
     table = _FC_TABLE.get(function_code)
     if table is None:
         return ExcCodes.ILLEGAL_FUNCTION
+    frozen = f.frozen and set_values is None
     if set_values is not None and f.ignore_writes:
         return None  # acknowledged; reads keep serving the image, which did not change
     if (
@@ -489,6 +513,8 @@ async def _action(
                     bits[address + i] = bool(v)
             sim._written(table, address, len(set_values))
             return None
+        if frozen:
+            bits = sim.frozen_bits.get(table, bits)
         # `count` registers of 16 packed bits from register (address // 16)
         first = address // 16
         for k in range(count):
@@ -504,6 +530,8 @@ async def _action(
             words[address + i] = int(v) & 0xFFFF
         sim._written(table, address, len(set_values))
         return None
+    if frozen:
+        words = sim.frozen_words.get(table, words)
     base = address - start_address
     for i in range(count):
         registers[base + i] = words.get(address + i, 0)

@@ -134,6 +134,10 @@ class RobotPlcSim:
         self.ignored_commands = 0
         self.released = False  # the vehicle's clamps were released (it may leave)
         self.heartbeat = 0
+        # Frozen image: status reads serve the registers of the moment it froze (heartbeat too).
+        self.frozen_status: list[int] | None = None
+        # Called with every step that starts running (monitors see the PLC's own view).
+        self.step_observers: list[Callable[[Motion], None]] = []
         self.changed = asyncio.Event()
         # Called with (source, target) places (`slot:<n>`, `vehicle`, ...) when a step that
         # carries a pack finishes, before the step reads DONE: a simulated world moves the
@@ -193,8 +197,11 @@ class RobotPlcSim:
                 raw = vals[c.halt_address - address]
                 self.set_halt(frozenset(u for u, b in c.halt_bits.items() if raw >> b & 1))
         else:
-            self.heartbeat = (self.heartbeat + 1) & 0xFFFF
-            regs = c.encode_status(self.status())
+            if self.frozen_status is not None:
+                regs = self.frozen_status
+            else:
+                self.heartbeat = (self.heartbeat + 1) & 0xFFFF
+                regs = c.encode_status(self.status())
             off = c.status_start - start_address
             registers[off : off + len(regs)] = regs
 
@@ -273,6 +280,8 @@ class RobotPlcSim:
             self._fault(u, "interlock_open")
             return
         u.state = UnitState.BUSY
+        for observe in self.step_observers:
+            observe(self.motions[-1])
         u.stuck = (unit, step) in self.faults.stuck
         self.faults.stuck.discard((unit, step))
         u.ends_at = self.clock.monotonic() + self.durations_s[(unit, step)] / self.speed
@@ -353,6 +362,10 @@ class RobotPlcSim:
 
     def inject_torque_failure(self, heads: int) -> None:
         self.faults.torque_heads = heads
+
+    def freeze(self, frozen: bool = True) -> None:
+        """A PLC whose status image stops updating (its heartbeat frozen); commands still land."""
+        self.frozen_status = self.contract.encode_status(self.status()) if frozen else None
 
     FAULTS = (
         "estop",

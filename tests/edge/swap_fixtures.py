@@ -80,6 +80,9 @@ class CoreRig:
         self.events: list[tuple[str, dict[str, Any]]] = []
         self.alarms: set[tuple[str, str]] = set()
         self.all_off = 0
+        self.emergency = 0
+        self.resets: list[tuple[frozenset[str], frozenset[str]]] = []
+        self.reserved: frozenset[str] = frozenset()
         self.journal: list[Any] = []
         for sid, (pid, _, _) in RACK.items():
             self.feed(PackDocked(sid, PackIdentity(pid, PACK_TYPE)))
@@ -203,12 +206,24 @@ class Outputs:
     def __init__(self) -> None:
         self.off: list[str] = []
         self.all_off = 0
+        self.emergency = 0
+        self.resets: list[tuple[frozenset[str], frozenset[str]]] = []
+        self.reserved: frozenset[str] = frozenset()
 
     async def output_off(self, slot_id: str) -> None:
         self.off.append(slot_id)
 
     async def all_outputs_off(self) -> None:
         self.all_off += 1
+
+    def emergency_off(self) -> None:
+        self.emergency += 1
+
+    def emergency_reset(self, occupied: frozenset[str], reserved: frozenset[str]) -> None:
+        self.resets.append((occupied, reserved))
+
+    def set_reserved(self, reserved: frozenset[str], occupied: frozenset[str]) -> None:
+        self.reserved = reserved
 
 
 class Views:

@@ -17,6 +17,10 @@ import jsonschema
 import orjson
 
 from drivers.core.alarm_sink import AlarmSink
+from drivers.core.clock import Clock, SystemClock
+from edge.operator.config import CommandsConfig
+from edge.operator.service import CommandService
+from edge.operator.signatures import Verifier
 from edge.telemetry.asyncapi import build
 from edge.telemetry.config import MqttConfig, TelemetryConfig
 from edge.telemetry.models import (
@@ -186,15 +190,38 @@ def make_telemetry(
     target: InMemoryTarget | None = None,
     mqtt: dict[str, Any] | None = None,
     alarms: AlarmSink | None = None,
+    commands: dict[str, Any] | None = None,
     **cfg: Any,
 ) -> Telemetry:
+    tcfg = telemetry_config(tmp_path, **cfg)
+    limits = CommandsConfig.model_validate(commands or {})
     return Telemetry(
         STATION_ID,
         mqtt_config(host, port, **(mqtt or {})),
-        telemetry_config(tmp_path, **cfg),
-        target or InMemoryTarget(),
+        tcfg,
+        command_service(target or InMemoryTarget(), limits, tcfg),
         version="0.1.0-test",
         alarms=alarms,
+        commands=limits,
+    )
+
+
+def command_service(
+    target: InMemoryTarget,
+    limits: CommandsConfig | None = None,
+    tcfg: TelemetryConfig | None = None,
+    clock: Clock | None = None,
+    verifier: Verifier | None = None,
+) -> CommandService:
+    """The station's command service in front of an in-memory station."""
+    tcfg = tcfg or TelemetryConfig()
+    return CommandService(
+        limits or CommandsConfig(),
+        target,
+        clock=clock or SystemClock(),
+        verifier=verifier,
+        timeout_s=tcfg.command_timeout_s,
+        max_power_lease_s=tcfg.max_power_lease_s,
     )
 
 

@@ -12,9 +12,26 @@ from typing import Any
 
 import orjson
 import pytest
+from structlog.testing import capture_logs
 
+from drivers.core.clock import SystemClock
+from edge.alarms import AlarmManager
+from edge.operator.commands import StationCommands
+from edge.operator.config import CommandsConfig
 from edge.operator.ctl import CtlError, CtlServer
+from edge.operator.service import CommandService
+from edge.state import GridState, StationState
+from edge.swap.coordinator import SwapCoordinator
 from tests.edge.swap_fixtures import live_rig
+
+
+def service_for(coord: SwapCoordinator) -> CommandService:
+    """The station's command service in front of a bare swap coordinator."""
+    clock = SystemClock()
+    state = StationState("st", GridState(cap_kw=100, limit_kw=100), alarms=AlarmManager(clock))
+    station = StationCommands(state, clock)
+    station.swap = coord
+    return CommandService(CommandsConfig(), station, clock=clock)
 
 
 async def swapd_ctl(sock: Path, *args: str) -> tuple[int, Any, str]:
@@ -50,7 +67,7 @@ async def test_ctl_commands_exit_codes_and_socket_mode(tmp_path: Path) -> None:
     sock = tmp_path / "run" / "ctl.sock"
     group = grp.getgrgid(os.getgid()).gr_name
     async with live_rig(tmp_path, speed=100.0) as rig:
-        server = CtlServer(sock, rig.coord, group=group)
+        server = CtlServer(sock, service_for(rig.coord), group=group)
         await server.start()
         try:
             mode = stat.S_IMODE(sock.stat().st_mode)
@@ -88,12 +105,18 @@ async def test_ctl_commands_exit_codes_and_socket_mode(tmp_path: Path) -> None:
                 sock, "inventory-set", "--pack-id", "P-002", "--place", "roof"
             )
             assert rc == 2 and doc["error"]["code"] == "invalid_params"
-            rc, doc, _ = await swapd_ctl(sock, "retry-step")
+            swap_id = rig.coord.core.swap.swap_id  # type: ignore[union-attr]
+            rc, doc, err = await swapd_ctl(sock, "retry-step")
+            assert rc == 2 and "--swap-id" in err  # required
+            rc, doc, _ = await swapd_ctl(sock, "retry-step", "--swap-id", "SW-stale")
+            assert rc == 1 and doc["error"]["code"] == "rejected"
+            assert "not the current swap" in doc["error"]["message"]
+            rc, doc, _ = await swapd_ctl(sock, "retry-step", "--swap-id", swap_id)
             assert rc == 0 and doc["mode"] == "running"
             await rig.events.wait_for(lambda: rig.events.has("swap.completed"))
-            rc, doc, _ = await swapd_ctl(sock, "refit-original")
+            rc, doc, _ = await swapd_ctl(sock, "refit-original", "--swap-id", swap_id)
             assert rc == 1
-            rc, doc, _ = await swapd_ctl(sock, "manual", "--end")
+            rc, doc, _ = await swapd_ctl(sock, "manual", "--end", "--swap-id", swap_id)
             assert rc == 1
             # protocol errors on the raw socket
             assert (await raw(sock, b"not json\n"))["error"]["code"] == "bad_json"
@@ -122,10 +145,45 @@ async def test_ctl_commands_exit_codes_and_socket_mode(tmp_path: Path) -> None:
 
 async def test_ctl_socket_group_must_exist(tmp_path: Path) -> None:
     class Nothing:
-        async def execute(self, command: str, params: Any) -> dict[str, Any]:
+        async def execute(self, command: str, params: Any, origin: Any) -> dict[str, Any]:
             return {}
 
     server = CtlServer(tmp_path / "c.sock", Nothing(), group="no-such-group-swapd")
     with pytest.raises(CtlError, match="no-such-group-swapd"):
         await server.start()
     assert not (tmp_path / "c.sock").exists()
+
+
+async def test_every_ctl_command_is_logged_with_the_callers_credentials(tmp_path: Path) -> None:
+    """SO_PEERCRED: the kernel's uid/gid/pid of the `swapd ctl` process, in the log line."""
+    sock = tmp_path / "ctl.sock"
+    async with live_rig(tmp_path, speed=100.0) as rig:
+        server = CtlServer(sock, service_for(rig.coord))
+        await server.start()
+        try:
+            with capture_logs() as logs:
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "edge",
+                    "ctl",
+                    "--socket",
+                    str(sock),
+                    "status",
+                    stdout=asyncio.subprocess.DEVNULL,
+                    stderr=asyncio.subprocess.DEVNULL,
+                )
+                async with asyncio.timeout(30):
+                    assert await proc.wait() == 0
+                rc, _, _ = await swapd_ctl(sock, "reset-slot", "s99")
+                assert rc == 1
+        finally:
+            await server.stop()
+    done = [e for e in logs if e["event"] == "command carried out"]
+    assert len(done) == 1
+    assert done[0]["command"] == "status" and done[0]["route"] == "ctl"
+    assert done[0]["uid"] == os.getuid() and done[0]["gid"] == os.getgid()
+    assert done[0]["pid"] == proc.pid
+    refused = [e for e in logs if e["event"] == "command refused"]
+    assert len(refused) == 1 and refused[0]["command"] == "reset_slot"
+    assert refused[0]["uid"] == os.getuid() and refused[0]["code"] == "rejected"

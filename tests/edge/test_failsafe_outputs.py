@@ -4,6 +4,7 @@ never from the daemon's view of it."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -173,3 +174,101 @@ async def test_an_event_sink_error_never_crashes_the_slot(tmp_path: Path) -> Non
         await wait_for(lambda: really_off(sim), 3)
         assert slot.events_lost >= 1
         assert w.station.supervisor.restarts("slot-s01") == 0
+
+
+def journal_with_swap_in_flight(path: Path) -> None:
+    """The journal a daemon leaves when stopped mid-swap: swap-000001 reserved s01 (full pack)
+    and s02 (store), both outputs journalled as confirmed off."""
+    from drivers.core.clock import utc_iso
+    from drivers.robot.contract import RobotContract
+    from edge.swap.choice import SlotView
+    from edge.swap.journal import Journal
+    from edge.swap.sequence import JournalWrite, PlcStatus, SlotOutputOff, StartSwap, SwapSequence
+    from edge.swap.service import JOURNAL_NAME
+    from edge.swap.steps import load_step_graph
+    from sim.devices.robot_plc import RobotPlcSim
+
+    cfg_state = path
+    cfg_state.mkdir(parents=True, exist_ok=True)
+    contract = RobotContract.load()
+    core = SwapSequence(load_step_graph(contract=contract), {"s01": 1, "s02": 2})
+    core.inventory.add("SIMB-000003E8", "LFP", "slot:s01")
+    plc = RobotPlcSim(contract, slots=2, occupied_slots={1})
+    acts = core.handle(PlcStatus(plc.status()), 0.0)
+    views = (
+        SlotView("s01", "SIMB-000003E8", "LFP", soc_pct=95.0),
+        SlotView("s02"),
+    )
+    acts += core.handle(StartSwap("car-1", "LFP", "P-CAR-1", views), 0.1)
+    acts += core.handle(SlotOutputOff("s01"), 0.2)
+    acts += core.handle(SlotOutputOff("s02"), 0.3)
+    journal = Journal(cfg_state / JOURNAL_NAME)
+    try:
+        records = [a.record for a in acts if isinstance(a, JournalWrite)]
+        journal.commit(utc_iso(datetime.now(UTC)), records, core.snapshot())
+    finally:
+        journal.close()
+
+
+async def test_restart_mid_swap_never_energises_the_reserved_slot(tmp_path: Path) -> None:
+    """Outcome 2: a restart on a journal with a swap in flight docked every slot holding a pack,
+    the reserved one included (ch01 came on at 144 A), and trusted the journalled outputs_off."""
+    journal_with_swap_in_flight(tmp_path / "state")
+    async with running_station(mini_config(tmp_path, 2), soc_pct=40.0, docked={"s01"}) as w:
+        sim, slot = w.chargers["ch01"], w.station.slots["s01"]
+        coord = w.station.swap.coordinator
+        assert coord.restored and coord.core.swap is not None
+        assert slot.docked_at_s == 0.0  # start-up never docked it
+        # the journalled confirmations are not trusted: both are confirmed again by a read
+        await wait_for(
+            lambda: coord.core.swap is not None and coord.core.swap.outputs_off == {"s01", "s02"},
+            10,
+        )
+        assert slot.output_off_confirmed and "reserved" in slot.core.inhibited
+        t_end = time.monotonic() + 4.0
+        while time.monotonic() < t_end:
+            assert not sim.get("enable") and delivering(sim) <= OFF_A
+            assert not slot.docked
+            await asyncio.sleep(0.05)
+
+
+async def test_estop_keeps_packs_docked_and_charging_resumes_after_a_reset(tmp_path: Path) -> None:
+    """Outcome 5: "all outputs off" also undocked every slot and nothing docked them again, so
+    after an e-stop and a reset charging never resumed and every swap was refused."""
+    async with running_station(mini_config(tmp_path, 2), soc_pct=40.0) as w:
+        coord = w.station.swap.coordinator
+        await charging(w, "s01", "ch01")
+        await charging(w, "s02", "ch02")
+        w.plc.emergency_stop(True)
+        await wait_for(lambda: all(really_off(c) for c in w.chargers.values()), 3)
+        assert w.plc.halt_bits == frozenset({"vehicle", "rack"})
+        assert not any(d.watchdog_feeding for d in w.station.network.devices.values())
+        assert all(s.docked for s in w.station.slots.values())
+        w.plc.emergency_stop(False)
+        await wait_for(
+            lambda: coord.core.plc is not None and coord.core.plc.inputs["estop_chain_healthy"], 3
+        )
+        await coord.execute("reset_fault", {})
+        await charging(w, "s01", "ch01")
+        await charging(w, "s02", "ch02")
+        assert all(d.watchdog_feeding for d in w.station.network.devices.values())
+
+
+async def test_estop_halts_and_switches_off_before_the_journal_is_written(tmp_path: Path) -> None:
+    """Outcome 6: the halt and the all-off were sent after the journal's fsync; a stalled disk
+    delayed both."""
+    async with running_station(mini_config(tmp_path, 1), soc_pct=40.0) as w:
+        coord = w.station.swap.coordinator
+        await charging(w)
+        real = coord.journal.commit
+
+        def stalled(*a: object, **kw: object) -> None:
+            time.sleep(4.0)  # runs in a worker thread, as the fsync does
+            real(*a, **kw)  # type: ignore[arg-type]
+
+        coord.journal.commit = stalled  # type: ignore[method-assign]
+        t0 = time.monotonic()
+        w.plc.emergency_stop(True)
+        await wait_for(lambda: w.plc.halt_bits == frozenset({"vehicle", "rack"}), 2)
+        await wait_for(lambda: really_off(w.chargers["ch01"]), 2)
+        assert time.monotonic() - t0 < 2.5

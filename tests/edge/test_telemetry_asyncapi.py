@@ -17,8 +17,7 @@ import yaml
 from edge.alarms import AlarmManager
 from edge.telemetry.alarm_events import AlarmEvents, alarm_refs
 from edge.telemetry.asyncapi import build, render_yaml
-from edge.telemetry.config import COMMAND_NAMES
-from edge.telemetry.models import EVENT_DETAILS, StationTelemetry
+from edge.telemetry.models import EVENT_DETAILS, MQTT_COMMANDS, StationTelemetry
 from tests.conftest import Broker
 from tests.edge.telemetry_fixtures import (
     STATION_ID,
@@ -66,8 +65,8 @@ def test_every_contract_topic_has_a_channel_and_refs_resolve() -> None:
         f"{r}/sim/{{device_id}}/fault",
     }
     expected |= {f"{r}/event/{t.replace('.', '/')}" for t in EVENT_DETAILS}
-    expected |= {f"{r}/cmd/{n}" for n in COMMAND_NAMES}
-    expected |= {f"{r}/cmd/{n}/result" for n in COMMAND_NAMES}
+    expected |= {f"{r}/cmd/{n}" for n in MQTT_COMMANDS}
+    expected |= {f"{r}/cmd/{n}/result" for n in MQTT_COMMANDS}
     assert addresses == expected
     assert all(len(a.split("/")) <= 7 for a in addresses)
     for ref in re.findall(r"\$ref': '#/([^']+)'", str(doc)):
@@ -82,7 +81,9 @@ async def test_end_to_end_messages_match_channels_and_schemas(
     from drivers.core.clock import SystemClock
 
     contract = Contract()
-    tel = make_telemetry(mosquitto.host, mosquitto.port, tmp_path, allow_remote_reset=True)
+    tel = make_telemetry(
+        mosquitto.host, mosquitto.port, tmp_path, commands={"remote": {"reset_fault": "allow"}}
+    )
     alarms = AlarmManager(SystemClock())
     AlarmEvents(alarms, tel)
     for i in range(3):
@@ -117,11 +118,16 @@ async def test_end_to_end_messages_match_channels_and_schemas(
                 "set_mode": {"mode": "drain"},
                 "reset_fault": {},
                 "retry_step": {"swap_id": "w1"},
-                "refit_original": {},
-                "manual": {"enabled": False},
+                "refit_original": {"swap_id": "w1"},
+                "manual": {"enabled": False, "swap_id": "w1"},
                 "refresh": {},
                 "start_swap": {"vehicle_id": "V1", "pack_type": "A"},
+                "inventory_set": {"pack_id": "B", "place": "slot:s1"},
+                "reset_slot": {"slot_id": "s1"},
+                "disable_slot": {"slot_id": "s1", "reason": "connector worn"},
+                "enable_slot": {"slot_id": "s1"},
             }
+            assert set(good) == set(MQTT_COMMANDS)
             async with aiomqtt.Client(mosquitto.host, mosquitto.port) as cloud:
                 for i, (name, p) in enumerate(good.items()):
                     await cloud.publish(f"{ROOT}/cmd/{name}", command(f"k{i}", p), qos=1)

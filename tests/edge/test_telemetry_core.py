@@ -13,16 +13,17 @@ from pydantic import ValidationError
 
 from drivers.core.backoff import Backoff
 from drivers.core.clock import ManualClock
+from edge.operator.config import CommandsConfig
 from edge.telemetry.changes import ChangeTracker
 from edge.telemetry.commands import CommandProcessor, CommandStore
 from edge.telemetry.config import MqttConfig, TelemetryConfig, TlsConfig
 from edge.telemetry.link import RateLimiter
-from edge.telemetry.models import PROTECTED_EVENT_TYPES
+from edge.telemetry.models import PROTECTED_EVENT_TYPES, SetModeParams
 from edge.telemetry.outbox import EventTooLarge, Outbox, open_db
 from edge.telemetry.target import InMemoryTarget
 from edge.telemetry.tls import TlsSetupError, build_context
 from edge.telemetry.topics import TopicError, Topics
-from tests.edge.telemetry_fixtures import iso
+from tests.edge.telemetry_fixtures import command_service, iso
 
 # ---- change detection ---------------------------------------------------------------------
 
@@ -85,7 +86,7 @@ def test_config_forbids_unknown_keys_and_checks_commands(tmp_path: Path) -> None
     with pytest.raises(ValidationError):
         MqttConfig.model_validate({"hots": "x"})
     with pytest.raises(ValidationError):
-        TelemetryConfig.model_validate({"commands_allowed": ["launch"]})
+        CommandsConfig.model_validate({"remote": {"launch": "allow"}})
     with pytest.raises(ValidationError):
         TlsConfig.model_validate({"cert_file": "c.pem"})
     with pytest.raises(ValidationError):
@@ -197,19 +198,18 @@ def _cmd(cmd_id: str | None, params: dict[str, Any], ttl_s: float = 60.0, **extr
 
 
 class _Env:
-    def __init__(self, tmp_path: Path, **cfg: Any) -> None:
+    def __init__(self, tmp_path: Path, commands: dict[str, Any] | None = None, **cfg: Any) -> None:
         self.clock = ManualClock(wall=NOW)
         self.target = InMemoryTarget()
-        self.refreshes = 0
         self.db = open_db(tmp_path / "c.sqlite", "normal")
         self.cfg = TelemetryConfig.model_validate({"outbox_path": tmp_path / "x", **cfg})
+        self.limits = CommandsConfig.model_validate(commands or {})
+        self.service = command_service(self.target, self.limits, self.cfg, self.clock)
         self.proc = self.make()
 
     def make(self) -> CommandProcessor:
-        def refresh() -> None:
-            self.refreshes += 1
-
-        return CommandProcessor(self.cfg, self.target, CommandStore(self.db), self.clock, refresh)
+        store = CommandStore(self.db, self.limits.dedupe_max)
+        return CommandProcessor(self.cfg, self.service, store, self.clock, limits=self.limits)
 
     async def run(self, name: str, payload: bytes) -> dict[str, Any]:
         out: dict[str, Any] = orjson.loads(await self.proc.handle(name, payload))
@@ -221,9 +221,7 @@ def _code(r: dict[str, Any]) -> str | None:
 
 
 async def test_every_error_code(tmp_path: Path) -> None:
-    e = _Env(
-        tmp_path, commands_allowed=["set_mode", "set_power_limit", "start_swap", "reset_fault"]
-    )
+    e = _Env(tmp_path, commands={"remote": {"manual": "deny"}})
     vu = iso(NOW + timedelta(hours=1))
     cases: list[tuple[str, bytes, str | None]] = [
         ("set_mode", b"\xff\xfe", "bad_json"),
@@ -235,7 +233,11 @@ async def test_every_error_code(tmp_path: Path) -> None:
         ("launch", _cmd("a4", {}), "unknown_command"),
         ("manual", _cmd("a5", {"enabled": True}), "not_allowed"),
         ("reset_fault", _cmd("a6", {}), "not_allowed"),
-        ("set_mode", _cmd("a7", {"mode": "drain"}, ttl_s=-1), "expired"),
+        (
+            "set_mode",
+            _cmd("a7", {"mode": "drain"}, ttl_s=-6),
+            "expired",
+        ),  # beyond the 5 s tolerance
         ("set_mode", _cmd("a8", {"mode": "drain"}, ttl_s=10 * 86400), "out_of_range"),
         ("set_power_limit", _cmd("a9", {"power_kw": -5, "valid_until": vu}), "out_of_range"),
         ("set_power_limit", _cmd("a10", {"power_kw": 5}), "invalid_params"),
@@ -266,12 +268,12 @@ async def test_every_error_code(tmp_path: Path) -> None:
 
 
 async def test_reset_fault_allowed_by_config_and_refresh(tmp_path: Path) -> None:
-    e = _Env(tmp_path, allow_remote_reset=True)
+    e = _Env(tmp_path, commands={"remote": {"reset_fault": "allow"}})
     e.target.fault_latched = True
     assert _code(await e.run("reset_fault", _cmd("r1", {}))) is None
     assert _code(await e.run("reset_fault", _cmd("r2", {}))) == "rejected"
     assert _code(await e.run("refresh", _cmd("r3", {}))) is None
-    assert e.refreshes == 1
+    assert e.target.refreshes == 1
     e.db.close()
 
 
@@ -305,17 +307,15 @@ async def test_command_interrupted_by_a_restart_is_never_run_twice(tmp_path: Pat
 async def test_station_errors_and_slow_station_become_rejected(tmp_path: Path) -> None:
     e = _Env(tmp_path, command_timeout_s=0.05)
 
-    async def broken(params: object) -> None:
-        raise RuntimeError("boom")
-
-    async def slow(params: object) -> None:
+    async def station(params: object) -> None:
         import asyncio
 
-        await asyncio.sleep(5)
+        if isinstance(params, SetModeParams):
+            await asyncio.sleep(5)
+        raise RuntimeError("boom")
 
-    e.target.manual = broken  # type: ignore[method-assign]
-    e.target.set_mode = slow  # type: ignore[method-assign]
-    r = await e.run("manual", _cmd("z1", {"enabled": True}))
+    e.target.carry_out = station  # type: ignore[method-assign,assignment]
+    r = await e.run("manual", _cmd("z1", {"enabled": True, "swap_id": "SW-1"}))
     assert _code(r) == "rejected" and "internal error" in r["error"]["message"]
     r = await e.run("set_mode", _cmd("z2", {"mode": "drain"}))
     assert _code(r) == "rejected" and "did not answer" in r["error"]["message"]
@@ -361,7 +361,9 @@ def test_emit_event_checks_type_and_details_and_stores_before_returning(tmp_path
     from edge.telemetry.service import Telemetry, UnknownEventType
 
     cfg = TelemetryConfig.model_validate({"outbox_path": tmp_path / "o.sqlite"})
-    tel = Telemetry("st1", MqttConfig(), cfg, InMemoryTarget(), boot_id="abc", version="t")
+    tel = Telemetry(
+        "st1", MqttConfig(), cfg, command_service(InMemoryTarget()), boot_id="abc", version="t"
+    )
     try:
         with pytest.raises(UnknownEventType):
             tel.emit_event("swap.teleported", {})

@@ -15,13 +15,22 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from drivers.core.clock import ManualClock
+from edge.operator.config import CommandsConfig
 from edge.telemetry.commands import CommandProcessor, CommandStore
-from edge.telemetry.config import COMMAND_NAMES, TelemetryConfig
+from edge.telemetry.config import TelemetryConfig
+from edge.telemetry.models import MQTT_COMMANDS as COMMAND_NAMES
 from edge.telemetry.models import CommandResult
 from edge.telemetry.outbox import open_db
 from edge.telemetry.target import InMemoryTarget
 from tests.conftest import Broker
-from tests.edge.telemetry_fixtures import STATION_ID, command, make_telemetry, recorder, running
+from tests.edge.telemetry_fixtures import (
+    STATION_ID,
+    command,
+    command_service,
+    make_telemetry,
+    recorder,
+    running,
+)
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 json_scalar = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
@@ -63,11 +72,13 @@ names = st.sampled_from([*COMMAND_NAMES, "bogus", ""]) | st.text(max_size=12)
 def test_random_payloads_each_get_one_valid_result(tmp_path: Path) -> None:
     clock = ManualClock(wall=NOW)
     db = open_db(tmp_path / "f.sqlite", "normal")
-    cfg = TelemetryConfig.model_validate(
-        {"outbox_path": tmp_path / "x", "allow_remote_reset": True}
+    cfg = TelemetryConfig.model_validate({"outbox_path": tmp_path / "x"})
+    limits = CommandsConfig(
+        remote={"reset_fault": "allow"}, rate_per_client_per_s=1e4, burst_per_client=10_000
     )
     target = InMemoryTarget()
-    proc = CommandProcessor(cfg, target, CommandStore(db), clock, lambda: None)
+    service = command_service(target, limits, cfg, clock)
+    proc = CommandProcessor(cfg, service, CommandStore(db), clock, limits=limits)
     runner = asyncio.Runner()
 
     @settings(
@@ -97,7 +108,9 @@ async def test_random_payloads_over_the_broker_and_the_daemon_carries_on(
     mosquitto: Broker, tmp_path: Path
 ) -> None:
     rnd = random.Random(7)
-    tel = make_telemetry(mosquitto.host, mosquitto.port, tmp_path)
+    # A fuzz run, not a flood: the per-client rate limit has its own test.
+    unlimited = {"rate_per_client_per_s": 10_000, "burst_per_client": 10_000}
+    tel = make_telemetry(mosquitto.host, mosquitto.port, tmp_path, commands=unlimited)
     root = f"swapstation/v1/{STATION_ID}"
     sent = 0
 

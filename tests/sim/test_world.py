@@ -71,7 +71,7 @@ async def test_in_process_swap_stores_the_depleted_pack_which_then_charges(
     subscribed = asyncio.Event()
     sub = asyncio.create_task(_events(mosquitto, events, subscribed, f"{ROOT}/event/#"))
     await asyncio.wait_for(subscribed.wait(), 10)
-    request = in_process_requester(station.swap.coordinator)
+    request = in_process_requester(station.command_service)
     async with world.running(request, arrivals=False):
         run = asyncio.create_task(station.run(), name="test-station")
         try:
@@ -122,7 +122,7 @@ async def test_refused_swap_raises_swap_refused(mosquitto: Broker, tmp_path: Pat
     path = bench_config(station_copy(tmp_path), tmp_path / "b", mqtt_port=mosquitto.port)
     cfg = load_config(path)
     station = build_station(cfg, SystemClock())
-    request = in_process_requester(station.swap.coordinator)
+    request = in_process_requester(station.command_service)
     with pytest.raises(SwapRefused):
         await request({"vehicle_id": "V1", "pack_type": "LFP", "announced_pack_id": "X-1"})
     station.swap.close()
@@ -329,11 +329,13 @@ async def test_scenario_player_applies_events_at_their_times_and_drives_arrivals
         def apply_fault(self, name: str, active: bool = True) -> None:
             calls.append(("charger", name, active))
 
-    limits = SimpleNamespace(
-        set_power_limit=lambda kw, until: calls.append(("limit", kw)),
-    )
+    class Commands:  # the station's command service: the sim route goes through it
+        async def execute(self, name: str, params: dict[str, Any], origin: Any) -> None:
+            assert origin.route == "sim"
+            calls.append(("limit", params["power_kw"]) if name == "set_power_limit" else (name,))
+
     slots = [SimpleNamespace(id="s01", charger="ch01"), SimpleNamespace(id="s02", charger="ch02")]
-    station = SimpleNamespace(scheduler=limits, slots={s.id: Slot(s.id) for s in slots})
+    station = SimpleNamespace(command_service=Commands(), slots={s.id: Slot(s.id) for s in slots})
     world = SimpleNamespace(
         cfg=SimpleNamespace(slots=slots), chargers={"ch01": Charger(), "ch02": Charger()}
     )
