@@ -24,7 +24,11 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     p = _Parser(prog="swapd", description="Edge daemon for battery-swap stations")
-    p.add_argument("--version", action="store_true", help="print the version and exit")
+    p.add_argument(
+        "--version",
+        action="store_true",
+        help="print the version and the commit it was built from, and exit",
+    )
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
     handlers: dict[str, Handler] = {}
 
@@ -39,9 +43,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser, handlers = build_parser()
     args = parser.parse_args(argv)
     if args.version:
-        from edge.version import VERSION
+        from edge.version import version_line
 
-        print(VERSION)
+        print(version_line())
         return EXIT_OK
     if args.command is None:
         parser.print_help(sys.stderr)

@@ -263,6 +263,11 @@ class SwapSequence:
         self.alarms: set[tuple[str, str]] = set()
         self.plc: RobotStatus | None = None
         self.plc_online = False
+        self.plc_at: float | None = None  # when the status in `plc` was read (fresh heartbeat)
+        self.plc_stale = False
+        self._hb: int | None = None
+        self._hb_at = 0.0
+        self._check_heartbeat = "heartbeat" in graph.contract.model.points
         self._last_halt_write = -math.inf
 
     # ----- entry points
@@ -312,6 +317,14 @@ class SwapSequence:
     def tick(self, now: float) -> list[Action]:
         out: list[Action] = []
         sw = self.swap
+        if (
+            sw is not None
+            and self.status_stale(now)
+            and self.plc_at is not None
+            and any(sw.runs[s].status == StepStatus.ACTIVE for s in sw.plan)
+        ):
+            age = now - self.plc_at
+            self._on_stale(f"status {age:.1f} s old during a step", out)
         if sw is not None and self.plc_online:
             for sid in sw.plan:
                 run = sw.runs[sid]
@@ -535,7 +548,46 @@ class SwapSequence:
         if self.swap is not None and self.mode == Mode.RUNNING:
             self._hold(out, "plc_offline", "", reason)
 
+    def heartbeat_frozen(self, st: RobotStatus, now: float) -> bool:
+        """Seam (issue 12 item 2): the PLC's heartbeat must advance. True when it has not
+        changed for longer than the step graph's heartbeat timeout (a frozen PLC image)."""
+        if not self._check_heartbeat:
+            return False
+        if st.heartbeat != self._hb:
+            self._hb, self._hb_at = st.heartbeat, now
+            return False
+        return now - self._hb_at > self.graph.model.heartbeat_timeout_s
+
+    def status_stale(self, now: float) -> bool:
+        """Seam (issue 12 item 2): the last good status is older than the freshness limit."""
+        return self.plc_at is None or now - self.plc_at > self.graph.model.status_max_age_s
+
+    def _on_stale(self, reason: str, out: list[Action]) -> None:
+        """A frozen or too-old PLC status: nothing it says can be trusted. Halt both units,
+        alarm, hold the swap (its running steps count as failed; retry-step resumes)."""
+        if self.plc_stale:
+            return
+        self.plc_stale = True
+        self._raise(out, "robot.plc_stale", "robot", reason)
+        self._set_halt(frozenset(UNITS), out)
+        sw = self.swap
+        if sw is not None:
+            for sid in sw.plan:
+                if sw.runs[sid].status == StepStatus.ACTIVE:
+                    sw.runs[sid].status = StepStatus.FAILED
+                    sw.runs[sid].reason = "plc_stale"
+            self._hold(out, "plc_stale", "", reason)
+
     def _on_status(self, st: RobotStatus, now: float, out: list[Action]) -> None:
+        if self.heartbeat_frozen(st, now):
+            self._on_stale(f"heartbeat {st.heartbeat} frozen", out)
+            return  # a frozen image is not used, whatever it says
+        self.plc_at = now
+        if self.plc_stale:
+            self.plc_stale = False
+            self._clear(out, "robot.plc_stale", "robot")
+            if self.swap is None and not self.latched:
+                self._set_halt(frozenset(), out)
         self.plc = st
         if not self.plc_online:
             self.plc_online = True
@@ -657,6 +709,8 @@ class SwapSequence:
             or self.latched
             or not self.plc_online
             or self.plc is None
+            or self.plc_stale
+            or self.status_stale(now)
         ):
             return
         if all(sw.runs[s].status == StepStatus.DONE for s in sw.plan):

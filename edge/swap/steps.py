@@ -64,6 +64,11 @@ class StepGraphModel(_Strict):
     pack_choice: PackChoice
     locking_rule: LockingRule
     command_resend_s: float = Field(default=1.0, gt=0)
+    # Freshness of the PLC's status (issue 12): no step starts on a status older than this, and a
+    # running step whose status gets older halts the units; a heartbeat that does not change
+    # for heartbeat_timeout_s means a frozen PLC image (same reaction).
+    status_max_age_s: float = Field(default=2.0, gt=0)
+    heartbeat_timeout_s: float = Field(default=1.0, gt=0)
     steps: tuple[StepDef, ...]
     recovery_steps: tuple[StepDef, ...] = ()
 

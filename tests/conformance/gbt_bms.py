@@ -1,7 +1,7 @@
 """An independent GB/T 27930-2015 BMS (the vehicle/pack side) for conformance tests.
 
-Written from the standard's message tables (/work/shared/design/GBT27930.md, restated from the
-public transcriptions) and DOMAIN.md only: it shares no code with the daemon's CAN room or its
+Written from the standard's message tables (docs/gbt27930.md, restated from the
+public transcriptions) only: it shares no code with the daemon's CAN room or its
 pack simulator. Frames are packed by hand (struct), J1939 TP (RTS/CTS) is its own.
 
 The peer plays every phase with its own timers (handshake CHM/BHM, recognition CRM/BRM over TP,
@@ -236,6 +236,11 @@ class GbtBmsPeer:
         """The CAN link is lost: the BMS sends nothing (contactors stay closed)."""
         self.silent = True
         self._stop_watch(self._now, 1.0)
+
+    def expect_output_off(self, limit_s: float) -> None:
+        """The rig knows of a stop the BMS cannot see (an e-stop): the current must fall to
+        <= 5 A within `limit_s` (plus the charger's ramp allowance)."""
+        self._stop_watch(self._now, limit_s)
 
     def resume(self) -> None:
         self.silent = False

@@ -118,6 +118,7 @@ class CoreRig:
             while self.pending_outputs:
                 self.feed(SlotOutputOff(self.pending_outputs.pop(0)))
         self.sim.update()
+        self.sim.heartbeat = (self.sim.heartbeat + 1) & 0xFFFF  # a live PLC's scan counter
         self.feed(PlcStatus(self.sim.status()))
         self.apply(self.core.tick(self.clock.monotonic()))
 

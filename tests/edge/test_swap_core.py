@@ -511,3 +511,44 @@ def test_vehicle_never_lowered_unless_pack_locked_or_clear() -> None:
     rig.sim.lock_torque_ok = 0xFF
     rig.run(lambda: completed(rig))
     assert rig.has("swap.completed")
+
+
+def test_frozen_heartbeat_halts_both_units_alarms_and_starts_nothing() -> None:
+    """Issue 12 outcome 8: a frozen PLC image kept reporting the e-stop chain healthy and steps
+    went on. A heartbeat that stops advancing halts both units, alarms, holds the swap; nothing
+    starts until the heartbeat moves again and the operator retries."""
+    from edge.swap.sequence import PlcStatus, StepStatus
+
+    rig = CoreRig()
+    rig.vehicle.arrive()
+    rig.start()
+    rig.run(lambda: started(rig, "lift"), dt=0.1)
+    frozen = rig.sim.status()
+    n = len(rig.commands)
+    for _ in range(30):  # 3 s of the same image
+        rig.clock.advance(0.1)
+        rig.feed(PlcStatus(frozen))
+        rig.apply(rig.core.tick(rig.clock.monotonic()))
+    assert ("robot.plc_stale", "robot") in rig.alarms
+    assert rig.sim.halt_bits == frozenset({"vehicle", "rack"})
+    assert rig.core.mode == Mode.HELD and rig.core.swap is not None
+    assert rig.core.swap.runs["lift"].status == StepStatus.FAILED
+    assert len(rig.commands) == n  # nothing started or resent on the frozen image
+    rig.poll()  # the heartbeat moves again: the alarm clears, the swap stays held
+    assert ("robot.plc_stale", "robot") not in rig.alarms
+    assert rig.core.mode == Mode.HELD
+
+
+def test_a_stale_status_halts_a_running_step_and_no_step_starts_on_it() -> None:
+    """Issue 12 outcome 8: a step could start on a status several failed polls old."""
+    rig = CoreRig()
+    rig.vehicle.arrive()
+    rig.start()
+    rig.run(lambda: started(rig, "position"), dt=0.1)
+    n = len(rig.commands)
+    rig.clock.advance(rig.graph.model.status_max_age_s + 0.5)  # no status read meanwhile
+    rig.apply(rig.core.tick(rig.clock.monotonic()))
+    assert ("robot.plc_stale", "robot") in rig.alarms
+    assert rig.sim.halt_bits == frozenset({"vehicle", "rack"})
+    assert rig.core.mode == Mode.HELD
+    assert len(rig.commands) == n

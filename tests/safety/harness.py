@@ -29,8 +29,8 @@ import yaml
 
 from drivers.core.clock import SystemClock
 from edge.app.station import Station, build_station
+from edge.cli.ctl import request
 from edge.config import StationConfig, load_config
-from edge.operator.ctl import request
 from sim.benchcfg import bench_config
 from sim.world import SimWorld, SwapRefused, SwapRequester, in_process_requester, mqtt_requester
 from tests.safety.monitor import Monitor, watch_status
