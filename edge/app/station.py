@@ -271,7 +271,12 @@ class Station:
         self.supervisor.request_stop()
 
 
-def build_station(config: StationConfig, clock: Clock, notifier: Notifier | None = None) -> Station:
+def build_station(
+    config: StationConfig,
+    clock: Clock,
+    notifier: Notifier | None = None,
+    scheduler_clock: Clock | None = None,
+) -> Station:
     config_dir = config.source.parent if config.source is not None else Path.cwd()
     config.station.state_dir.mkdir(parents=True, exist_ok=True)
     alarms = AlarmManager(clock)
@@ -356,7 +361,7 @@ def build_station(config: StationConfig, clock: Clock, notifier: Notifier | None
 
     scheduler = SchedulerService(
         Scheduler(config.grid, make_policy(config.grid.policy)),
-        clock,
+        scheduler_clock or clock,  # the demo's world clock: plans in world time
         lambda: [s.slot_input() for s in slots.values()],
         apply_allocation,
     )
@@ -375,6 +380,7 @@ def build_station(config: StationConfig, clock: Clock, notifier: Notifier | None
         alarms=alarms.raiser("swap"),
     )
     commands.swap = room.coordinator
+    room.coordinator.on_request = scheduler.vehicle_request  # arrivals and waiting vehicles
     commands.apply_out_of_service()
     ctl = CtlServer(config.station.ctl_socket, command_service, group=config.station.ctl_group)
 
