@@ -47,6 +47,13 @@ system-deps:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto)
 	@command -v socat >/dev/null 2>&1 || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq socat)
+	@# The contract tests run on three brokers (tests/brokers.py); the test fixtures start private
+	@# instances on free ports. RabbitMQ's package starts its own service too: ours takes no
+	@# default port.
+	@command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server)
+	@ls /usr/lib/rabbitmq/lib/rabbitmq_server-*/sbin/rabbitmq-server >/dev/null 2>&1 || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server)
 
 demo: $(STAMP)
 	$(BIN)/swapd demo --config config/station.yaml --speed 10

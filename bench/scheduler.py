@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
+import sys
 import time
 from pathlib import Path
 
 from edge.scheduler.config import GridConfig
 from edge.scheduler.core import Instant, Scheduler, SlotInput
+from edge.scheduler.plan import PlanRequest
 from edge.scheduler.policies import make_policy
 from edge.scheduler.scenario import load_scenario
 
@@ -80,12 +82,12 @@ def bench_day() -> None:
     from edge.scheduler.simday import simulate_day
 
     sc = load_scenario(TAXI)
-    for policy in ("naive", "smart", "optimal"):
+    for policy in ("naive", "smart", "predictive", "optimal-lp"):
         walls = []
         cost = 0.0
         for _ in range(2):
             t0 = time.perf_counter()
-            if policy == "optimal":
+            if policy == "optimal-lp":
                 k = solve_day(sc, 1).kpis
             else:
                 k = simulate_day(sc, policy, 1).kpis
@@ -97,50 +99,137 @@ def bench_day() -> None:
         )
 
 
-def goal_table(seeds: list[int], mip_s: float | None) -> None:
-    """The issue's goals, measured: policy x scenario, per seed and mean."""
+POLICIES = ("naive", "smart", "predictive", "optimal", "optimal-lp")
+SCENARIOS = ("city-taxi-day", "grid-emergency-day", "heat-wave-day", "demand-charge-day")
+
+
+def _run(job: tuple[str, str, int, float]) -> dict[str, object]:
     from edge.scheduler.optimal import solve_day
     from edge.scheduler.simday import simulate_day
 
-    names = ("city-taxi-day", "grid-emergency-day", "heat-wave-day")
+    name, policy, seed, mip_s = job
+    sc = load_scenario(ROOT / "edge" / "scheduler" / "scenarios" / f"{name}.yaml")
+    t0 = time.perf_counter()
+    if policy == "optimal":
+        k = solve_day(sc, seed, integer_ready_s=mip_s).kpis
+    elif policy == "optimal-lp":
+        k = solve_day(sc, seed).kpis
+    else:
+        k = simulate_day(sc, policy, seed).kpis
+    k["wall_s"] = round(time.perf_counter() - t0, 1)
+    return k
+
+
+def goal_table(seeds: list[int], mip_s: float, workers: int) -> None:
+    """Every policy x scenario x seed, then the issue's goals per scenario and seed."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    jobs = [(n, p, s, mip_s) for n in SCENARIOS for s in seeds for p in POLICIES]
+    by: dict[tuple[str, str, int], dict[str, object]] = {}
+    with ProcessPoolExecutor(max_workers=workers) as ex:
+        futs = {ex.submit(_run, j): j for j in jobs}
+        for f in as_completed(futs):
+            j = futs[f]
+            try:
+                by[j[:3]] = f.result()
+            except Exception as e:
+                by[j[:3]] = {"error": repr(e)}
+            # Progress on stderr: a long table is not lost to one failure.
+            print(j[:3], by[j[:3]], file=sys.stderr, flush=True)
     print(
-        "| scenario | policy | seed | cost CNY | waits | wait min | peak-period kWh | cap viol. |"
+        "| scenario | policy | seed | cost CNY | bound CNY | waits | wait min "
+        "| peak-period kWh | peak kW | cap viol. | wall s |"
     )
-    print("|---|---|---|---|---|---|---|---|")
-    for name in names:
-        sc = load_scenario(ROOT / "edge" / "scheduler" / "scenarios" / f"{name}.yaml")
-        rows: dict[str, list[dict[str, object]]] = {}
-        for seed in seeds:
-            for policy in ("naive", "smart", "optimal"):
-                if policy == "optimal":
-                    k = solve_day(sc, seed).kpis
-                else:
-                    k = simulate_day(sc, policy, seed).kpis
-                rows.setdefault(policy, []).append(k)
-                print(
-                    f"| {name} | {policy} | {seed} | {k['energy_cost']:.0f} | {k['swaps_waited']} "
-                    f"| {k['wait_minutes_total']:.1f} | {k['peak_period_energy_kwh']:.0f} "
-                    f"| {k['cap_violations']} |",
-                    flush=True,
-                )
-        for seed_i, seed in enumerate(seeds):
-            n, s_, o = (rows[p][seed_i] for p in ("naive", "smart", "optimal"))
-            nc, sc_, oc = (float(x["energy_cost"]) for x in (n, s_, o))  # type: ignore[arg-type]
-            npk, spk = (float(x["peak_period_energy_kwh"]) for x in (n, s_))  # type: ignore[arg-type]
-            captured = (nc - sc_) / (nc - oc) if nc > oc else float("nan")
-            if mip_s is not None:
-                mip = solve_day(sc, seed, integer_ready_s=mip_s).kpis
-                mc = float(mip["energy_cost"])  # type: ignore[arg-type]
-                print(
-                    f"  {name} seed {seed}: MIP dual bound after {mip_s:g} s {mc:.0f} CNY "
-                    f"(MIP best schedule {mip['mip_primal_cost']:.0f}); smart captures "
-                    f"{(nc - sc_) / (nc - mc) * 100:.0f} % of its saving"
-                )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for j in jobs:
+        k = by[j[:3]]
+        if "error" in k:
+            print(f"| {j[0]} | {j[1]} | {j[2]} | {k['error']} |||||||||")
+            continue
+        bound = k.get("bound_cost")
+        print(
+            f"| {j[0]} | {j[1]} | {j[2]} | {float(k['energy_cost']):.0f} "  # type: ignore[arg-type]
+            f"| {'' if bound is None else f'{float(bound):.0f}'} | {k['swaps_waited']} "  # type: ignore[arg-type]
+            f"| {float(k['wait_minutes_total']):.1f} "  # type: ignore[arg-type]
+            f"| {float(k['peak_period_energy_kwh']):.0f} "  # type: ignore[arg-type]
+            f"| {float(k.get('demand_peak_kw', k['peak_grid_kw'])):.0f} "  # type: ignore[arg-type]
+            f"| {k['cap_violations']} | {k['wall_s']} |"
+        )
+    print()
+    print(
+        "| scenario | seed | predictive share of naive->bound saving | smart share "
+        "| peak-period cut vs naive (pred / smart) | waits pred / smart / naive "
+        "| optimal gap % | replans | fallbacks | solve ms mean / p99 |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name in SCENARIOS:
+        for s in seeds:
+            n, sm, pr, op = (by[(name, p, s)] for p in ("naive", "smart", "predictive", "optimal"))
+            if any("error" in x for x in (n, sm, pr, op)):
+                print(f"| {name} | {s} | (a run failed, see above) |||||||||")
+                continue
+            nc, sc_, pc = (float(x["energy_cost"]) for x in (n, sm, pr))  # type: ignore[arg-type]
+            bc = float(op["bound_cost"])  # type: ignore[arg-type]
+            npk, spk, ppk = (float(x["peak_period_energy_kwh"]) for x in (n, sm, pr))  # type: ignore[arg-type]
+            share = (nc - pc) / (nc - bc) * 100 if nc > bc else float("nan")
+            sshare = (nc - sc_) / (nc - bc) * 100 if nc > bc else float("nan")
             print(
-                f"  {name} seed {seed}: smart captures {captured * 100:.0f} % of the LP-bound saving;"
-                f" peak-period energy {(1 - spk / npk) * 100:.0f} % below naive;"
-                f" waits smart {s_['swaps_waited']} vs naive {n['swaps_waited']}"
+                f"| {name} | {s} | {share:.0f} % | {sshare:.0f} % "
+                f"| {(1 - ppk / npk) * 100:.0f} % / {(1 - spk / npk) * 100:.0f} % "
+                f"| {pr['swaps_waited']} / {sm['swaps_waited']} / {n['swaps_waited']} "
+                f"| {op['gap_pct']} | {pr.get('replans')} | {pr.get('fallbacks')} "
+                f"| {pr.get('solve_ms_mean')} / {pr.get('solve_ms_p99')} |",
+                flush=True,
             )
+
+
+class _Keep:
+    """A planner that only keeps the questions (the bench times the solves itself)."""
+
+    def __init__(self) -> None:
+        self.requests: list[PlanRequest] = []
+
+    def submit(self, req: PlanRequest) -> None:
+        self.requests.append(req)
+
+    def poll(self) -> None:
+        return None
+
+
+def bench_solve(calls: int) -> None:
+    """The predictive policy's LP: 24 slots, 12 h horizon, at times across the day."""
+    from edge.scheduler.mpc import solve
+    from edge.scheduler.predictive import PredictivePolicy
+
+    grid = load_scenario(TAXI).grid
+    rng = random.Random(2)
+    scale = 24 / 20
+    cfg = grid.model_copy(
+        update={
+            "cap_kw": grid.cap_kw * scale,
+            "swap_forecast_per_hour": [x * scale for x in grid.swap_forecast_per_hour],
+        }
+    )
+    times: list[float] = []
+    sizes: list[int] = []
+    for k in range(calls):
+        keep = _Keep()
+        pol = PredictivePolicy(keep, horizon_s=12 * 3600)
+        sched = Scheduler(cfg, pol)
+        day = (k * 1777.0) % 86400
+        sched.allocate(Instant(0.0, day), _slots(24, rng))
+        req = keep.requests[0]
+        t0 = time.perf_counter()
+        plan = solve(req)
+        times.append(time.perf_counter() - t0)
+        sizes.append(len(req.packs))
+        assert plan.ok, plan.reason
+    ms = [x * 1000 for x in times]
+    print(
+        f"predictive LP 24 slots 12 h+ horizon: mean {statistics.mean(ms):6.1f} ms  "
+        f"p50 {statistics.median(ms):6.1f} ms  p99 {_pct(ms, 0.99):6.1f} ms  "
+        f"max {max(ms):6.1f} ms  ({calls} solves, {statistics.mean(sizes):.0f} packs on average)"
+    )
 
 
 def main() -> None:
@@ -148,14 +237,23 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=2000)
     ap.add_argument("--no-day", action="store_true")
     ap.add_argument(
-        "--table", metavar="SEEDS", help="instead: the goal table for seeds, e.g. 1,2,3"
+        "--table",
+        nargs="?",
+        const="1,2,3,4,5",
+        metavar="SEEDS",
+        help="instead: every policy x scenario x seed and the goals (seeds 1,2,3,4,5)",
     )
     ap.add_argument(
-        "--mip", type=float, metavar="S", help="with --table: also the MIP bound, S s per run"
+        "--mip", type=float, default=120.0, metavar="S", help="optimal's time limit (120 s)"
     )
+    ap.add_argument("--workers", type=int, default=2, help="--table runs in parallel")
+    ap.add_argument("--solve", type=int, metavar="N", help="instead: N predictive LP solves")
     args = ap.parse_args()
     if args.table:
-        goal_table([int(x) for x in args.table.split(",")], args.mip)
+        goal_table([int(x) for x in args.table.split(",")], args.mip, args.workers)
+        return
+    if args.solve:
+        bench_solve(args.solve)
         return
     grid = load_scenario(TAXI).grid
     for n in (24, 200):

@@ -267,6 +267,20 @@ def _file_checks(cfg: StationConfig) -> tuple[list[tuple[PathKey, str]], list[Pr
         if m.device != "charger":  # a map that says it is a charger was checked in its file
             for _loc, msg in charger_problems(m):
                 out.append((("chargers", i, "map"), f"{m.name}: {msg}"))
+    # The robot map and the step graph beside the config are loaded at start: load them here
+    # too, so a missing or bad file fails check-config instead of `swapd run`.
+    from drivers.robot.contract import RobotContract
+    from edge.swap.steps import load_step_graph
+
+    try:
+        robot_map = cfg.robot_map()
+        if not robot_map.is_file():
+            out.append((("robot", "map"), f"file not found: {robot_map}"))
+        else:
+            load_step_graph(cfg.step_graph(), RobotContract.load(robot_map))
+    except DataFileError as e:
+        out.append((("robot", "map"), "invalid robot map or step graph"))
+        elsewhere.extend(p for p in e.problems if p not in elsewhere)
     if cfg.mqtt.tls is not None:
         for name in ("ca_file", "cert_file", "key_file"):
             p = getattr(cfg.mqtt.tls, name)

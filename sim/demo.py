@@ -19,12 +19,13 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from drivers.core.clock import SystemClock
+from drivers.core.clock import Clock, ScaledClock, SystemClock
 from drivers.core.log import get_logger
 from edge.app.station import Station, build_station
 from edge.command_types import SIM, Rejected
@@ -60,7 +61,15 @@ class ScenarioPlayer:
     their times: dispatch limits through the scheduler, derates on slots, faults silence the
     slot's charger simulator until the event ends."""
 
-    def __init__(self, scenario: Scenario, station: Station, world: SimWorld, speed: float):
+    def __init__(
+        self,
+        scenario: Scenario,
+        station: Station,
+        world: SimWorld,
+        speed: float,
+        clock: Clock | None = None,
+    ):
+        self.clock = clock
         self.scenario = scenario
         self.station = station
         self.world = world
@@ -86,7 +95,10 @@ class ScenarioPlayer:
             label = f"{ev.kind}@{ev.at}-{ev.until}"
             try:
                 if ev.kind == "dispatch_limit" and ev.power_kw is not None:
-                    until = datetime.now(UTC) + timedelta(seconds=wall_s)
+                    # valid_until in the scheduler's (world) time when it has one
+                    now = self.clock.now() if self.clock is not None else datetime.now(UTC)
+                    scale = self.speed if self.clock is not None else 1.0
+                    until = now + timedelta(seconds=wall_s * scale)
                     await self.station.command_service.execute(
                         "set_power_limit",
                         {"power_kw": ev.power_kw, "valid_until": until.isoformat()},
@@ -165,6 +177,15 @@ async def demo(opts: DemoOptions) -> dict[str, Any]:
             return await _run(cfg, broker, speed, opts, scenario)
 
 
+def _scenario_start(cfg: StationConfig) -> datetime:
+    """Today's local midnight in the grid's timezone: a scenario day starts at 00:00."""
+    from zoneinfo import ZoneInfo
+
+    tz = ZoneInfo(cfg.grid.timezone)
+    local = datetime.now(tz)
+    return local.replace(hour=0, minute=0, second=0, microsecond=0).astimezone(UTC)
+
+
 async def _run(
     cfg: StationConfig,
     broker: BrokerAddress,
@@ -180,7 +201,10 @@ async def _run(
         file=sys.stderr,
     )
     world = SimWorld.from_config(cfg, speed=speed, seed=opts.seed)
-    station = build_station(cfg, SystemClock())
+    # The scheduler plans on the world's clock (a scenario day starts at local midnight);
+    # protocol timers stay on the system clock.
+    sched_clock = ScaledClock(speed, _scenario_start(cfg) if scenario is not None else None)
+    station = build_station(cfg, SystemClock(), scheduler_clock=sched_clock)
     model = ViewModel(root)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -189,7 +213,7 @@ async def _run(
     player: ScenarioPlayer | None = None
     rate = None
     if scenario is not None:
-        player = ScenarioPlayer(scenario, station, world, speed)
+        player = ScenarioPlayer(scenario, station, world, speed, sched_clock)
         rate = player.rate_per_hour
         world.arrival_soc = (scenario.arrivals.soc.mean_pct, scenario.arrivals.soc.std_pct)
     started = time.monotonic()

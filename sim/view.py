@@ -402,6 +402,23 @@ def _slots_table(model: ViewModel) -> Table:
     return t
 
 
+_SPARK = "▁▂▃▄▅▆▇█"
+
+
+def plan_sparkline(plan: Any, cap_kw: float | None) -> str | None:
+    """The predictive plan's next hours (station telemetry `grid_plan`) as one block character
+    per step, scaled to the cap; None without a usable plan (bad entries are skipped)."""
+    if not isinstance(plan, list) or not plan:
+        return None
+    kws = [_num(p.get("power_kw")) for p in plan if isinstance(p, dict)]
+    vals = [k for k in kws if k is not None]
+    if not vals:
+        return None
+    top = cap_kw if cap_kw else max(max(vals), 1.0)
+    n = len(_SPARK) - 1
+    return "".join(_SPARK[round(max(0.0, min(1.0, k / top)) * n)] for k in vals)
+
+
 def _grid_panel(model: ViewModel) -> Panel:
     st = model.station
     power, cap = _num(st.get("grid_power_kw")), _num(st.get("grid_cap_kw"))
@@ -414,6 +431,13 @@ def _grid_panel(model: ViewModel) -> Panel:
     if st.get("remote_limit_kw") is not None:
         lines.append(f"  remote {fmt(st.get('remote_limit_kw'), '.0f')} kW")
         lines.append(f" until {_str(st.get('remote_limit_valid_until'))}")
+    spark = plan_sparkline(st.get("grid_plan"), cap)
+    if spark is not None:
+        plan = st["grid_plan"]
+        hours = (_num(plan[-1].get("ends_in_s")) or 0.0) / 3600 if isinstance(plan[-1], dict) else 0
+        lines.append(f"\nplan next {hours:.0f} h ")
+        lines.append(spark, style="cyan")
+        lines.append(" (predictive, planned grid kW per step)")
     lines.append(f"\ntariff {_str(st.get('tariff_period'))}")
     lines.append(f"   grid mode {_str(st.get('grid_mode'))}", style="bold")
     lines.append(f" ({_str(st.get('grid_reason'))})")

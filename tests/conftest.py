@@ -11,6 +11,7 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -59,6 +60,8 @@ def mosquitto_binary() -> str:
 
 class Broker:
     """A private Mosquitto process on a free loopback port, with stop, kill -9 and restart."""
+
+    name = "mosquitto"
 
     def __init__(self, workdir: Path, extra_conf: str = "", port: int | None = None) -> None:
         self.workdir = workdir
@@ -154,3 +157,40 @@ def broker_factory(tmp_path: Path) -> Iterator[type[Broker]]:
     yield _Factory
     for b in made:
         b.stop()
+
+
+# ---- other brokers (tests/brokers.py): NATS's MQTT gateway and RabbitMQ's MQTT plugin ----------
+
+BROKER_NAMES = ("mosquitto", "nats", "rabbitmq")
+
+
+@pytest.fixture
+def nats(tmp_path: Path) -> Iterator[Any]:
+    from tests.brokers import NatsBroker
+
+    broker = NatsBroker(tmp_path)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One node for the whole session (it takes ~11-16 s to start). Tests sharing it use a
+    station id of their own: retained messages outlive a test."""
+    from tests.brokers import RabbitBroker
+
+    broker = RabbitBroker(tmp_path_factory.mktemp("rabbitmq"))
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(params=BROKER_NAMES)
+def any_broker(request: pytest.FixtureRequest) -> Any:
+    """Each real broker in turn: the contract must hold on all of them."""
+    return request.getfixturevalue(request.param)

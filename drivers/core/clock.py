@@ -39,6 +39,30 @@ class SystemClock:
         await asyncio.sleep(max(0.0, seconds))
 
 
+class ScaledClock:
+    """Time that runs `speed` times faster than the system's, from `start` (wall; default now):
+    the simulated world's clock, for what plans in world time (the demo's scheduler: tariff,
+    forecast, reserve, leases). Protocol timers keep the system clock."""
+
+    __slots__ = ("speed", "_mono0", "_wall0")
+
+    def __init__(self, speed: float, start: datetime | None = None) -> None:
+        if not speed > 0:
+            raise ValueError(f"speed must be > 0, got {speed}")
+        self.speed = speed
+        self._mono0 = time.monotonic()
+        self._wall0 = start if start is not None else datetime.now(UTC)
+
+    def monotonic(self) -> float:
+        return self._mono0 + (time.monotonic() - self._mono0) * self.speed
+
+    def now(self) -> datetime:
+        return self._wall0 + timedelta(seconds=(time.monotonic() - self._mono0) * self.speed)
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds) / self.speed)
+
+
 class ManualClock:
     """A clock that moves only when told. `sleep()` waits until `advance()` passes its deadline."""
 

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from drivers.core.clock import SystemClock
+from drivers.core.clock import ScaledClock, SystemClock
 from drivers.core.datafile import DataFileError
 from drivers.core.log import get_logger
 from edge.app.logs import configure_logging
@@ -21,7 +21,7 @@ from edge.operator.signatures import KeyLoadError
 from edge.statefiles import StateFileError
 
 
-def run_daemon(config_path: str) -> int:
+def run_daemon(config_path: str, sim_speed: float | None = None) -> int:
     configure_logging()
     log = get_logger("daemon")
     try:
@@ -36,7 +36,7 @@ def run_daemon(config_path: str) -> int:
         print(f"swapd run: {e}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(_main(config_path, config))
+        asyncio.run(_main(config_path, config, sim_speed))
     except StateFileError as e:
         # One line, the file and the way out; exit 2 so systemd does not restart-loop on it.
         print(f"swapd: {e}", file=sys.stderr)
@@ -83,12 +83,14 @@ def lock_state_dir(state_dir: Path) -> TextIO:
     return f
 
 
-async def _main(config_path: str, config: object) -> None:
+async def _main(config_path: str, config: object, sim_speed: float | None = None) -> None:
     from edge.config import StationConfig
 
     assert isinstance(config, StationConfig)
     log = get_logger("daemon")
-    station = build_station(config, SystemClock())
+    # Against a simulated world running X times faster, the scheduler plans in world time.
+    sched_clock = ScaledClock(sim_speed) if sim_speed is not None and sim_speed != 1.0 else None
+    station = build_station(config, SystemClock(), scheduler_clock=sched_clock)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, _on_signal, station, sig)

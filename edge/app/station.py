@@ -60,8 +60,9 @@ class NetworkService:
 
     name = "modbus"
 
-    def __init__(self, network: ModbusNetwork) -> None:
+    def __init__(self, network: ModbusNetwork, slots: dict[str, SlotService] | None = None) -> None:
         self.network = network
+        self.slots = slots or {}
 
     async def run(self) -> None:
         await self.network.run()
@@ -74,6 +75,8 @@ class NetworkService:
         sure the restart does not replay the last wanted outputs either (issue 12 item 6)."""
         for dev in self.network.devices.values():
             dev.fail_safe()
+        for slot in self.slots.values():
+            slot.restart_from_off("charger owner (Modbus network service) failed")
 
 
 class SchedulerRunner:
@@ -147,7 +150,9 @@ class SwapBindings:
 
     def emergency_off(self) -> None:
         # Output off and held off, watchdogs starved; the packs stay docked (issue 12 item 5).
-        # The sessions stay up at zero current, so charging resumes after a reset.
+        # Output held off at zero current, watchdogs starved; the packs stay docked and their
+        # sessions up, so charging resumes after a reset (a session that ended meanwhile is
+        # started again by the reset).
         for slot in self.slots.values():
             slot.inhibit("estop")
 
@@ -162,6 +167,7 @@ class SwapBindings:
             if slot_id in reserved:
                 continue
             if slot.docked:
+                slot.reset()  # a session the stop ended (or latched) starts afresh
                 slot.resume_charging()
             elif slot_id in occupied:
                 slot.dock()
@@ -265,7 +271,12 @@ class Station:
         self.supervisor.request_stop()
 
 
-def build_station(config: StationConfig, clock: Clock, notifier: Notifier | None = None) -> Station:
+def build_station(
+    config: StationConfig,
+    clock: Clock,
+    notifier: Notifier | None = None,
+    scheduler_clock: Clock | None = None,
+) -> Station:
     config_dir = config.source.parent if config.source is not None else Path.cwd()
     config.station.state_dir.mkdir(parents=True, exist_ok=True)
     alarms = AlarmManager(clock)
@@ -350,7 +361,7 @@ def build_station(config: StationConfig, clock: Clock, notifier: Notifier | None
 
     scheduler = SchedulerService(
         Scheduler(config.grid, make_policy(config.grid.policy)),
-        clock,
+        scheduler_clock or clock,  # the demo's world clock: plans in world time
         lambda: [s.slot_input() for s in slots.values()],
         apply_allocation,
     )
@@ -369,6 +380,7 @@ def build_station(config: StationConfig, clock: Clock, notifier: Notifier | None
         alarms=alarms.raiser("swap"),
     )
     commands.swap = room.coordinator
+    room.coordinator.on_request = scheduler.vehicle_request  # arrivals and waiting vehicles
     commands.apply_out_of_service()
     ctl = CtlServer(config.station.ctl_socket, command_service, group=config.station.ctl_group)
 
@@ -384,7 +396,7 @@ def build_station(config: StationConfig, clock: Clock, notifier: Notifier | None
         slot.on_identified = identified
 
     supervisor.add(MonitorService(monitor), Kind.CORE)
-    supervisor.add(NetworkService(network), Kind.DEVICE)
+    supervisor.add(NetworkService(network, slots), Kind.DEVICE)
     supervisor.add(TelemetryRunner(telemetry), Kind.DEVICE)
     supervisor.add(SchedulerRunner(scheduler), Kind.CORE)
     supervisor.add(publisher, Kind.CORE)

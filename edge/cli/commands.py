@@ -28,6 +28,15 @@ def register_check_config(sub: Sub, handlers: dict[str, Handler]) -> None:
 def register_run(sub: Sub, handlers: dict[str, Handler]) -> None:
     p = sub.add_parser("run", help="run the station daemon")
     p.add_argument("--config", required=True)
+    p.add_argument(
+        "--sim-speed",
+        type=float,
+        default=None,
+        metavar="X",
+        help="simulated world only (two-process bench): the scheduler's time (tariff, "
+        "forecast, reserve) runs X times faster, as `swapd sim --speed X`; protocol timers "
+        "stay real",
+    )
 
     def run(args: argparse.Namespace) -> int:
         import sys
@@ -37,7 +46,7 @@ def register_run(sub: Sub, handlers: dict[str, Handler]) -> None:
         sys.modules.setdefault("rich", None)  # type: ignore[arg-type]
         from edge.app.daemon import run_daemon
 
-        return run_daemon(args.config)
+        return run_daemon(args.config, sim_speed=args.sim_speed)
 
     handlers["run"] = run
 

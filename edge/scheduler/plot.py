@@ -21,6 +21,28 @@ def plot_day(result: DayResult, scenario: Scenario, path: str | Path) -> None:
         ax_p.step(
             hours, [s.limit_kw for s in result.samples], where="post", ls="--", label="limit kW"
         )
+        planned = [(h, s.plan_kw) for h, s in zip(hours, result.samples, strict=True)]
+        if any(kw is not None for _, kw in planned):
+            # predictive: what the plan in force said for each moment, and every hour the
+            # plan's whole horizon as it was then (faint), against what happened.
+            ax_p.step(
+                [h for h, kw in planned if kw is not None],
+                [kw for _, kw in planned if kw is not None],
+                where="post",
+                color="C1",
+                lw=1.0,
+                label="plan in force kW",
+            )
+            for i, (_t, steps) in enumerate(result.plans):
+                ax_p.step(
+                    [e / 3600 for e, _ in steps],
+                    [kw for _, kw in steps],
+                    where="pre",
+                    color="C4",
+                    alpha=0.25,
+                    lw=0.8,
+                    label="hourly plans' horizon kW" if i == 0 else None,
+                )
         ax_p.set_ylabel("kW (grid-side)")
         ax_p.legend(loc="upper right")
         ax_t.step(hours, [s.price_per_kwh for s in result.samples], where="post", color="C2")

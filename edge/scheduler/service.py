@@ -30,6 +30,8 @@ class SchedulerService:
     """Wraps a `Scheduler` for the daemon. Start `run()` as a named task in the station's
     TaskGroup; call `trigger()` on any change that must be reallocated within the second."""
 
+    WAIT_FORGET_S = 600.0
+
     def __init__(
         self,
         scheduler: Scheduler,
@@ -55,6 +57,7 @@ class SchedulerService:
         except (ZoneInfoNotFoundError, ValueError) as e:
             raise SchedulerError(f"unknown timezone {scheduler.config.timezone!r}") from e
         self._wake = asyncio.Event()
+        self._waiting: dict[str, float] = {}  # vehicle id -> last refused request (monotonic)
         self.allocations = 0
         self.errors = 0
 
@@ -101,6 +104,22 @@ class SchedulerService:
     def observe_arrival(self, soc_pct: float | None = None) -> None:
         self.scheduler.observe_arrival(self.instant(), soc_pct)
 
+    def vehicle_request(self, vehicle_id: str, refused: str | None) -> None:
+        """A vehicle asked for a swap (the swap room tells every request): its first request
+        is an arrival for the forecast; refused, it waits (the reserve counts it), until a swap
+        starts for it or it has not asked for `WAIT_FORGET_S` (it drove off)."""
+        now = self._clock.monotonic()
+        for vid, last in list(self._waiting.items()):
+            if now - last > self.WAIT_FORGET_S:
+                del self._waiting[vid]
+        if vehicle_id not in self._waiting:
+            self.observe_arrival()
+        if refused is None:
+            self._waiting.pop(vehicle_id, None)
+        else:
+            self._waiting[vehicle_id] = now
+        self.set_queue(len(self._waiting))
+
     def set_queue(self, waiting: int) -> None:
         self.scheduler.set_queue(waiting)
         self._wake.set()
@@ -112,6 +131,10 @@ class SchedulerService:
         self.allocations += 1
         self._publish(alloc)
         return alloc
+
+    def active_limit(self) -> tuple[float, str, float | None]:
+        """The import limit in force now, on this service's clock."""
+        return self.scheduler.active_limit(self._clock.monotonic())
 
     def plan_horizon(self, max_s: float = 6 * 3600.0) -> list[dict[str, float]] | None:
         """The predictive plan's next hours: [{ends_in_s, power_kw}]; None for other

@@ -168,6 +168,7 @@ class SlotService:
         self.off_retry_max_s = 1.0
         self.events_lost = 0
         self._failed = False  # the last run() failed: the next one starts from "off"
+        self._resume_pending = False  # an e-stop reset waits for the stopped session to end
 
     @property
     def name(self) -> str:
@@ -211,8 +212,14 @@ class SlotService:
             self._feed_again("estop")
 
     def resume_charging(self) -> None:
-        """After an e-stop reset: a docked slot whose session has ended starts a new one."""
-        if self.docked and self.core.state is SlotState.EMPTY:
+        """After an e-stop reset: a docked slot whose session has ended starts a new one (one
+        still ending starts it when it has ended)."""
+        self._resume_pending = self.docked
+        self._maybe_resume()
+
+    def _maybe_resume(self) -> None:
+        if self._resume_pending and self.docked and self.core.state is SlotState.EMPTY:
+            self._resume_pending = False
             self._started = False
             self._start_session()
 
@@ -365,6 +372,13 @@ class SlotService:
         if self.docked and self.ratings_known.is_set():
             self._start_session()
 
+    def restart_from_off(self, why: str) -> None:
+        """The charger's owner failed (nothing feeds it now): hold the output off and unfed
+        until a read after a new off command confirms it; only then may regulation resume."""
+        self.off_unconfirmed(why)
+        self._apply(self.core.inhibit("restart", self._clock.monotonic()))
+        self._command_off()
+
     async def fail_safe(self, timeout_s: float = 0.5) -> None:
         """Seam (issue 12 item 6): the service failed. Before the supervisor's backoff: starve
         the charger's watchdog (it switches itself off) and try, bounded, to write it off."""
@@ -461,6 +475,8 @@ class SlotService:
             self._alarms.clear_alarm(A_OUTPUT_OFF_UNCONFIRMED, self.slot_id)
             self._feed_again("off")
             self._wake.set()
+            if "restart" in self.core.inhibited:
+                self._apply(self.core.release("restart", self._clock.monotonic()))
 
     def _update_ratings(self, snap: Snapshot, now: float) -> None:
         rated = [_number(snap, n) for n in ("max_voltage_v", "max_current_a", "max_power_kw")]
@@ -492,6 +508,8 @@ class SlotService:
             log.info("slot empty at start-up", slot=self.slot_id)
             return
         self._apply(self.core.on_session_event(ev, now))
+        if isinstance(ev, PhaseChanged):
+            self._maybe_resume()
         snap = self.snapshot()
         if isinstance(ev, PackIdentified):
             self.probing = False

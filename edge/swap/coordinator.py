@@ -9,7 +9,7 @@ remote commands enter through `execute()` (the ctl socket and MQTT use the same 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from drivers.core.alarm_sink import AlarmSink
@@ -153,6 +153,8 @@ class SwapCoordinator:
         self.polls = 0
         self.changed = asyncio.Event()  # set after every executed batch (tests, live views)
         self.online = asyncio.Event()  # set while the PLC answers
+        # Told of every swap request (vehicle id, refusal or None): the scheduler's demand.
+        self.on_request: Callable[[str, str | None], None] | None = None
         self._reserved: frozenset[str] = frozenset()
 
     # ----- the service task
@@ -306,7 +308,12 @@ class SwapCoordinator:
     ) -> dict[str, Any]:
         """Start a swap; raises Rejected (with the reason) before any motion."""
         views = tuple(self.slots.slot_views())
-        await self.feed(StartSwap(vehicle_id, pack_type, announced_pack_id, views))
+        try:
+            await self.feed(StartSwap(vehicle_id, pack_type, announced_pack_id, views))
+        except Rejected as e:
+            self._requested(vehicle_id, str(e))
+            raise
+        self._requested(vehicle_id, None)
         sw = self.core.swap
         assert sw is not None
         return {
@@ -315,6 +322,14 @@ class SwapCoordinator:
             "full_slot": sw.full_slot,
             "store_slot": sw.store_slot,
         }
+
+    def _requested(self, vehicle_id: str, refused: str | None) -> None:
+        if self.on_request is None:
+            return
+        try:
+            self.on_request(vehicle_id, refused)
+        except Exception as e:  # noqa: BLE001 - a listener's bug must not refuse a swap
+            log.warning("swap request listener failed", error=repr(e))
 
     async def pack_docked(self, slot_id: str, identity: PackIdentity) -> None:
         """A slot read the docked pack's identity (GB/T 27930 BRM)."""

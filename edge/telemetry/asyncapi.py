@@ -178,7 +178,9 @@ def build() -> dict[str, Any]:
                 f"level is plain (`{LEVEL_PATTERN}`: no `.`, `$`, spaces or wildcards), so the "
                 "contract works on any MQTT 3.1.1/5 broker (tested: Mosquitto, NATS, RabbitMQ). "
                 "An event of type `<room>.<name>` is published on `event/<room>/<name>`: "
-                "subscribe to `event/#` for every event, `event/<room>/#` to follow one room."
+                "subscribe to `event/#` for every event, `event/<room>/#` to follow one room. "
+                "Brokers keep order per topic only: order events across types by the seq in "
+                "msg_id (gap-free per boot)."
             ),
         },
         "defaultContentType": "application/json",

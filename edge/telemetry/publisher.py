@@ -143,11 +143,7 @@ class StatePublisher:
                     self.telemetry.update_slot(slot_id, slot_msg)
         g = self.state.grid
         g.power_kw = grid_kw
-        lease = (
-            self.scheduler.scheduler.active_limit(self.clock.monotonic())
-            if self.scheduler
-            else None
-        )
+        lease = self.scheduler.active_limit() if self.scheduler else None
         remote = lease is not None and lease[1] == "dispatch"
         station_msg = fit(
             StationTelemetry,

@@ -130,7 +130,7 @@ class Telemetry:
         """For health and `swapd ctl status`."""
         return {
             "state": str(self.state),
-            "protocol": "5" if self._protocol is aiomqtt.ProtocolVersion.V5 else "3.1.1",
+            "protocol": self.protocol,
             "boot_id": self.boot_id,
             "connects": self.connects,
             "failures": self.failures,
@@ -147,6 +147,11 @@ class Telemetry:
             "commands_too_large": self.commands.too_large,
             "commands_busy": self.commands.busy,
         }
+
+    @property
+    def protocol(self) -> str:
+        """The MQTT version asked for next: "3.1.1" once a broker refused 5."""
+        return "5" if self._protocol is aiomqtt.ProtocolVersion.V5 else "3.1.1"
 
     @property
     def failures(self) -> int:

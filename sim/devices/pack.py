@@ -363,7 +363,10 @@ class BmsCore:
             return []
         s = d.signals
         if fid == self._ids["CHM"]:
-            if self.phase is BmsPhase.WAIT_CHARGER and Fault.NO_BHM not in self.faults:
+            # CHM after an ended session: the charger started a new one (as after cycling the
+            # auxiliary supply, e.g. once an e-stop is reset)
+            restart = self.phase in (BmsPhase.WAIT_CHARGER, BmsPhase.ENDED)
+            if restart and Fault.NO_BHM not in self.faults:
                 self._enter(BmsPhase.HANDSHAKE, {"BHM": self.timers.bhm_period_s}, now)
         elif fid == self._ids["CRM"]:
             result = int(s["CRM_RecognitionResult"])
@@ -594,8 +597,12 @@ class BmsCore:
             return self._tp_send(PGN_BMT, encode_bmt([int(m.max_temperature_c)] * 16), now)
         if name == "BST":
             self._bst_sent += 1
-            if self._bst_sent == self.timers.bst_repeats_before_bsd:
-                self._periodic["BSD"] = (self.timers.bsd_period_s, now + 0.01)
+            # GB/T 27930 phase 6: BSD only once the charger's CST is in (after our own BST the
+            # CST watch is pending until then; a conformance BMS showed the simulator sent BSD
+            # 50 ms after BST whether or not the charger had answered).
+            answered = "CST" not in self._watch
+            if self._bst_sent >= self.timers.bst_repeats_before_bsd and answered:
+                self._periodic.setdefault("BSD", (self.timers.bsd_period_s, now + 0.01))
             return [c.frame("BST", self._bst_signals)]
         if name == "BSD":
             self._periodic.pop("BST", None)

@@ -237,6 +237,11 @@ class GbtBmsPeer:
         self.silent = True
         self._stop_watch(self._now, 1.0)
 
+    def expect_output_off(self, limit_s: float) -> None:
+        """The rig knows of a stop the BMS cannot see (an e-stop): the current must fall to
+        <= 5 A within `limit_s` (plus the charger's ramp allowance)."""
+        self._stop_watch(self._now, limit_s)
+
     def resume(self) -> None:
         self.silent = False
 

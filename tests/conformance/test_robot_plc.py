@@ -103,8 +103,8 @@ async def test_full_swap(tmp_path: Path) -> None:
 
 async def test_emergency_stop(tmp_path: Path) -> None:
     """The e-stop chain opens mid-swap while another slot charges: the PLC faults the running
-    step, the daemon halts both units, switches every output off (the charging pack sees CST
-    and its current fall) and commands nothing until the chain is healthy and reset."""
+    step, the daemon halts both units, switches every output off (the charging pack sees its
+    current fall to <= 5 A) and commands nothing until the chain is healthy and reset."""
     charging = BmsPeerConfig(serial=3, soc_pct=40.0, target_soc_pct=95.0, capacity_ah=20.0)
     async with conformance_station(tmp_path, 3, {1: FULL, 3: charging}, step_s=0.3) as rig:
         full, busy = rig.seats[0].peer, rig.seats[2].peer
@@ -120,9 +120,14 @@ async def test_emergency_stop(tmp_path: Path) -> None:
         )
         await wait_until(lambda: len(rig.plc.motions) >= 3, 30)
         rig.plc.set_input(ESTOP, False)
+        busy.expect_output_off(0.1)  # as after a CST (GB/T 27930: <= 5 A within 100 ms)
         await wait_until(lambda: rig.plc.halt == 3, 2.0)
         await wait_until(lambda: busy.stop_latency_s is not None, 5.0)
-        assert busy.cst, "the charging pack got no CST"
+        # The station holds outputs off and may keep the session up at zero current (charging
+        # resumes after a reset); a CST, if it ends the session, must name the e-stop
+        # (GB/T 27930 CST: fault stop, byte 1 bits 5-6, with SPN3522 emergency stop, byte 3).
+        for cst in busy.cst:
+            assert cst[0] >> 4 & 3 == 1 and cst[2] & 3 == 1, f"e-stop CST {cst.hex()}"
         moved = len(rig.plc.motions)
         rig.plc.set_input(ESTOP, True)
         import asyncio

@@ -441,3 +441,20 @@ def test_bmv_long_tp_transfer_gives_cell_voltages() -> None:
     assert cells and len(cells[0].cells) == 112  # 224 bytes = 32 TP.DT packets
     assert all(3.0 < v < 3.6 and g == 0 for v, g in cells[0].cells)
     assert w.charger.phase is Phase.CHARGING
+
+
+def test_sim_bms_sends_bsd_only_after_the_chargers_cst() -> None:
+    """GB/T 27930 phase 6: BSD follows the charger's CST. With the CST withheld the simulated
+    BMS keeps repeating BST (and gives BEM at 5 s); once CST passes, BSD follows."""
+    w = make_wire()
+    cst_id = w.charger.codec.frame_id("CST")
+    w.charger_filter = lambda f: None if f.arbitration_id == cst_id else f
+    w.do(w.charger.start(w.now))
+    w.run_until(3.0)
+    w.bms.inject(Fault.BST_FAULT)
+    w.run_until(4.0)
+    assert w.frames("BST", from_charger=False)
+    assert w.frames("BSD", from_charger=False) == []
+    w.charger_filter = None
+    w.run_until(5.0)
+    assert w.frames("BSD", from_charger=False)

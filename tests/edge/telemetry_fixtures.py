@@ -190,13 +190,14 @@ def make_telemetry(
     target: InMemoryTarget | None = None,
     mqtt: dict[str, Any] | None = None,
     alarms: AlarmSink | None = None,
+    station_id: str = STATION_ID,
     commands: dict[str, Any] | None = None,
     **cfg: Any,
 ) -> Telemetry:
     tcfg = telemetry_config(tmp_path, **cfg)
     limits = CommandsConfig.model_validate(commands or {})
     return Telemetry(
-        STATION_ID,
+        station_id,
         mqtt_config(host, port, **(mqtt or {})),
         tcfg,
         command_service(target or InMemoryTarget(), limits, tcfg),

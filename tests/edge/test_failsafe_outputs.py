@@ -272,3 +272,42 @@ async def test_estop_halts_and_switches_off_before_the_journal_is_written(tmp_pa
         await wait_for(lambda: w.plc.halt_bits == frozenset({"vehicle", "rack"}), 2)
         await wait_for(lambda: really_off(w.chargers["ch01"]), 2)
         assert time.monotonic() - t0 < 2.5
+
+
+async def test_a_crashing_modbus_service_does_not_replay_the_wanted_output(tmp_path: Path) -> None:
+    """Outcome 7 (network side): after the Modbus network service failed, the reconnect wrote
+    the last wanted setpoints again (enable true) before anyone had decided anything."""
+    async with running_station(mini_config(tmp_path, 1), soc_pct=40.0) as w:
+        sim, slot = w.chargers["ch01"], w.station.slots["s01"]
+        dev = w.station.network.devices["ch01"]
+        await charging(w)
+        real = dev._clock
+
+        class Boom:
+            def monotonic(self) -> float:
+                return real.monotonic()
+
+            def now(self) -> object:
+                return real.now()
+
+            async def sleep(self, s: float) -> None:
+                dev._clock = real
+                raise RuntimeError("injected Modbus service crash")
+
+        seen_off: list[bool] = []
+
+        async def sample() -> None:
+            while True:
+                if really_off(sim):
+                    seen_off.append(True)
+                await asyncio.sleep(0.005)
+
+        sampler = asyncio.create_task(sample())
+        dev._clock = Boom()  # type: ignore[assignment]
+        await wait_for(lambda: w.station.supervisor.restarts("modbus") == 1, 5)
+        await wait_for(lambda: bool(seen_off), 6)
+        sampler.cancel()
+        # held off until a read after a new off command confirmed it, then charging resumes
+        await charging(w)
+        assert not w.station.alarms.is_active("charger.output_off_unconfirmed", "s01")
+        assert "restart" not in slot.core.inhibited

@@ -231,3 +231,13 @@ def test_a_config_from_a_newer_swapd_is_refused(tmp_path: Path) -> None:
     path.write_text(path.read_text().replace("version: 3 ", "version: two "))
     with pytest.raises(DataFileError, match="version: must be an integer"):
         load_config(path)
+
+
+def test_missing_robot_map_fails_check_config_with_file_line(tmp_path: Path) -> None:
+    path = station_copy(tmp_path, {"map: builtin:robot-plc": "map: registers/nope.yaml"})
+    r = swapd("check-config", str(path))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    (line,) = [ln for ln in r.stderr.splitlines() if "robot.map" in ln]
+    file, line_no, fld = line.split(":")[:3]
+    assert file == str(path) and fld.strip() == "robot.map" and "file not found" in line
+    assert "nope.yaml" in path.read_text().splitlines()[int(line_no) - 1]

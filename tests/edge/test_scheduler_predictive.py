@@ -212,14 +212,22 @@ def test_triggers_debounced_except_faults_and_limits() -> None:
     assert len(planner.requests) == 5
 
 
-def test_small_day_predictive_serves_every_swap_within_limits(tmp_path: Path) -> None:
+def test_small_day_predictive_serves_every_swap_within_limits_and_plots(tmp_path: Path) -> None:
+    from edge.scheduler.plot import plot_day
+
     sc = load_scenario(write_small(tmp_path))
-    k = simulate_day(sc, "predictive", 3).kpis
+    r = simulate_day(sc, "predictive", 3, record=True)
+    k = r.kpis
     assert k["swaps_served"] == k["swaps_requested"]
     assert k["cap_violations"] == 0
     assert k["fallbacks"] == 0
     naive = simulate_day(sc, "naive", 3).kpis
     assert float(k["energy_cost"]) < float(naive["energy_cost"])  # type: ignore[arg-type]
+    # --plot: the plan in force and the hourly horizons against what happened.
+    assert r.plans and any(s.plan_kw is not None for s in r.samples)
+    png = tmp_path / "day.png"
+    plot_day(r, sc, png)
+    assert png.stat().st_size > 10_000
 
 
 def test_predictive_policy_module_keeps_numpy_out() -> None:
@@ -275,3 +283,24 @@ async def test_service_owns_the_solver_process_and_restarts_it(clock: ManualCloc
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     assert svc.solver.pid is None  # the child is gone with the service
+
+
+def test_swap_requests_feed_the_queue_and_the_forecast(clock: ManualClock) -> None:
+    """The live station tells the scheduler of every swap request: a refused vehicle waits
+    (the reserve counts it) until served or gone for WAIT_FORGET_S; a first request is an
+    arrival for the forecast."""
+    sched = Scheduler(grid_config(), SmartPolicy())
+    svc = SchedulerService(sched, clock, lambda: _slots(), lambda a: None)
+    base = svc.allocate_now().reserve_packs
+    svc.vehicle_request("TAXI-1", "no LFP pack qualifies")
+    svc.vehicle_request("TAXI-1", "no LFP pack qualifies")  # a retry is not a new arrival
+    svc.vehicle_request("TAXI-2", "a swap is already running")
+    assert svc.allocate_now().reserve_packs == base + 2
+    assert len(sched.forecast._seen) == 2
+    svc.vehicle_request("TAXI-1", None)  # served
+    assert svc.allocate_now().reserve_packs == base + 1
+    clock.advance(SchedulerService.WAIT_FORGET_S + 1)
+    svc.vehicle_request("TAXI-3", None)
+    assert sched.pending_triggers == ("queue",) or "queue" in sched.pending_triggers
+    alloc = svc.allocate_now()
+    assert alloc.reserve_packs >= 0 and svc._waiting == {}

@@ -126,3 +126,39 @@ async def test_offline_charger_marks_slot_telemetry_bad(tmp_path: Path) -> None:
         w.chargers["ch01"].apply_fault("silent", True)
         await wait_for(lambda: w.station.network.devices["ch01"].state is DeviceState.OFFLINE, 5)
         assert str(pub._slot_quality(slot)) == "bad"
+
+
+async def test_predictive_policy_runs_in_the_daemon_with_its_solver_process(
+    tmp_path: Path,
+) -> None:
+    """grid.policy predictive in the composed daemon: the scheduler service starts the solver
+    child process, plans arrive without blocking the loop, grants follow them within every
+    limit, and station telemetry carries the plan's horizon."""
+    from edge.scheduler.predictive import PredictivePolicy
+    from edge.telemetry.models import StationTelemetry
+
+    cfg = mini_config(tmp_path, 2)
+    cfg.write_text(cfg.read_text().replace("policy: naive", "policy: predictive"))
+    async with running_station(cfg, soc_pct=40.0) as w:
+        st = w.station
+        seen: list[StationTelemetry] = []
+        update = st.telemetry.update_station
+
+        def spy(t: StationTelemetry) -> None:
+            seen.append(t)
+            update(t)
+
+        st.telemetry.update_station = spy  # type: ignore[method-assign]
+        pol = st.scheduler.scheduler.policy
+        assert isinstance(pol, PredictivePolicy)
+        assert st.scheduler.solver is not None
+        await wait_for(lambda: pol.solved >= 1 and st.scheduler.solver.pid is not None, 30)
+        await wait_for(lambda: any(m.grid_plan for m in seen), 10)
+        alloc = st.scheduler.last
+        assert alloc is not None and alloc.total_kw <= alloc.limit_kw + 0.1
+        assert not alloc.grid_reason.startswith("fallback"), alloc.grid_reason
+        assert all(g.power_kw <= g.limit_kw + 1e-6 for g in alloc.grants)
+        assert sum(pol.fallbacks.values()) == 0
+        pid = st.scheduler.solver.pid
+    assert pid is not None
+    assert not Path(f"/proc/{pid}").exists()  # the solver went with the daemon

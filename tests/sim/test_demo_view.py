@@ -423,3 +423,16 @@ async def test_logs_print_above_the_view_on_a_terminal(broker: BrokerAddress) ->
     text = console.export_text()
     assert '"event":"line from a component"' in text and '"marker":42' in text
     assert "line from a library" in text
+
+
+def test_grid_panel_draws_the_predictive_plan() -> None:
+    from sim.view import plan_sparkline
+
+    m = fed()
+    assert "plan next" not in text_of(m)  # no plan with other policies
+    plan = [{"ends_in_s": 900.0 * (i + 1), "power_kw": kw} for i, kw in enumerate([0, 300, 600])]
+    m.ingest(f"{ROOT}/telemetry/station", {**m.station, "grid_plan": plan})
+    text = text_of(m)
+    assert "plan next 1 h ▁▅█" in text
+    assert plan_sparkline([{"power_kw": "x"}, "junk"], 600) is None
+    assert plan_sparkline(None, 600) is None

@@ -1,0 +1,118 @@
+"""The composed daemon (simulated chargers, packs and robot PLC) against a backend that knows
+only docs/asyncapi.yaml, on each real broker: Mosquitto, NATS's MQTT gateway, RabbitMQ."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+
+from tests.conformance.mqtt_backend import Backend, Document, pump, subscribe_all
+from tests.edge.station_fixtures import mini_config, running_station
+
+REPO = Path(__file__).resolve().parents[2]
+DOC = REPO / "docs" / "asyncapi.yaml"
+
+
+def test_backend_peer_imports_neither_drivers_edge_nor_sim() -> None:
+    tree = ast.parse((Path(__file__).parent / "mqtt_backend.py").read_text())
+    modules = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)] + [
+        a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
+    ]
+    # It reads the document (YAML), nothing of ours.
+    assert not [m for m in modules if m.split(".")[0] in ("drivers", "edge", "sim", "tests")]
+
+
+def test_document_levels_are_plain() -> None:
+    doc = Document(DOC)
+    assert doc.level_problems() == []
+    assert doc.version.split(".")[0] >= "2"
+
+
+@pytest.mark.timeout(120)
+async def test_daemon_against_the_document_backend(any_broker: Any, tmp_path: Path) -> None:
+    doc = Document(DOC)
+    station_id = f"peer-{uuid.uuid4().hex[:8]}"  # the RabbitMQ node keeps retained status
+    path = mini_config(tmp_path, n_slots=2, mqtt_port=any_broker.port)
+    path.write_text(path.read_text().replace("id: it-station", f"id: {station_id}", 1))
+    backend = Backend(doc, any_broker.host, any_broker.port, station_id)
+    room = Backend(doc, any_broker.host, any_broker.port, station_id)
+    events = doc.channel("eventModeChanged")
+    room_filter = events.topic(backend.params).rsplit("/", 1)[0] + "/#"  # event/mode/#
+    async with (
+        aiomqtt.Client(any_broker.host, any_broker.port, identifier=f"{station_id}-be") as cloud,
+        aiomqtt.Client(any_broker.host, any_broker.port, identifier=f"{station_id}-rm") as rc,
+    ):
+        await subscribe_all(cloud, backend)
+        await rc.subscribe(room_filter, qos=1)
+        tasks = [
+            asyncio.create_task(pump(cloud, backend), name="peer-backend"),
+            asyncio.create_task(pump(rc, room), name="peer-room"),
+        ]
+        try:
+            async with running_station(path) as world:
+                await backend.wait_for(
+                    lambda: any(g.payload["online"] for g in backend.on("status")), 30, "birth"
+                )
+                await backend.wait_for(
+                    lambda: (
+                        {g.topic.rsplit("/", 1)[1] for g in backend.on("telemetrySlot")}
+                        >= {s.id for s in world.config.slots}
+                        and backend.on("telemetryStation")
+                    ),
+                    30,
+                    # Not the robot: the composed daemon never publishes telemetryRobot (the
+                    # peer's first finding, reported on issue 13).
+                    "telemetry of the station and every slot",
+                )
+                for g in backend.on("telemetrySlot"):
+                    assert g.payload["slot_id"] == g.topic.rsplit("/", 1)[1]
+                r = await backend.command(cloud, "set_mode", {"mode": "maintenance"})
+                assert r["ok"] is True and r["error"] is None, r
+                await backend.wait_for(
+                    lambda: any(
+                        g.payload["details"]["operating_mode"] == "maintenance"
+                        for g in backend.on("eventModeChanged")
+                    ),
+                    15,
+                    "mode.changed event",
+                )
+                r = await backend.command(cloud, "refresh", {})
+                assert r["ok"] is True, r
+                await backend.wait_for(
+                    lambda: any(
+                        g.payload["operating_mode"] == "maintenance"
+                        for g in backend.on("telemetryStation")
+                    ),
+                    15,
+                    "station telemetry in maintenance",
+                )
+                await backend.send_raw(cloud, "set_mode", b"not json")
+                await backend.wait_for(
+                    lambda: any(
+                        g.payload["cmd_id"] is None and g.payload["ok"] is False
+                        for g in backend.on("cmdSetModeResult")
+                    ),
+                    15,
+                    "result for a broken command",
+                )
+                await backend.wait_for(
+                    lambda: len(backend.on("eventCommandExecuted")) >= 2, 15, "command events"
+                )
+                # The room's own subscription (`event/mode/#`) follows it too.
+                await room.wait_for(lambda: room.on("eventModeChanged"), 15, "room event")
+            await backend.wait_for(
+                lambda: not backend.on("status")[-1].payload["online"], 15, "offline status"
+            )
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    backend.check_events()
+    assert backend.problems == [], "\n".join(backend.problems)
+    assert room.problems == [] and {g.cid for g in room.got} <= {"eventModeChanged"}
