@@ -50,6 +50,8 @@ rollback)
 esac
 
 if [ -z "$root" ]; then
+  # Operators (`swapd ctl`) join swapd-ops, never the service's own group (which reads secrets).
+  getent group swapd-ops >/dev/null || groupadd --system swapd-ops
   getent group "$user" >/dev/null || groupadd --system "$user"
   id "$user" >/dev/null 2>&1 || useradd --system --gid "$user" --home-dir /var/lib/swapd \
     --shell /usr/sbin/nologin --groups dialout "$user"
@@ -89,7 +91,10 @@ if [ ! -f "$etc/station.yaml" ]; then
       -e 's#^\(  ctl_socket:\) [^ ]*#\1 /run/swapd/ctl.sock#' \
       "$src/config/station.yaml" > "$etc/station.yaml"
   chmod 0644 "$etc/station.yaml"
+  if [ -z "$root" ]; then sed -i 's#^\(  ctl_socket: .*\)$#\1\n  ctl_group: swapd-ops#' "$etc/station.yaml"; fi
 fi
+# Secrets: root and the service user only.
+chown -R "root:$group" "$etc/tls" && chmod 0750 "$etc/tls"
 [ -f "$etc/swapd.env" ] || install -m 0640 -g "$group" "$src/systemd/swapd.env.example" "$etc/swapd.env"
 install -m 0644 "$src/systemd/swapd.service" "$unit"
 "$release/bin/swapd" check-config "$etc/station.yaml" >/dev/null
