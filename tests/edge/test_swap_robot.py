@@ -224,39 +224,3 @@ async def test_port_reads_back_the_command_registers(tmp_path: Path) -> None:
         echo = await rig.coord.port.read_commands()  # type: ignore[attr-defined]
         assert echo["vehicle"].seq == 11 and echo["rack"].seq == 4
         assert echo["rack"].step_code == 4 and echo["rack"].arg == 4  # store into S4
-
-
-async def test_remote_commands_through_the_telemetry_target(tmp_path: Path) -> None:
-    from edge.swap.remote import SwapCommands
-    from edge.telemetry.models import (
-        ManualParams,
-        RefitOriginalParams,
-        ResetFaultParams,
-        RetryStepParams,
-        StartSwapParams,
-    )
-    from edge.telemetry.target import Rejected as RemoteRejected
-
-    async with live_rig(tmp_path, speed=100.0) as rig:
-        remote = SwapCommands(rig.coord)
-        with pytest.raises(RemoteRejected, match="announced_pack_id"):
-            await remote.start_swap(StartSwapParams(vehicle_id="V1", pack_type="T20"))
-        rig.vehicle.arrive()
-        rig.sim.inject_step_fault("vehicle", "lift")
-        await rig.coord.execute("start_swap", rig.vehicle.announcement())
-        await rig.events.wait_for(
-            lambda: ("robot.step_fault", "robot.vehicle") in rig.alarms.active
-        )
-        with pytest.raises(RemoteRejected, match="swap-000009 is not the current swap"):
-            await remote.retry_step(RetryStepParams(swap_id="swap-000009"))
-        with pytest.raises(RemoteRejected, match="no emergency-stop latch"):
-            await remote.reset_fault(ResetFaultParams())
-        await remote.manual(ManualParams(enabled=True))
-        assert rig.coord.core.mode == Mode.MANUAL
-        with pytest.raises(RemoteRejected, match="not held"):
-            await remote.refit_original(RefitOriginalParams(swap_id="swap-000001"))
-        with pytest.raises(RemoteRejected, match="packs still recorded at buffer"):
-            await remote.manual(ManualParams(enabled=False))
-        await rig.coord.execute("inventory_set", {"pack_id": "P-002", "place": "slot:S2"})
-        await remote.manual(ManualParams(enabled=False))
-        assert rig.coord.core.mode == Mode.IDLE and rig.events.has("swap.failed", reason="manual")
