@@ -56,7 +56,7 @@ from sim.devices.slcan_server import SlcanPort
 from sim.devices.vehicle import SimVehicle
 from sim.faults import FaultInjectable, StationMqtt, mqtt_client
 
-_log = get_logger("demo.world")
+_log = get_logger("sim.world")
 
 BusMode = Literal["slcan", "virtual"]
 MANUFACTURER = "SIMB"
