@@ -31,7 +31,7 @@ from edge.slot.core import SlotSafety
 from edge.slot.service import SlotService
 from edge.state import GridState, StationState
 from edge.swap.choice import SlotView
-from edge.swap.sequence import PackIdentity
+from edge.swap.messages import PackIdentity
 from edge.swap.service import SwapRoom, build_swap
 from edge.telemetry.alarm_events import AlarmEvents
 from edge.telemetry.publisher import StatePublisher
