@@ -380,6 +380,7 @@ def build_station(
         alarms=alarms.raiser("swap"),
     )
     commands.swap = room.coordinator
+    publisher.watch_robot(room.coordinator)  # telemetry/robot
     room.coordinator.on_request = scheduler.vehicle_request  # arrivals and waiting vehicles
     commands.apply_out_of_service()
     ctl = CtlServer(config.station.ctl_socket, command_service, group=config.station.ctl_group)

@@ -157,6 +157,8 @@ class SwapCoordinator:
         self.online = asyncio.Event()  # set while the PLC answers
         # Told of every swap request (vehicle id, refusal or None): the scheduler's demand.
         self.on_request: Callable[[str, str | None], None] | None = None
+        # Told after every status poll (telemetry/robot follows the PLC).
+        self.on_status: Callable[[], None] | None = None
         self._reserved: frozenset[str] = frozenset()
 
     # ----- the service task
@@ -198,6 +200,8 @@ class SwapCoordinator:
             self.online.set()
         async with self._lock:
             await self._execute(self.core.tick(self.clock.monotonic()))
+        if self.on_status is not None:
+            self.on_status()
 
     async def feed(self, event: Event) -> list[Action]:
         """Hand one event to the sequence and carry out its actions. Raises Rejected."""
