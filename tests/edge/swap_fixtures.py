@@ -16,7 +16,7 @@ from edge.swap.choice import SlotView
 from edge.swap.coordinator import SwapCoordinator
 from edge.swap.inventory import slot_place
 from edge.swap.journal import Journal
-from edge.swap.sequence import (
+from edge.swap.messages import (
     Action,
     ClearAlarm,
     CommandStep,
@@ -31,8 +31,8 @@ from edge.swap.sequence import (
     SetHalt,
     SlotOutputOff,
     StartSwap,
-    SwapSequence,
 )
+from edge.swap.sequence import SwapSequence
 from edge.swap.steps import StepGraph, load_step_graph
 from sim.devices.robot_plc import RobotPlcSim
 from sim.devices.vehicle import SimVehicle
