@@ -31,7 +31,7 @@ from edge.slot.core import SlotSafety
 from edge.slot.service import SlotService
 from edge.state import GridState, StationState
 from edge.swap.choice import SlotView
-from edge.swap.sequence import PackIdentity
+from edge.swap.messages import PackIdentity
 from edge.swap.service import SwapRoom, build_swap
 from edge.telemetry.alarm_events import AlarmEvents
 from edge.telemetry.publisher import StatePublisher
@@ -380,6 +380,7 @@ def build_station(
         alarms=alarms.raiser("swap"),
     )
     commands.swap = room.coordinator
+    publisher.watch_robot(room.coordinator)  # telemetry/robot
     room.coordinator.on_request = scheduler.vehicle_request  # arrivals and waiting vehicles
     commands.apply_out_of_service()
     ctl = CtlServer(config.station.ctl_socket, command_service, group=config.station.ctl_group)
