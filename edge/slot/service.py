@@ -32,7 +32,7 @@ from drivers.can.events import (
 )
 from drivers.can.runner import ChargerLink
 from drivers.can.session import ChargerLimits, PackFieldLimits
-from drivers.core.alarm_sink import AlarmSink
+from drivers.core.alarm_sink import AlarmSink, ClearAlarm, RaiseAlarm, carry_out
 from drivers.core.clock import Clock
 from drivers.core.log import get_logger
 from drivers.core.quality import Quality
@@ -46,10 +46,8 @@ from edge.slot.core import (
     Action,
     ChargerRatings,
     ChargerReading,
-    ClearAlarm,
     FeedWatchdog,
     PackSnapshot,
-    RaiseAlarm,
     SessionCommand,
     SessionCommandKind,
     SetChargerOutput,
@@ -569,10 +567,8 @@ class SlotService:
                     self._starve_watchdog("offline")
                     # Remembered by the device owner: written (off) first thing on reconnect.
                     self._want(SetChargerOutput(0.0, 0.0, False))
-            elif isinstance(a, RaiseAlarm):
-                self._alarms.raise_alarm(a.code, self.slot_id, a.detail)
-            elif isinstance(a, ClearAlarm):
-                self._alarms.clear_alarm(a.code, self.slot_id)
+            elif isinstance(a, RaiseAlarm | ClearAlarm):
+                carry_out(self._alarms, a)
             elif isinstance(a, SessionCommand):
                 self._session_command(a)
 
