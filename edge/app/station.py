@@ -346,7 +346,7 @@ def build_station(
             alarms=slot_raiser,
             safety=safety,
             on_change=publisher.slot_changed,
-            on_event=publisher.emit_event,
+            events=publisher,
             charger_number=i + 1,
             charging_efficiency=config.grid.pack.charging_efficiency,
         )

@@ -40,6 +40,7 @@ from drivers.modbus.charger import ChargerControl
 from drivers.modbus.device import DeviceState, ModbusDevice, Snapshot
 from drivers.modbus.errors import ModbusError
 from edge.alarms import A_EVENT_LOST_SLOT, A_OUTPUT_OFF_UNCONFIRMED
+from edge.events import EventSink
 from edge.power import to_grid_side, to_pack_side
 from edge.scheduler.core import SlotInput
 from edge.slot.core import (
@@ -85,9 +86,6 @@ class _Wanted:
     version: int
 
 
-EventSink = Callable[[str, dict[str, Any]], None]
-
-
 class SlotService:
     """Runs one slot. `dock()`/`undock()` come from the swap coordinator (or start-up inventory),
     `set_grant()` from the scheduler."""
@@ -102,7 +100,7 @@ class SlotService:
         alarms: AlarmSink,
         safety: SlotSafety | None = None,
         on_change: Callable[[str], None] | None = None,
-        on_event: EventSink | None = None,
+        events: EventSink | None = None,
         charger_number: int = 1,
         charging_efficiency: float = 0.95,
     ) -> None:
@@ -113,7 +111,7 @@ class SlotService:
         self._clock = clock
         self._alarms = alarms
         self._on_change = on_change or (lambda _s: None)
-        self._on_event = on_event or (lambda _t, _d: None)
+        self._events = events
         self.core = SlotCore(slot_id, _DEFAULT_RATINGS, safety or SlotSafety())
         sf = self.core.safety
         self.link = ChargerLink(
@@ -518,8 +516,10 @@ class SlotService:
     def _emit(self, type_: str, details: dict[str, Any]) -> None:
         """Seam (issue 12 item 6): an event sink that fails (a full or unwritable disk) never
         stops the slot: the event is counted as lost and alarmed."""
+        if self._events is None:
+            return
         try:
-            self._on_event(type_, details)
+            self._events.emit_event(type_, details)
         except Exception as e:  # noqa: BLE001 - whatever the sink raises, the slot goes on
             self.events_lost += 1
             self._alarms.raise_alarm(A_EVENT_LOST_SLOT, self.slot_id, f"{type_}: {e}")

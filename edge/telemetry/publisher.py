@@ -7,6 +7,7 @@ one publish every `min_period_s` (telemetry applies its own deadbands and refres
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from drivers.core.clock import Clock
@@ -20,7 +21,7 @@ from edge.slot.core import SlotState
 from edge.state import StationState
 from edge.telemetry.alarm_events import alarm_refs
 from edge.telemetry.fit import fit
-from edge.telemetry.models import RobotTelemetry, SlotTelemetry, StationTelemetry
+from edge.telemetry.models import Details, RobotTelemetry, SlotTelemetry, StationTelemetry
 from edge.telemetry.service import Telemetry
 
 if TYPE_CHECKING:
@@ -74,8 +75,8 @@ class StatePublisher:
         self._robot_dirty = True
         self._wake.set()
 
-    def emit_event(self, event_type: str, details: dict[str, Any]) -> None:
-        self.telemetry.emit_event(event_type, details)
+    def emit_event(self, event_type: str, details: Details | Mapping[str, Any]) -> str:
+        return self.telemetry.emit_event(event_type, details)
 
     def allocation(self, alloc: Allocation) -> None:
         g = self.state.grid
