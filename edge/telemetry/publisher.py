@@ -41,6 +41,9 @@ class StatePublisher:
         state: StationState,
         telemetry: Telemetry,
         clock: Clock,
+        *,
+        slots: dict[str, SlotService],
+        scheduler: SchedulerService | None,
         min_period_s: float = 0.1,
     ) -> None:
         self.config = config
@@ -48,8 +51,8 @@ class StatePublisher:
         self.telemetry = telemetry
         self.clock = clock
         self.min_period_s = min_period_s
-        self.slots: dict[str, SlotService] = {}
-        self.scheduler: SchedulerService | None = None
+        self.slots = slots
+        self.scheduler = scheduler
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
         self._slot_states: dict[str, tuple[SlotState, bool]] = {}
@@ -62,6 +65,9 @@ class StatePublisher:
 
     def emit_event(self, event_type: str, details: dict[str, Any]) -> None:
         self.telemetry.emit_event(event_type, details)
+
+    def refresh(self) -> None:
+        self.telemetry.refresh()
 
     def allocation(self, alloc: Allocation) -> None:
         g = self.state.grid
