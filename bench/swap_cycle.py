@@ -29,7 +29,7 @@ from drivers.robot.modbus_port import ModbusRobotPort  # noqa: E402
 from edge.swap.choice import SlotView  # noqa: E402
 from edge.swap.coordinator import SwapCoordinator  # noqa: E402
 from edge.swap.journal import Journal  # noqa: E402
-from edge.swap.sequence import PackIdentity  # noqa: E402
+from edge.swap.messages import PackIdentity  # noqa: E402
 from edge.swap.steps import load_step_graph  # noqa: E402
 
 SLOTS = {f"s{n:02d}": n for n in range(1, 13)}

@@ -23,6 +23,7 @@ class Publishing(Protocol):
     def emit_event(self, event_type: str, details: dict[str, Any]) -> None: ...
     def allocation(self, alloc: Allocation) -> None: ...
     def refresh(self) -> None: ...
+    def robot_changed(self) -> None: ...
 
 
 PackIdentified = Callable[[str, str, str], None]
@@ -64,6 +65,9 @@ class StationHub:
 
     def refresh(self) -> None:
         self._deliver(lambda: self._pub.refresh())
+
+    def robot_changed(self) -> None:
+        self._deliver(lambda: self._pub.robot_changed())
 
     def pack_identified(self, slot_id: str, pack_id: str, pack_type: str) -> None:
         def report() -> None:

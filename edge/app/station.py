@@ -32,7 +32,7 @@ from edge.slot.core import SlotSafety
 from edge.slot.service import SlotService
 from edge.state import GridState, StationState
 from edge.swap.choice import SlotView
-from edge.swap.sequence import PackIdentity
+from edge.swap.messages import PackIdentity
 from edge.swap.service import SwapRoom, build_swap
 from edge.telemetry.alarm_events import AlarmEvents
 from edge.telemetry.publisher import StatePublisher
@@ -321,6 +321,7 @@ def build_station(
         events=bindings,
         alarms=alarms.raiser("swap"),
         on_request=scheduler.vehicle_request,  # arrivals and waiting vehicles
+        on_status=hub.robot_changed,  # telemetry/robot follows every PLC status poll
     )
 
     commands = StationCommands(
@@ -352,7 +353,9 @@ def build_station(
         commands=config.commands,
     )
     AlarmEvents(alarms, telemetry)
-    publisher = StatePublisher(config, state, telemetry, clock, slots=slots, scheduler=scheduler)
+    publisher = StatePublisher(
+        config, state, telemetry, clock, slots=slots, scheduler=scheduler, robot=room.coordinator
+    )
 
     pending: set[asyncio.Future[None]] = set()
 

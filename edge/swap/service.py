@@ -45,6 +45,7 @@ def build_swap(
     events: EventSink,
     alarms: AlarmSink,
     on_request: Callable[[str, str | None], None] | None = None,
+    on_status: Callable[[], None] | None = None,
     steps_path: Path | None = None,
     state_dir: Path | None = None,
 ) -> SwapRoom:
@@ -67,6 +68,7 @@ def build_swap(
             events=events,
             alarms=alarms,
             on_request=on_request,
+            on_status=on_status,
         )
     except JournalError as e:
         raise StateFileError(journal_path, str(e), journal_advice(cfg.source)) from e

@@ -25,7 +25,7 @@ from drivers.robot.contract import RobotContract  # noqa: E402
 from drivers.robot.modbus_port import ModbusRobotPort  # noqa: E402
 from edge.swap.coordinator import SwapCoordinator  # noqa: E402
 from edge.swap.journal import Journal, JournalRecord  # noqa: E402
-from edge.swap.sequence import PackIdentity  # noqa: E402
+from edge.swap.messages import PackIdentity  # noqa: E402
 from edge.swap.steps import load_step_graph  # noqa: E402
 from tests.edge.swap_fixtures import ANNOUNCED, PACK_TYPE, RACK, SLOTS, Outputs, Views  # noqa: E402
 

@@ -17,7 +17,7 @@ from edge.swap.choice import SlotView
 from edge.swap.coordinator import SwapCoordinator
 from edge.swap.inventory import slot_place
 from edge.swap.journal import Journal
-from edge.swap.sequence import (
+from edge.swap.messages import (
     Action,
     ClearAlarm,
     CommandStep,
@@ -32,8 +32,8 @@ from edge.swap.sequence import (
     SetHalt,
     SlotOutputOff,
     StartSwap,
-    SwapSequence,
 )
+from edge.swap.sequence import SwapSequence
 from edge.swap.steps import StepGraph, load_step_graph
 from sim.devices.robot_plc import RobotPlcSim
 from sim.devices.vehicle import SimVehicle

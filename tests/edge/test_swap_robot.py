@@ -9,7 +9,8 @@ from typing import Any
 import orjson
 import pytest
 
-from edge.swap.sequence import Mode, PackIdentity, Rejected
+from edge.swap.messages import PackIdentity, Rejected
+from edge.swap.model import Mode
 from tests.edge.swap_fixtures import ANNOUNCED, PACK_TYPE, check_occupancy, live_rig
 
 
