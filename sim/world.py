@@ -35,7 +35,6 @@ from drivers.can.runner import CoreRunner
 from drivers.core.log import get_logger
 from drivers.robot.contract import RobotContract, UnitState
 from edge.config import StationConfig
-from edge.slot.service import PACK_TYPES
 from sim.adapters import ChargerFaults, PackFaults, RobotFaults
 from sim.devices.charger import (
     FAULT_NAMES,
@@ -45,7 +44,6 @@ from sim.devices.charger import (
     spec_from_endpoint,
 )
 from sim.devices.pack import (
-    BATTERY_TYPE,
     BmsCore,
     BmsPhase,
     Fault,
@@ -59,7 +57,7 @@ from sim.devices.vehicle import SimVehicle
 from sim.faults import FaultInjectable, StationMqtt, mqtt_client
 from sim.loadstats import FrameStats
 
-_log = get_logger("demo.world")
+_log = get_logger("sim.world")
 
 BusMode = Literal["slcan", "virtual"]
 MANUFACTURER = "SIMB"
@@ -88,7 +86,8 @@ class WorldPack:
 
     @property
     def pack_type(self) -> str:
-        return PACK_TYPES[BATTERY_TYPE[self.chemistry]]
+        # What the daemon decodes from BRM (drivers.can.events.BATTERY_TYPES): the chemistry.
+        return self.chemistry
 
     @classmethod
     def new(

@@ -17,21 +17,3 @@ class AlarmSink(Protocol):
     def clear_alarm(self, code: str, source: str) -> None:
         """Clear `code` for `source` if this raiser raised it."""
         ...
-
-
-class RecordingAlarmSink:
-    """For tests and simulators: keeps the active set and the history."""
-
-    def __init__(self) -> None:
-        self.active: set[tuple[str, str]] = set()
-        self.history: list[tuple[str, str, str]] = []
-
-    def raise_alarm(self, code: str, source: str, detail: str = "") -> None:
-        if (code, source) not in self.active:
-            self.active.add((code, source))
-            self.history.append(("raised", code, source))
-
-    def clear_alarm(self, code: str, source: str) -> None:
-        if (code, source) in self.active:
-            self.active.discard((code, source))
-            self.history.append(("cleared", code, source))

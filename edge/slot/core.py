@@ -10,7 +10,7 @@ I/O service binds the actions to the charger owner (Modbus or otherwise) and to 
 - `SessionCommand(...)`: call the matching `ChargerLink` method.
 - `RaiseAlarm` / `ClearAlarm`: codes from edge.alarms, component "slot".
 
-Safety rules (DESIGN.md), each with a test in tests/edge/test_slot_core.py:
+Safety rules (docs/safety.md), each with a test in tests/edge/test_slot_core.py:
 1. Pack fault (abnormal BSM flag, BST with a fault, temperature or cell voltage outside the
    window from BCP and the safety config) -> output off + CST + alarm pack.fault /
    pack.over_temperature / pack.cell_voltage. Latched until the next start (re-docking).

@@ -67,17 +67,6 @@ _BMS_ENGAGED = frozenset({Phase.PARAMETERS, Phase.CHARGING, Phase.STOPPING})
 _LIVE_STATES = frozenset({"charging", "derating", "on"})
 _OFF_STATES = frozenset({"off", "standby"})
 OFF_CURRENT_A = 5.0  # at most this much output current counts as "off"
-# GB/T 27930 BRM battery type codes -> the pack type a vehicle announces.
-PACK_TYPES = {
-    1: "lead-acid",
-    2: "NiMH",
-    3: "LFP",
-    4: "LMO",
-    5: "LCO",
-    6: "NMC",
-    7: "polymer",
-    8: "LTO",
-}
 _DEFAULT_RATINGS = ChargerRatings(
     max_voltage_v=750.0, min_voltage_v=200.0, max_current_a=0.0, max_power_kw=0.0
 )
@@ -116,6 +105,7 @@ class SlotService:
         safety: SlotSafety | None = None,
         on_change: Callable[[str], None] | None = None,
         on_event: EventSink | None = None,
+        on_identified: Callable[[str, str, str], None] | None = None,
         charger_number: int = 1,
         charging_efficiency: float = 0.95,
     ) -> None:
@@ -149,7 +139,7 @@ class SlotService:
         self.docked_at_s = 0.0
         # Probing: a first-boot slot whose occupancy is unknown; no answer means empty, no alarm.
         self.probing = False
-        self.on_identified: Callable[[str, str, str], None] | None = None
+        self.on_identified = on_identified
         self._started = False
         # An operator took the slot out of service: output off, no session, no pack in or out.
         self.in_service = True
@@ -190,7 +180,7 @@ class SlotService:
 
     def pack_type(self) -> str | None:
         ident = self.core.snapshot(self._clock.monotonic()).identity
-        return PACK_TYPES.get(ident.battery_type, f"type-{ident.battery_type}") if ident else None
+        return ident.pack_type if ident else None
 
     def undock(self) -> None:
         """The pack is about to leave: session stopped, output off, the slot counts as empty.

@@ -183,8 +183,10 @@ def journal_with_swap_in_flight(path: Path) -> None:
     from drivers.robot.contract import RobotContract
     from edge.swap.choice import SlotView
     from edge.swap.journal import Journal
-    from edge.swap.sequence import JournalWrite, PlcStatus, SlotOutputOff, StartSwap, SwapSequence
+    from edge.swap.messages import JournalWrite, PlcStatus, SlotOutputOff, StartSwap
+    from edge.swap.sequence import SwapSequence
     from edge.swap.service import JOURNAL_NAME
+    from edge.swap.snapshot import take
     from edge.swap.steps import load_step_graph
     from sim.devices.robot_plc import RobotPlcSim
 
@@ -205,7 +207,7 @@ def journal_with_swap_in_flight(path: Path) -> None:
     journal = Journal(cfg_state / JOURNAL_NAME)
     try:
         records = [a.record for a in acts if isinstance(a, JournalWrite)]
-        journal.commit(utc_iso(datetime.now(UTC)), records, core.snapshot())
+        journal.commit(utc_iso(datetime.now(UTC)), records, take(core))
     finally:
         journal.close()
 

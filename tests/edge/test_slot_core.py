@@ -1,4 +1,4 @@
-"""Slot control core: setpoint arbitration and the DESIGN.md safety rules (each test fails if
+"""Slot control core: setpoint arbitration and the safety rules of docs/safety.md (each test fails if
 its rule is removed). Reactions must come back in the same call that saw the cause."""
 
 from __future__ import annotations
