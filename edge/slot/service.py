@@ -101,6 +101,7 @@ class SlotService:
         safety: SlotSafety | None = None,
         on_change: Callable[[str], None] | None = None,
         events: EventSink | None = None,
+        on_identified: Callable[[str, str, str], None] | None = None,
         charger_number: int = 1,
         charging_efficiency: float = 0.95,
     ) -> None:
@@ -134,7 +135,7 @@ class SlotService:
         self.docked_at_s = 0.0
         # Probing: a first-boot slot whose occupancy is unknown; no answer means empty, no alarm.
         self.probing = False
-        self.on_identified: Callable[[str, str, str], None] | None = None
+        self.on_identified = on_identified
         self._started = False
         # An operator took the slot out of service: output off, no session, no pack in or out.
         self.in_service = True

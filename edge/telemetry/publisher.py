@@ -43,6 +43,10 @@ class StatePublisher:
         state: StationState,
         telemetry: Telemetry,
         clock: Clock,
+        *,
+        slots: dict[str, SlotService],
+        scheduler: SchedulerService | None,
+        robot: SwapCoordinator | None = None,
         min_period_s: float = 0.1,
     ) -> None:
         self.config = config
@@ -50,10 +54,11 @@ class StatePublisher:
         self.telemetry = telemetry
         self.clock = clock
         self.min_period_s = min_period_s
-        self.slots: dict[str, SlotService] = {}
-        self.scheduler: SchedulerService | None = None
-        self.robot: SwapCoordinator | None = None
-        self._robot_dirty = False
+        self.slots = slots
+        self.scheduler = scheduler
+        # telemetry/robot follows the swap coordinator's view of the PLC.
+        self.robot = robot
+        self._robot_dirty = robot is not None
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
         self._slot_states: dict[str, tuple[SlotState, bool]] = {}
@@ -64,19 +69,15 @@ class StatePublisher:
         self._dirty.add(slot_id)
         self._wake.set()
 
-    def watch_robot(self, coordinator: SwapCoordinator) -> None:
-        """Publish `telemetry/robot` from the swap coordinator's view of the PLC (after every
-        status poll, coalesced like the slots)."""
-        self.robot = coordinator
-        coordinator.on_status = self.robot_changed
-        self.robot_changed()
-
     def robot_changed(self) -> None:
         self._robot_dirty = True
         self._wake.set()
 
     def emit_event(self, event_type: str, details: Details | Mapping[str, Any]) -> str:
         return self.telemetry.emit_event(event_type, details)
+
+    def refresh(self) -> None:
+        self.telemetry.refresh()
 
     def allocation(self, alloc: Allocation) -> None:
         g = self.state.grid
