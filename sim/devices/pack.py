@@ -261,6 +261,7 @@ class BmsCounters:
     ccs_seen: int = 0
     cem_seen: int = 0
     sessions_ended: int = 0
+    handshakes: int = 0  # CHM that began a session (the first, or one after an ended one)
     timeouts: list[str] = field(default_factory=list)
 
 
@@ -367,6 +368,7 @@ class BmsCore:
             # auxiliary supply, e.g. once an e-stop is reset)
             restart = self.phase in (BmsPhase.WAIT_CHARGER, BmsPhase.ENDED)
             if restart and Fault.NO_BHM not in self.faults:
+                self.counters.handshakes += 1
                 self._enter(BmsPhase.HANDSHAKE, {"BHM": self.timers.bhm_period_s}, now)
         elif fid == self._ids["CRM"]:
             result = int(s["CRM_RecognitionResult"])

@@ -50,3 +50,33 @@ async def test_disable_slot_output_off_no_pack_in_or_out_kept_across_restarts(
         views = {v.slot_id: v for v in st.swap.coordinator.slots.slot_views()}
         assert st.slots["s01"].in_service and views["s01"].available
         assert OutOfService(tmp_path / "state" / "slots-out-of-service.json").slots == {}
+
+
+async def test_enable_slot_starts_a_new_session_for_the_docked_pack(tmp_path: Path) -> None:
+    """Out of service ended the pack's GB/T session (CST, BSD/CSD); back in service, the
+    charger begins a new one: the pack sees CHM again, goes through CRM and charges."""
+    async with running_station(mini_config(tmp_path, 2), soc_pct=40.0) as w:
+        svc, pack = w.station.command_service, w.packs["s01"].core
+        await wait_for(lambda: pack.phase is BmsPhase.CHARGING and _enabled(w, "ch01"), 30)
+        handshakes, ended = pack.counters.handshakes, pack.counters.sessions_ended
+        await svc.execute("disable_slot", {"slot_id": "s01"}, LOCAL)
+        await wait_for(lambda: pack.counters.sessions_ended > ended, 15)
+        assert pack.phase is BmsPhase.ENDED and not _enabled(w, "ch01")
+        await svc.execute("enable_slot", {"slot_id": "s01"}, LOCAL)
+        await wait_for(lambda: pack.counters.handshakes > handshakes, 15)
+        await wait_for(lambda: pack.phase is BmsPhase.CHARGING and _enabled(w, "ch01"), 30)
+
+
+async def test_enable_slot_while_its_session_is_still_ending(tmp_path: Path) -> None:
+    """Enabled again before the stopped session has ended: the new session starts once the
+    old one has ended (never a CHM in the middle of the stop)."""
+    async with running_station(mini_config(tmp_path, 2), soc_pct=40.0) as w:
+        svc, pack = w.station.command_service, w.packs["s01"].core
+        await wait_for(lambda: pack.phase is BmsPhase.CHARGING and _enabled(w, "ch01"), 30)
+        handshakes, ended = pack.counters.handshakes, pack.counters.sessions_ended
+        await svc.execute("disable_slot", {"slot_id": "s01"}, LOCAL)
+        await svc.execute("enable_slot", {"slot_id": "s01"}, LOCAL)
+        await wait_for(lambda: pack.counters.sessions_ended > ended, 15)
+        await wait_for(lambda: pack.counters.handshakes > handshakes, 15)
+        await wait_for(lambda: pack.phase is BmsPhase.CHARGING and _enabled(w, "ch01"), 30)
+        assert pack.counters.sessions_ended == ended + 1
