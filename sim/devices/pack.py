@@ -314,6 +314,20 @@ class BmsCore:
         if fault is Fault.OVER_TEMPERATURE:
             self.model.extra_temperature_c = 0.0
 
+    def replug(self, now: float) -> None:
+        """The connector re-plugged (auxiliary supply cycled): the BMS forgets its session and
+        waits for the charger's CHM. Injected faults stay (clear them separately)."""
+        self.tp = TransportSession(BMS_ADDR, CHARGER_ADDR)
+        self.model.current_a = 0.0
+        self.charger_current_a = 0.0
+        self.charger_paused = False
+        self._last_ccs = None
+        self._bst_signals = {}
+        self._bst_sent = 0
+        self._bem_signals = {}
+        self._enter(BmsPhase.WAIT_CHARGER, {}, now)
+        self._watch = {}
+
     # -- time ----------------------------------------------------------------------------------
 
     def next_deadline(self) -> float | None:
@@ -692,6 +706,10 @@ class SimPack:
 
     def clear(self, fault: Fault) -> None:
         self.core.clear(fault)
+        self.runner.dispatch([])
+
+    def replug(self) -> None:
+        self.core.replug(self.runner.now)
         self.runner.dispatch([])
 
     async def run(self) -> None:
