@@ -24,6 +24,7 @@ from edge.operator.commands import OutOfService, StationCommands
 from edge.operator.ctl import CtlServer
 from edge.operator.service import CommandService
 from edge.operator.signatures import Verifier, load_keys
+from edge.operator.timesync import ClockWatch
 from edge.scheduler.core import Allocation, Scheduler
 from edge.scheduler.policies import make_policy
 from edge.scheduler.service import SchedulerService
@@ -396,6 +397,7 @@ def build_station(
         slot.on_identified = identified
 
     supervisor.add(MonitorService(monitor), Kind.CORE)
+    supervisor.add(ClockWatch(station_raiser, clock), Kind.DEVICE)  # clock.unsynchronised
     supervisor.add(NetworkService(network, slots), Kind.DEVICE)
     supervisor.add(TelemetryRunner(telemetry), Kind.DEVICE)
     supervisor.add(SchedulerRunner(scheduler), Kind.CORE)
