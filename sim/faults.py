@@ -33,7 +33,7 @@ from sim.broker import BrokerAddress, parse_broker_url
 if TYPE_CHECKING:
     from edge.config import StationConfig
 
-_log = get_logger("demo.faults")
+_log = get_logger("sim.faults")
 
 
 class SimFault(BaseModel):

@@ -8,9 +8,10 @@ I/O service binds the actions to the charger owner (Modbus or otherwise) and to 
   the deadband, or on enable/disable).
 - `FeedWatchdog(feed)`: keep (or stop) feeding the charger's communication watchdog.
 - `SessionCommand(...)`: call the matching `ChargerLink` method.
-- `RaiseAlarm` / `ClearAlarm`: codes from edge.alarms, component "slot".
+- `RaiseAlarm` / `ClearAlarm` (drivers.core.alarm_sink): codes from edge.alarms, component
+  "slot", source the slot id.
 
-Safety rules (DESIGN.md), each with a test in tests/edge/test_slot_core.py:
+Safety rules (docs/safety.md), each with a test in tests/edge/test_slot_core.py:
 1. Pack fault (abnormal BSM flag, BST with a fault, temperature or cell voltage outside the
    window from BCP and the safety config) -> output off + CST + alarm pack.fault /
    pack.over_temperature / pack.cell_voltage. Latched until the next start (re-docking).
@@ -45,6 +46,7 @@ from drivers.can.events import (
     Timeout,
 )
 from drivers.can.session import ChargerLimits, ChargerMeasurements
+from drivers.core.alarm_sink import ClearAlarm, RaiseAlarm
 from drivers.core.quality import Quality
 
 A_PACK_FAULT = "pack.fault"
@@ -104,17 +106,6 @@ class SetChargerOutput:
 @dataclass(frozen=True, slots=True)
 class FeedWatchdog:
     feed: bool
-
-
-@dataclass(frozen=True, slots=True)
-class RaiseAlarm:
-    code: str
-    detail: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class ClearAlarm:
-    code: str
 
 
 class SessionCommandKind(StrEnum):
@@ -605,12 +596,12 @@ class SlotCore:
     def _raise(self, code: str, detail: str, acts: list[Action]) -> None:
         if code not in self._alarms:
             self._alarms.add(code)
-            acts.append(RaiseAlarm(code, detail))
+            acts.append(RaiseAlarm(code, self.slot_id, detail))
 
     def _clear(self, code: str, acts: list[Action]) -> None:
         if code in self._alarms:
             self._alarms.discard(code)
-            acts.append(ClearAlarm(code))
+            acts.append(ClearAlarm(code, self.slot_id))
 
     def snapshot(self, now: float) -> PackSnapshot:
         p = self._pack

@@ -64,11 +64,22 @@ async def test_daemon_against_the_document_backend(any_broker: Any, tmp_path: Pa
                         {g.topic.rsplit("/", 1)[1] for g in backend.on("telemetrySlot")}
                         >= {s.id for s in world.config.slots}
                         and backend.on("telemetryStation")
+                        and backend.on("telemetryRobot")
                     ),
                     30,
-                    # Not the robot: the composed daemon never publishes telemetryRobot (the
-                    # peer's first finding, reported on issue 13).
-                    "telemetry of the station and every slot",
+                    "telemetry of the station, every slot and the robot",
+                )
+                # The robot as the PLC reports it: idle, its units' positions, its interlocks.
+                await backend.wait_for(
+                    lambda: any(
+                        g.payload["quality"] == "good"
+                        and g.payload["sequence_state"] == "idle"
+                        and g.payload["axes_mm"]
+                        and g.payload["interlocks"]
+                        for g in backend.on("telemetryRobot")
+                    ),
+                    15,
+                    "robot telemetry from the PLC",
                 )
                 for g in backend.on("telemetrySlot"):
                     assert g.payload["slot_id"] == g.topic.rsplit("/", 1)[1]

@@ -1,4 +1,4 @@
-"""Slot control core: setpoint arbitration and the DESIGN.md safety rules (each test fails if
+"""Slot control core: setpoint arbitration and the safety rules of docs/safety.md (each test fails if
 its rule is removed). Reactions must come back in the same call that saw the cause."""
 
 from __future__ import annotations
@@ -19,15 +19,14 @@ from drivers.can.events import (
     StopReason,
     Timeout,
 )
+from drivers.core.alarm_sink import ClearAlarm, RaiseAlarm
 from edge.alarms import CATALOGUE
 from edge.slot.core import (
     Action,
     ChargerRatings,
     ChargerReading,
-    ClearAlarm,
     FeedWatchdog,
     Quality,
-    RaiseAlarm,
     SessionCommand,
     SessionCommandKind,
     SetChargerOutput,
@@ -222,7 +221,7 @@ def test_rule2_timeout_output_off_then_latch_after_three_rehandshakes() -> None:
     assert core.state is not SlotState.UNAVAILABLE
     # Re-handshake succeeded: charging again, timeout alarm cleared.
     acts = core.on_session_event(PhaseChanged(Phase.PARAMETERS, Phase.CHARGING), 3.0)
-    assert ClearAlarm("pack.bms_timeout") in acts
+    assert ClearAlarm("pack.bms_timeout", "slot-1") in acts
     for attempt in (1, 2):
         core.on_session_event(Timeout("BCL", Phase.CHARGING, attempt, True), 4.0 + attempt)
     acts = core.on_session_event(Timeout("BCL", Phase.CHARGING, 3, False), 9.0)
@@ -230,7 +229,7 @@ def test_rule2_timeout_output_off_then_latch_after_three_rehandshakes() -> None:
     assert core.state is SlotState.UNAVAILABLE
     assert core.start(10.0) == []  # latched: no new session
     acts = core.reset_unavailable(11.0)
-    assert ClearAlarm("slot.unavailable") in acts
+    assert ClearAlarm("slot.unavailable", "slot-1") in acts
     assert core.start(12.0)
 
 
@@ -257,7 +256,10 @@ def test_rule3_charger_offline_starves_watchdog_cst_latch_until_back_and_off() -
     # Reports output off: released, watchdog fed again.
     acts = core.on_reading(ChargerReading(380.0, 0.0, False), 2.3)
     assert FeedWatchdog(True) in acts
-    assert ClearAlarm("slot.unavailable") in acts and ClearAlarm("charger.offline") in acts
+    assert (
+        ClearAlarm("slot.unavailable", "slot-1") in acts
+        and ClearAlarm("charger.offline", "slot-1") in acts
+    )
     assert core.state is SlotState.EMPTY
     # A stale reading never releases the latch.
     core2 = charging_core()

@@ -162,3 +162,19 @@ async def test_predictive_policy_runs_in_the_daemon_with_its_solver_process(
         pid = st.scheduler.solver.pid
     assert pid is not None
     assert not Path(f"/proc/{pid}").exists()  # the solver went with the daemon
+
+
+async def test_robot_telemetry_follows_the_plc(tmp_path: Path) -> None:
+    """telemetry/robot: what the PLC reports (positions, interlocks), bad once it is gone."""
+    from edge.telemetry.publisher import robot_fields
+
+    async with running_station(mini_config(tmp_path, 1), soc_pct=40.0) as w:
+        coord = w.station.swap.coordinator
+        assert w.station.publisher.robot is coord
+        await wait_for(lambda: robot_fields(coord)["quality"] == "good", 10)
+        fields = robot_fields(coord)
+        assert fields["sequence_state"] == "idle" and fields["swap_id"] is None
+        assert fields["axes_mm"] and all(isinstance(v, float) for v in fields["axes_mm"].values())
+        assert fields["interlocks"] and all(type(v) is bool for v in fields["interlocks"].values())
+        await w.plc.stop()
+        await wait_for(lambda: robot_fields(coord)["quality"] == "bad", 10)
