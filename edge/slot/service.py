@@ -32,7 +32,7 @@ from drivers.can.events import (
     Timeout,
 )
 from drivers.can.runner import ChargerLink
-from drivers.can.session import ChargerLimits, PackFieldLimits
+from drivers.can.session import ChargerLimits, PackFieldLimits, SessionTimers
 from drivers.core.alarm_sink import AlarmSink, ClearAlarm, RaiseAlarm, carry_out
 from drivers.core.clock import Clock
 from drivers.core.log import get_logger
@@ -44,6 +44,7 @@ from edge.alarms import A_EVENT_LOST_SLOT, A_OUTPUT_OFF_UNCONFIRMED
 from edge.events import EventSink
 from edge.power import to_grid_side, to_pack_side
 from edge.scheduler.core import SlotInput
+from edge.slot.config import SafetyConfig
 from edge.slot.core import (
     Action,
     ChargerRatings,
@@ -54,7 +55,6 @@ from edge.slot.core import (
     SessionCommandKind,
     SetChargerOutput,
     SlotCore,
-    SlotSafety,
     SlotState,
 )
 from edge.swap.choice import SlotView
@@ -100,7 +100,7 @@ class SlotService:
         *,
         clock: Clock,
         alarms: AlarmSink,
-        safety: SlotSafety | None = None,
+        safety: SafetyConfig | None = None,
         on_change: Callable[[str], None] | None = None,
         events: EventSink | None = None,
         on_identified: Callable[[str, str, str], None] | None = None,
@@ -115,8 +115,8 @@ class SlotService:
         self._alarms = alarms
         self._on_change = on_change or (lambda _s: None)
         self._events = events
-        self.core = SlotCore(slot_id, _DEFAULT_RATINGS, safety or SlotSafety())
-        sf = self.core.safety
+        sf = safety or SafetyConfig()
+        self.core = SlotCore(slot_id, _DEFAULT_RATINGS, sf)
         self.link = ChargerLink(
             slot_id,
             bus,
@@ -125,10 +125,13 @@ class SlotService:
             alarms=None,
             clock=clock,
             charger_number=charger_number,
+            timers=SessionTimers(
+                bcl_timeout_s=sf.bms_timeout_s, max_rehandshakes=sf.max_rehandshakes
+            ),
             # Range checks where the BMS's values enter (the session): the same window as the core.
             field_limits=PackFieldLimits(
-                max_temperature_c=sf.max_temperature_c,
-                min_temperature_c=sf.min_temperature_c,
+                max_temperature_c=sf.max_pack_temp_c,
+                min_temperature_c=sf.min_pack_temp_c,
                 max_cell_voltage_v=sf.max_cell_voltage_v,
                 cell_voltage_margin_v=sf.cell_voltage_margin_v,
             ),
