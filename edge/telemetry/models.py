@@ -321,8 +321,11 @@ class StatusParams(Params):
 
 class InventorySetParams(Params):
     pack_id: str = Field(min_length=1, max_length=128)
+    # The shape is checked here, with the other params (before any mode rule); whether the
+    # slot exists is the station's word.
     place: str | None = Field(
-        description="slot:<id>, vehicle, shuttle, buffer, stacker, or null (not in the station)"
+        pattern=r"^(slot:[A-Za-z0-9_-]{1,64}|vehicle|shuttle|buffer|stacker)$",
+        description="slot:<id>, vehicle, shuttle, buffer, stacker, or null (not in the station)",
     )
     pack_type: str | None = Field(None, min_length=1, max_length=64)
 
