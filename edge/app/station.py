@@ -25,10 +25,10 @@ from edge.operator.commands import OutOfService, StationCommands
 from edge.operator.ctl import CtlServer
 from edge.operator.service import CommandService
 from edge.operator.signatures import Verifier, load_keys
+from edge.operator.timesync import ClockWatch
 from edge.scheduler.core import Allocation, Scheduler
 from edge.scheduler.policies import make_policy
 from edge.scheduler.service import SchedulerService
-from edge.slot.core import SlotSafety
 from edge.slot.service import SlotService
 from edge.state import GridState, StationState
 from edge.swap.choice import SlotView
@@ -275,12 +275,6 @@ def build_station(
         list(config.chargers), config_dir=config_dir, clock=clock, alarms=alarms.raiser("modbus")
     )
 
-    safety = SlotSafety(
-        max_cell_voltage_v=config.safety.max_cell_voltage_v,
-        min_cell_voltage_v=config.safety.min_cell_voltage_v,
-        max_temperature_c=config.safety.max_pack_temp_c,
-        min_temperature_c=config.safety.min_pack_temp_c,
-    )
     slot_raiser = alarms.raiser("slot")
     slots: dict[str, SlotService] = {}
     for i, s in enumerate(config.slots):
@@ -290,7 +284,7 @@ def build_station(
             s.bus,
             clock=clock,
             alarms=slot_raiser,
-            safety=safety,
+            safety=config.safety,
             on_change=hub.slot_changed,
             events=hub,
             on_identified=hub.pack_identified,
@@ -374,6 +368,7 @@ def build_station(
     swap_runner.dock_known_packs(slots)
 
     supervisor.add(Task("health", monitor.run), Kind.CORE)
+    supervisor.add(ClockWatch(station_raiser, clock), Kind.DEVICE)  # clock.unsynchronised
     supervisor.add(modbus_service(network, slots), Kind.DEVICE)
     supervisor.add(TelemetryRunner(telemetry), Kind.DEVICE)
     supervisor.add(Task("scheduler", scheduler.run), Kind.CORE)

@@ -21,6 +21,7 @@ from drivers.can.events import (
 )
 from drivers.core.alarm_sink import ClearAlarm, RaiseAlarm
 from edge.alarms import CATALOGUE
+from edge.slot.config import SafetyConfig
 from edge.slot.core import (
     Action,
     ChargerRatings,
@@ -31,7 +32,6 @@ from edge.slot.core import (
     SessionCommandKind,
     SetChargerOutput,
     SlotCore,
-    SlotSafety,
     SlotState,
 )
 
@@ -81,8 +81,8 @@ def raised(acts: list[Action]) -> list[str]:
     return [a.code for a in acts if isinstance(a, RaiseAlarm)]
 
 
-def charging_core(grant_kw: float = 200.0, safety: SlotSafety | None = None) -> SlotCore:
-    core = SlotCore("slot-1", RATINGS, safety or SlotSafety())
+def charging_core(grant_kw: float = 200.0, safety: SafetyConfig | None = None) -> SlotCore:
+    core = SlotCore("slot-1", RATINGS, safety or SafetyConfig())
     core.start(0.0)
     core.set_grant(grant_kw, 0.0)
     for ev in (
@@ -182,7 +182,7 @@ def test_rule1_temperature_out_of_window_without_flag() -> None:
     core = charging_core()
     acts = core.on_session_event(flags(max_temperature_c=56), 1.0)  # BCP max 55 degC
     assert_off_cst_alarm(acts, "pack.over_temperature")
-    core = charging_core(safety=SlotSafety(max_temperature_c=45.0))
+    core = charging_core(safety=SafetyConfig(max_pack_temp_c=45.0))
     acts = core.on_session_event(flags(max_temperature_c=46), 1.0)  # the safety config wins
     assert_off_cst_alarm(acts, "pack.over_temperature")
     core = charging_core()
@@ -349,7 +349,7 @@ def test_no_enable_without_a_positive_voltage_setpoint() -> None:
     """Issue 12 outcome 9: a 0 kW grant with an unknown pack voltage enabled the output
     (SetChargerOutput(0.0, 90.0, enable=True)). No voltage, no enable; no known voltage, no
     power-limited current."""
-    core = SlotCore("slot-1", RATINGS, SlotSafety())
+    core = SlotCore("slot-1", RATINGS, SafetyConfig())
     core.start(0.0)
     core.set_grant(0.0, 0.0)
     for ev in (PhaseChanged(Phase.PARAMETERS, Phase.CHARGING), flags()):
