@@ -8,43 +8,16 @@ from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
-from packaging.version import Version
+
+from tests.release_fixtures import read_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPILE_LINE = re.compile(r"\$\(UV_COMPILE\).*-o requirements/(\w+)\.txt")
-
-
-@dataclass(frozen=True)
-class Pin:
-    version: Version
-    marker: str
-    hashes: int
-    direct: bool  # "via swapd (pyproject.toml)"
-
-
-def read_lock(path: Path) -> dict[str, list[Pin]]:
-    pins: dict[str, list[Pin]] = {}
-    blocks = re.split(r"\n(?=[A-Za-z0-9])", path.read_text(encoding="utf-8"))
-    for block in blocks:
-        if block.startswith("#"):
-            continue
-        head = block.splitlines()[0].rstrip(" \\")
-        m = re.fullmatch(r"([A-Za-z0-9._-]+)==(\S+?)(?:\s*;\s*(.*))?", head)
-        assert m, f"{path.name}: not a pin: {head!r}"
-        pin = Pin(
-            Version(m.group(2)),
-            m.group(3) or "",
-            block.count("--hash=sha256:"),
-            "swapd (pyproject.toml)" in block,
-        )
-        pins.setdefault(canonicalize_name(m.group(1)), []).append(pin)
-    return pins
 
 
 def lock_extras() -> dict[str, set[str]]:
