@@ -26,6 +26,7 @@ import aiomqtt
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from drivers.core.backoff import Backoff
 from drivers.core.log import get_logger
 from edge.telemetry.topics import check_level
 from sim.broker import BrokerAddress, parse_broker_url
@@ -215,24 +216,22 @@ class FaultListener:
 
     async def run(self) -> None:
         client = mqtt_client(self.broker, self.credentials)
-        backoff_s = 0.2
-        failures = 0
+        backoff = Backoff(0.2, self.max_backoff_s)
         while True:
             try:
                 async with client:
                     await client.subscribe(sim_fault_filter(self.root), qos=1)
                     self.subscribed.set()
-                    backoff_s, failures = 0.2, 0
+                    backoff.reset()
                     async for msg in client.messages:
                         payload = msg.payload if isinstance(msg.payload, bytes) else b""
                         self.dispatcher.handle(msg.topic.value, payload)
             except aiomqtt.MqttError as e:
                 self.subscribed.clear()
-                failures += 1
-                log = _log.warning if failures == 1 else _log.debug
+                delay = backoff.next_delay()
+                log = _log.warning if backoff.failures == 1 else _log.debug
                 log("fault listener lost the broker", broker=self.broker.url, error=str(e))
-                await asyncio.sleep(backoff_s)
-                backoff_s = min(backoff_s * 2, self.max_backoff_s)
+                await asyncio.sleep(delay)
 
 
 # ---- the catalogue of faults each simulated device type supports ----------------------------
@@ -278,6 +277,11 @@ _TYPES: tuple[_DeviceType, ...] = (
                 "every request answered with a Modbus exception",
                 ("value: exception code, default 6 (busy)",),
             ),
+            FaultSpec(
+                "read_exception",
+                "reads answered with a Modbus exception; writes (watchdog feed too) applied",
+                ("value: exception code, default 4 (device failure)",),
+            ),
             FaultSpec("short_answers", "reads answered with one register too few"),
             FaultSpec("garbage", "answers replaced by random bytes"),
             FaultSpec("ignore_writes", "writes acknowledged, not applied (write+verify fails)"),
@@ -289,6 +293,11 @@ _TYPES: tuple[_DeviceType, ...] = (
             ),
             FaultSpec("frozen", "reads keep serving the image of the moment of injection"),
             FaultSpec("out_of_range", "output voltage/current read an absurd value (0xFFFE)"),
+            FaultSpec(
+                "stuck_output",
+                "power stage ignores its setpoints (read back as written); the watchdog trip "
+                "still cuts it",
+            ),
         ),
         "sim/devices/charger.py FAULT_NAMES on branch modbus (89092f9), not yet on main",
         (FaultSpec("bit:<flag>", "sets a device fault bit named in the map's fault_bits"),),

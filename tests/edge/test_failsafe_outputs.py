@@ -165,10 +165,11 @@ async def test_an_event_sink_error_never_crashes_the_slot(tmp_path: Path) -> Non
         sim, slot = w.chargers["ch01"], w.station.slots["s01"]
         await charging(w)
 
-        def full_disk(type_: str, details: dict[str, object]) -> None:
-            raise OutboxError("database or disk is full")
+        class FullDisk:
+            def emit_event(self, event_type: str, details: object) -> str:
+                raise OutboxError("database or disk is full")
 
-        slot._on_event = full_disk
+        slot._events = FullDisk()
         w.packs["s01"].inject(Fault.OVER_TEMPERATURE)
         await wait_for(lambda: w.station.alarms.is_active("slot.event_lost", "s01"), 5)
         await wait_for(lambda: really_off(sim), 3)
