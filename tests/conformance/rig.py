@@ -186,6 +186,11 @@ class SlcanBridge:
             self._bus = None
 
 
+# Every child daemon still running: tests/conformance/conftest.py kills what a test that was
+# interrupted (pytest-timeout) could not stop.
+LIVE: set[subprocess.Popen[bytes]] = set()
+
+
 class SwapdProcess:
     """`swapd run --config PATH` as a child process, ready once its ctl socket answers. `stop()`
     sends SIGTERM and kills it if it has not exited within the deadline; it is always called."""
@@ -204,6 +209,7 @@ class SwapdProcess:
                 stdout=subprocess.DEVNULL,
                 stderr=out,
             )
+        LIVE.add(self.proc)
         sock = Path(self.cfg.station.ctl_socket)
         try:
             async with asyncio.timeout(timeout_s):
@@ -236,6 +242,7 @@ class SwapdProcess:
                 proc.kill()
                 await asyncio.to_thread(proc.wait, 5)
         self.returncode = proc.returncode
+        LIVE.discard(proc)
         self.proc = None
         return self.returncode
 
