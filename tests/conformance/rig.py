@@ -27,6 +27,7 @@ from pymodbus.client import AsyncModbusTcpClient
 
 from drivers.can.codec import CanFrame
 from drivers.core.clock import SystemClock
+from drivers.modbus.config import ModbusTcpEndpoint
 from edge.app.station import Station, build_station
 from edge.cli.ctl import request
 from edge.config import StationConfig, load_config
@@ -34,6 +35,7 @@ from sim.devices.charger import ChargerSim, run_charger_sims, spec_from_endpoint
 from sim.devices.slcan_server import SlcanPort
 from tests.conformance.gbt_bms import BmsPeerConfig, GbtBmsPeer, Phase
 from tests.conformance.robot_plc import RobotPlcPeer
+from tests.conformance.vendors.base import VendorEmulator, serving
 from tests.edge.station_fixtures import mini_config
 
 LIMIT_REG, ENABLE_REG = 101, 102  # charger-generic.yaml: holding 101 = current limit, 102 = enable
@@ -271,10 +273,12 @@ async def conformance_station(
     mqtt_port: int | None = None,
     station_id: str | None = None,
     watch_period_s: float = 0.05,
+    charger_peers: dict[str, VendorEmulator] | None = None,
 ) -> AsyncIterator[Rig]:
-    """`packs`: PLC slot number (1-based) -> the BMS plugged there at start. Everything started
-    here is stopped on the way out, whatever the test did (a child daemon is killed if SIGTERM
-    does not end it within 15 s)."""
+    """`packs`: PLC slot number (1-based) -> the BMS plugged there at start. `charger_peers`:
+    charger id -> a charger peer served at that charger's address instead of the simulator (the
+    pack then sees no delivered current). Everything started here is stopped on the way out,
+    whatever the test did (a child daemon is killed if SIGTERM does not end it within 15 s)."""
     path = mini_config(tmp_path, n_slots=n_slots, mqtt_port=mqtt_port)
     if station_id is not None:
         path.write_text(path.read_text().replace("id: it-station", f"id: {station_id}", 1))
@@ -309,7 +313,14 @@ async def conformance_station(
             cfg = load_config(path)
         by_charger = {s.charger: seats[i] for i, s in enumerate(cfg.slots)}
         specs = [spec_from_endpoint(c, path.parent, load=by_charger[c.id]) for c in cfg.chargers]
-        sims = await stack.enter_async_context(run_charger_sims(specs, speed=1.0))
+        peers = charger_peers or {}
+        for c in cfg.chargers:
+            if c.id in peers:
+                assert isinstance(c, ModbusTcpEndpoint)
+                await stack.enter_async_context(serving(peers[c.id], c.port))
+        sims = await stack.enter_async_context(
+            run_charger_sims([sp for sp in specs if sp.id not in peers], speed=1.0)
+        )
 
         async def unplug_all() -> None:
             for seat in seats:
