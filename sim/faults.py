@@ -33,7 +33,7 @@ from sim.broker import BrokerAddress, parse_broker_url
 if TYPE_CHECKING:
     from edge.config import StationConfig
 
-_log = get_logger("demo.faults")
+_log = get_logger("sim.faults")
 
 
 class SimFault(BaseModel):
@@ -278,6 +278,11 @@ _TYPES: tuple[_DeviceType, ...] = (
                 "every request answered with a Modbus exception",
                 ("value: exception code, default 6 (busy)",),
             ),
+            FaultSpec(
+                "read_exception",
+                "reads answered with a Modbus exception; writes (watchdog feed too) applied",
+                ("value: exception code, default 4 (device failure)",),
+            ),
             FaultSpec("short_answers", "reads answered with one register too few"),
             FaultSpec("garbage", "answers replaced by random bytes"),
             FaultSpec("ignore_writes", "writes acknowledged, not applied (write+verify fails)"),
@@ -289,6 +294,11 @@ _TYPES: tuple[_DeviceType, ...] = (
             ),
             FaultSpec("frozen", "reads keep serving the image of the moment of injection"),
             FaultSpec("out_of_range", "output voltage/current read an absurd value (0xFFFE)"),
+            FaultSpec(
+                "stuck_output",
+                "power stage ignores its setpoints (read back as written); the watchdog trip "
+                "still cuts it",
+            ),
         ),
         "sim/devices/charger.py FAULT_NAMES on branch modbus (89092f9), not yet on main",
         (FaultSpec("bit:<flag>", "sets a device fault bit named in the map's fault_bits"),),

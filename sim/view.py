@@ -33,7 +33,7 @@ from drivers.core.log import get_logger
 from sim.broker import BrokerAddress
 from sim.faults import MqttCredentials, mqtt_client, publish_fault
 
-_log = get_logger("demo.view")
+_log = get_logger("sim.view")
 
 DASH = "-"
 # Rack-side steps (robot-plc.yaml); every other step belongs to the vehicle-side unit.

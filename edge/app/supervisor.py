@@ -8,9 +8,10 @@ daemon (exit 1; systemd restarts it) after the same orderly, bounded safe stop a
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 from drivers.core.alarm_sink import AlarmSink
 from drivers.core.clock import Clock
@@ -35,6 +36,22 @@ class Service(Protocol):
     async def stop(self) -> None:
         """Safe stop (outputs off, robot halted, outbox flushed). Called before cancellation."""
         ...
+
+
+async def _nothing() -> None:
+    return None
+
+
+@dataclass(slots=True)
+class Task:
+    """Any coroutine function as a supervised service: the one adapter for services that are not
+    written as one (a loop, a link, a room's coordinator). `stop` is its safe stop; `fail_safe`
+    what must happen at once when it fails (see `Supervisor.fail_safe`)."""
+
+    name: str
+    run: Callable[[], Coroutine[Any, Any, None]]
+    stop: Callable[[], Coroutine[Any, Any, None]] = _nothing
+    fail_safe: Callable[[], Coroutine[Any, Any, None]] | None = None
 
 
 @dataclass(slots=True)

@@ -8,9 +8,10 @@ I/O service binds the actions to the charger owner (Modbus or otherwise) and to 
   the deadband, or on enable/disable).
 - `FeedWatchdog(feed)`: keep (or stop) feeding the charger's communication watchdog.
 - `SessionCommand(...)`: call the matching `ChargerLink` method.
-- `RaiseAlarm` / `ClearAlarm`: codes from edge.alarms, component "slot".
+- `RaiseAlarm` / `ClearAlarm` (drivers.core.alarm_sink): codes from edge.alarms, component
+  "slot", source the slot id.
 
-Safety rules (DESIGN.md), each with a test in tests/edge/test_slot_core.py:
+Safety rules (docs/safety.md), each with a test in tests/edge/test_slot_core.py:
 1. Pack fault (abnormal BSM flag, BST with a fault, temperature or cell voltage outside the
    window from BCP and the safety config) -> output off + CST + alarm pack.fault /
    pack.over_temperature / pack.cell_voltage. Latched until the next start (re-docking).
@@ -26,8 +27,6 @@ import math
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-
-from pydantic import BaseModel, ConfigDict, Field
 
 from drivers.can.events import (
     BmsError,
@@ -47,7 +46,9 @@ from drivers.can.events import (
     Timeout,
 )
 from drivers.can.session import ChargerLimits, ChargerMeasurements
+from drivers.core.alarm_sink import ClearAlarm, RaiseAlarm
 from drivers.core.quality import Quality
+from edge.slot.config import SafetyConfig
 
 A_PACK_FAULT = "pack.fault"
 A_OVER_TEMPERATURE = "pack.over_temperature"
@@ -57,20 +58,6 @@ A_UNAVAILABLE = "slot.unavailable"
 A_CHARGER_OFFLINE = "charger.offline"
 A_CHARGER_FAULT = "charger.fault"
 A_INVALID_VALUE = "pack.invalid_value"
-
-
-class SlotSafety(BaseModel):
-    """Station-wide limits; the pack's own BCP limits win when they are tighter."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    max_cell_voltage_v: float = Field(default=4.25, gt=0)
-    min_cell_voltage_v: float = Field(default=2.5, ge=0)
-    cell_voltage_margin_v: float = Field(default=0.02, ge=0)
-    max_temperature_c: float = 60.0
-    min_temperature_c: float = 0.0
-    current_deadband_a: float = Field(default=1.0, ge=0)
-    voltage_deadband_v: float = Field(default=1.0, ge=0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,17 +93,6 @@ class SetChargerOutput:
 @dataclass(frozen=True, slots=True)
 class FeedWatchdog:
     feed: bool
-
-
-@dataclass(frozen=True, slots=True)
-class RaiseAlarm:
-    code: str
-    detail: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class ClearAlarm:
-    code: str
 
 
 class SessionCommandKind(StrEnum):
@@ -203,7 +179,9 @@ class SlotCore:
 
     slot_id: str
     ratings: ChargerRatings
-    safety: SlotSafety = field(default_factory=SlotSafety)
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
+    current_deadband_a: float = 1.0  # a setpoint change smaller than these is not written
+    voltage_deadband_v: float = 1.0
     grant_kw: float = 0.0  # pack-side (edge.power): the scheduler's grid-side grant x efficiency
     derating: float = 1.0  # charger temperature derating, 0..1
     # The request (pack-side kW) as the scheduler last read it (`slot_input`): a grant is sized
@@ -444,7 +422,7 @@ class SlotCore:
 
     def _check_temperature(self, flags: PackFlags, acts: list[Action]) -> None:
         s = self.safety
-        limit = s.max_temperature_c
+        limit = s.max_pack_temp_c
         if self._pack.limits is not None:
             limit = min(limit, self._pack.limits.max_temperature_c)
         if flags.max_temperature_c > limit:
@@ -453,10 +431,10 @@ class SlotCore:
                 f"{flags.max_temperature_c} degC at probe {flags.max_temperature_probe} > {limit}",
                 acts,
             )
-        elif flags.min_temperature_c < s.min_temperature_c and self._charging():
+        elif flags.min_temperature_c < s.min_pack_temp_c and self._charging():
             self._pack_fault(
                 A_OVER_TEMPERATURE,
-                f"{flags.min_temperature_c} degC < {s.min_temperature_c}: too cold to charge",
+                f"{flags.min_temperature_c} degC < {s.min_pack_temp_c}: too cold to charge",
                 acts,
             )
 
@@ -595,13 +573,12 @@ class SlotCore:
         self, acts: list[Action], voltage: float, current: float, enable: bool, force: bool = False
     ) -> None:
         o = self._out
-        s = self.safety
         changed = (
             force
             or not o.written
             or enable != o.enable
-            or abs(current - o.current_a) > s.current_deadband_a
-            or abs(voltage - o.voltage_v) > s.voltage_deadband_v
+            or abs(current - o.current_a) > self.current_deadband_a
+            or abs(voltage - o.voltage_v) > self.voltage_deadband_v
         )
         if not changed:
             return
@@ -628,12 +605,12 @@ class SlotCore:
     def _raise(self, code: str, detail: str, acts: list[Action]) -> None:
         if code not in self._alarms:
             self._alarms.add(code)
-            acts.append(RaiseAlarm(code, detail))
+            acts.append(RaiseAlarm(code, self.slot_id, detail))
 
     def _clear(self, code: str, acts: list[Action]) -> None:
         if code in self._alarms:
             self._alarms.discard(code)
-            acts.append(ClearAlarm(code))
+            acts.append(ClearAlarm(code, self.slot_id))
 
     def snapshot(self, now: float) -> PackSnapshot:
         p = self._pack

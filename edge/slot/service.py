@@ -31,8 +31,8 @@ from drivers.can.events import (
     Timeout,
 )
 from drivers.can.runner import ChargerLink
-from drivers.can.session import ChargerLimits, PackFieldLimits
-from drivers.core.alarm_sink import AlarmSink
+from drivers.can.session import ChargerLimits, PackFieldLimits, SessionTimers
+from drivers.core.alarm_sink import AlarmSink, ClearAlarm, RaiseAlarm, carry_out
 from drivers.core.clock import Clock
 from drivers.core.log import get_logger
 from drivers.core.quality import Quality
@@ -40,21 +40,20 @@ from drivers.modbus.charger import ChargerControl
 from drivers.modbus.device import DeviceState, ModbusDevice, Snapshot
 from drivers.modbus.errors import ModbusError
 from edge.alarms import A_EVENT_LOST_SLOT, A_OUTPUT_OFF_UNCONFIRMED
+from edge.events import EventSink
 from edge.power import to_grid_side, to_pack_side
 from edge.scheduler.core import SlotInput
+from edge.slot.config import SafetyConfig
 from edge.slot.core import (
     Action,
     ChargerRatings,
     ChargerReading,
-    ClearAlarm,
     FeedWatchdog,
     PackSnapshot,
-    RaiseAlarm,
     SessionCommand,
     SessionCommandKind,
     SetChargerOutput,
     SlotCore,
-    SlotSafety,
     SlotState,
 )
 from edge.swap.choice import SlotView
@@ -67,17 +66,6 @@ _BMS_ENGAGED = frozenset({Phase.PARAMETERS, Phase.CHARGING, Phase.STOPPING})
 _LIVE_STATES = frozenset({"charging", "derating", "on"})
 _OFF_STATES = frozenset({"off", "standby"})
 OFF_CURRENT_A = 5.0  # at most this much output current counts as "off"
-# GB/T 27930 BRM battery type codes -> the pack type a vehicle announces.
-PACK_TYPES = {
-    1: "lead-acid",
-    2: "NiMH",
-    3: "LFP",
-    4: "LMO",
-    5: "LCO",
-    6: "NMC",
-    7: "polymer",
-    8: "LTO",
-}
 _DEFAULT_RATINGS = ChargerRatings(
     max_voltage_v=750.0, min_voltage_v=200.0, max_current_a=0.0, max_power_kw=0.0
 )
@@ -98,9 +86,6 @@ class _Wanted:
     version: int
 
 
-EventSink = Callable[[str, dict[str, Any]], None]
-
-
 class SlotService:
     """Runs one slot. `dock()`/`undock()` come from the swap coordinator (or start-up inventory),
     `set_grant()` from the scheduler."""
@@ -113,9 +98,10 @@ class SlotService:
         *,
         clock: Clock,
         alarms: AlarmSink,
-        safety: SlotSafety | None = None,
+        safety: SafetyConfig | None = None,
         on_change: Callable[[str], None] | None = None,
-        on_event: EventSink | None = None,
+        events: EventSink | None = None,
+        on_identified: Callable[[str, str, str], None] | None = None,
         charger_number: int = 1,
         charging_efficiency: float = 0.95,
     ) -> None:
@@ -126,9 +112,9 @@ class SlotService:
         self._clock = clock
         self._alarms = alarms
         self._on_change = on_change or (lambda _s: None)
-        self._on_event = on_event or (lambda _t, _d: None)
-        self.core = SlotCore(slot_id, _DEFAULT_RATINGS, safety or SlotSafety())
-        sf = self.core.safety
+        self._events = events
+        sf = safety or SafetyConfig()
+        self.core = SlotCore(slot_id, _DEFAULT_RATINGS, sf)
         self.link = ChargerLink(
             slot_id,
             bus,
@@ -137,10 +123,13 @@ class SlotService:
             alarms=None,
             clock=clock,
             charger_number=charger_number,
+            timers=SessionTimers(
+                bcl_timeout_s=sf.bms_timeout_s, max_rehandshakes=sf.max_rehandshakes
+            ),
             # Range checks where the BMS's values enter (the session): the same window as the core.
             field_limits=PackFieldLimits(
-                max_temperature_c=sf.max_temperature_c,
-                min_temperature_c=sf.min_temperature_c,
+                max_temperature_c=sf.max_pack_temp_c,
+                min_temperature_c=sf.min_pack_temp_c,
                 max_cell_voltage_v=sf.max_cell_voltage_v,
                 cell_voltage_margin_v=sf.cell_voltage_margin_v,
             ),
@@ -149,7 +138,7 @@ class SlotService:
         self.docked_at_s = 0.0
         # Probing: a first-boot slot whose occupancy is unknown; no answer means empty, no alarm.
         self.probing = False
-        self.on_identified: Callable[[str, str, str], None] | None = None
+        self.on_identified = on_identified
         self._started = False
         # An operator took the slot out of service: output off, no session, no pack in or out.
         self.in_service = True
@@ -190,7 +179,7 @@ class SlotService:
 
     def pack_type(self) -> str | None:
         ident = self.core.snapshot(self._clock.monotonic()).identity
-        return PACK_TYPES.get(ident.battery_type, f"type-{ident.battery_type}") if ident else None
+        return ident.pack_type if ident else None
 
     def undock(self) -> None:
         """The pack is about to leave: session stopped, output off, the slot counts as empty.
@@ -533,8 +522,10 @@ class SlotService:
     def _emit(self, type_: str, details: dict[str, Any]) -> None:
         """Seam (issue 12 item 6): an event sink that fails (a full or unwritable disk) never
         stops the slot: the event is counted as lost and alarmed."""
+        if self._events is None:
+            return
         try:
-            self._on_event(type_, details)
+            self._events.emit_event(type_, details)
         except Exception as e:  # noqa: BLE001 - whatever the sink raises, the slot goes on
             self.events_lost += 1
             self._alarms.raise_alarm(A_EVENT_LOST_SLOT, self.slot_id, f"{type_}: {e}")
@@ -582,10 +573,8 @@ class SlotService:
                     self._starve_watchdog("offline")
                     # Remembered by the device owner: written (off) first thing on reconnect.
                     self._want(SetChargerOutput(0.0, 0.0, False))
-            elif isinstance(a, RaiseAlarm):
-                self._alarms.raise_alarm(a.code, self.slot_id, a.detail)
-            elif isinstance(a, ClearAlarm):
-                self._alarms.clear_alarm(a.code, self.slot_id)
+            elif isinstance(a, RaiseAlarm | ClearAlarm):
+                carry_out(self._alarms, a)
             elif isinstance(a, SessionCommand):
                 self._session_command(a)
 

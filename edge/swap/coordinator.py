@@ -19,7 +19,7 @@ from drivers.robot.port import RobotPort, RobotPortError
 from edge.swap.choice import SlotView
 from edge.swap.inventory import slot_place
 from edge.swap.journal import Journal, JournalError
-from edge.swap.sequence import (
+from edge.swap.messages import (
     Action,
     ClearAlarm,
     CommandStep,
@@ -28,7 +28,6 @@ from edge.swap.sequence import (
     Event,
     JournalWrite,
     Manual,
-    Mode,
     PackDocked,
     PackIdentity,
     PlcOffline,
@@ -45,8 +44,11 @@ from edge.swap.sequence import (
     SlotOutputFailed,
     SlotOutputOff,
     StartSwap,
-    SwapSequence,
 )
+from edge.swap.model import Mode
+from edge.swap.sequence import SwapSequence
+from edge.swap.snapshot import restore, take
+from edge.swap.status import status_view
 from edge.swap.steps import StepGraph
 
 log = get_logger("swap")
@@ -120,6 +122,8 @@ class SwapCoordinator:
         slots: SlotViews,
         events: EventSink,
         alarms: AlarmSink,
+        on_request: Callable[[str, str | None], None] | None = None,
+        on_status: Callable[[], None] | None = None,
         poll_active_s: float = 0.02,
         poll_idle_s: float = 0.25,
         offline_after: int = 3,
@@ -139,7 +143,7 @@ class SwapCoordinator:
         self.restored = snap is not None
         try:
             self.core = (
-                SwapSequence.restore(graph, slot_numbers, snap)
+                restore(graph, slot_numbers, snap)
                 if snap is not None
                 else SwapSequence(graph, slot_numbers)
             )
@@ -154,9 +158,9 @@ class SwapCoordinator:
         self.changed = asyncio.Event()  # set after every executed batch (tests, live views)
         self.online = asyncio.Event()  # set while the PLC answers
         # Told of every swap request (vehicle id, refusal or None): the scheduler's demand.
-        self.on_request: Callable[[str, str | None], None] | None = None
+        self.on_request = on_request
         # Told after every status poll (telemetry/robot follows the PLC).
-        self.on_status: Callable[[], None] | None = None
+        self.on_status = on_status
         self._reserved: frozenset[str] = frozenset()
 
     # ----- the service task
@@ -235,7 +239,7 @@ class SwapCoordinator:
             # Intent on disk before the command it causes; a failed write stops the service.
             # The fsync runs in a thread so the loop's protocol timers (CAN 50 ms) do not wait.
             await asyncio.to_thread(
-                self.journal.commit, utc_iso(self.clock.now()), records, self.core.snapshot()
+                self.journal.commit, utc_iso(self.clock.now()), records, take(self.core)
             )
         for i, a in enumerate(actions):
             if i in early:
@@ -340,7 +344,7 @@ class SwapCoordinator:
         await self.feed(PackDocked(slot_id, identity))
 
     def status(self) -> dict[str, Any]:
-        return self.core.status()
+        return status_view(self.core)
 
     def _check_swap_id(self, params: Mapping[str, Any]) -> None:
         """A recovery naming a swap acts only on that swap (a stale remote command must not

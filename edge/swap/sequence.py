@@ -2,7 +2,7 @@
 
 `handle(event, now)` and `tick(now)` return actions; `now` is monotonic seconds. The caller
 executes the actions in order, except that all `JournalWrite`s of one call are committed first,
-together with `snapshot()`: so an intent is on disk before the command it causes.
+together with the snapshot (`edge.swap.snapshot`): so an intent is on disk before the command it causes.
 
 Motion is never commanded twice: every command carries a per-unit sequence counter journalled
 with its intent; the PLC ignores a seq equal to the one it acknowledged. A command whose seq the
@@ -13,13 +13,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
 from drivers.robot.contract import UNITS, RobotStatus, UnitState
-from edge.command_types import Rejected as CommandRejected
-from edge.swap.choice import NoPackError, SlotView, choose_pack, choose_store_slot
+from edge.swap.choice import NoPackError, choose_pack, choose_store_slot
 from edge.swap.inventory import (
     HANDLING_PLACES,
     Inventory,
@@ -28,219 +25,35 @@ from edge.swap.inventory import (
     slot_place,
 )
 from edge.swap.journal import JournalRecord
+from edge.swap.messages import (
+    Action,
+    ClearAlarm,
+    CommandStep,
+    CorrectInventory,
+    Emit,
+    Event,
+    JournalWrite,
+    Manual,
+    PackDocked,
+    PackIdentity,
+    PlcOffline,
+    PlcStatus,
+    RaiseAlarm,
+    RefitOriginal,
+    Rejected,
+    ReleaseOutputs,
+    RequestAllOutputsOff,
+    RequestOutputOff,
+    ResetFault,
+    RetryStep,
+    SetHalt,
+    SlotOutputFailed,
+    SlotOutputOff,
+    StartSwap,
+)
+from edge.swap.model import Mode, StepRun, StepStatus, Swap
+from edge.swap.recovery import HOLD_ALARMS, plan_refit, retry_steps
 from edge.swap.steps import StepDef, StepGraph
-
-COMPONENT = "swap"
-
-# ----- events in
-
-
-@dataclass(frozen=True, slots=True)
-class PackIdentity:
-    pack_id: str
-    pack_type: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class StartSwap:
-    vehicle_id: str
-    pack_type: str
-    announced_pack_id: str
-    slots: tuple[SlotView, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class PlcStatus:
-    status: RobotStatus
-
-
-@dataclass(frozen=True, slots=True)
-class PlcOffline:
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class SlotOutputOff:
-    slot_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class SlotOutputFailed:
-    slot_id: str
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class PackDocked:
-    slot_id: str
-    identity: PackIdentity
-
-
-@dataclass(frozen=True, slots=True)
-class ResetFault:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class RetryStep:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class RefitOriginal:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class Manual:
-    end: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class CorrectInventory:
-    pack_id: str
-    place: str | None
-    pack_type: str | None = None
-
-
-Event = (
-    StartSwap
-    | PlcStatus
-    | PlcOffline
-    | SlotOutputOff
-    | SlotOutputFailed
-    | PackDocked
-    | ResetFault
-    | RetryStep
-    | RefitOriginal
-    | Manual
-    | CorrectInventory
-)
-
-# ----- actions out
-
-
-@dataclass(frozen=True, slots=True)
-class JournalWrite:
-    record: JournalRecord
-
-
-@dataclass(frozen=True, slots=True)
-class CommandStep:
-    unit: str
-    step_code: int
-    arg: int
-    seq: int
-    step_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class SetHalt:
-    units: frozenset[str]
-
-
-@dataclass(frozen=True, slots=True)
-class RequestOutputOff:
-    slot_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class RequestAllOutputsOff:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class ReleaseOutputs:
-    """The e-stop latch was reset with the chain healthy: slots may charge again."""
-
-
-@dataclass(frozen=True, slots=True)
-class Emit:
-    type: str
-    details: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class RaiseAlarm:
-    code: str
-    source: str
-    detail: str
-
-
-@dataclass(frozen=True, slots=True)
-class ClearAlarm:
-    code: str
-    source: str
-
-
-Action = (
-    JournalWrite
-    | CommandStep
-    | SetHalt
-    | RequestOutputOff
-    | RequestAllOutputsOff
-    | ReleaseOutputs
-    | Emit
-    | RaiseAlarm
-    | ClearAlarm
-)
-
-
-class Rejected(CommandRejected):
-    """The house's one refusal (`edge.command_types.Rejected`), message first for the core's
-    many `rejected` answers. Nothing moved."""
-
-    def __init__(self, message: str, code: str = "rejected") -> None:
-        super().__init__(code, message)
-
-
-class Mode(StrEnum):
-    IDLE = "idle"  # no swap
-    RUNNING = "running"  # steps start as soon as they may
-    HELD = "held"  # a fault: running steps are tracked, nothing new starts; operator decides
-    MANUAL = "manual"  # handed to an attendant: both units halted
-
-
-class StepStatus(StrEnum):
-    PENDING = "pending"
-    ACTIVE = "active"  # intent journalled, command sent, not finished
-    DONE = "done"
-    FAILED = "failed"
-
-
-@dataclass
-class StepRun:
-    status: StepStatus = StepStatus.PENDING
-    seq: int = 0
-    attempts: int = 0
-    started_at: float = 0.0
-    last_sent: float = -math.inf
-    moves: list[list[str]] = field(default_factory=list)  # [pack_id, from, to]
-    reason: str = ""
-
-
-@dataclass
-class Swap:
-    swap_id: str
-    vehicle_id: str
-    pack_type: str
-    announced_pack_id: str
-    full_pack_id: str
-    full_slot: str
-    store_slot: str
-    kind: str  # "swap" or "refit"
-    plan: list[str]
-    deps: dict[str, list[str]]
-    runs: dict[str, StepRun]
-    outputs_off: set[str] = field(default_factory=set)
-    blocked: dict[str, list[str]] = field(default_factory=dict)
-    hold: dict[str, str] | None = None
-    unlock_started: bool = False
-    lift_started: bool = False
-    off_requested: set[str] = field(default_factory=set)  # not journalled: asked again on restore
-
-
-_HOLD_ALARMS = ("robot.step_fault", "robot.step_timeout", "robot.interlock_lost")
 
 
 class SwapSequence:
@@ -368,52 +181,6 @@ class SwapSequence:
         must not start charging there) until the swap ends."""
         sw = self.swap
         return frozenset() if sw is None else frozenset({sw.full_slot, sw.store_slot})
-
-    # ----- status
-
-    def status(self) -> dict[str, Any]:
-        sw = self.swap
-        return {
-            "mode": self.mode.value,
-            "latched": self.latched,
-            "halted": sorted(self.halted),
-            "plc_online": self.plc_online,
-            "inputs": dict(self.plc.inputs) if self.plc else {},
-            "units": {
-                u: {
-                    "state": s.state.name.lower(),
-                    "step": self.graph.contract.step_name(u, s.step_code),
-                    "ack_seq": s.ack_seq,
-                    "fault": self.graph.contract.fault_name(s.fault_code) if s.fault_code else None,
-                    "position_mm": s.position_mm,
-                }
-                for u, s in (self.plc.units.items() if self.plc else [])
-            },
-            "swap": None
-            if sw is None
-            else {
-                "swap_id": sw.swap_id,
-                "kind": sw.kind,
-                "vehicle_id": sw.vehicle_id,
-                "announced_pack_id": sw.announced_pack_id,
-                "full_pack_id": sw.full_pack_id,
-                "full_slot": sw.full_slot,
-                "store_slot": sw.store_slot,
-                "hold": sw.hold,
-                "blocked": sw.blocked,
-                "steps": {
-                    s: {
-                        "status": sw.runs[s].status.value,
-                        "seq": sw.runs[s].seq,
-                        "attempts": sw.runs[s].attempts,
-                    }
-                    for s in sw.plan
-                },
-            },
-            "inventory": self.inventory.to_json(),
-            "alarms": [{"code": c, "source": s} for c, s in sorted(self.alarms)],
-            "reserved_slots": sorted(self.reserved_slots()),
-        }
 
     # ----- internals: helpers
 
@@ -1010,7 +777,7 @@ class SwapSequence:
 
     def _clear_hold_alarms(self, out: list[Action]) -> None:
         for code, source in sorted(self.alarms):
-            if code in _HOLD_ALARMS:
+            if code in HOLD_ALARMS:
                 self._clear(out, code, source)
 
     def _retry(self, now: float, out: list[Action]) -> None:
@@ -1022,14 +789,7 @@ class SwapSequence:
             raise Rejected("inventory inconsistent: correct it first")
         if ("robot.plc_restarted", "robot") in self.alarms:
             raise Rejected("robot PLC restarted: check the robot and inventory, then reset-fault")
-        failed = [s for s in sw.plan if sw.runs[s].status == StepStatus.FAILED]
-        for sid in failed:
-            st = self._def(sid)
-            if self.plc.units[st.unit].state == UnitState.BUSY:
-                raise Rejected(f"{st.unit} unit still busy")
-            lost = [i for i in st.interlocks if not self.plc.inputs.get(i, False)]
-            if lost:
-                raise Rejected(f"{sid}: interlocks open: {', '.join(lost)}")
+        failed = retry_steps(sw, self.plc, self.graph)
         for sid in failed:
             sw.runs[sid].status = StepStatus.PENDING
         for slot in (sw.full_slot, sw.store_slot):
@@ -1054,42 +814,7 @@ class SwapSequence:
             u.state == UnitState.BUSY for u in self.plc.units.values()
         ):
             raise Rejected("a step is still running")
-        orig = self.inventory.get(sw.announced_pack_id)
-        full = self.inventory.get(sw.full_pack_id)
-        if orig is None:
-            raise Rejected("original pack not in the inventory")
-        if orig.place.startswith("slot:"):
-            raise Rejected("original pack already stored in the rack: use retry-step or manual")
-        if full is not None and full.place in ("vehicle", "shuttle", "stacker"):
-            raise Rejected(f"full pack already on the {full.place}: use retry-step or manual")
-        chain: list[str] = []
-        if full is not None and full.place == "buffer":
-            chain.append("refit_put_back")
-        place = orig.place
-        if place == "buffer":
-            raise Rejected("original pack at the hand-off buffer: manual")
-        if place == "stacker":
-            if self.shuttle_at != "handoff":
-                chain.append("refit_shuttle_to_handoff")
-            chain.append("refit_return")
-            place = "shuttle"
-            chain += ["refit_shuttle_to_vehicle", "refit_raise"]
-        elif place == "shuttle":
-            if self.shuttle_at == "handoff":
-                chain.append("refit_shuttle_to_vehicle")
-            chain.append("refit_raise")
-        if place != "vehicle" or sw.unlock_started:
-            chain += ["refit_lock", "refit_verify"]
-        if sw.lift_started:
-            chain.append("refit_lower_vehicle")
-        chain.append("refit_release")
-        deps: dict[str, list[str]] = {}
-        prev: str | None = None
-        for sid in chain:
-            # put_back runs on the rack while the vehicle side refits
-            deps[sid] = [] if sid == "refit_put_back" or prev is None else [prev]
-            if sid != "refit_put_back":
-                prev = sid
+        chain, deps = plan_refit(sw, self.inventory, self.shuttle_at)
         sw.kind = "refit"
         sw.plan = chain
         sw.deps = deps
@@ -1253,96 +978,3 @@ class SwapSequence:
             pack_type=ident.pack_type,
             previous=old,
         )
-
-    # ----- persistence
-
-    def snapshot(self) -> dict[str, Any]:
-        sw = self.swap
-        return {
-            "version": 1,
-            "mode": self.mode.value,
-            "latched": self.latched,
-            "halted": sorted(self.halted),
-            "seq": dict(self.seq),
-            "acked": dict(self.acked),
-            "shuttle_at": self.shuttle_at,
-            "swap_counter": self.swap_counter,
-            "awaiting_dock": self.awaiting_dock,
-            "pending_docks": {k: [v.pack_id, v.pack_type] for k, v in self.pending_docks.items()},
-            "alarms": sorted([list(a) for a in self.alarms]),
-            "inventory": self.inventory.to_json(),
-            "swap": None
-            if sw is None
-            else {
-                "swap_id": sw.swap_id,
-                "vehicle_id": sw.vehicle_id,
-                "pack_type": sw.pack_type,
-                "announced_pack_id": sw.announced_pack_id,
-                "full_pack_id": sw.full_pack_id,
-                "full_slot": sw.full_slot,
-                "store_slot": sw.store_slot,
-                "kind": sw.kind,
-                "plan": sw.plan,
-                "deps": sw.deps,
-                "runs": {
-                    k: {
-                        "status": r.status.value,
-                        "seq": r.seq,
-                        "attempts": r.attempts,
-                        "moves": r.moves,
-                        "reason": r.reason,
-                    }
-                    for k, r in sw.runs.items()
-                },
-                "outputs_off": sorted(sw.outputs_off),
-                "hold": sw.hold,
-                "unlock_started": sw.unlock_started,
-                "lift_started": sw.lift_started,
-            },
-        }
-
-    @classmethod
-    def restore(
-        cls, graph: StepGraph, slot_numbers: Mapping[str, int], snap: dict[str, Any]
-    ) -> SwapSequence:
-        self = cls(graph, slot_numbers)
-        self.mode = Mode(snap["mode"])
-        self.latched = bool(snap["latched"])
-        self.halted = frozenset(snap["halted"])
-        self.seq = {u: int(snap["seq"].get(u, 0)) for u in UNITS}
-        self.acked = {u: int(snap.get("acked", {}).get(u, 0)) for u in UNITS}
-        self.shuttle_at = str(snap["shuttle_at"])
-        self.swap_counter = int(snap["swap_counter"])
-        self.awaiting_dock = {k: list(v) for k, v in snap["awaiting_dock"].items()}
-        self.pending_docks = {k: PackIdentity(v[0], v[1]) for k, v in snap["pending_docks"].items()}
-        self.alarms = {(a[0], a[1]) for a in snap["alarms"]}
-        self.inventory = Inventory.from_json(frozenset(self.slot_numbers), snap["inventory"])
-        s = snap["swap"]
-        if s is not None:
-            self.swap = Swap(
-                swap_id=s["swap_id"],
-                vehicle_id=s["vehicle_id"],
-                pack_type=s["pack_type"],
-                announced_pack_id=s["announced_pack_id"],
-                full_pack_id=s["full_pack_id"],
-                full_slot=s["full_slot"],
-                store_slot=s["store_slot"],
-                kind=s["kind"],
-                plan=list(s["plan"]),
-                deps={k: list(v) for k, v in s["deps"].items()},
-                runs={
-                    k: StepRun(
-                        StepStatus(r["status"]),
-                        int(r["seq"]),
-                        int(r["attempts"]),
-                        moves=[list(m) for m in r["moves"]],
-                        reason=r["reason"],
-                    )
-                    for k, r in s["runs"].items()
-                },
-                outputs_off=set(s["outputs_off"]),
-                hold=s["hold"],
-                unlock_started=bool(s["unlock_started"]),
-                lift_started=bool(s["lift_started"]),
-            )
-        return self

@@ -7,6 +7,7 @@ one publish every `min_period_s` (telemetry applies its own deadbands and refres
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from drivers.core.clock import Clock
@@ -20,7 +21,7 @@ from edge.slot.core import SlotState
 from edge.state import StationState
 from edge.telemetry.alarm_events import alarm_refs
 from edge.telemetry.fit import fit
-from edge.telemetry.models import RobotTelemetry, SlotTelemetry, StationTelemetry
+from edge.telemetry.models import Details, RobotTelemetry, SlotTelemetry, StationTelemetry
 from edge.telemetry.service import Telemetry
 
 if TYPE_CHECKING:
@@ -42,6 +43,10 @@ class StatePublisher:
         state: StationState,
         telemetry: Telemetry,
         clock: Clock,
+        *,
+        slots: dict[str, SlotService],
+        scheduler: SchedulerService | None,
+        robot: SwapCoordinator | None = None,
         min_period_s: float = 0.1,
     ) -> None:
         self.config = config
@@ -49,10 +54,11 @@ class StatePublisher:
         self.telemetry = telemetry
         self.clock = clock
         self.min_period_s = min_period_s
-        self.slots: dict[str, SlotService] = {}
-        self.scheduler: SchedulerService | None = None
-        self.robot: SwapCoordinator | None = None
-        self._robot_dirty = False
+        self.slots = slots
+        self.scheduler = scheduler
+        # telemetry/robot follows the swap coordinator's view of the PLC.
+        self.robot = robot
+        self._robot_dirty = robot is not None
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
         self._slot_states: dict[str, tuple[SlotState, bool]] = {}
@@ -67,19 +73,15 @@ class StatePublisher:
             # A BCL above the grant: reallocate now, not at the next period (issue 13).
             self.scheduler.trigger(f"slot {slot_id} request")
 
-    def watch_robot(self, coordinator: SwapCoordinator) -> None:
-        """Publish `telemetry/robot` from the swap coordinator's view of the PLC (after every
-        status poll, coalesced like the slots)."""
-        self.robot = coordinator
-        coordinator.on_status = self.robot_changed
-        self.robot_changed()
-
     def robot_changed(self) -> None:
         self._robot_dirty = True
         self._wake.set()
 
-    def emit_event(self, event_type: str, details: dict[str, Any]) -> None:
-        self.telemetry.emit_event(event_type, details)
+    def emit_event(self, event_type: str, details: Details | Mapping[str, Any]) -> str:
+        return self.telemetry.emit_event(event_type, details)
+
+    def refresh(self) -> None:
+        self.telemetry.refresh()
 
     def allocation(self, alloc: Allocation) -> None:
         g = self.state.grid

@@ -37,6 +37,7 @@ from drivers.can.codec import (
     encode_bmv,
 )
 from drivers.can.config import CanBusConfig
+from drivers.can.events import BATTERY_TYPE_CODES
 from drivers.can.j1939 import MessageReceived, TransportSession
 from drivers.can.runner import CoreRunner
 
@@ -51,7 +52,6 @@ OCV_CURVES: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
         (3.00, 3.45, 3.55, 3.62, 3.68, 3.74, 3.80, 3.87, 3.95, 4.04, 4.12, 4.16, 4.20),
     ),
 }
-BATTERY_TYPE = {"LFP": 3, "NMC": 6}
 MAX_CELL_V = {"LFP": 3.65, "NMC": 4.25}
 CV_CELL_V = {"LFP": 3.60, "NMC": 4.18}
 
@@ -512,7 +512,7 @@ class BmsCore:
                 "BRM",
                 {
                     "BRM_ProtocolVersion": 0x000101,
-                    "BRM_BatteryType": BATTERY_TYPE[spec.chemistry],
+                    "BRM_BatteryType": BATTERY_TYPE_CODES[spec.chemistry],
                     "BRM_RatedCapacity": spec.capacity_ah,
                     "BRM_RatedVoltage": spec.rated_voltage_v,
                     "BRM_PackSerial": spec.serial,

@@ -256,10 +256,10 @@ async def test_device_owner_on_a_write_only_block(tmp_path: Path) -> None:
     import asyncio
     import contextlib
 
-    from drivers.core.alarm_sink import RecordingAlarmSink
     from drivers.core.clock import SystemClock
     from drivers.modbus import ModbusDevice, ModbusLink
     from sim.benchcfg import LoopbackPorts
+    from tests.doubles import RecordingAlarmSink
 
     ports = LoopbackPorts()
     port = ports.take()

@@ -9,7 +9,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from drivers.core.alarm_sink import RecordingAlarmSink
 from drivers.core.clock import ManualClock, SystemClock
 from drivers.robot.contract import RobotContract
 from drivers.robot.modbus_port import ModbusRobotPort
@@ -17,7 +16,7 @@ from edge.swap.choice import SlotView
 from edge.swap.coordinator import SwapCoordinator
 from edge.swap.inventory import slot_place
 from edge.swap.journal import Journal
-from edge.swap.sequence import (
+from edge.swap.messages import (
     Action,
     ClearAlarm,
     CommandStep,
@@ -32,12 +31,13 @@ from edge.swap.sequence import (
     SetHalt,
     SlotOutputOff,
     StartSwap,
-    SwapSequence,
 )
+from edge.swap.sequence import SwapSequence
 from edge.swap.steps import StepGraph, load_step_graph
 from sim.devices.robot_plc import RobotPlcSim
 from sim.devices.vehicle import SimVehicle
 from tests.conftest import free_port
+from tests.doubles import RecordingAlarmSink
 
 SLOTS = {f"S{n}": n for n in range(1, 7)}
 # slot -> (pack id, SOC %, cycles)

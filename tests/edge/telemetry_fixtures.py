@@ -31,7 +31,7 @@ from edge.telemetry.models import (
     StationTelemetry,
 )
 from edge.telemetry.service import Telemetry
-from edge.telemetry.target import InMemoryTarget
+from tests.doubles import InMemoryTarget
 
 STATION_ID = "st-test-01"
 

@@ -165,10 +165,11 @@ async def test_an_event_sink_error_never_crashes_the_slot(tmp_path: Path) -> Non
         sim, slot = w.chargers["ch01"], w.station.slots["s01"]
         await charging(w)
 
-        def full_disk(type_: str, details: dict[str, object]) -> None:
-            raise OutboxError("database or disk is full")
+        class FullDisk:
+            def emit_event(self, event_type: str, details: object) -> str:
+                raise OutboxError("database or disk is full")
 
-        slot._on_event = full_disk
+        slot._events = FullDisk()
         w.packs["s01"].inject(Fault.OVER_TEMPERATURE)
         await wait_for(lambda: w.station.alarms.is_active("slot.event_lost", "s01"), 5)
         await wait_for(lambda: really_off(sim), 3)
@@ -183,8 +184,10 @@ def journal_with_swap_in_flight(path: Path) -> None:
     from drivers.robot.contract import RobotContract
     from edge.swap.choice import SlotView
     from edge.swap.journal import Journal
-    from edge.swap.sequence import JournalWrite, PlcStatus, SlotOutputOff, StartSwap, SwapSequence
+    from edge.swap.messages import JournalWrite, PlcStatus, SlotOutputOff, StartSwap
+    from edge.swap.sequence import SwapSequence
     from edge.swap.service import JOURNAL_NAME
+    from edge.swap.snapshot import take
     from edge.swap.steps import load_step_graph
     from sim.devices.robot_plc import RobotPlcSim
 
@@ -205,7 +208,7 @@ def journal_with_swap_in_flight(path: Path) -> None:
     journal = Journal(cfg_state / JOURNAL_NAME)
     try:
         records = [a.record for a in acts if isinstance(a, JournalWrite)]
-        journal.commit(utc_iso(datetime.now(UTC)), records, core.snapshot())
+        journal.commit(utc_iso(datetime.now(UTC)), records, take(core))
     finally:
         journal.close()
 

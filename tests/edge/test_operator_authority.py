@@ -27,8 +27,8 @@ from edge.telemetry.commands import CommandProcessor, CommandStore, find_cmd_id
 from edge.telemetry.config import TelemetryConfig
 from edge.telemetry.outbox import open_db
 from edge.telemetry.service import Telemetry
-from edge.telemetry.target import InMemoryTarget
 from tests.conftest import Broker
+from tests.doubles import InMemoryTarget
 from tests.edge.swap_fixtures import live_rig
 from tests.edge.telemetry_fixtures import (
     STATION_ID,

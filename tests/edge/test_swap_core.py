@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from edge.swap.sequence import (
+from edge.swap.messages import (
     CorrectInventory,
     JournalWrite,
     Manual,
-    Mode,
     PackDocked,
     PackIdentity,
     PlcOffline,
@@ -17,8 +16,9 @@ from edge.swap.sequence import (
     ResetFault,
     RetryStep,
     StartSwap,
-    SwapSequence,
 )
+from edge.swap.model import Mode
+from edge.swap.snapshot import restore, take
 from edge.swap.steps import load_step_graph
 from tests.edge.swap_fixtures import ANNOUNCED, PACK_TYPE, RACK, SLOTS, CoreRig, slot_views
 
@@ -389,11 +389,11 @@ def test_restore_from_snapshot_resends_unacknowledged_command_once() -> None:
     # build the snapshot, then undo the command on the simulated PLC
     last = rig.commands[-1]
     assert last.step_id == "lift"
-    snap = rig.core.snapshot()
+    snap = take(rig.core)
     rig.sim.units["vehicle"].ack_seq = last.seq - 1
     rig.sim.units["vehicle"].state = rig.sim.units["vehicle"].state.DONE
     rig.sim.motions.pop()
-    rig.core = SwapSequence.restore(rig.graph, SLOTS, snap)
+    rig.core = restore(rig.graph, SLOTS, snap)
     rig.apply(rig.core.resume(rig.clock.monotonic()))
     rig.poll()
     resent = [c for c in rig.commands if c.step_id == "lift"]
@@ -456,8 +456,8 @@ def test_restart_keeps_a_held_swap_held_and_the_latch_latched() -> None:
     rig.run(lambda: rig.core.mode == Mode.HELD)
     rig.sim.emergency_stop(True)
     rig.poll()
-    snap = rig.core.snapshot()
-    core = SwapSequence.restore(rig.graph, SLOTS, snap)
+    snap = take(rig.core)
+    core = restore(rig.graph, SLOTS, snap)
     acts = core.resume(rig.clock.monotonic())
     assert core.mode == Mode.HELD and core.latched
     kinds = {type(a).__name__ for a in acts}
@@ -469,7 +469,7 @@ def test_restart_keeps_a_held_swap_held_and_the_latch_latched() -> None:
 
 
 def test_output_off_failure_holds_and_retry_asks_again() -> None:
-    from edge.swap.sequence import SlotOutputFailed, SlotOutputOff
+    from edge.swap.messages import SlotOutputFailed, SlotOutputOff
 
     rig = CoreRig(auto_outputs=False)
     rig.vehicle.arrive()
@@ -517,7 +517,8 @@ def test_frozen_heartbeat_halts_both_units_alarms_and_starts_nothing() -> None:
     """Issue 12 outcome 8: a frozen PLC image kept reporting the e-stop chain healthy and steps
     went on. A heartbeat that stops advancing halts both units, alarms, holds the swap; nothing
     starts until the heartbeat moves again and the operator retries."""
-    from edge.swap.sequence import PlcStatus, StepStatus
+    from edge.swap.messages import PlcStatus
+    from edge.swap.model import StepStatus
 
     rig = CoreRig()
     rig.vehicle.arrive()

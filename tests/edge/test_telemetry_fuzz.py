@@ -21,8 +21,8 @@ from edge.telemetry.config import TelemetryConfig
 from edge.telemetry.models import MQTT_COMMANDS as COMMAND_NAMES
 from edge.telemetry.models import CommandResult
 from edge.telemetry.outbox import open_db
-from edge.telemetry.target import InMemoryTarget
 from tests.conftest import Broker
+from tests.doubles import InMemoryTarget
 from tests.edge.telemetry_fixtures import (
     STATION_ID,
     command,

@@ -1,0 +1,176 @@
+"""The swap core's messages: the events it handles and the actions it returns.
+
+Events come from the PLC poll, the slot controllers and the operator; actions are carried out
+by the coordinator (journal first, then PLC writes, slot-output requests, events and alarms).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from drivers.robot.contract import RobotStatus
+from edge.command_types import Rejected as CommandRejected
+from edge.swap.choice import SlotView
+from edge.swap.journal import JournalRecord
+
+# ----- events in
+
+
+@dataclass(frozen=True, slots=True)
+class PackIdentity:
+    pack_id: str
+    pack_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StartSwap:
+    vehicle_id: str
+    pack_type: str
+    announced_pack_id: str
+    slots: tuple[SlotView, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PlcStatus:
+    status: RobotStatus
+
+
+@dataclass(frozen=True, slots=True)
+class PlcOffline:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SlotOutputOff:
+    slot_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SlotOutputFailed:
+    slot_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PackDocked:
+    slot_id: str
+    identity: PackIdentity
+
+
+@dataclass(frozen=True, slots=True)
+class ResetFault:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class RetryStep:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class RefitOriginal:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Manual:
+    end: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CorrectInventory:
+    pack_id: str
+    place: str | None
+    pack_type: str | None = None
+
+
+Event = (
+    StartSwap
+    | PlcStatus
+    | PlcOffline
+    | SlotOutputOff
+    | SlotOutputFailed
+    | PackDocked
+    | ResetFault
+    | RetryStep
+    | RefitOriginal
+    | Manual
+    | CorrectInventory
+)
+
+# ----- actions out
+
+
+@dataclass(frozen=True, slots=True)
+class JournalWrite:
+    record: JournalRecord
+
+
+@dataclass(frozen=True, slots=True)
+class CommandStep:
+    unit: str
+    step_code: int
+    arg: int
+    seq: int
+    step_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SetHalt:
+    units: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestOutputOff:
+    slot_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class RequestAllOutputsOff:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseOutputs:
+    """The e-stop latch was reset with the chain healthy: slots may charge again."""
+
+
+@dataclass(frozen=True, slots=True)
+class Emit:
+    type: str
+    details: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class RaiseAlarm:
+    code: str
+    source: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClearAlarm:
+    code: str
+    source: str
+
+
+Action = (
+    JournalWrite
+    | CommandStep
+    | SetHalt
+    | RequestOutputOff
+    | RequestAllOutputsOff
+    | ReleaseOutputs
+    | Emit
+    | RaiseAlarm
+    | ClearAlarm
+)
+
+
+class Rejected(CommandRejected):
+    """The house's one refusal (`edge.command_types.Rejected`), message first for the core's
+    many `rejected` answers. Nothing moved."""
+
+    def __init__(self, message: str, code: str = "rejected") -> None:
+        super().__init__(code, message)
