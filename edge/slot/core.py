@@ -24,7 +24,6 @@ Safety rules (docs/safety.md), each with a test in tests/edge/test_slot_core.py:
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -537,7 +536,7 @@ class SlotCore:
             _, unlimited = self.setpoint()
         finally:
             self.grant_kw = grant
-        return granted < unlimited - self.safety.current_deadband_a / 2
+        return granted < unlimited - self.current_deadband_a / 2
 
     def _pack_voltage(self) -> float | None:
         r = self.reading
