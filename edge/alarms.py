@@ -39,6 +39,12 @@ _DEFS = [
         "A device service failed and is being restarted",
     ),
     AlarmDef("station.loop_lag", Severity.WARNING, "station", "Event loop lag above threshold"),
+    AlarmDef(
+        "clock.unsynchronised",
+        Severity.MINOR,
+        "station",
+        "System clock not synchronised: command expiry, dedupe and tariffs may be off",
+    ),
     # Modbus devices
     AlarmDef(
         "modbus.offline",

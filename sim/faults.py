@@ -26,6 +26,7 @@ import aiomqtt
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from drivers.core.backoff import Backoff
 from drivers.core.log import get_logger
 from edge.telemetry.topics import check_level
 from sim.broker import BrokerAddress, parse_broker_url
@@ -215,24 +216,22 @@ class FaultListener:
 
     async def run(self) -> None:
         client = mqtt_client(self.broker, self.credentials)
-        backoff_s = 0.2
-        failures = 0
+        backoff = Backoff(0.2, self.max_backoff_s)
         while True:
             try:
                 async with client:
                     await client.subscribe(sim_fault_filter(self.root), qos=1)
                     self.subscribed.set()
-                    backoff_s, failures = 0.2, 0
+                    backoff.reset()
                     async for msg in client.messages:
                         payload = msg.payload if isinstance(msg.payload, bytes) else b""
                         self.dispatcher.handle(msg.topic.value, payload)
             except aiomqtt.MqttError as e:
                 self.subscribed.clear()
-                failures += 1
-                log = _log.warning if failures == 1 else _log.debug
+                delay = backoff.next_delay()
+                log = _log.warning if backoff.failures == 1 else _log.debug
                 log("fault listener lost the broker", broker=self.broker.url, error=str(e))
-                await asyncio.sleep(backoff_s)
-                backoff_s = min(backoff_s * 2, self.max_backoff_s)
+                await asyncio.sleep(delay)
 
 
 # ---- the catalogue of faults each simulated device type supports ----------------------------

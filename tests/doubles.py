@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edge.command_types import ErrorCode, Rejected
+from edge.state import OperatingMode
 from edge.telemetry.models import (
     COMMAND_PARAMS,
     ManualParams,
-    OperatingMode,
     Params,
     RefitOriginalParams,
     RefreshParams,

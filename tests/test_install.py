@@ -192,6 +192,7 @@ exec setpriv --reuid={USER} --regid=$(id -g {USER}) --clear-groups --no-new-priv
         shutil.rmtree(work, ignore_errors=True)
 
 
+@pytest.mark.timeout(400)  # four runs of install.sh, each a pip install
 def test_upgrade_keeps_previous_and_backs_up_state_rollback_and_uninstall(
     tmp_path: Path,
 ) -> None:

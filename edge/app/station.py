@@ -25,6 +25,7 @@ from edge.operator.commands import OutOfService, StationCommands
 from edge.operator.ctl import CtlServer
 from edge.operator.service import CommandService
 from edge.operator.signatures import Verifier, load_keys
+from edge.operator.timesync import ClockWatch
 from edge.scheduler.core import Allocation, Scheduler
 from edge.scheduler.policies import make_policy
 from edge.scheduler.service import SchedulerService
@@ -367,6 +368,7 @@ def build_station(
     swap_runner.dock_known_packs(slots)
 
     supervisor.add(Task("health", monitor.run), Kind.CORE)
+    supervisor.add(ClockWatch(station_raiser, clock), Kind.DEVICE)  # clock.unsynchronised
     supervisor.add(modbus_service(network, slots), Kind.DEVICE)
     supervisor.add(TelemetryRunner(telemetry), Kind.DEVICE)
     supervisor.add(Task("scheduler", scheduler.run), Kind.CORE)

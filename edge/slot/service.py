@@ -22,6 +22,7 @@ from typing import Any
 
 from drivers.can.config import CanBusConfig
 from drivers.can.events import (
+    ACTIVE_PHASES,
     PackIdentified,
     Phase,
     PhaseChanged,
@@ -33,6 +34,7 @@ from drivers.can.events import (
 from drivers.can.runner import ChargerLink
 from drivers.can.session import ChargerLimits, PackFieldLimits, SessionTimers
 from drivers.core.alarm_sink import AlarmSink, ClearAlarm, RaiseAlarm, carry_out
+from drivers.core.backoff import Backoff
 from drivers.core.clock import Clock
 from drivers.core.log import get_logger
 from drivers.core.quality import Quality
@@ -61,6 +63,7 @@ from edge.swap.choice import SlotView
 log = get_logger("slot")
 # Session phases in which the BMS may have closed its contactors (after BCP/BRO).
 _BMS_ENGAGED = frozenset({Phase.PARAMETERS, Phase.CHARGING, Phase.STOPPING})
+_SESSION_OVER = frozenset({Phase.IDLE, Phase.ENDED, Phase.FAILED})
 
 # The charger's `state` enum labels that mean its output is live, and those that mean it is off.
 _LIVE_STATES = frozenset({"charging", "derating", "on"})
@@ -203,14 +206,30 @@ class SlotService:
     def resume_charging(self) -> None:
         """After an e-stop reset: a docked slot whose session has ended starts a new one (one
         still ending starts it when it has ended)."""
-        self._resume_pending = self.docked
+        self._begin_again()
+
+    def _begin_again(self) -> None:
+        """A docked pack gets a new session: at once when its last one is over, or as soon as
+        a stopping one has ended (a CHM in the middle of a stop would abandon it). A session
+        that is still up is left alone."""
+        self._resume_pending = (
+            self.docked
+            and self.in_service
+            and self.core.state is not SlotState.UNAVAILABLE
+            and self.core.phase not in ACTIVE_PHASES
+        )
         self._maybe_resume()
 
     def _maybe_resume(self) -> None:
-        if self._resume_pending and self.docked and self.core.state is SlotState.EMPTY:
+        if not self._resume_pending:
+            return
+        if self.core.phase in ACTIVE_PHASES or not (self.docked and self.in_service):
+            self._resume_pending = False  # up again by itself (re-handshake), or gone
+        elif self.core.phase in _SESSION_OVER and self.core.state is not SlotState.UNAVAILABLE:
             self._resume_pending = False
             self._started = False
-            self._start_session()
+            if self.ratings_known.is_set():  # else the first reading of the ratings starts it
+                self._start_session()
 
     def set_grant(self, grid_kw: float) -> None:
         """The scheduler's grant (grid-side); the slot limits what reaches the pack."""
@@ -221,20 +240,23 @@ class SlotService:
         self._apply(self.core.set_derating(factor, self._clock.monotonic()))
 
     def reset(self) -> None:
-        """Operator reset of a latched slot (after re-plugging the pack)."""
+        """Operator reset of a latched slot (after re-plugging the pack): a docked pack starts
+        a new session."""
         self._apply(self.core.reset_unavailable(self._clock.monotonic()))
-        if self.docked and self.core.state is SlotState.EMPTY:
-            self._start_session()
+        self._begin_again()
 
     def set_in_service(self, in_service: bool) -> None:
         """Out of service: output off and CST now, no new session; back: a seated pack
-        starts its session again."""
+        starts a new session (once the stopped one has ended)."""
+        if in_service == self.in_service:
+            return
         self.in_service = in_service
         if not in_service:
+            self._resume_pending = False
             self.stop_output()
             self._started = False
-        elif self.docked and self.ratings_known.is_set():
-            self._start_session()
+        else:
+            self._begin_again()
         self._on_change(self.slot_id)
 
     def stop_output(self, reason: StopReason = StopReason.MANUAL) -> None:
@@ -625,8 +647,10 @@ class SlotService:
 
     async def _writer(self) -> None:
         done = 0
-        delay = self.off_retry_initial_s
+        retry = Backoff(self.off_retry_initial_s, self.off_retry_max_s)
+        failures = 0  # writes failed or offs unconfirmed in a row
         while True:
+            delay = retry.delay(failures + 1)
             w = self._wanted
             if w is None or (w.version == done and (w.out.enable or self._off_confirmed)):
                 await self._wait_wake(None)
@@ -639,7 +663,7 @@ class SlotService:
                 if self._wanted is w and not self._off_confirmed:
                     self.off_unconfirmed("no read after the off command shows the output off")
                     done = 0
-                    delay = min(self.off_retry_max_s, delay * 2)
+                    failures += 1
                 continue
             if not w.out.enable and self._off_since is None:
                 self._off_since = self._clock.monotonic()
@@ -658,8 +682,8 @@ class SlotService:
                     self.off_unconfirmed(f"off write failed: {e}")
                 # not done: written again after a short backoff (or at once for a newer request)
                 await self._wait_wake(delay)
-                delay = min(self.off_retry_max_s, delay * 2)
+                failures += 1
                 continue
             done = w.version
             if w.out.enable:
-                delay = self.off_retry_initial_s
+                failures = 0

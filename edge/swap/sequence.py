@@ -862,17 +862,18 @@ class SwapSequence:
         self._finish(out, failed=True, reason="manual")
 
     def _correct(self, ev: CorrectInventory, out: list[Action]) -> None:
+        # Params before mode rules, as for every command: a bad place is invalid_params always.
+        if ev.place is not None and not is_valid_place(ev.place, self.inventory.slots):
+            raise Rejected(
+                f"unknown place {ev.place!r} (slot:<id>, {', '.join(HANDLING_PLACES)})",
+                "invalid_params",
+            )
         if self.mode == Mode.RUNNING:
             raise Rejected("swap running: hold it (fault) or take manual control first")
         if self.swap is not None and any(
             self.swap.runs[s].status == StepStatus.ACTIVE for s in self.swap.plan
         ):
             raise Rejected("a step is still running")
-        if ev.place is not None and not is_valid_place(ev.place, self.inventory.slots):
-            raise Rejected(
-                f"unknown place {ev.place!r} (slot:<id>, {', '.join(HANDLING_PLACES)})",
-                "invalid_params",
-            )
         old = self.inventory.get(ev.pack_id)
         try:
             self.inventory.set_place(ev.pack_id, ev.place, ev.pack_type)

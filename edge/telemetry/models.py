@@ -3,7 +3,6 @@ AsyncAPI document (`swapd asyncapi`). Units are in field names; `ts` is RFC 3339
 
 from __future__ import annotations
 
-from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, create_model
@@ -14,6 +13,7 @@ from edge.command_types import ErrorCode
 
 __all__ = ["ErrorCode"]  # re-exported: the contract's result codes live with Rejected
 from edge.scheduler.core import GridMode
+from edge.state import OperatingMode
 
 Timestamp = Annotated[
     str,
@@ -28,12 +28,6 @@ Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_
 
 class Wire(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class OperatingMode(StrEnum):
-    NORMAL = "normal"
-    MAINTENANCE = "maintenance"  # no new swaps; charging goes on
-    DRAIN = "drain"  # finish what runs, start nothing new
 
 
 # ---- status -------------------------------------------------------------------------------
@@ -327,8 +321,11 @@ class StatusParams(Params):
 
 class InventorySetParams(Params):
     pack_id: str = Field(min_length=1, max_length=128)
+    # The shape is checked here, with the other params (before any mode rule); whether the
+    # slot exists is the station's word.
     place: str | None = Field(
-        description="slot:<id>, vehicle, shuttle, buffer, stacker, or null (not in the station)"
+        pattern=r"^(slot:[A-Za-z0-9_-]{1,64}|vehicle|shuttle|buffer|stacker)$",
+        description="slot:<id>, vehicle, shuttle, buffer, stacker, or null (not in the station)",
     )
     pack_type: str | None = Field(None, min_length=1, max_length=64)
 
