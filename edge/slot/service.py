@@ -342,7 +342,9 @@ class SlotService:
         return state is not None and str(state) in _OFF_STATES
 
     def slot_input(self) -> SlotInput:
+        """What the scheduler allocates from (it reads every slot at each allocation)."""
         s = self.snapshot()
+        self.core.scheduled_request_kw = self.core.request_kw()
         r = self.core.ratings
         eff = self.charging_efficiency
         # The request and the rating are pack-side; the scheduler works grid-side (edge.power).

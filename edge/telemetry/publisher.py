@@ -66,6 +66,10 @@ class StatePublisher:
     def slot_changed(self, slot_id: str) -> None:
         self._dirty.add(slot_id)
         self._wake.set()
+        slot = self.slots.get(slot_id)
+        if self.scheduler is not None and slot is not None and slot.core.grant_binds():
+            # A BCL above the grant: reallocate now, not at the next period (issue 13).
+            self.scheduler.trigger(f"slot {slot_id} request")
 
     def robot_changed(self) -> None:
         self._robot_dirty = True
