@@ -55,6 +55,8 @@ from edge.swap.model import Mode, StepRun, StepStatus, Swap
 from edge.swap.recovery import HOLD_ALARMS, plan_refit, retry_steps
 from edge.swap.steps import StepDef, StepGraph
 
+_ON_ROBOT = ("buffer", "shuttle", "stacker")
+
 
 class SwapSequence:
     def __init__(self, graph: StepGraph, slot_numbers: Mapping[str, int]) -> None:
@@ -82,6 +84,16 @@ class SwapSequence:
         self._hb_at = 0.0
         self._check_heartbeat = "heartbeat" in graph.contract.model.points
         self._last_halt_write = -math.inf
+        self._positions_confirmed = False  # per process: the first status after a start
+        # per unit, the PLC steps that leave a pack on the robot (buffer, shuttle, stacker)
+        self._to_robot = {
+            u: {
+                st.plc_step
+                for st in graph.model.steps
+                if st.unit == u and any(m.to in _ON_ROBOT for m in st.moves)
+            }
+            for u in UNITS
+        }
 
     # ----- entry points
 
@@ -325,6 +337,45 @@ class SwapSequence:
             return False
         return now - self._hb_at > self.graph.model.heartbeat_timeout_s
 
+    def plc_disagrees(self, st: RobotStatus) -> list[str]:
+        """Seam (issue 12 item 3): at start-up the journal's positions are confirmed from the
+        PLC's own registers, never trusted. Each unit's acknowledged step must be the one the
+        journal commanded with that seq; a seq the journal never issued means the robot moved
+        without it (journal rebuilt, replaced or rolled back): with a swap in flight nothing it
+        says about the packs holds, and with none the robot must not be busy or hold a pack."""
+        found: list[str] = []
+        sw = self.swap
+        for u in UNITS:
+            us = st.units[u]
+            name = self.graph.contract.step_name(u, us.step_code)
+            said = next(
+                (
+                    self._def(sid).plc_step
+                    for sid in (sw.plan if sw is not None else ())
+                    if sw is not None
+                    and sw.runs[sid].seq == us.ack_seq
+                    and self._def(sid).unit == u
+                ),
+                None,
+            )
+            if us.ack_seq == 0 or (said is None and us.ack_seq <= self.seq[u]):
+                continue
+            if said is not None:
+                if said != name:
+                    found.append(f"{u} acknowledged #{us.ack_seq} as {name}, journal: {said}")
+            elif sw is not None:
+                found.append(
+                    f"{u} acknowledged {name} #{us.ack_seq}, journal issued up to #{self.seq[u]}"
+                )
+            elif us.state == UnitState.BUSY or (
+                us.state != UnitState.IDLE and name in self._to_robot[u]
+            ):
+                found.append(
+                    f"{u} {us.state.value} after {name} #{us.ack_seq}, unknown to the journal: "
+                    "the robot may hold a pack"
+                )
+        return found
+
     def status_stale(self, now: float) -> bool:
         """Seam (issue 12 item 2): the last good status is older than the freshness limit."""
         return self.plc_at is None or now - self.plc_at > self.graph.model.status_max_age_s
@@ -359,6 +410,11 @@ class SwapSequence:
         if not self.plc_online:
             self.plc_online = True
             self._clear(out, "robot.plc_offline", "robot")
+        if not self._positions_confirmed:
+            self._positions_confirmed = True
+            found = self.plc_disagrees(st)
+            if found:  # held (or swaps refused) until the operator corrects the inventory
+                self._inconsistent(out, "PLC disagrees with the journal: " + "; ".join(found))
         plc_reset = set()
         for u in UNITS:
             ack = st.units[u].ack_seq

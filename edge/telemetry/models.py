@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, create_model
 
+from drivers.can.events import Phase
 from drivers.core.quality import Quality
 from edge.alarms import Severity
 from edge.command_types import ErrorCode
@@ -88,7 +89,7 @@ class SlotTelemetry(Wire):
     power_kw: float | None = Field(None, description="positive into the pack")
     temp_max_c: float | None = None
     temp_min_c: float | None = None
-    session_phase: str = Field(description="GB/T 27930 session phase, e.g. idle, charging")
+    session_phase: Phase = Field(description="GB/T 27930 session phase")
     charger_state: str = Field(description="charger state from its register map")
     available: bool = True
     in_service: bool = Field(True, description="false while an operator took the slot out")

@@ -9,10 +9,10 @@ from datetime import timedelta
 
 import pytest
 
-from drivers.core.clock import ManualClock
 from edge.scheduler.core import Allocation, InvalidRequestError, Scheduler, SlotInput
 from edge.scheduler.policies import NaivePolicy
 from edge.scheduler.service import SchedulerService
+from tests.doubles import ManualClock
 from tests.edge.scheduler_fixtures import grid_config
 
 

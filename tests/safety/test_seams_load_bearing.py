@@ -32,6 +32,7 @@ from sim.devices.pack import Fault
 from tests.edge import test_failsafe_outputs as outputs
 from tests.edge import test_slot_core as slot_core
 from tests.edge import test_swap_core as swap_core
+from tests.edge import test_swap_plc_confirms as plc_confirms
 from tests.edge.station_fixtures import mini_config, running_station, wait_for
 from tests.edge.swap_fixtures import CoreRig
 
@@ -53,6 +54,14 @@ class Broken:
 
     def __str__(self) -> str:
         return f"{self.kind} at `{self.line}`"
+
+
+def broken_sync(test: Callable[[], None]) -> Broken | None:
+    try:
+        test()
+    except AssertionError as e:
+        return Broken(type(e).__name__, _failing_line(test, e))
+    return None
 
 
 def _failing_line(test: Callable[..., Any], exc: BaseException) -> str:
@@ -318,3 +327,14 @@ async def test_supervisor_without_fail_safe(
         outputs.test_a_crashing_slot_service_switches_its_charger_off_before_the_backoff, tmp_path
     )
     assert b is not None and "really_off(sim)" in b.line, b
+
+
+# ---- item 3: the journal's positions are confirmed from the PLC -----------------------------
+
+
+def test_plc_disagrees_trusting_the_journal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`SwapSequence.plc_disagrees` finds nothing: a journal behind the robot is trusted and its
+    steps are sent again to a PLC whose packs have moved."""
+    monkeypatch.setattr(SwapSequence, "plc_disagrees", lambda self, st: [])
+    b = broken_sync(plc_confirms.test_a_journal_behind_the_plc_holds_the_swap_and_moves_nothing)
+    assert b is not None and "rig.sim.motions" in b.line, b
