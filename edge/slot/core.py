@@ -523,12 +523,14 @@ class SlotCore:
     def grant_binds(self) -> bool:
         """The grant holds the output below what the request and the other limits allow (by
         more than half the current deadband), and the request rose since the scheduler last
-        read it: the station asks for a new allocation at once rather than at the next period
-        (the grant stays the cap; the scheduler decides)."""
+        read it by more than 0.5 % (above the charger's voltage reading noise, which moves the
+        request's kW; a grant the policy holds below the request then asks once per rise, not
+        at every reading): the station asks for a new allocation at once rather than at the
+        next period (the grant stays the cap; the scheduler decides)."""
         p = self._pack
         if p.request is None or not self._charging() or self.state is not SlotState.CHARGING:
             return False
-        if self.request_kw() <= self.scheduled_request_kw * 1.001 + 1e-3:
+        if self.request_kw() <= self.scheduled_request_kw * 1.005 + 1e-3:
             return False
         _, granted = self.setpoint()
         grant, self.grant_kw = self.grant_kw, math.inf

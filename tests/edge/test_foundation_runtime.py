@@ -13,13 +13,13 @@ import orjson
 import pytest
 import structlog
 
-from drivers.core.clock import ManualClock, SystemClock
+from drivers.core.clock import SystemClock
 from drivers.core.log import get_logger
 from edge.alarms import AlarmManager, AlarmOwnershipError, UnknownAlarmError
 from edge.app.health import LoopMonitor, Notifier, watchdog_interval_s
 from edge.app.logs import configure_logging
 from edge.app.supervisor import CoreServiceFailed, Kind, Supervisor
-from tests.doubles import RecordingAlarmSink
+from tests.doubles import ManualClock, RecordingAlarmSink
 from tests.edge.foundation_helpers import station_copy
 
 

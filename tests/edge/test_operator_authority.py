@@ -14,7 +14,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from drivers.core.clock import ManualClock, SystemClock
+from drivers.core.clock import SystemClock
 from edge.alarms import AlarmManager
 from edge.command_types import LOCAL, SIM, Rejected
 from edge.operator.commands import StationCommands
@@ -28,7 +28,7 @@ from edge.telemetry.config import TelemetryConfig
 from edge.telemetry.outbox import open_db
 from edge.telemetry.service import Telemetry
 from tests.conftest import Broker
-from tests.doubles import InMemoryTarget
+from tests.doubles import InMemoryTarget, ManualClock
 from tests.edge.swap_fixtures import live_rig
 from tests.edge.telemetry_fixtures import (
     STATION_ID,

@@ -9,10 +9,10 @@ from datetime import timedelta
 
 import pytest
 
-from drivers.core.clock import ManualClock
 from edge.scheduler.core import Allocation, InvalidRequestError, Scheduler, SlotInput
 from edge.scheduler.policies import NaivePolicy
 from edge.scheduler.service import SchedulerService
+from tests.doubles import ManualClock
 from tests.edge.scheduler_fixtures import grid_config
 
 
@@ -172,6 +172,10 @@ async def test_a_bcl_above_the_grant_is_met_without_waiting_for_the_period(
         assert clock.monotonic() == t_bcl and published[-1].at.t_s == t_bcl
         assert published[-1].trigger == "slot s0 request"
         assert not core.grant_binds()  # no storm of reallocations at every BCL
+        # Nor at every reading: pack voltage noise of 0.2 % moves the request's kW that much.
+        core.on_reading(ChargerReading(350.7, 100.0, True), t_bcl)
+        assert not core.grant_binds()
+        core.on_reading(ChargerReading(350.0, 100.0, True), t_bcl)
         core.on_session_event(ChargeRequest(400.0, 100.0, ChargeMode.CONSTANT_CURRENT), t_bcl)
         assert not core.grant_binds()
         # A lower BCL needs no scheduler at all: applied in the same call.
