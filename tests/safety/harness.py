@@ -428,8 +428,8 @@ async def _apply(c: Composed, f: FaultEvent, out: Outcome) -> Callable[[], Any] 
             seat = w.seats[other]
         from sim.devices.pack import Fault
 
-        seat.inject(Fault(f.fault))
-        return lambda: seat.clear(Fault(f.fault))
+        seat.inject(Fault(f.fault).value, {})
+        return lambda: seat.clear(Fault(f.fault).value)
     if f.device == "plc":
         plc = w.plc
         if f.fault == "emergency_stop":

@@ -213,6 +213,19 @@ async def test_enable_allowed_allowing_anything(monkeypatch: pytest.MonkeyPatch)
 # ---- item 3: a reserved slot is never energised ---------------------------------------------
 
 
+async def test_inhibit_ignoring_the_swap_reservation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`SlotCore.inhibit` ignores the swap's reservation: a charging slot the swap reserved is
+    not switched off, and the core keeps sending the charger enables."""
+    real = SlotCore.inhibit
+
+    def not_reserved(self: SlotCore, reason: str, now: float) -> list[Any]:
+        return [] if reason == "reserved" else real(self, reason, now)
+
+    monkeypatch.setattr(SlotCore, "inhibit", not_reserved)
+    b = broken_sync(slot_core.test_an_inhibited_slot_is_never_enabled_and_goes_off_at_once)
+    assert b is not None and "outputs(acts)" in b.line, b
+
+
 async def test_dock_known_packs_docking_the_reserved_slot(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
