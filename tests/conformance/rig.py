@@ -40,6 +40,7 @@ from tests.edge.station_fixtures import mini_config
 
 LIMIT_REG, ENABLE_REG = 101, 102  # charger-generic.yaml: holding 101 = current limit, 102 = enable
 Daemon = Literal["in-process", "process"]
+GENERIC_MAP = "builtin:charger-generic"
 # BMS phases in which no session is under way (a pack may leave its slot).
 SETTLED = {Phase.WAIT_CHM, Phase.HANDSHAKE, Phase.ENDED, Phase.ERROR}
 
@@ -274,12 +275,17 @@ async def conformance_station(
     station_id: str | None = None,
     watch_period_s: float = 0.05,
     charger_peers: dict[str, VendorEmulator] | None = None,
+    charger_map: str = GENERIC_MAP,
 ) -> AsyncIterator[Rig]:
     """`packs`: PLC slot number (1-based) -> the BMS plugged there at start. `charger_peers`:
     charger id -> a charger peer served at that charger's address instead of the simulator (the
     pack then sees no delivered current). Everything started here is stopped on the way out,
-    whatever the test did (a child daemon is killed if SIGTERM does not end it within 15 s)."""
+    whatever the test did (a child daemon is killed if SIGTERM does not end it within 15 s).
+    `charger_map`: every charger's map; with another than the generic one the rig does not
+    watch the chargers' registers (a vendor peer judges every read it gets)."""
     path = mini_config(tmp_path, n_slots=n_slots, mqtt_port=mqtt_port)
+    if charger_map != GENERIC_MAP:
+        path.write_text(path.read_text().replace(f"map: {GENERIC_MAP}", f"map: {charger_map}"))
     if station_id is not None:
         path.write_text(path.read_text().replace("id: it-station", f"id: {station_id}", 1))
     cfg = load_config(path)
@@ -330,7 +336,10 @@ async def conformance_station(
         for n, pc in packs.items():
             seats[n - 1].plug(pc)
         watcher = asyncio.create_task(
-            _watch_chargers(cfg, seats, watch_period_s), name="charger-watch"
+            _watch_chargers(cfg, seats, watch_period_s)
+            if charger_map == GENERIC_MAP
+            else asyncio.Event().wait(),
+            name="charger-watch",
         )
 
         async def stop_watcher() -> None:
