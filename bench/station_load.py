@@ -85,10 +85,6 @@ def make_config(tmp: Path, slots: int, mqtt_port: int) -> Path:
     ]
     # Every slot charges (no grid throttling), so every slot sends CCS and reads at full rate.
     doc["grid"]["cap_kw"] = 70 * slots
-    # The sim seats packs at 50-75 % (SWAPD_SIM_SOC): they charge all through the run, and the
-    # swaps take them from 60 % on.
-    doc["grid"]["ready_soc_pct"] = 60
-    doc["grid"]["max_soc_pct"] = 100
     tel = doc.setdefault("telemetry", {})
     tel["min_interval_s"] = 0.1
     tel["refresh_s"] = 0.1  # every slot goes out at 10 Hz, changed or not
@@ -348,6 +344,13 @@ class Feed:
 # ---- the run --------------------------------------------------------------------------------
 
 
+def full_packs(args: argparse.Namespace) -> int:
+    """Full packs for the swaps of the run (one per vehicle), the rest charge: the sim
+    seats them at 50-75 % (SWAPD_SIM_SOC), so they charge all through the run."""
+    vehicles = int((args.warmup + args.duration) / args.arrival_s) + 1
+    return max(0, min(int(args.slots) - 2, vehicles))
+
+
 async def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     quota: float | None = args.cpu_quota
     daemon_cpus = {0} if quota is not None else None
@@ -373,7 +376,7 @@ async def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 {
                     "SWAPD_SIM_STATS": str(sim_out),
                     "SWAPD_SIM_ARRIVAL_S": str(args.arrival_s),
-                    "SWAPD_SIM_SOC": "50,75",
+                    "SWAPD_SIM_SOC": f"50,75,{full_packs(args)}",
                 },
             )
             assert sim.stdout is not None
@@ -389,7 +392,8 @@ async def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 [sys.executable, "-m", "edge", "run", "--config", str(cfg)],
                 tmp / "daemon.log",
                 daemon_cpus,
-                {"SWAPD_PERF_OUT": str(perf_out), "NOTIFY_SOCKET": notify_path},
+                {"SWAPD_PERF_OUT": str(perf_out), "NOTIFY_SOCKET": notify_path}
+                | dict(args.daemon_env),
             )
             await asyncio.to_thread(wait_ready, notify, daemon, 60)
             if cg is not None:
@@ -415,9 +419,11 @@ async def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             t1 = time.monotonic()
             cg1 = cg.stat() if cg is not None else {}
             rss_max = max(rss_max, rss_mb(daemon.pid))
+            # The window ends here: what the feed sees from now on (dumps, stop) is not counted.
+            alarms, events = Counter(feed.alarms), Counter(feed.events)
+            stops, slot_msgs, slots_seen = dict(feed.stops), feed.slot_msgs, len(feed.slots_seen)
             perf = await asyncio.to_thread(dump, daemon.pid, perf_out)
             simd = await asyncio.to_thread(dump, sim.pid, sim_out)
-            await asyncio.sleep(0.5)  # the last events in flight
             wall = t1 - t0
             cpu = {k: (c1[k] - c0[k]) / wall * 100 for k in pids}
             feed_task.cancel()
@@ -427,10 +433,9 @@ async def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             frames = simd.get("frames", {})
             bms_timeouts = sum(simd.get("bms_timeouts", {}).values())
             modbus = perf.get("modbus", {})
-            offline = max(
-                feed.alarms["modbus.offline"] + feed.alarms["charger.offline"],
-                int(modbus.get("offline_events", 0)),
-            )
+            # A charger going offline raises modbus.offline (and charger.offline for its slot):
+            # one event, as the device owner counts it.
+            offline = max(alarms["modbus.offline"], int(modbus.get("offline_events", 0)))
             result = {
                 "daemon_cpu_pct": round(cpu["daemon"], 1),
                 "rss_mb": round(rss_max, 1),
@@ -441,7 +446,7 @@ async def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 "gc_pause_max_ms": perf["gc_pause_ms"]["max"],
                 "cem": int(frames.get("cem", 0)),
                 "cst": int(frames.get("cst", 0)),
-                "timeouts": bms_timeouts + feed.alarms["pack.bms_timeout"],
+                "timeouts": bms_timeouts + alarms["pack.bms_timeout"],
                 "modbus_offline": offline,
                 # more detail
                 "ccs_jitter_p50_ms": simd["ccs_jitter_ms"]["p50"],
@@ -459,12 +464,17 @@ async def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 "cst_swap": int(frames.get("cst_swap", 0)),
                 "cst_done": int(frames.get("cst_done", 0)),
                 "bms_timeouts": simd.get("bms_timeouts", {}),
-                "alarms": dict(feed.alarms),
-                "charge_stops": dict(feed.stops),
-                "swaps_completed": feed.events["swap.completed"],
-                "swaps_failed": feed.events["swap.failed"],
-                "slot_telemetry_hz": round(feed.slot_msgs / wall / max(1, args.slots), 2),
-                "slots_publishing": len(feed.slots_seen),
+                "alarms": dict(alarms),
+                "charge_stops": stops,
+                "swaps_completed": events["swap.completed"],
+                "swaps_failed": events["swap.failed"],
+                "slot_telemetry_hz": round(slot_msgs / wall / max(1, args.slots), 2),
+                "slots_publishing": slots_seen,
+                "loop": perf.get("loop"),
+                "gc_threshold": perf.get("gc_threshold"),
+                "gc_frozen": perf.get("gc_frozen"),
+                "gc_counts": perf.get("gc_counts"),
+                "daemon_env": dict(args.daemon_env),
                 "cpu_quota": quota,
                 "slots": args.slots,
                 "duration_s": round(wall, 1),
@@ -485,7 +495,10 @@ async def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 def report(r: dict[str, Any]) -> None:
     q = r["cpu_quota"]
     mode = f"daemon confined to {q:.2f} of CPU 0 ({r['cgroup']})" if q else "full speed"
-    print(f"station_load: {r['slots']} slots, {r['duration_s']:.0f} s measured, {mode}")
+    print(
+        f"station_load: {r['slots']} slots, {r['duration_s']:.0f} s measured, {mode}; daemon "
+        f"loop {r['loop']}, gc threshold {r['gc_threshold']}, {r['gc_frozen']} objects frozen"
+    )
     print(
         f"  daemon CPU {r['daemon_cpu_pct']:.1f} % of one core (goal < 25), RSS max "
         f"{r['rss_mb']:.1f} MB (goal < 80); sim {r['sim_cpu_pct']:.1f} %, broker "
@@ -528,6 +541,14 @@ def main() -> None:
     ap.add_argument("--cpu-quota", type=float, help="confine the daemon to this share of a core")
     ap.add_argument("--arrival-s", type=float, default=180.0, help="seconds between vehicles")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    ap.add_argument(
+        "--daemon-env",
+        type=lambda t: tuple(t.split("=", 1)),
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="environment of the daemon (levers: SWAPD_EVENT_LOOP=asyncio, SWAPD_GC_TUNE=0)",
+    )
     args = ap.parse_args()
     if args.cpu_quota is not None and not 0 < args.cpu_quota <= 1:
         ap.error("--cpu-quota wants a fraction in (0, 1]")

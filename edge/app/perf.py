@@ -119,6 +119,9 @@ class PerfProbe:
             "gc_pause_ms": summary(self._gc_ms),
             "gc_pause_max_ms_by_gen": [round(x, 3) for x in self._gc_by_gen],
             "gc_counts": [s["collections"] for s in gc.get_stats()],
+            "gc_threshold": list(gc.get_threshold()),
+            "gc_frozen": gc.get_freeze_count(),
+            "loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
             "samples": {k: summary(v) for k, v in self.samples.items()},
             "counts": dict(self.counts),
         }
