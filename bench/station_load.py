@@ -108,17 +108,26 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def pin(cpus: set[int] | None) -> Callable[[], None] | None:
-    if cpus is None:
+def before_exec(cpus: set[int] | None, nice: int) -> Callable[[], None] | None:
+    """Affinity and niceness of a child, set before exec (its threads inherit both)."""
+    if cpus is None and nice == 0:
         return None
-    return lambda: os.sched_setaffinity(0, cpus)
+
+    def setup() -> None:
+        if cpus is not None:
+            os.sched_setaffinity(0, cpus)
+        if nice:
+            os.setpriority(os.PRIO_PROCESS, 0, nice)
+
+    return setup
 
 
 class Procs:
     """Child processes, stopped (SIGTERM, then SIGKILL) in reverse order."""
 
-    def __init__(self) -> None:
+    def __init__(self, nice: int = 0) -> None:
         self.items: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.nice = nice
 
     def start(
         self, name: str, argv: list[str], log: Path, cpus: set[int] | None, env: dict[str, str]
@@ -129,7 +138,7 @@ class Procs:
                 stdout=subprocess.PIPE,
                 stderr=err,
                 env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
-                preexec_fn=pin(cpus),  # noqa: PLW1509 - affinity before exec, inherited by threads
+                preexec_fn=before_exec(cpus, self.nice),  # noqa: PLW1509
             )
         self.items.append((name, p))
         return p
@@ -209,6 +218,12 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def cpu_times() -> list[int]:
+    """The machine's `cpu` line of /proc/stat (jiffies: user nice system idle iowait irq
+    softirq steal ...)."""
+    return [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
 
 
 def dump(pid: int, path: Path, timeout_s: float = 20.0) -> dict[str, Any]:
@@ -357,7 +372,7 @@ async def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     side_cpus = {1} if quota is not None else None
     if side_cpus is not None:
         os.sched_setaffinity(0, side_cpus)
-    procs = Procs()
+    procs = Procs(args.nice)
     result: dict[str, Any] = {}
     with confined(quota) as cg:
         try:
@@ -407,15 +422,20 @@ async def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             pids = {"daemon": daemon.pid, "sim": sim.pid, "broker": procs.items[0][1].pid}
             c0 = {k: cpu_s(p) for k, p in pids.items()}
             cg0 = cg.stat() if cg is not None else {}
+            m0 = cpu_times()
             t0 = time.monotonic()
             rss_max = 0.0
+            bench_lag = 0.0  # the bench's own oversleep: a third witness of machine stalls
             end = t0 + args.duration
             while (now := time.monotonic()) < end:
                 if daemon.poll() is not None or sim.poll() is not None:
                     raise RuntimeError("a process died during the run (see its log)")
                 rss_max = max(rss_max, rss_mb(daemon.pid))
-                await asyncio.sleep(min(1.0, end - now))
+                step = min(1.0, end - now)
+                await asyncio.sleep(step)
+                bench_lag = max(bench_lag, time.monotonic() - now - step)
             c1 = {k: cpu_s(p) for k, p in pids.items()}
+            m1 = cpu_times()
             t1 = time.monotonic()
             cg1 = cg.stat() if cg is not None else {}
             rss_max = max(rss_max, rss_mb(daemon.pid))
@@ -476,9 +496,13 @@ async def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 "gc_counts": perf.get("gc_counts"),
                 "daemon_env": dict(args.daemon_env),
                 "cpu_quota": quota,
+                "nice": args.nice,
                 "slots": args.slots,
                 "duration_s": round(wall, 1),
                 "loadavg_1m": round(os.getloadavg()[0], 2),
+                "machine_busy_pct": round(busy_pct(m0, m1), 1),
+                "steal_pct": round(steal_pct(m0, m1), 2),
+                "bench_lag_max_ms": round(bench_lag * 1000, 1),
             }
             if cg is not None:
                 result["throttled_periods"] = cg1.get("nr_throttled", 0) - cg0.get(
@@ -492,9 +516,23 @@ async def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     return result
 
 
+def busy_pct(m0: list[int], m1: list[int]) -> float:
+    """Share of all CPUs busy over the window (everyone's processes, not only ours)."""
+    d = [b - a for a, b in zip(m0, m1, strict=True)]
+    total = sum(d[:8]) or 1
+    return (total - d[3] - d[4]) / total * 100
+
+
+def steal_pct(m0: list[int], m1: list[int]) -> float:
+    d = [b - a for a, b in zip(m0, m1, strict=True)]
+    return d[7] / (sum(d[:8]) or 1) * 100
+
+
 def report(r: dict[str, Any]) -> None:
     q = r["cpu_quota"]
     mode = f"daemon confined to {q:.2f} of CPU 0 ({r['cgroup']})" if q else "full speed"
+    if r["nice"]:
+        mode += f", nice {r['nice']}"
     print(
         f"station_load: {r['slots']} slots, {r['duration_s']:.0f} s measured, {mode}; daemon "
         f"loop {r['loop']}, gc threshold {r['gc_threshold']}, {r['gc_frozen']} objects frozen"
@@ -524,8 +562,12 @@ def report(r: dict[str, Any]) -> None:
     )
     print(
         f"  swaps completed {r['swaps_completed']} failed {r['swaps_failed']}; slot telemetry "
-        f"{r['slot_telemetry_hz']:.1f} msg/s per slot ({r['slots_publishing']} slots); "
-        f"load average {r['loadavg_1m']}"
+        f"{r['slot_telemetry_hz']:.1f} msg/s per slot ({r['slots_publishing']} slots)"
+    )
+    print(
+        f"  machine: load average {r['loadavg_1m']}, all CPUs {r['machine_busy_pct']:.0f} % busy "
+        f"(steal {r['steal_pct']:.1f} %), the bench's own oversleep max "
+        f"{r['bench_lag_max_ms']:.0f} ms"
     )
     if q:
         print(f"  throttled CFS periods: {r['throttled_periods']}")
@@ -541,6 +583,12 @@ def main() -> None:
     ap.add_argument("--cpu-quota", type=float, help="confine the daemon to this share of a core")
     ap.add_argument("--arrival-s", type=float, default=180.0, help="seconds between vehicles")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    ap.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="niceness of the daemon, sim and broker (e.g. -20 on a machine shared with others)",
+    )
     ap.add_argument(
         "--daemon-env",
         type=lambda t: tuple(t.split("=", 1)),
