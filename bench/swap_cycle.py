@@ -28,6 +28,7 @@ from drivers.robot.contract import RobotContract  # noqa: E402
 from drivers.robot.modbus_port import ModbusRobotPort  # noqa: E402
 from edge.swap.choice import SlotView  # noqa: E402
 from edge.swap.coordinator import SwapCoordinator  # noqa: E402
+from edge.swap.inventory import SlotPlace  # noqa: E402
 from edge.swap.journal import Journal  # noqa: E402
 from edge.swap.messages import PackIdentity  # noqa: E402
 from edge.swap.steps import load_step_graph  # noqa: E402
@@ -76,7 +77,7 @@ class Views:
         inv = self.coord.core.inventory
         out = []
         for sid in SLOTS:
-            rec = inv.at(f"slot:{sid}")
+            rec = inv.at(SlotPlace(sid))
             out.append(
                 SlotView(sid, rec.pack_id, rec.pack_type, soc_pct=95.0) if rec else SlotView(sid)
             )

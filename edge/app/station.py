@@ -31,6 +31,7 @@ from edge.slot.core import SlotSafety
 from edge.slot.service import SlotService
 from edge.state import GridState, StationState
 from edge.swap.choice import SlotView
+from edge.swap.inventory import SlotPlace
 from edge.swap.messages import PackIdentity
 from edge.swap.service import SwapRoom, build_swap
 from edge.telemetry.alarm_events import AlarmEvents
@@ -115,7 +116,7 @@ class SwapRunner:
                 slot.inhibit("reserved")
             elif not known:
                 slot.probe()
-            elif inv.at(f"slot:{slot_id}") is not None:
+            elif inv.at(SlotPlace(slot_id)) is not None:
                 slot.dock()
 
     async def run(self) -> None:

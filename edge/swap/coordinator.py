@@ -17,7 +17,7 @@ from drivers.core.clock import Clock, utc_iso
 from drivers.core.log import get_logger
 from drivers.robot.port import RobotPort, RobotPortError
 from edge.swap.choice import SlotView
-from edge.swap.inventory import slot_place
+from edge.swap.inventory import SlotPlace, parse_place
 from edge.swap.journal import Journal, JournalError
 from edge.swap.messages import (
     Action,
@@ -228,7 +228,7 @@ class SwapCoordinator:
 
     def _occupied(self) -> frozenset[str]:
         inv = self.core.inventory
-        return frozenset(s for s in self.core.slot_numbers if inv.at(slot_place(s)) is not None)
+        return frozenset(s for s in self.core.slot_numbers if inv.at(SlotPlace(s)) is not None)
 
     async def _execute(self, actions: list[Action]) -> None:
         early = await self.safety_first(actions)
@@ -379,10 +379,15 @@ class SwapCoordinator:
                 )
             await self.feed(Manual(end=not enabled))
         elif command == "inventory_set":
+            place = _str_param(params, "place", optional=True)
+            try:
+                parsed = None if place is None else parse_place(place)
+            except ValueError as e:
+                raise Rejected(str(e), "invalid_params") from None
             await self.feed(
                 CorrectInventory(
                     _str_param(params, "pack_id") or "",
-                    _str_param(params, "place", optional=True),
+                    parsed,
                     _str_param(params, "pack_type", optional=True),
                 )
             )

@@ -12,6 +12,7 @@ from typing import Any
 from drivers.robot.contract import RobotStatus
 from edge.command_types import Rejected as CommandRejected
 from edge.swap.choice import SlotView
+from edge.swap.inventory import Place
 from edge.swap.journal import JournalRecord
 
 # ----- events in
@@ -81,7 +82,7 @@ class Manual:
 @dataclass(frozen=True, slots=True)
 class CorrectInventory:
     pack_id: str
-    place: str | None
+    place: Place | None
     pack_type: str | None = None
 
 

@@ -19,10 +19,12 @@ from drivers.robot.contract import UNITS, RobotStatus, UnitState
 from edge.swap.choice import NoPackError, choose_pack, choose_store_slot
 from edge.swap.inventory import (
     HANDLING_PLACES,
+    Handling,
     Inventory,
     InventoryError,
+    Place,
+    SlotPlace,
     is_valid_place,
-    slot_place,
 )
 from edge.swap.journal import JournalRecord
 from edge.swap.messages import (
@@ -51,9 +53,13 @@ from edge.swap.messages import (
     SlotOutputOff,
     StartSwap,
 )
-from edge.swap.model import Mode, StepRun, StepStatus, Swap
+from edge.swap.model import Hold, Mode, Move, ShuttleAt, StepRun, StepStatus, Swap, SwapKind
 from edge.swap.recovery import HOLD_ALARMS, plan_refit, retry_steps
-from edge.swap.steps import StepDef, StepGraph
+from edge.swap.steps import PlaceSymbol, StepDef, StepGraph
+
+
+def _text(place: Place | None) -> str | None:
+    return None if place is None else str(place)
 
 
 class SwapSequence:
@@ -68,7 +74,7 @@ class SwapSequence:
         # highest seq each unit is known to have acknowledged: an ack below it means the PLC
         # lost its counter (restarted), and resending could repeat a motion
         self.acked: dict[str, int] = dict.fromkeys(UNITS, 0)
-        self.shuttle_at = "vehicle"
+        self.shuttle_at = ShuttleAt.VEHICLE
         self.swap_counter = 0
         self.swap: Swap | None = None
         self.awaiting_dock: dict[str, list[str]] = {}  # slot -> [pack_id, pack_type]
@@ -210,14 +216,17 @@ class SwapSequence:
         self.halted = units
         out.append(SetHalt(units))
 
-    def _place(self, sym: str) -> str:
+    def _place(self, sym: PlaceSymbol) -> Place | None:
+        """The place a step graph's symbol stands for in this swap (None: away)."""
         sw = self.swap
         assert sw is not None
         if sym == "full_slot":
-            return slot_place(sw.full_slot)
+            return SlotPlace(sw.full_slot)
         if sym == "store_slot":
-            return slot_place(sw.store_slot)
-        return sym
+            return SlotPlace(sw.store_slot)
+        if sym == "away":
+            return None
+        return Handling(sym)
 
     def _lock_ok(self) -> bool:
         st = self.plc
@@ -236,7 +245,7 @@ class SwapSequence:
             if r in slot and slot[r] not in sw.outputs_off:
                 miss.append(r)
             elif r == "pack_locked_or_clear":
-                clear = self.inventory.at("vehicle") is None and plc.lock_engaged == 0
+                clear = self.inventory.at(Handling.VEHICLE) is None and plc.lock_engaged == 0
                 if not (self._lock_ok() or clear):
                     miss.append(r)
         return miss
@@ -247,7 +256,7 @@ class SwapSequence:
             return
         if self.mode == Mode.RUNNING:
             self.mode = Mode.HELD
-        sw.hold = {"reason": reason, "step": step, "detail": detail}
+        sw.hold = Hold(reason, step, detail)
         packs = [sw.announced_pack_id, sw.full_pack_id]
         self._journal(out, "held", reason=reason, step=step, detail=detail)
         self._emit(
@@ -295,7 +304,7 @@ class SwapSequence:
 
     @staticmethod
     def _moves_json(run: StepRun) -> list[dict[str, str]]:
-        return [{"pack_id": m[0], "from": m[1], "to": m[2]} for m in run.moves]
+        return [m.row_json() for m in run.moves]
 
     def _inconsistent(self, out: list[Action], detail: str, step: str = "") -> None:
         self._raise(out, "inventory.inconsistent", "inventory", detail)
@@ -481,7 +490,7 @@ class SwapSequence:
         ):
             return
         if all(sw.runs[s].status == StepStatus.DONE for s in sw.plan):
-            self._finish(out, failed=sw.kind != "swap", reason="original pack refitted")
+            self._finish(out, failed=sw.kind != SwapKind.SWAP, reason="original pack refitted")
             return
         busy = {self._def(s).unit for s in sw.plan if sw.runs[s].status == StepStatus.ACTIVE}
         for sid in sw.plan:
@@ -518,17 +527,18 @@ class SwapSequence:
     def _start_step(self, sid: str, st: StepDef, now: float, out: list[Action]) -> bool:
         sw = self.swap
         assert sw is not None
-        moves: list[list[str]] = []
+        moves: list[Move] = []
         for m in st.moves:
             src, dst = self._place(m.source), self._place(m.to)
+            assert src is not None  # the step graph never moves a pack from away
             rec = self.inventory.at(src)
             if rec is None:
                 self._inconsistent(out, f"{sid}: no pack recorded at {src}", sid)
                 return False
-            if dst != "away" and self.inventory.at(dst) is not None:
+            if dst is not None and self.inventory.at(dst) is not None:
                 self._inconsistent(out, f"{sid}: {dst} already holds a pack", sid)
                 return False
-            moves.append([rec.pack_id, src, dst])
+            moves.append(Move(rec.pack_id, src, dst))
         self.consume_off_confirmations(st)
         unit = st.unit
         self.seq[unit] = self.seq[unit] % 0xFFFF + 1
@@ -555,7 +565,7 @@ class SwapSequence:
             arg=arg,
             seq=run.seq,
             attempt=run.attempts,
-            moves=moves,
+            moves=[m.row() for m in moves],
         )
         out.append(CommandStep(unit, code, arg, run.seq, sid))
         self._emit(
@@ -609,20 +619,22 @@ class SwapSequence:
                     halt=False,
                 )
             return
-        for pack_id, src, dst in run.moves:
+        for m in run.moves:
             try:
-                self.inventory.move(pack_id, src, dst)
+                self.inventory.move(m.pack_id, m.source, m.to)
             except InventoryError as e:
                 run.status = StepStatus.DONE
                 self._inconsistent(out, f"{sid}: {e}", sid)
                 return
-            if dst.startswith("slot:") and sw.kind == "swap" and dst == slot_place(sw.store_slot):
+            if sw.kind == SwapKind.SWAP and m.to == SlotPlace(sw.store_slot):
                 self.awaiting_dock[sw.store_slot] = [sw.announced_pack_id, sw.pack_type]
         if st.plc_step in ("shuttle_to_handoff", "shuttle_to_vehicle"):
-            self.shuttle_at = "handoff" if st.plc_step == "shuttle_to_handoff" else "vehicle"
+            self.shuttle_at = (
+                ShuttleAt.HANDOFF if st.plc_step == "shuttle_to_handoff" else ShuttleAt.VEHICLE
+            )
         was = run.status
         run.status = StepStatus.DONE
-        self._journal(out, "step_done", step=sid, seq=run.seq, moves=run.moves)
+        self._journal(out, "step_done", step=sid, seq=run.seq, moves=[m.row() for m in run.moves])
         self._emit(
             out,
             "swap.step",
@@ -636,7 +648,7 @@ class SwapSequence:
             ),
         )
         if (
-            sw.kind == "swap"
+            sw.kind == SwapKind.SWAP
             and sw.store_slot in self.pending_docks
             and sw.store_slot in self.awaiting_dock
         ):
@@ -687,7 +699,7 @@ class SwapSequence:
             raise Rejected("inventory inconsistent: correct it first")
         if self.inventory.get(ev.announced_pack_id) is not None:
             raise Rejected(f"pack {ev.announced_pack_id} is already recorded in the station")
-        if self.inventory.at("vehicle") is not None:
+        if self.inventory.at(Handling.VEHICLE) is not None:
             raise Rejected("inventory still has a pack on the vehicle")
         known = {v.slot_id for v in ev.slots}
         if not known <= set(self.slot_numbers):
@@ -710,14 +722,14 @@ class SwapSequence:
             full_pack_id=full.pack_id,
             full_slot=full.slot_id,
             store_slot=store.slot_id,
-            kind="swap",
+            kind=SwapKind.SWAP,
             plan=plan,
             deps={s: list(self._def(s).after) for s in plan},
             runs={s: StepRun() for s in plan},
         )
         self.swap = sw
         self.mode = Mode.RUNNING
-        self.inventory.add(ev.announced_pack_id, ev.pack_type, "vehicle")
+        self.inventory.add(ev.announced_pack_id, ev.pack_type, Handling.VEHICLE)
         self._journal(
             out,
             "swap_started",
@@ -807,7 +819,7 @@ class SwapSequence:
         sw = self._require_operable()
         if self.mode != Mode.HELD:
             raise Rejected(f"swap is {self.mode.value}, not held")
-        if sw.kind != "swap":
+        if sw.kind != SwapKind.SWAP:
             raise Rejected("already refitting the original pack")
         assert self.plc is not None
         if any(sw.runs[s].status == StepStatus.ACTIVE for s in sw.plan) or any(
@@ -815,7 +827,7 @@ class SwapSequence:
         ):
             raise Rejected("a step is still running")
         chain, deps = plan_refit(sw, self.inventory, self.shuttle_at)
-        sw.kind = "refit"
+        sw.kind = SwapKind.REFIT
         sw.plan = chain
         sw.deps = deps
         sw.runs = {s: StepRun() for s in chain}
@@ -849,10 +861,14 @@ class SwapSequence:
         problems = self.inventory.problems()
         if problems:
             raise Rejected(f"inventory inconsistent: {'; '.join(problems)}")
-        busy = [p for p in ("shuttle", "buffer", "stacker") if self.inventory.at(p) is not None]
+        busy = [
+            p
+            for p in (Handling.SHUTTLE, Handling.BUFFER, Handling.STACKER)
+            if self.inventory.at(p) is not None
+        ]
         if busy:
             raise Rejected(f"packs still recorded at {', '.join(busy)}: correct the inventory")
-        on_vehicle = self.inventory.at("vehicle")
+        on_vehicle = self.inventory.at(Handling.VEHICLE)
         if on_vehicle is not None:
             self.inventory.remove(on_vehicle.pack_id)
             self._journal(out, "pack_departed", pack_id=on_vehicle.pack_id)
@@ -870,7 +886,7 @@ class SwapSequence:
             raise Rejected("a step is still running")
         if ev.place is not None and not is_valid_place(ev.place, self.inventory.slots):
             raise Rejected(
-                f"unknown place {ev.place!r} (slot:<id>, {', '.join(HANDLING_PLACES)})",
+                f"unknown place {str(ev.place)!r} (slot:<id>, {', '.join(HANDLING_PLACES)})",
                 "invalid_params",
             )
         old = self.inventory.get(ev.pack_id)
@@ -882,28 +898,28 @@ class SwapSequence:
             out,
             "inventory_corrected",
             pack_id=ev.pack_id,
-            place=ev.place,
+            place=_text(ev.place),
             pack_type=ev.pack_type,
-            previous=old.place if old else None,
+            previous=_text(old.place if old else None),
         )
         self._emit(
             out,
             "inventory.corrected",
             pack_id=ev.pack_id,
-            place=ev.place,
-            previous=old.place if old else None,
+            place=_text(ev.place),
+            previous=_text(old.place if old else None),
         )
         if not self.inventory.problems():
             self._clear(out, "inventory.inconsistent", "inventory")
         for place in {ev.place, old.place if old else None}:
-            if place and place.startswith("slot:"):
-                self._clear(out, "swap.pack_mismatch", place[5:])
-                self.awaiting_dock.pop(place[5:], None)
+            if isinstance(place, SlotPlace):
+                self._clear(out, "swap.pack_mismatch", place.slot_id)
+                self.awaiting_dock.pop(place.slot_id, None)
 
     def _on_docked(self, slot: str, ident: PackIdentity, out: list[Action]) -> None:
         if slot not in self.slot_numbers:
             return
-        place = slot_place(slot)
+        place = SlotPlace(slot)
         sw = self.swap
         if slot in self.awaiting_dock:
             exp_id, exp_type = self.awaiting_dock.pop(slot)
@@ -927,7 +943,7 @@ class SwapSequence:
             return
         if (
             sw is not None
-            and sw.kind == "swap"
+            and sw.kind == SwapKind.SWAP
             and slot == sw.store_slot
             and any(
                 m.to == "store_slot" and sw.runs[sid].status != StepStatus.DONE
@@ -949,7 +965,7 @@ class SwapSequence:
                 out,
                 "inventory.corrected",
                 pack_id=ident.pack_id,
-                place=place,
+                place=str(place),
                 previous=None,
                 source="docked",
             )
@@ -963,7 +979,7 @@ class SwapSequence:
         )
         self._relabel(place, ident, out, rec.pack_type if rec else "")
 
-    def _relabel(self, place: str, ident: PackIdentity, out: list[Action], fallback: str) -> None:
+    def _relabel(self, place: Place, ident: PackIdentity, out: list[Action], fallback: str) -> None:
         try:
             old = self.inventory.relabel(place, ident.pack_id, ident.pack_type or fallback)
         except InventoryError as e:
@@ -973,7 +989,7 @@ class SwapSequence:
         self._journal(
             out,
             "pack_relabelled",
-            place=place,
+            place=str(place),
             pack_id=ident.pack_id,
             pack_type=ident.pack_type,
             previous=old,

@@ -4,12 +4,13 @@ transition's records, and the core rebuilt from it after a restart."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import asdict
 from typing import Any
 
 from drivers.robot.contract import UNITS
 from edge.swap.inventory import Inventory
 from edge.swap.messages import PackIdentity
-from edge.swap.model import Mode, StepRun, StepStatus, Swap
+from edge.swap.model import Hold, Mode, Move, ShuttleAt, StepRun, StepStatus, Swap, SwapKind
 from edge.swap.sequence import SwapSequence
 from edge.swap.steps import StepGraph
 
@@ -47,13 +48,13 @@ def take(core: SwapSequence) -> dict[str, Any]:
                     "status": r.status.value,
                     "seq": r.seq,
                     "attempts": r.attempts,
-                    "moves": r.moves,
+                    "moves": [m.row() for m in r.moves],
                     "reason": r.reason,
                 }
                 for k, r in sw.runs.items()
             },
             "outputs_off": sorted(sw.outputs_off),
-            "hold": sw.hold,
+            "hold": None if sw.hold is None else asdict(sw.hold),
             "unlock_started": sw.unlock_started,
             "lift_started": sw.lift_started,
         },
@@ -69,7 +70,7 @@ def restore(
     core.halted = frozenset(snap["halted"])
     core.seq = {u: int(snap["seq"].get(u, 0)) for u in UNITS}
     core.acked = {u: int(snap.get("acked", {}).get(u, 0)) for u in UNITS}
-    core.shuttle_at = str(snap["shuttle_at"])
+    core.shuttle_at = ShuttleAt(snap["shuttle_at"])
     core.swap_counter = int(snap["swap_counter"])
     core.awaiting_dock = {k: list(v) for k, v in snap["awaiting_dock"].items()}
     core.pending_docks = {k: PackIdentity(v[0], v[1]) for k, v in snap["pending_docks"].items()}
@@ -85,7 +86,7 @@ def restore(
             full_pack_id=s["full_pack_id"],
             full_slot=s["full_slot"],
             store_slot=s["store_slot"],
-            kind=s["kind"],
+            kind=SwapKind(s["kind"]),
             plan=list(s["plan"]),
             deps={k: list(v) for k, v in s["deps"].items()},
             runs={
@@ -93,13 +94,13 @@ def restore(
                     StepStatus(r["status"]),
                     int(r["seq"]),
                     int(r["attempts"]),
-                    moves=[list(m) for m in r["moves"]],
+                    moves=[Move.from_row(m) for m in r["moves"]],
                     reason=r["reason"],
                 )
                 for k, r in s["runs"].items()
             },
             outputs_off=set(s["outputs_off"]),
-            hold=s["hold"],
+            hold=None if s["hold"] is None else Hold(**s["hold"]),
             unlock_started=bool(s["unlock_started"]),
             lift_started=bool(s["lift_started"]),
         )

@@ -15,7 +15,7 @@ from drivers.robot.contract import RobotContract
 from drivers.robot.modbus_port import ModbusRobotPort
 from edge.swap.choice import SlotView
 from edge.swap.coordinator import SwapCoordinator
-from edge.swap.inventory import slot_place
+from edge.swap.inventory import Handling, SlotPlace
 from edge.swap.journal import Journal
 from edge.swap.messages import (
     Action,
@@ -35,7 +35,7 @@ from edge.swap.messages import (
 )
 from edge.swap.sequence import SwapSequence
 from edge.swap.steps import StepGraph, load_step_graph
-from sim.devices.robot_plc import RobotPlcSim
+from sim.devices.robot_plc import RackSlot, RobotPlcSim
 from sim.devices.vehicle import SimVehicle
 from tests.conftest import free_port
 
@@ -154,8 +154,9 @@ class CoreRig:
         return any(t == type_ for t, _ in self.events)
 
     def place(self, pack: str) -> str | None:
+        """Where the inventory has `pack`, as written in files (`slot:<id>`, `vehicle`, ...)."""
         rec = self.core.inventory.get(pack)
-        return rec.place if rec else None
+        return str(rec.place) if rec else None
 
     def check_matches_sim(self) -> None:
         """Inventory and the PLC's physical places agree (occupied <=> a pack recorded)."""
@@ -168,10 +169,13 @@ def check_occupancy(sim: RobotPlcSim, inventory: Any) -> None:
         occ = sim.occupancy()
         if sim.released:
             occ["vehicle"] = False  # released: the car leaves with its pack
-        for place, full in occ.items():
-            if place.startswith("slot:"):
-                sid = f"S{place[5:]}"
-                place = slot_place(sid)
+        for plc_place, full in occ.items():
+            # the rigs number their slots S<n>, n the PLC's slot number
+            place = (
+                SlotPlace(f"S{plc_place.number}")
+                if isinstance(plc_place, RackSlot)
+                else Handling(plc_place)
+            )
             assert (inventory.at(place) is not None) == full, place
 
 

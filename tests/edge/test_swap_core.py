@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from edge.swap.inventory import SlotPlace
 from edge.swap.messages import (
     CorrectInventory,
     JournalWrite,
@@ -322,11 +323,11 @@ def test_manual_halts_both_and_ends_after_inventory_correction() -> None:
     assert rig.core.mode == Mode.MANUAL and rig.sim.halt_bits == {"vehicle", "rack"}
     with pytest.raises(Rejected, match="packs still recorded at shuttle, buffer"):
         rig.feed(Manual(end=True))
-    with pytest.raises(Rejected, match="unknown place"):
-        rig.feed(CorrectInventory("P-002", "roof"))
+    with pytest.raises(Rejected, match="unknown place 'slot:S99'"):
+        rig.feed(CorrectInventory("P-002", SlotPlace("S99")))
     # the attendant put the full pack back in S2 and the depleted one in S5
-    rig.feed(CorrectInventory("P-002", "slot:S2"))
-    rig.feed(CorrectInventory(ANNOUNCED, "slot:S5"))
+    rig.feed(CorrectInventory("P-002", SlotPlace("S2")))
+    rig.feed(CorrectInventory(ANNOUNCED, SlotPlace("S5")))
     rig.feed(Manual(end=True))
     assert rig.core.mode == Mode.IDLE and rig.sim.halt_bits == frozenset()
     assert rig.events[-1][0] == "swap.failed" and rig.events[-1][1]["reason"] == "manual"
@@ -553,3 +554,13 @@ def test_a_stale_status_halts_a_running_step_and_no_step_starts_on_it() -> None:
     assert rig.sim.halt_bits == frozenset({"vehicle", "rack"})
     assert rig.core.mode == Mode.HELD
     assert len(rig.commands) == n
+
+
+def test_places_parse_from_their_file_form_and_print_back() -> None:
+    from edge.swap.inventory import Handling, parse_place
+
+    assert parse_place("slot:S2") == SlotPlace("S2") and str(SlotPlace("S2")) == "slot:S2"
+    assert parse_place("buffer") is Handling.BUFFER and str(Handling.BUFFER) == "buffer"
+    for bad in ("roof", "slot:", "Slot:S2"):
+        with pytest.raises(ValueError, match="unknown place"):
+            parse_place(bad)
