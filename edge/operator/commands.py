@@ -16,8 +16,10 @@ from edge.state import OperatingMode, StationState
 from edge.telemetry.models import (
     DisableSlotParams,
     EnableSlotParams,
+    EventType,
     InventorySetParams,
     ManualParams,
+    ModeChanged,
     Params,
     RefitOriginalParams,
     RefreshParams,
@@ -145,7 +147,8 @@ class StationCommands:
         log.info("operating mode changed", mode=str(params.mode), source=source)
         if self.telemetry is not None:
             self.telemetry.emit_event(
-                "mode.changed", {"operating_mode": str(params.mode), "source": source}
+                EventType.MODE_CHANGED,
+                ModeChanged(operating_mode=OperatingMode(params.mode), source=source),
             )
 
     def _swap(self) -> SwapCoordinator:

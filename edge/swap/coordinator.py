@@ -30,6 +30,8 @@ from edge.swap.messages import (
     Manual,
     PackDocked,
     PackIdentity,
+    PackRemoved,
+    PackSeated,
     PlcOffline,
     PlcStatus,
     RaiseAlarm,
@@ -50,6 +52,7 @@ from edge.swap.sequence import SwapSequence
 from edge.swap.snapshot import restore, take
 from edge.swap.status import status_view
 from edge.swap.steps import StepGraph
+from edge.telemetry.models import Details, EventType
 
 log = get_logger("swap")
 
@@ -78,6 +81,14 @@ class SlotOutputs(Protocol):
         docked (again)."""
         ...
 
+    def pack_seated(self, slot_id: str) -> None:
+        """The robot put a pack into this slot: dock it (its session starts)."""
+        ...
+
+    def pack_removed(self, slot_id: str) -> None:
+        """The robot took the pack out of this slot (its output was confirmed off first)."""
+        ...
+
 
 class SlotViews(Protocol):
     def slot_views(self) -> list[SlotView]:
@@ -86,7 +97,9 @@ class SlotViews(Protocol):
 
 
 class EventSink(Protocol):
-    def emit(self, type: str, details: dict[str, Any]) -> None: ...
+    def emit(self, type: EventType, details: Details) -> None:
+        """An event of the contract (its payload model); the sink stamps the time."""
+        ...
 
 
 COMMANDS = (
@@ -260,8 +273,12 @@ class SwapCoordinator:
                     self._spawn(self._all_off(), "swap-all-outputs-off")
                 case ReleaseOutputs():
                     self.outputs.emergency_reset(self._occupied(), self.core.reserved_slots())
+                case PackSeated():
+                    self.outputs.pack_seated(a.slot_id)
+                case PackRemoved():
+                    self.outputs.pack_removed(a.slot_id)
                 case Emit():
-                    self.events.emit(a.type, {**a.details, "ts": utc_iso(self.clock.now())})
+                    self.events.emit(a.type, a.details)
                 case RaiseAlarm():
                     self.alarms.raise_alarm(a.code, a.source, a.detail)
                 case ClearAlarm():

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import PlainSerializer, PlainValidator, TypeAdapter
 
 
 class Handling(StrEnum):
@@ -54,6 +56,18 @@ def parse_place(text: str) -> Place:
         ) from None
 
 
+def _place_value(value: object) -> Place:
+    if isinstance(value, Handling | SlotPlace):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"a place is a string, not {value!r}")
+    return parse_place(value)
+
+
+# A place in files and on the wire: its text form (`slot:<id>`, `vehicle`, ...).
+PlaceText = Annotated[Place, PlainValidator(_place_value), PlainSerializer(str, return_type=str)]
+
+
 def is_valid_place(place: Place, slots: frozenset[str]) -> bool:
     return not isinstance(place, SlotPlace) or place.slot_id in slots
 
@@ -62,7 +76,7 @@ def is_valid_place(place: Place, slots: frozenset[str]) -> bool:
 class PackRecord:
     pack_id: str
     pack_type: str
-    place: Place
+    place: PlaceText
 
 
 class Inventory:
@@ -155,19 +169,22 @@ class Inventory:
             new[pack_id] = PackRecord(pack_id, ptype, place)
         self._checked(new)
 
-    # ----- persistence
+    # ----- persistence (the records' own file form: {pack_id, pack_type, place})
 
     def to_json(self) -> list[dict[str, Any]]:
-        return [
-            {"pack_id": p.pack_id, "pack_type": p.pack_type, "place": str(p.place)}
-            for p in self.packs()
-        ]
+        out: list[dict[str, Any]] = _RECORDS.dump_python(self.packs(), mode="json")
+        return out
 
     @classmethod
-    def from_json(cls, slots: frozenset[str], data: list[dict[str, Any]]) -> Inventory:
+    def from_json(cls, slots: frozenset[str], data: object) -> Inventory:
+        return cls.of(slots, _RECORDS.validate_python(data))
+
+    @classmethod
+    def of(cls, slots: frozenset[str], records: list[PackRecord]) -> Inventory:
+        """As recorded (a file may break the invariants: `problems()` reports it)."""
         inv = cls(slots)
-        for d in data:
-            inv._packs[str(d["pack_id"])] = PackRecord(
-                str(d["pack_id"]), str(d["pack_type"]), parse_place(str(d["place"]))
-            )
+        inv._packs = {r.pack_id: r for r in records}
         return inv
+
+
+_RECORDS = TypeAdapter(list[PackRecord])

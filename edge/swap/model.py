@@ -1,12 +1,23 @@
-"""The swap core's state: its mode, the swap in progress and the run of each of its steps."""
+"""The swap core's state: its mode, the swap in progress and the run of each of its steps.
+
+The snapshot (edge/swap/snapshot.py) is these dataclasses as they are; a field marked
+`Transient` is process-local and not persisted (it is rebuilt on restore).
+"""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import Field, GetCoreSchemaHandler, PlainSerializer
+from pydantic_core import CoreSchema, core_schema
 
 from edge.swap.inventory import Place, parse_place
+
+Transient = Field(exclude=True)
+SortedSet = Annotated[set[str], PlainSerializer(sorted, return_type=list[str])]
 
 
 class Mode(StrEnum):
@@ -14,6 +25,22 @@ class Mode(StrEnum):
     RUNNING = "running"  # steps start as soon as they may
     HELD = "held"  # a fault: running steps are tracked, nothing new starts; operator decides
     MANUAL = "manual"  # handed to an attendant: both units halted
+
+
+class FaultReason(StrEnum):
+    """Why a swap is held or a step failed (a PLC fault also names its fault code)."""
+
+    OUTPUT_OFF_FAILED = "output_off_failed"
+    STEP_TIMEOUT = "step_timeout"
+    INTERLOCK_LOST = "interlock_lost"
+    PLC_FAULT = "plc_fault"
+    TORQUE_OUT_OF_WINDOW = "torque_out_of_window"
+    INVENTORY_INCONSISTENT = "inventory_inconsistent"
+    PLC_OFFLINE = "plc_offline"
+    PLC_STALE = "plc_stale"
+    PLC_RESTARTED = "plc_restarted"
+    EMERGENCY_STOP = "emergency_stop"
+    MANUAL = "manual"
 
 
 class SwapKind(StrEnum):
@@ -50,15 +77,19 @@ class Move:
         """As journalled: `[pack_id, from, to]`, "away" for None."""
         return [self.pack_id, str(self.source), AWAY if self.to is None else str(self.to)]
 
-    def row_json(self) -> dict[str, str]:
-        """As in `swap.step` events."""
-        pack_id, source, to = self.row()
-        return {"pack_id": pack_id, "from": source, "to": to}
-
     @classmethod
     def from_row(cls, row: list[str]) -> Move:
         pack_id, source, to = row
         return cls(pack_id, parse_place(source), None if to == AWAY else parse_place(to))
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        # persisted as its journal row
+        return core_schema.no_info_after_validator_function(
+            cls.from_row,
+            core_schema.list_schema(core_schema.str_schema(), min_length=3, max_length=3),
+            serialization=core_schema.plain_serializer_function_ser_schema(cls.row),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,8 +106,8 @@ class StepRun:
     status: StepStatus = StepStatus.PENDING
     seq: int = 0
     attempts: int = 0
-    started_at: float = 0.0
-    last_sent: float = -math.inf
+    started_at: Annotated[float, Transient] = 0.0
+    last_sent: Annotated[float, Transient] = -math.inf
     moves: list[Move] = field(default_factory=list)
     reason: str = ""
 
@@ -94,9 +125,13 @@ class Swap:
     plan: list[str]
     deps: dict[str, list[str]]
     runs: dict[str, StepRun]
-    outputs_off: set[str] = field(default_factory=set)
-    blocked: dict[str, list[str]] = field(default_factory=dict)
+    outputs_off: SortedSet = field(default_factory=set)
+    blocked: Annotated[dict[str, list[str]], Transient] = field(default_factory=dict)
     hold: Hold | None = None
     unlock_started: bool = False
     lift_started: bool = False
-    off_requested: set[str] = field(default_factory=set)  # not journalled: asked again on restore
+    fault_step: str | None = None  # the last step that failed: swap.failed names it
+    elapsed_s: float = 0.0  # time worked on it, as of the last core call (restart-proof)
+    started_at: Annotated[float, Transient] = 0.0  # monotonic: now - elapsed_s after a restart
+    # asked again on restore
+    off_requested: Annotated[set[str], Transient] = field(default_factory=set)

@@ -4,13 +4,18 @@ puts the original pack back on the vehicle. Pure: the sequence applies the plans
 from __future__ import annotations
 
 from drivers.robot.contract import RobotStatus, UnitState
+from edge.alarms import AlarmCode
 from edge.swap.inventory import Handling, Inventory, SlotPlace
 from edge.swap.messages import Rejected
 from edge.swap.model import ShuttleAt, StepStatus, Swap
 from edge.swap.steps import StepGraph
 
 # alarms of a held swap that an operator's recovery (retry, refit, manual end) clears
-HOLD_ALARMS = ("robot.step_fault", "robot.step_timeout", "robot.interlock_lost")
+HOLD_ALARMS = (
+    AlarmCode.ROBOT_STEP_FAULT,
+    AlarmCode.ROBOT_STEP_TIMEOUT,
+    AlarmCode.ROBOT_INTERLOCK_LOST,
+)
 
 
 def retry_steps(sw: Swap, plc: RobotStatus, graph: StepGraph) -> list[str]:

@@ -20,7 +20,13 @@ from edge.slot.core import SlotState
 from edge.state import StationState
 from edge.telemetry.alarm_events import alarm_refs
 from edge.telemetry.fit import fit
-from edge.telemetry.models import RobotTelemetry, SlotTelemetry, StationTelemetry
+from edge.telemetry.models import (
+    Details,
+    EventType,
+    RobotTelemetry,
+    SlotTelemetry,
+    StationTelemetry,
+)
 from edge.telemetry.service import Telemetry
 
 if TYPE_CHECKING:
@@ -74,7 +80,7 @@ class StatePublisher:
         self._robot_dirty = True
         self._wake.set()
 
-    def emit_event(self, event_type: str, details: dict[str, Any]) -> None:
+    def emit_event(self, event_type: EventType, details: Details) -> None:
         self.telemetry.emit_event(event_type, details)
 
     def allocation(self, alloc: Allocation) -> None:

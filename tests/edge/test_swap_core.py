@@ -104,7 +104,7 @@ def test_each_interlock_blocks_its_step(interlock: str, step: str) -> None:
     rig.start()
     rig.run(lambda: rig.clock.monotonic() > 1100.0 + 100, dt=1.0)
     assert step not in rig.commanded()
-    blocked = [d for t, d in rig.events if t == "swap.step" and d["status"] == "blocked"]
+    blocked = [d for t, d in rig.events if t == "swap.step" and d["state"] == "blocked"]
     assert any(d["step"] == step for d in blocked)
     if interlock == "output_off":
         assert rig.pending_outputs  # requested, not yet confirmed
@@ -197,7 +197,7 @@ def test_torque_failure_holds_unless_the_locking_rule_is_met() -> None:
     rig.sim.inject_torque_failure(2)
     rig.start()
     rig.run(lambda: rig.core.mode == Mode.HELD)
-    fail = [d for t, d in rig.events if t == "swap.step" and d["status"] == "failed"][0]
+    fail = [d for t, d in rig.events if t == "swap.step" and d["state"] == "failed"][0]
     assert fail["step"] == "lock" and fail["reason"] == "torque_out_of_window"
     assert "6 of 8 heads" in fail["detail"]
     assert "verify" not in rig.commanded()
@@ -501,11 +501,11 @@ def test_vehicle_never_lowered_unless_pack_locked_or_clear() -> None:
     t_wait = rig.clock.monotonic() + 30
     rig.run(lambda: rig.clock.monotonic() >= t_wait, dt=1.0)
     assert "lower_vehicle" not in rig.commanded()
-    blocked = [d for t, d in rig.events if t == "swap.step" and d["status"] == "blocked"]
+    blocked = [d for t, d in rig.events if t == "swap.step" and d["state"] == "blocked"]
     assert {
         "step": "lower_vehicle",
         "unit": "vehicle",
-        "status": "blocked",
+        "state": "blocked",
         "missing": ["pack_locked_or_clear"],
         "swap_id": "swap-000001",
     } in blocked
