@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import orjson
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from structlog.testing import capture_logs
 
 from drivers.core.clock import ManualClock, SystemClock
 from edge.alarms import AlarmManager
@@ -354,20 +356,31 @@ async def test_same_command_same_answer_over_mqtt_ctl_and_sim(
                         err = res["error"]
                         return (err["code"], err["message"]) if err else (None, "")
 
-                    for name, params, code in TABLE:
-                        answers = {
-                            route: await fn(name, params)
-                            for route, fn in (
-                                ("mqtt", over_mqtt),
-                                ("ctl", over_ctl),
-                                ("sim", over_sim),
-                            )
-                        }
-                        assert len(set(answers.values())) == 1, (name, params, answers)
-                        assert answers["sim"][0] == code, (name, answers)
-                        if name == "start_swap":
-                            assert state.operating_mode is OperatingMode.MAINTENANCE
-                            assert "maintenance" in answers["sim"][1]
+                    with capture_logs() as logs:
+                        for name, params, code in TABLE:
+                            answers = {
+                                route: await fn(name, params)
+                                for route, fn in (
+                                    ("mqtt", over_mqtt),
+                                    ("ctl", over_ctl),
+                                    ("sim", over_sim),
+                                )
+                            }
+                            assert len(set(answers.values())) == 1, (name, params, answers)
+                            assert answers["sim"][0] == code, (name, answers)
+                            if name == "start_swap":
+                                assert state.operating_mode is OperatingMode.MAINTENANCE
+                                assert "maintenance" in answers["sim"][1]
+                    # Each command is logged once, with its origin, whatever the answer.
+                    lines = [
+                        e for e in logs if e["event"] in ("command carried out", "command refused")
+                    ]
+                    for route in ("mqtt", "ctl", "sim"):
+                        mine = [e for e in lines if e["route"] == route]
+                        assert [e["command"] for e in mine] == [n for n, _, _ in TABLE], route
+                    assert len(lines) == 3 * len(TABLE)
+                    assert all(e["cmd_id"] for e in lines if e["route"] == "mqtt")
+                    assert all(e["uid"] == os.getuid() for e in lines if e["route"] == "ctl")
         finally:
             await ctl.stop()
             tel.close()
