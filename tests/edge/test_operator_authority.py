@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,16 @@ class _Proc:
         self.cfg = TelemetryConfig.model_validate({"outbox_path": tmp_path / "x"})
         self.service = command_service(self.target, self.limits, self.cfg, self.clock, verifier)
         self.db = open_db(tmp_path / "c.sqlite", "normal")
+        self.proc = CommandProcessor(
+            self.cfg,
+            self.service,
+            CommandStore(self.db, self.limits.dedupe_max),
+            self.clock,
+            limits=self.limits,
+        )
+
+    def restart(self) -> None:
+        """The route as after a daemon restart: a new store and processor on the same file."""
         self.proc = CommandProcessor(
             self.cfg,
             self.service,
@@ -269,6 +280,51 @@ async def test_dedupe_under_a_flood_never_evicts_live_entries_nor_runs_twice(
         assert await e.proc.handle("set_mode", _cmd(f"f{i}", {"mode": "drain"})) == first[i]
     assert len(e.target.calls) == 50
     # Once they expire (60 s, remembered at least an hour) the store takes new commands again.
+    e.clock.advance(3600 + 61)
+    assert (await e.run("set_mode", _cmd("late", {"mode": "normal"}, ttl_s=3600 + 120)))[1] is None
+    e.db.close()
+
+
+@pytest.mark.timeout(120)
+async def test_a_flood_at_the_default_100000_evicts_no_live_entry(tmp_path: Path) -> None:
+    """At full scale: 100,000 live commands remembered (the default `dedupe_max`), then a flood
+    of new ones. None of the live ones is forgotten or runs twice, and a refusal stays cheap
+    (the loop is not starved by a full store)."""
+    e = _Proc(tmp_path, rate_per_client_per_s=10_000, burst_per_client=10_000)
+    assert e.limits.dedupe_max == 100_000
+    live = 20
+    first = [await e.proc.handle("set_mode", _cmd(f"f{i}", {"mode": "drain"})) for i in range(live)]
+    # The rest of the first 100,000, stored as the processor stores them (in bulk: one by one
+    # they would take the test half a minute), then the route restarts on them.
+    keep = (NOW + timedelta(seconds=3600 + 60)).timestamp()
+    e.db.execute("BEGIN")
+    e.db.executemany(
+        "INSERT INTO commands (cmd_id, keep_until, result) VALUES (?, ?, ?)",
+        ((f"b{i}", keep, b'{"earlier": %d}' % i) for i in range(100_000 - live)),
+    )
+    e.db.execute("COMMIT")
+    e.restart()
+    flood = 20_000
+    t0 = time.perf_counter()
+    answers = set()
+    for i in range(flood):  # from many client ids: the rate limit is not what stops them
+        raw = await e.proc.handle(
+            "set_mode", _cmd(f"x{i}", {"mode": "normal"}, client_id=f"c{i % 50}")
+        )
+        err = orjson.loads(raw)["error"]
+        answers.add((err["code"], err["message"]))
+    per_command_s = (time.perf_counter() - t0) / flood
+    print(f"full store: {per_command_s * 1e6:.0f} us per refused command")
+    assert answers == {("busy", "too many commands remembered; retry later")}
+    rows = e.db.execute("SELECT COUNT(*) FROM commands").fetchone()[0]
+    assert rows == 100_000  # nothing evicted, nothing added
+    assert per_command_s < 0.005, per_command_s
+    for i in range(live):  # answered from the store, byte for byte, never run again
+        assert await e.proc.handle("set_mode", _cmd(f"f{i}", {"mode": "drain"})) == first[i]
+    for i in (0, 50_000, 100_000 - live - 1):
+        assert await e.proc.handle("set_mode", _cmd(f"b{i}", {})) == b'{"earlier": %d}' % i
+    assert len(e.target.calls) == live
+    # Once they have expired, new commands are taken again.
     e.clock.advance(3600 + 61)
     assert (await e.run("set_mode", _cmd("late", {"mode": "normal"}, ttl_s=3600 + 120)))[1] is None
     e.db.close()
