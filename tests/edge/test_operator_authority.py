@@ -15,16 +15,19 @@ import orjson
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from pydantic import ValidationError
 from structlog.testing import capture_logs
 
 from drivers.core.clock import ManualClock, SystemClock
+from drivers.core.datafile import DataFileError
 from edge.alarms import AlarmManager
 from edge.command_types import LOCAL, SIM, Rejected
+from edge.config import load_config
 from edge.operator.commands import StationCommands
 from edge.operator.config import REMOTE_DEFAULTS, CommandsConfig
 from edge.operator.ctl import CtlServer
 from edge.operator.service import CommandService
-from edge.operator.signatures import Verifier, load_keys, signed_bytes
+from edge.operator.signatures import KeyLoadError, Verifier, load_keys, signed_bytes
 from edge.state import GridState, OperatingMode, StationState
 from edge.telemetry.commands import CommandProcessor, CommandStore, find_cmd_id
 from edge.telemetry.config import TelemetryConfig
@@ -32,6 +35,7 @@ from edge.telemetry.outbox import open_db
 from edge.telemetry.service import Telemetry
 from tests.conftest import Broker
 from tests.doubles import InMemoryTarget
+from tests.edge.station_fixtures import mini_config
 from tests.edge.swap_fixtures import live_rig
 from tests.edge.telemetry_fixtures import (
     STATION_ID,
@@ -238,6 +242,50 @@ async def test_signatures_accepted_rejected_and_rotated(tmp_path: Path) -> None:
     assert [c for c, _ in e.target.calls] == ["start_swap", "start_swap", "set_mode"]
     assert verifier.failures == 7
     e.db.close()
+
+
+def test_keys_from_files_and_systemd_credentials_and_bad_keys_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    private = Ed25519PrivateKey.generate()
+    raw = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "cmd-key").write_text(base64.b64encode(raw).decode() + "\n")
+    keys = CommandsConfig.model_validate({"keys": [{"id": "k-cred", "credential": "cmd-key"}]})
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    with pytest.raises(KeyLoadError, match="CREDENTIALS_DIRECTORY"):
+        load_keys(list(keys.keys))
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    verifier = Verifier(STATION_ID, load_keys(list(keys.keys)))
+    expires_at = iso(NOW)
+    sig = private.sign(signed_bytes(STATION_ID, "refresh", "c1", expires_at, {}))
+    assert verifier.verify(
+        "refresh", "c1", expires_at, {}, "k-cred", base64.b64encode(sig).decode()
+    )
+    # The config refuses what cannot work.
+    for bad in (
+        {"remote": {"start_swap": "signed"}},  # signed, but no key
+        {"remote": {"fly": "allow"}},
+        {"keys": [{"id": "a", "file": "a.pub"}, {"id": "a", "file": "b.pub"}]},
+        {"keys": [{"id": f"k{i}", "file": "a.pub"} for i in range(3)]},  # two at once at most
+        {"keys": [{"id": "a", "file": "a.pub", "credential": "a"}]},
+    ):
+        with pytest.raises(ValidationError):
+            CommandsConfig.model_validate(bad)
+    # check-config (load_config) reads and parses key files as `swapd run` would.
+    (tmp_path / "not-a-key.pub").write_text("hello\n")
+    extra = (
+        "commands:\n"
+        "  keys:\n"
+        f"    - {{id: gone, file: '{tmp_path / 'gone.pub'}'}}\n"
+        f"    - {{id: junk, file: '{tmp_path / 'not-a-key.pub'}'}}\n"
+    )
+    with pytest.raises(DataFileError) as info:
+        load_config(mini_config(tmp_path, 1, extra=extra))
+    fields = {p.field: p.message for p in info.value.problems}
+    assert "cannot read" in fields["commands.keys.0.file"]
+    assert "not an Ed25519 public key" in fields["commands.keys.1.file"]
 
 
 # ---- bounded input -------------------------------------------------------------------------
