@@ -196,3 +196,29 @@ async def test_a_latched_slot_is_reset_per_slot_over_ctl_and_signed_mqtt(
         assert lines[0]["cmd_id"] == "r-unsigned" and lines[0]["code"] == "unauthorized"
         assert lines[2]["uid"] == os.getuid() and "pid" in lines[2]
         assert lines[3]["cmd_id"] == "r-signed" and lines[3]["key_id"] == "k1"
+
+
+@pytest.mark.timeout(120)
+async def test_out_of_service_is_in_telemetry_and_survives_a_restart(
+    mosquitto: Broker, tmp_path: Path
+) -> None:
+    path = mini_config(tmp_path, 2, mqtt_port=mosquitto.port)
+    topic = "swapstation/v1/it-station/telemetry/slot/s01"
+    async with (
+        running_station(path, soc_pct=40.0) as w,
+        recorder(mosquitto.host, mosquitto.port, topic) as rec,
+    ):
+        await wait_for(lambda: _enabled(w, "ch01"), 30)
+        await w.station.command_service.execute(
+            "disable_slot", {"slot_id": "s01", "reason": "connector worn"}, LOCAL
+        )
+        await rec.wait_for(lambda: any(m.json()["in_service"] is False for m in rec.messages))
+    # A new daemon on the same state: s01 stays out from the start (never a session, output
+    # never on), s02 charges; enabled again, s01's pack is charged too.
+    async with running_station(path, soc_pct=40.0) as w:
+        s01, s02 = w.packs["s01"].core, w.packs["s02"].core
+        await wait_for(lambda: s02.phase is BmsPhase.CHARGING and _enabled(w, "ch02"), 30)
+        assert w.station.slots["s01"].in_service is False
+        assert s01.counters.handshakes == 0 and not _enabled(w, "ch01")
+        await w.station.command_service.execute("enable_slot", {"slot_id": "s01"}, LOCAL)
+        await wait_for(lambda: s01.phase is BmsPhase.CHARGING and _enabled(w, "ch01"), 30)
