@@ -288,6 +288,20 @@ def test_keys_from_files_and_systemd_credentials_and_bad_keys_refused(
     assert "not an Ed25519 public key" in fields["commands.keys.1.file"]
 
 
+async def test_expires_at_is_judged_with_the_clock_tolerance(tmp_path: Path) -> None:
+    e = _Proc(tmp_path)  # clock_tolerance_s: 5 (default)
+    assert e.limits.clock_tolerance_s == 5.0
+    assert (await e.run("refresh", _cmd("t1", {}, ttl_s=-3.0)))[1] is None  # within 5 s
+    assert (await e.run("refresh", _cmd("t2", {}, ttl_s=-6.0)))[1] == "expired"
+    ahead = e.cfg.max_command_ttl_s
+    assert (await e.run("refresh", _cmd("t3", {}, ttl_s=ahead + 3.0)))[1] is None
+    assert (await e.run("refresh", _cmd("t4", {}, ttl_s=ahead + 6.0)))[1] == "out_of_range"
+    strict = _Proc(tmp_path / "s", clock_tolerance_s=0)
+    assert (await strict.run("refresh", _cmd("t5", {}, ttl_s=-1.0)))[1] == "expired"
+    e.db.close()
+    strict.db.close()
+
+
 # ---- bounded input -------------------------------------------------------------------------
 
 
