@@ -23,6 +23,7 @@ Safety rules (docs/safety.md), each with a test in tests/edge/test_slot_core.py:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -182,6 +183,9 @@ class SlotCore:
     voltage_deadband_v: float = 1.0
     grant_kw: float = 0.0  # pack-side (edge.power): the scheduler's grid-side grant x efficiency
     derating: float = 1.0  # charger temperature derating, 0..1
+    # The request (pack-side kW) as the scheduler last read it (`slot_input`): a grant is sized
+    # at most at this, so a request that rose since then needs a new allocation.
+    scheduled_request_kw: float = 0.0
     charger_online: bool = True
     state: SlotState = SlotState.EMPTY
     phase: Phase = Phase.IDLE
@@ -515,6 +519,26 @@ class SlotCore:
             return 0.0
         v_now = self._pack_voltage() or p.request.voltage_v
         return max(0.0, p.request.current_a) * max(0.0, v_now) / 1000.0
+
+    def grant_binds(self) -> bool:
+        """The grant holds the output below what the request and the other limits allow (by
+        more than half the current deadband), and the request rose since the scheduler last
+        read it by more than 0.5 % (above the charger's voltage reading noise, which moves the
+        request's kW; a grant the policy holds below the request then asks once per rise, not
+        at every reading): the station asks for a new allocation at once rather than at the
+        next period (the grant stays the cap; the scheduler decides)."""
+        p = self._pack
+        if p.request is None or not self._charging() or self.state is not SlotState.CHARGING:
+            return False
+        if self.request_kw() <= self.scheduled_request_kw * 1.005 + 1e-3:
+            return False
+        _, granted = self.setpoint()
+        grant, self.grant_kw = self.grant_kw, math.inf
+        try:
+            _, unlimited = self.setpoint()
+        finally:
+            self.grant_kw = grant
+        return granted < unlimited - self.current_deadband_a / 2
 
     def _pack_voltage(self) -> float | None:
         r = self.reading

@@ -34,6 +34,7 @@ from drivers.can.events import (
 from drivers.can.runner import ChargerLink
 from drivers.can.session import ChargerLimits, PackFieldLimits, SessionTimers
 from drivers.core.alarm_sink import AlarmSink, ClearAlarm, RaiseAlarm, carry_out
+from drivers.core.backoff import Backoff
 from drivers.core.clock import Clock
 from drivers.core.log import get_logger
 from drivers.core.quality import Quality
@@ -341,7 +342,9 @@ class SlotService:
         return state is not None and str(state) in _OFF_STATES
 
     def slot_input(self) -> SlotInput:
+        """What the scheduler allocates from (it reads every slot at each allocation)."""
         s = self.snapshot()
+        self.core.scheduled_request_kw = self.core.request_kw()
         r = self.core.ratings
         eff = self.charging_efficiency
         # The request and the rating are pack-side; the scheduler works grid-side (edge.power).
@@ -644,8 +647,10 @@ class SlotService:
 
     async def _writer(self) -> None:
         done = 0
-        delay = self.off_retry_initial_s
+        retry = Backoff(self.off_retry_initial_s, self.off_retry_max_s)
+        failures = 0  # writes failed or offs unconfirmed in a row
         while True:
+            delay = retry.delay(failures + 1)
             w = self._wanted
             if w is None or (w.version == done and (w.out.enable or self._off_confirmed)):
                 await self._wait_wake(None)
@@ -658,7 +663,7 @@ class SlotService:
                 if self._wanted is w and not self._off_confirmed:
                     self.off_unconfirmed("no read after the off command shows the output off")
                     done = 0
-                    delay = min(self.off_retry_max_s, delay * 2)
+                    failures += 1
                 continue
             if not w.out.enable and self._off_since is None:
                 self._off_since = self._clock.monotonic()
@@ -677,8 +682,8 @@ class SlotService:
                     self.off_unconfirmed(f"off write failed: {e}")
                 # not done: written again after a short backoff (or at once for a newer request)
                 await self._wait_wake(delay)
-                delay = min(self.off_retry_max_s, delay * 2)
+                failures += 1
                 continue
             done = w.version
             if w.out.enable:
-                delay = self.off_retry_initial_s
+                failures = 0

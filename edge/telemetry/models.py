@@ -3,17 +3,18 @@ AsyncAPI document (`swapd asyncapi`). Units are in field names; `ts` is RFC 3339
 
 from __future__ import annotations
 
-from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, create_model
 
+from drivers.can.events import Phase
 from drivers.core.quality import Quality
 from edge.alarms import Severity
 from edge.command_types import ErrorCode
 
 __all__ = ["ErrorCode"]  # re-exported: the contract's result codes live with Rejected
 from edge.scheduler.core import GridMode
+from edge.state import OperatingMode
 
 Timestamp = Annotated[
     str,
@@ -28,12 +29,6 @@ Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_
 
 class Wire(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class OperatingMode(StrEnum):
-    NORMAL = "normal"
-    MAINTENANCE = "maintenance"  # no new swaps; charging goes on
-    DRAIN = "drain"  # finish what runs, start nothing new
 
 
 # ---- status -------------------------------------------------------------------------------
@@ -94,7 +89,7 @@ class SlotTelemetry(Wire):
     power_kw: float | None = Field(None, description="positive into the pack")
     temp_max_c: float | None = None
     temp_min_c: float | None = None
-    session_phase: str = Field(description="GB/T 27930 session phase, e.g. idle, charging")
+    session_phase: Phase = Field(description="GB/T 27930 session phase")
     charger_state: str = Field(description="charger state from its register map")
     available: bool = True
     in_service: bool = Field(True, description="false while an operator took the slot out")

@@ -31,8 +31,6 @@ if TYPE_CHECKING:
 
 log = get_logger("publisher")
 
-_QUALITY = {"good": Quality.GOOD, "stale": Quality.STALE, "invalid": Quality.BAD}
-
 
 class StatePublisher:
     name = "publisher"
@@ -68,6 +66,10 @@ class StatePublisher:
     def slot_changed(self, slot_id: str) -> None:
         self._dirty.add(slot_id)
         self._wake.set()
+        slot = self.slots.get(slot_id)
+        if self.scheduler is not None and slot is not None and slot.core.grant_binds():
+            # A BCL above the grant: reallocate now, not at the next period (issue 13).
+            self.scheduler.trigger(f"slot {slot_id} request")
 
     def robot_changed(self) -> None:
         self._robot_dirty = True
@@ -107,7 +109,10 @@ class StatePublisher:
         if state is not DeviceState.ONLINE:
             return Quality.STALE
         reading = slot.core.reading
-        return _QUALITY.get(str(reading.quality), Quality.STALE) if reading else Quality.STALE
+        if reading is None:
+            return Quality.STALE
+        # a reading the charger marks as no value is published as bad
+        return Quality.BAD if reading.quality is Quality.INVALID else reading.quality
 
     def publish(self) -> None:
         dirty, self._dirty = self._dirty, set()

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from pydantic import ValidationError
 from structlog.testing import capture_logs
 
-from drivers.core.clock import ManualClock, SystemClock
+from drivers.core.clock import SystemClock
 from drivers.core.datafile import DataFileError
 from edge.alarms import AlarmManager
 from edge.command_types import LOCAL, SIM, Rejected
@@ -34,7 +34,7 @@ from edge.telemetry.config import TelemetryConfig
 from edge.telemetry.outbox import open_db
 from edge.telemetry.service import Telemetry
 from tests.conftest import Broker
-from tests.doubles import InMemoryTarget
+from tests.doubles import InMemoryTarget, ManualClock
 from tests.edge.station_fixtures import mini_config
 from tests.edge.swap_fixtures import live_rig
 from tests.edge.telemetry_fixtures import (

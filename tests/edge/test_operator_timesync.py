@@ -9,7 +9,6 @@ import ctypes.util
 from collections.abc import Callable
 from pathlib import Path
 
-from drivers.core.clock import ManualClock
 from edge.alarms import CATALOGUE, AlarmManager
 from edge.operator.timesync import (
     ALARM,
@@ -20,6 +19,7 @@ from edge.operator.timesync import (
     kernel_sync_status,
     system_sync_status,
 )
+from tests.doubles import ManualClock
 from tests.edge.station_fixtures import mini_config, running_station, wait_for
 
 
