@@ -29,9 +29,9 @@ sys.path.insert(0, str(ROOT))
 
 from pymodbus.client import AsyncModbusTcpClient  # noqa: E402
 
-from drivers.core.alarm_sink import RecordingAlarmSink  # noqa: E402
 from drivers.core.clock import SystemClock  # noqa: E402
 from drivers.modbus import DeviceState, ModbusNetwork, ModbusTcpEndpoint  # noqa: E402
+from tests.doubles import RecordingAlarmSink  # noqa: E402
 
 # The robot-PLC stand-in: a map of the bench's own (status words incl. the interlock inputs
 # packed in a bitfield, axis positions, a heartbeat), one read per cycle plus the heartbeat.

@@ -22,7 +22,6 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from drivers.core.alarm_sink import RecordingAlarmSink  # noqa: E402
 from drivers.core.clock import SystemClock  # noqa: E402
 from drivers.robot.contract import RobotContract  # noqa: E402
 from drivers.robot.modbus_port import ModbusRobotPort  # noqa: E402
@@ -33,6 +32,7 @@ from edge.swap.journal import Journal  # noqa: E402
 from edge.swap.messages import PackIdentity  # noqa: E402
 from edge.swap.steps import load_step_graph  # noqa: E402
 from edge.telemetry.models import Details, EventType  # noqa: E402
+from tests.doubles import RecordingAlarmSink  # noqa: E402
 
 SLOTS = {f"s{n:02d}": n for n in range(1, 13)}
 PACK_TYPE = "T20"

@@ -27,6 +27,7 @@ class AlarmCode(StrEnum):
 
     SERVICE_RESTARTING = "service.restarting"
     STATION_LOOP_LAG = "station.loop_lag"
+    CLOCK_UNSYNCHRONISED = "clock.unsynchronised"
     MODBUS_OFFLINE = "modbus.offline"
     MODBUS_WRITE_FAILED = "modbus.write_failed"
     MODBUS_INVALID_VALUE = "modbus.invalid_value"
@@ -72,6 +73,12 @@ _DEFS = [
     ),
     AlarmDef(
         AlarmCode.STATION_LOOP_LAG, Severity.WARNING, "station", "Event loop lag above threshold"
+    ),
+    AlarmDef(
+        AlarmCode.CLOCK_UNSYNCHRONISED,
+        Severity.MINOR,
+        "station",
+        "System clock not synchronised: command expiry, dedupe and tariffs may be off",
     ),
     # Modbus devices
     AlarmDef(

@@ -29,11 +29,12 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from drivers.core.backoff import Backoff
 from drivers.core.log import get_logger
 from sim.broker import BrokerAddress
 from sim.faults import MqttCredentials, mqtt_client, publish_fault
 
-_log = get_logger("demo.view")
+_log = get_logger("sim.view")
 
 DASH = "-"
 # Rack-side steps (robot-plc.yaml); every other step belongs to the vehicle-side unit.
@@ -633,7 +634,7 @@ async def follow_station(
     is set on every (re)subscription; `model.link` says how the connection stands. Usable
     without a screen (a headless demo summarises the model at the end)."""
     client = mqtt_client(broker, credentials)
-    backoff_s = 0.2
+    backoff = Backoff(0.2, 5.0)
     while True:
         try:
             async with client:
@@ -641,14 +642,13 @@ async def follow_station(
                 model.link = "connected"
                 if ready is not None:
                     ready.set()
-                backoff_s = 0.2
+                backoff.reset()
                 async for msg in client.messages:
                     payload = msg.payload if isinstance(msg.payload, bytes) else b""
                     model.ingest_raw(msg.topic.value, payload)
         except aiomqtt.MqttError as e:
             model.link = f"broker: {e}; reconnecting"
-            await asyncio.sleep(backoff_s)
-            backoff_s = min(backoff_s * 2, 5.0)
+            await asyncio.sleep(backoff.next_delay())
 
 
 async def run_view(

@@ -14,6 +14,7 @@ from drivers.core.clock import ScaledClock, SystemClock
 from drivers.core.datafile import DataFileError
 from drivers.core.log import get_logger
 from edge.app.logs import configure_logging
+from edge.app.perf import PERF_ENV, PerfProbe, watch_modbus
 from edge.app.station import build_station
 from edge.app.supervisor import CoreServiceFailed
 from edge.config import load_config
@@ -94,13 +95,29 @@ async def _main(config_path: str, config: object, sim_speed: float | None = None
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, _on_signal, station, sig)
+    probe = _perf_probe(station)
     log.info("starting", config=config_path, station=config.station.id)
     try:
         await station.run()
     finally:
+        if probe is not None:
+            probe.stop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         station.notifier.close()
+
+
+def _perf_probe(station: object) -> PerfProbe | None:
+    """Bench figures from inside (SWAPD_PERF_OUT=path; off by default)."""
+    from edge.app.station import Station
+
+    assert isinstance(station, Station)
+    probe = PerfProbe.from_env(PERF_ENV)
+    if probe is None:
+        return None
+    watch_modbus(probe, station.network.devices)
+    probe.start()
+    return probe
 
 
 def _on_signal(station: object, sig: signal.Signals) -> None:

@@ -18,11 +18,10 @@ import sys
 import time
 from collections.abc import Callable
 
-import structlog
-
+from drivers.core.log import get_logger
 from edge.scheduler.plan import Plan, PlanRequest
 
-log = structlog.get_logger("edge.scheduler.solver")
+log = get_logger("scheduler.solver")
 
 
 class ProcessPlanner:

@@ -135,6 +135,8 @@ class SwapCoordinator:
         slots: SlotViews,
         events: EventSink,
         alarms: AlarmSink,
+        on_request: Callable[[str, str | None], None] | None = None,
+        on_status: Callable[[], None] | None = None,
         poll_active_s: float = 0.02,
         poll_idle_s: float = 0.25,
         offline_after: int = 3,
@@ -169,9 +171,9 @@ class SwapCoordinator:
         self.changed = asyncio.Event()  # set after every executed batch (tests, live views)
         self.online = asyncio.Event()  # set while the PLC answers
         # Told of every swap request (vehicle id, refusal or None): the scheduler's demand.
-        self.on_request: Callable[[str, str | None], None] | None = None
+        self.on_request = on_request
         # Told after every status poll (telemetry/robot follows the PLC).
-        self.on_status: Callable[[], None] | None = None
+        self.on_status = on_status
         self._reserved: frozenset[str] = frozenset()
 
     # ----- the service task

@@ -94,6 +94,9 @@ def _move_refs(run: StepRun) -> list[MoveRef]:
     return [MoveRef(pack_id=p, source=s, to=d) for p, s, d in (m.row() for m in run.moves)]
 
 
+_ON_ROBOT: tuple[PlaceSymbol, ...] = ("buffer", "shuttle", "stacker")
+
+
 class SwapSequence:
     def __init__(self, graph: StepGraph, slot_numbers: Mapping[str, int]) -> None:
         self.graph = graph
@@ -120,6 +123,19 @@ class SwapSequence:
         self._hb_at = 0.0
         self._check_heartbeat = "heartbeat" in graph.contract.model.points
         self._last_halt_write = -math.inf
+        self._positions_confirmed = False  # per process: the first status after a start
+        # (swap id, step id, seq) of steps active at a restart whose command may never have
+        # reached the PLC: resending one starts it, so its slot's off is confirmed afresh first
+        self._reconfirm: set[tuple[str, str, int]] = set()
+        # per unit, the PLC steps that leave a pack on the robot (buffer, shuttle, stacker)
+        self._to_robot = {
+            u: {
+                st.plc_step
+                for st in graph.model.steps
+                if st.unit == u and any(m.to in _ON_ROBOT for m in st.moves)
+            }
+            for u in UNITS
+        }
 
     # ----- entry points
 
@@ -208,9 +224,13 @@ class SwapSequence:
             for slot in (self.swap.full_slot, self.swap.store_slot):
                 self._request_off(slot, out)
             self.swap.started_at = now - self.swap.elapsed_s
-            for run in self.swap.runs.values():
+            for sid, run in self.swap.runs.items():
                 run.started_at = now  # timeouts restart with the process
                 run.last_sent = -math.inf  # resend at once if the PLC has not acknowledged
+                if run.status == StepStatus.ACTIVE and any(
+                    r.startswith("output_off:") for r in self._def(sid).requires
+                ):
+                    self._reconfirm.add((self.swap.swap_id, sid, run.seq))
         self._journal(out, "restarted", mode=self.mode.value, latched=self.latched)
         self._emit(
             out,
@@ -390,6 +410,45 @@ class SwapSequence:
             return False
         return now - self._hb_at > self.graph.model.heartbeat_timeout_s
 
+    def plc_disagrees(self, st: RobotStatus) -> list[str]:
+        """Seam (issue 12 item 3): at start-up the journal's positions are confirmed from the
+        PLC's own registers, never trusted. Each unit's acknowledged step must be the one the
+        journal commanded with that seq; a seq the journal never issued means the robot moved
+        without it (journal rebuilt, replaced or rolled back): with a swap in flight nothing it
+        says about the packs holds, and with none the robot must not be busy or hold a pack."""
+        found: list[str] = []
+        sw = self.swap
+        for u in UNITS:
+            us = st.units[u]
+            name = self.graph.contract.step_name(u, us.step_code)
+            said = next(
+                (
+                    self._def(sid).plc_step
+                    for sid in (sw.plan if sw is not None else ())
+                    if sw is not None
+                    and sw.runs[sid].seq == us.ack_seq
+                    and self._def(sid).unit == u
+                ),
+                None,
+            )
+            if us.ack_seq == 0 or (said is None and us.ack_seq <= self.seq[u]):
+                continue
+            if said is not None:
+                if said != name:
+                    found.append(f"{u} acknowledged #{us.ack_seq} as {name}, journal: {said}")
+            elif sw is not None:
+                found.append(
+                    f"{u} acknowledged {name} #{us.ack_seq}, journal issued up to #{self.seq[u]}"
+                )
+            elif us.state == UnitState.BUSY or (
+                us.state != UnitState.IDLE and name in self._to_robot[u]
+            ):
+                found.append(
+                    f"{u} {us.state.value} after {name} #{us.ack_seq}, unknown to the journal: "
+                    "the robot may hold a pack"
+                )
+        return found
+
     def status_stale(self, now: float) -> bool:
         """Seam (issue 12 item 2): the last good status is older than the freshness limit."""
         return self.plc_at is None or now - self.plc_at > self.graph.model.status_max_age_s
@@ -424,6 +483,11 @@ class SwapSequence:
         if not self.plc_online:
             self.plc_online = True
             self._clear(out, AlarmCode.ROBOT_PLC_OFFLINE, "robot")
+        if not self._positions_confirmed:
+            self._positions_confirmed = True
+            found = self.plc_disagrees(st)
+            if found:  # held (or swaps refused) until the operator corrects the inventory
+                self._inconsistent(out, "PLC disagrees with the journal: " + "; ".join(found))
         plc_reset = set()
         for u in UNITS:
             ack = st.units[u].ack_seq
@@ -509,6 +573,8 @@ class SwapSequence:
                 and sdef.unit not in self.halted
                 and now - run.last_sent >= self.graph.model.command_resend_s
             ):
+                if not self.resend_confirmed(sw, sid, run):
+                    continue
                 run.last_sent = now
                 out.append(
                     CommandStep(sdef.unit, self.graph.plc_code(sdef), self._arg(sdef), run.seq, sid)
@@ -663,6 +729,20 @@ class SwapSequence:
                 moves=_move_refs(run),
             ),
         )
+        return True
+
+    def resend_confirmed(self, sw: Swap, sid: str, run: StepRun) -> bool:
+        """Seam (issue 12 item 3): a step active at a restart whose command the PLC has not
+        acknowledged may never have reached it, so resending it starts it: its slot's off must
+        be confirmed by a read after the restart first (and that confirmation is used up)."""
+        key = (sw.swap_id, sid, run.seq)
+        if key not in self._reconfirm:
+            return True
+        st = self._def(sid)
+        if any(m.startswith("output_off:") for m in self._missing(st)):
+            return False
+        self.consume_off_confirmations(st)
+        self._reconfirm.discard(key)
         return True
 
     def consume_off_confirmations(self, st: StepDef) -> None:
@@ -1012,17 +1092,18 @@ class SwapSequence:
         self._finish(out, now, failed=True, reason=FaultReason.MANUAL)
 
     def _correct(self, ev: CorrectInventory, out: list[Action]) -> None:
+        # Params before mode rules, as for every command: a bad place is invalid_params always.
+        if ev.place is not None and not is_valid_place(ev.place, self.inventory.slots):
+            raise Rejected(
+                f"unknown place {str(ev.place)!r} (slot:<id>, {', '.join(HANDLING_PLACES)})",
+                "invalid_params",
+            )
         if self.mode == Mode.RUNNING:
             raise Rejected("swap running: hold it (fault) or take manual control first")
         if self.swap is not None and any(
             self.swap.runs[s].status == StepStatus.ACTIVE for s in self.swap.plan
         ):
             raise Rejected("a step is still running")
-        if ev.place is not None and not is_valid_place(ev.place, self.inventory.slots):
-            raise Rejected(
-                f"unknown place {str(ev.place)!r} (slot:<id>, {', '.join(HANDLING_PLACES)})",
-                "invalid_params",
-            )
         old = self.inventory.get(ev.pack_id)
         try:
             self.inventory.set_place(ev.pack_id, ev.place, ev.pack_type)

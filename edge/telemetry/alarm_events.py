@@ -4,19 +4,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Protocol
 
 from drivers.core.clock import utc_iso
 from drivers.core.log import get_logger
 from edge.alarms import ActiveAlarm, AlarmChange, AlarmManager
-from edge.telemetry.models import AlarmDetails, AlarmRef, Details, EventType
+from edge.events import EventSink
+from edge.telemetry.models import AlarmDetails, AlarmRef, EventType
 from edge.telemetry.outbox import OutboxError
 
 log = get_logger("telemetry")
-
-
-class EventSink(Protocol):
-    def emit_event(self, event_type: str, details: Details) -> str: ...
 
 
 class AlarmEvents:

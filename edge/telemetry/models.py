@@ -8,12 +8,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, create_model
 
+from drivers.can.events import Phase
 from drivers.core.quality import Quality
 from edge.alarms import Severity
 from edge.command_types import ErrorCode
 
 __all__ = ["ErrorCode"]  # re-exported: the contract's result codes live with Rejected
 from edge.scheduler.core import GridMode
+from edge.state import OperatingMode
 from edge.swap.model import Mode as SwapMode
 
 Timestamp = Annotated[
@@ -29,12 +31,6 @@ Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_
 
 class Wire(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class OperatingMode(StrEnum):
-    NORMAL = "normal"
-    MAINTENANCE = "maintenance"  # no new swaps; charging goes on
-    DRAIN = "drain"  # finish what runs, start nothing new
 
 
 # ---- status -------------------------------------------------------------------------------
@@ -95,7 +91,7 @@ class SlotTelemetry(Wire):
     power_kw: float | None = Field(None, description="positive into the pack")
     temp_max_c: float | None = None
     temp_min_c: float | None = None
-    session_phase: str = Field(description="GB/T 27930 session phase, e.g. idle, charging")
+    session_phase: Phase = Field(description="GB/T 27930 session phase")
     charger_state: str = Field(description="charger state from its register map")
     available: bool = True
     in_service: bool = Field(True, description="false while an operator took the slot out")
@@ -414,8 +410,11 @@ class StatusParams(Params):
 
 class InventorySetParams(Params):
     pack_id: str = Field(min_length=1, max_length=128)
+    # The shape is checked here, with the other params (before any mode rule); whether the
+    # slot exists is the station's word.
     place: str | None = Field(
-        description="slot:<id>, vehicle, shuttle, buffer, stacker, or null (not in the station)"
+        pattern=r"^(slot:[A-Za-z0-9_-]{1,64}|vehicle|shuttle|buffer|stacker)$",
+        description="slot:<id>, vehicle, shuttle, buffer, stacker, or null (not in the station)",
     )
     pack_type: str | None = Field(None, min_length=1, max_length=64)
 

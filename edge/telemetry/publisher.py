@@ -7,6 +7,7 @@ one publish every `min_period_s` (telemetry applies its own deadbands and refres
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from drivers.core.clock import Clock
@@ -22,7 +23,6 @@ from edge.telemetry.alarm_events import alarm_refs
 from edge.telemetry.fit import fit
 from edge.telemetry.models import (
     Details,
-    EventType,
     RobotTelemetry,
     SlotTelemetry,
     StationTelemetry,
@@ -36,8 +36,6 @@ if TYPE_CHECKING:
 
 log = get_logger("publisher")
 
-_QUALITY = {"good": Quality.GOOD, "stale": Quality.STALE, "invalid": Quality.BAD}
-
 
 class StatePublisher:
     name = "publisher"
@@ -48,6 +46,10 @@ class StatePublisher:
         state: StationState,
         telemetry: Telemetry,
         clock: Clock,
+        *,
+        slots: dict[str, SlotService],
+        scheduler: SchedulerService | None,
+        robot: SwapCoordinator | None = None,
         min_period_s: float = 0.1,
     ) -> None:
         self.config = config
@@ -55,10 +57,11 @@ class StatePublisher:
         self.telemetry = telemetry
         self.clock = clock
         self.min_period_s = min_period_s
-        self.slots: dict[str, SlotService] = {}
-        self.scheduler: SchedulerService | None = None
-        self.robot: SwapCoordinator | None = None
-        self._robot_dirty = False
+        self.slots = slots
+        self.scheduler = scheduler
+        # telemetry/robot follows the swap coordinator's view of the PLC.
+        self.robot = robot
+        self._robot_dirty = robot is not None
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
         self._slot_states: dict[str, tuple[SlotState, bool]] = {}
@@ -68,20 +71,20 @@ class StatePublisher:
     def slot_changed(self, slot_id: str) -> None:
         self._dirty.add(slot_id)
         self._wake.set()
-
-    def watch_robot(self, coordinator: SwapCoordinator) -> None:
-        """Publish `telemetry/robot` from the swap coordinator's view of the PLC (after every
-        status poll, coalesced like the slots)."""
-        self.robot = coordinator
-        coordinator.on_status = self.robot_changed
-        self.robot_changed()
+        slot = self.slots.get(slot_id)
+        if self.scheduler is not None and slot is not None and slot.core.grant_binds():
+            # A BCL above the grant: reallocate now, not at the next period (issue 13).
+            self.scheduler.trigger(f"slot {slot_id} request")
 
     def robot_changed(self) -> None:
         self._robot_dirty = True
         self._wake.set()
 
-    def emit_event(self, event_type: EventType, details: Details) -> None:
-        self.telemetry.emit_event(event_type, details)
+    def emit_event(self, event_type: str, details: Details | Mapping[str, Any]) -> str:
+        return self.telemetry.emit_event(event_type, details)
+
+    def refresh(self) -> None:
+        self.telemetry.refresh()
 
     def allocation(self, alloc: Allocation) -> None:
         g = self.state.grid
@@ -111,7 +114,10 @@ class StatePublisher:
         if state is not DeviceState.ONLINE:
             return Quality.STALE
         reading = slot.core.reading
-        return _QUALITY.get(str(reading.quality), Quality.STALE) if reading else Quality.STALE
+        if reading is None:
+            return Quality.STALE
+        # a reading the charger marks as no value is published as bad
+        return Quality.BAD if reading.quality is Quality.INVALID else reading.quality
 
     def publish(self) -> None:
         dirty, self._dirty = self._dirty, set()

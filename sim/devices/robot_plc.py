@@ -1,6 +1,6 @@
 """Simulated swap robot PLC: a pymodbus TCP server implementing drivers/robot/robot-plc.yaml.
 
-Two units (vehicle side, rack side) run steps whose durations (DOMAIN.md defaults) are divided by
+Two units (vehicle side, rack side) run steps whose durations (docs/swap.md defaults) are divided by
 `speed`. The PLC tracks which physical places hold a pack, so a wrong command faults just as a
 real machine would. Status is computed when it is read (the PLC "scans" on every request), so
 there is no timer task. Fault injection: step fault, stuck step, torque failure on k heads,
@@ -24,7 +24,7 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 from drivers.core.clock import Clock, SystemClock
 from drivers.robot.contract import RobotContract, RobotStatus, UnitState, UnitStatus
 
-# DOMAIN.md step table (seconds); recovery moves are our own assumption.
+# The step table of docs/swap.md (seconds); recovery moves are our own assumption.
 DEFAULT_DURATIONS_S: dict[tuple[str, str], float] = {
     ("vehicle", "position"): 30,
     ("vehicle", "lift"): 10,

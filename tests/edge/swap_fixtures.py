@@ -9,8 +9,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from drivers.core.alarm_sink import RecordingAlarmSink
-from drivers.core.clock import ManualClock, SystemClock
+from drivers.core.clock import SystemClock
 from drivers.robot.contract import RobotContract
 from drivers.robot.modbus_port import ModbusRobotPort
 from edge.swap.choice import SlotView
@@ -41,6 +40,7 @@ from edge.telemetry.models import Details, EventType
 from sim.devices.robot_plc import RackSlot, RobotPlcSim
 from sim.devices.vehicle import SimVehicle
 from tests.conftest import free_port
+from tests.doubles import ManualClock, RecordingAlarmSink
 
 SLOTS = {f"S{n}": n for n in range(1, 7)}
 # slot -> (pack id, SOC %, cycles)

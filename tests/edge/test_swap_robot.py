@@ -188,10 +188,10 @@ async def test_journal_failure_stops_the_coordinator_before_the_command(tmp_path
 async def test_build_from_the_station_config(tmp_path: Path) -> None:
     import yaml
 
-    from drivers.core.alarm_sink import RecordingAlarmSink
     from drivers.core.clock import SystemClock
     from edge.config import StationConfig
     from edge.swap.service import build_swap
+    from tests.doubles import RecordingAlarmSink
     from tests.edge.swap_fixtures import RACK, Events, Outputs, Views
 
     path = Path(__file__).resolve().parents[2] / "config" / "station.yaml"

@@ -12,7 +12,6 @@ import pytest
 from pydantic import ValidationError
 
 from drivers.core.backoff import Backoff
-from drivers.core.clock import ManualClock
 from edge.operator.config import CommandsConfig
 from edge.telemetry.changes import ChangeTracker
 from edge.telemetry.commands import CommandProcessor, CommandStore
@@ -20,9 +19,9 @@ from edge.telemetry.config import MqttConfig, TelemetryConfig, TlsConfig
 from edge.telemetry.link import RateLimiter
 from edge.telemetry.models import PROTECTED_EVENT_TYPES, SetModeParams
 from edge.telemetry.outbox import EventTooLarge, Outbox, open_db
-from edge.telemetry.target import InMemoryTarget
 from edge.telemetry.tls import TlsSetupError, build_context
 from edge.telemetry.topics import TopicError, Topics
+from tests.doubles import InMemoryTarget, ManualClock
 from tests.edge.telemetry_fixtures import command_service, iso
 
 # ---- change detection ---------------------------------------------------------------------
