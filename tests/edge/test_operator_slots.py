@@ -222,3 +222,35 @@ async def test_out_of_service_is_in_telemetry_and_survives_a_restart(
         assert s01.counters.handshakes == 0 and not _enabled(w, "ch01")
         await w.station.command_service.execute("enable_slot", {"slot_id": "s01"}, LOCAL)
         await wait_for(lambda: s01.phase is BmsPhase.CHARGING and _enabled(w, "ch01"), 30)
+
+
+@pytest.mark.timeout(120)
+async def test_the_emergency_stop_reset_leaves_a_bms_lost_latch_to_reset_slot(
+    tmp_path: Path,
+) -> None:
+    """reset_fault (the e-stop reset) restarts the sessions the stop ended, but a slot latched
+    "BMS lost" before it stays latched: only `reset_slot` clears a slot latch."""
+    async with running_station(mini_config(tmp_path, 2), soc_pct=40.0) as w:
+        st, svc = w.station, w.station.command_service
+        s01, s02 = w.packs["s01"].core, w.packs["s02"].core
+        await wait_for(lambda: s01.phase is BmsPhase.CHARGING and s02.phase is BmsPhase.CHARGING)
+        w.packs["s01"].inject(Fault.SILENT)
+        await wait_for(lambda: st.slots["s01"].core.state is SlotState.UNAVAILABLE, 60)
+        w.packs["s01"].clear(Fault.SILENT)
+        w.packs["s01"].replug()
+        handshakes = s01.counters.handshakes
+        coord = st.swap.coordinator
+        w.plc.emergency_stop(True)
+        await wait_for(lambda: not _enabled(w, "ch02"), 5)
+        w.plc.emergency_stop(False)
+        await wait_for(
+            lambda: coord.core.plc is not None and coord.core.plc.inputs["estop_chain_healthy"], 5
+        )
+        await svc.execute("reset_fault", {}, LOCAL)
+        await wait_for(lambda: s02.phase is BmsPhase.CHARGING and _enabled(w, "ch02"), 30)
+        assert st.slots["s01"].core.state is SlotState.UNAVAILABLE
+        assert st.alarms.is_active("slot.unavailable", "s01")
+        assert s01.counters.handshakes == handshakes and not _enabled(w, "ch01")
+        await svc.execute("reset_slot", {"slot_id": "s01"}, LOCAL)
+        await wait_for(lambda: s01.phase is BmsPhase.CHARGING and _enabled(w, "ch01"), 30)
+        assert s01.counters.handshakes > handshakes
