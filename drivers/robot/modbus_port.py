@@ -59,6 +59,12 @@ class ModbusRobotPort:
             raise RobotOfflineError(f"{what}: {e}") from e
         except OSError as e:
             raise RobotOfflineError(f"{what}: {e}") from e
+        # pymodbus waits with asyncio.wait_for, which on Python 3.11 can swallow a cancel of our
+        # task that arrives with the answer; the pending-cancel count survives it. Without this
+        # the coordinator's loop kept polling after the station's stop cancelled it.
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError
         if rr.isError():
             raise RobotPortError(f"{what}: PLC answered {rr}")
         return rr
