@@ -59,9 +59,9 @@ class ModbusRobotPort:
             raise RobotOfflineError(f"{what}: {e}") from e
         except OSError as e:
             raise RobotOfflineError(f"{what}: {e}") from e
-        # pymodbus waits with asyncio.wait_for, which on Python 3.11 can swallow a cancel of our
-        # task that arrives with the answer; the pending-cancel count survives it. Without this
-        # the coordinator's loop kept polling after the station's stop cancelled it.
+        # pymodbus waits with asyncio.wait_for, which on Python 3.11 swallows a cancellation
+        # that arrives with the answer (the caller's loop then never stops); the task's
+        # pending-cancel count survives, so re-raise it (as drivers.modbus.link does).
         task = asyncio.current_task()
         if task is not None and task.cancelling():
             raise asyncio.CancelledError

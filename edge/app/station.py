@@ -134,7 +134,8 @@ class SwapBindings:
             if slot_id in reserved:
                 continue
             if slot.docked:
-                slot.reset()  # a session the stop ended (or latched) starts afresh
+                # A session the stop ended starts afresh; a latched slot stays latched (only
+                # `reset_slot` clears a slot latch, issue 14).
                 slot.resume_charging()
             elif slot_id in occupied:
                 slot.dock()

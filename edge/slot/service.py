@@ -64,6 +64,9 @@ log = get_logger("slot")
 # Session phases in which the BMS may have closed its contactors (after BCP/BRO).
 _BMS_ENGAGED = frozenset({Phase.PARAMETERS, Phase.CHARGING, Phase.STOPPING})
 _SESSION_OVER = frozenset({Phase.IDLE, Phase.ENDED, Phase.FAILED})
+# A new session would clear these latches (core.start), so none is begun again here: a pack
+# fault stays until another pack is docked, a BMS-lost latch until `reset_slot`.
+_LATCHED = frozenset({SlotState.FAULTED, SlotState.UNAVAILABLE})
 
 # The charger's `state` enum labels that mean its output is live, and those that mean it is off.
 _LIVE_STATES = frozenset({"charging", "derating", "on"})
@@ -215,7 +218,7 @@ class SlotService:
         self._resume_pending = (
             self.docked
             and self.in_service
-            and self.core.state is not SlotState.UNAVAILABLE
+            and self.core.state not in _LATCHED
             and self.core.phase not in ACTIVE_PHASES
         )
         self._maybe_resume()
@@ -225,7 +228,7 @@ class SlotService:
             return
         if self.core.phase in ACTIVE_PHASES or not (self.docked and self.in_service):
             self._resume_pending = False  # up again by itself (re-handshake), or gone
-        elif self.core.phase in _SESSION_OVER and self.core.state is not SlotState.UNAVAILABLE:
+        elif self.core.phase in _SESSION_OVER and self.core.state not in _LATCHED:
             self._resume_pending = False
             self._started = False
             if self.ratings_known.is_set():  # else the first reading of the ratings starts it

@@ -85,6 +85,9 @@ class SwapSequence:
         self._check_heartbeat = "heartbeat" in graph.contract.model.points
         self._last_halt_write = -math.inf
         self._positions_confirmed = False  # per process: the first status after a start
+        # (swap id, step id, seq) of steps active at a restart whose command may never have
+        # reached the PLC: resending one starts it, so its slot's off is confirmed afresh first
+        self._reconfirm: set[tuple[str, str, int]] = set()
         # per unit, the PLC steps that leave a pack on the robot (buffer, shuttle, stacker)
         self._to_robot = {
             u: {
@@ -179,9 +182,13 @@ class SwapSequence:
             self.swap.outputs_off.clear()
             for slot in (self.swap.full_slot, self.swap.store_slot):
                 self._request_off(slot, out)
-            for run in self.swap.runs.values():
+            for sid, run in self.swap.runs.items():
                 run.started_at = now  # timeouts restart with the process
                 run.last_sent = -math.inf  # resend at once if the PLC has not acknowledged
+                if run.status == StepStatus.ACTIVE and any(
+                    r.startswith("output_off:") for r in self._def(sid).requires
+                ):
+                    self._reconfirm.add((self.swap.swap_id, sid, run.seq))
         self._journal(out, "restarted", mode=self.mode.value, latched=self.latched)
         self._emit(
             out, "swap.recovery", action="restart", mode=self.mode.value, latched=self.latched
@@ -484,6 +491,8 @@ class SwapSequence:
                 and sdef.unit not in self.halted
                 and now - run.last_sent >= self.graph.model.command_resend_s
             ):
+                if not self.resend_confirmed(sw, sid, run):
+                    continue
                 run.last_sent = now
                 out.append(
                     CommandStep(sdef.unit, self.graph.plc_code(sdef), self._arg(sdef), run.seq, sid)
@@ -624,6 +633,20 @@ class SwapSequence:
             attempt=run.attempts,
             moves=self._moves_json(run),
         )
+        return True
+
+    def resend_confirmed(self, sw: Swap, sid: str, run: StepRun) -> bool:
+        """Seam (issue 12 item 3): a step active at a restart whose command the PLC has not
+        acknowledged may never have reached it, so resending it starts it: its slot's off must
+        be confirmed by a read after the restart first (and that confirmation is used up)."""
+        key = (sw.swap_id, sid, run.seq)
+        if key not in self._reconfirm:
+            return True
+        st = self._def(sid)
+        if any(m.startswith("output_off:") for m in self._missing(st)):
+            return False
+        self.consume_off_confirmations(st)
+        self._reconfirm.discard(key)
         return True
 
     def consume_off_confirmations(self, st: StepDef) -> None:

@@ -8,11 +8,13 @@ import asyncio
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from drivers.modbus.device import DeviceState
 from edge.alarms import AlarmChange
+from edge.swap.messages import SlotOutputOff
 from edge.telemetry.models import SetPowerLimitParams
 from sim.devices.charger import ChargerSim
 from sim.devices.pack import Fault
@@ -222,11 +224,18 @@ async def test_restart_mid_swap_never_energises_the_reserved_slot(tmp_path: Path
         coord = w.station.swap.coordinator
         assert coord.restored and coord.core.swap is not None
         assert slot.docked_at_s == 0.0  # start-up never docked it
-        # the journalled confirmations are not trusted: both are confirmed again by a read
-        await wait_for(
-            lambda: coord.core.swap is not None and coord.core.swap.outputs_off == {"s01", "s02"},
-            10,
-        )
+        # the journalled confirmations are not trusted: both are confirmed again by a read (the
+        # step active at the restart uses s01's up as soon as it is resent)
+        confirmed: set[str] = set()
+        handle = coord.core.handle
+
+        def recording(ev: Any, now: float) -> Any:
+            if isinstance(ev, SlotOutputOff):
+                confirmed.add(ev.slot_id)
+            return handle(ev, now)
+
+        coord.core.handle = recording  # type: ignore[method-assign]
+        await wait_for(lambda: confirmed == {"s01", "s02"}, 10)
         assert slot.output_off_confirmed and "reserved" in slot.core.inhibited
         t_end = time.monotonic() + 4.0
         while time.monotonic() < t_end:

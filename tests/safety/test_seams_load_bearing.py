@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from edge.slot.service import SlotService
 from edge.swap.coordinator import SwapCoordinator
 from edge.swap.sequence import SwapSequence
 from sim.devices.pack import Fault
+from tests.edge import station_fixtures
 from tests.edge import test_failsafe_outputs as outputs
 from tests.edge import test_slot_core as slot_core
 from tests.edge import test_swap_core as swap_core
@@ -245,12 +246,54 @@ async def test_dock_known_packs_docking_the_reserved_slot(
     assert b is not None and "docked" in b.line, b
 
 
+async def _restart_with_the_charger_still_on(tmp_path: Path) -> str | None:
+    """The daemon restarts mid-swap within the charger's own watchdog (5 s): ch01, under the
+    swap's fetch, still delivers what the killed daemon set, and its power stage does not follow
+    the off write (`stuck_output`; only its watchdog cuts it). Returns a rack step that started
+    on slot 1 while ch01 delivered, judged from the PLC's step and ch01's physics."""
+    outputs.journal_with_swap_in_flight(tmp_path / "state")
+    real = station_fixtures.run_charger_sims
+
+    @contextlib.asynccontextmanager
+    async def left_on(*a: Any, **kw: Any) -> AsyncIterator[dict[str, Any]]:
+        async with real(*a, **kw) as sims:
+            ch01 = sims["ch01"]
+            ch01.physics.voltage_setpoint_v = 380.0
+            ch01.physics.current_limit_a = 100.0
+            ch01.physics.enabled = True
+            ch01.physics.output_current_a = 100.0  # delivering already, not ramping up
+            ch01._wd_fed_at = ch01._clock.monotonic()  # fed by the daemon just killed
+            ch01.apply_fault("stuck_output", True)
+            yield sims
+
+    found: list[str] = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(station_fixtures, "run_charger_sims", left_on)
+        cfg = mini_config(tmp_path, 2)
+        async with running_station(cfg, soc_pct=40.0, docked={"s01"}) as w:
+            ch01 = w.chargers["ch01"]
+
+            def step(m: Any) -> None:
+                if m.unit == "rack" and m.arg == 1 and outputs.delivering(ch01) > LIVE_A:
+                    found.append(
+                        f"rack {m.step} on slot 1 with ch01 at {outputs.delivering(ch01):.0f} A"
+                    )
+
+            w.plc.step_observers.append(step)
+            await wait_for(lambda: bool(found) or any(m.unit == "rack" for m in w.plc.motions), 15)
+    return found[0] if found else None
+
+
+async def test_a_restart_with_the_charger_still_on_waits_for_it(tmp_path: Path) -> None:
+    assert await _restart_with_the_charger_still_on(tmp_path) is None
+
+
 async def test_resume_trusting_the_journalled_outputs_off(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`SwapSequence.resume` keeps the journalled `outputs_off` instead of confirming both slots
-    afresh. Judged on the daemon's view only (see docs/safety.md): with start-up holding the
-    reserved slot off, no device shows a hazard in this scenario."""
+    afresh. Judged on the daemon's view only (docs/safety.md): the step active at the restart
+    is held by `resend_confirmed`, and the reserved slots are held off from start-up."""
     real = SwapSequence.resume
 
     def trusting(self: SwapSequence, now: float) -> list[Any]:
@@ -264,7 +307,18 @@ async def test_resume_trusting_the_journalled_outputs_off(
 
     monkeypatch.setattr(SwapSequence, "resume", trusting)
     b = await broken(outputs.test_restart_mid_swap_never_energises_the_reserved_slot, tmp_path)
-    assert b is not None and "outputs_off" in b.line, b
+    assert b is not None and "confirmed ==" in b.line, b
+
+
+async def test_resend_confirmed_resending_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`SwapSequence.resend_confirmed` always true (before it existed): the fetch active at the
+    restart is resent on the first PLC status, and the rack fetches from slot 1 while ch01 still
+    delivers."""
+    monkeypatch.setattr(SwapSequence, "resend_confirmed", lambda self, sw, sid, run: True)
+    hazard = await _restart_with_the_charger_still_on(tmp_path)
+    assert hazard is not None and "rack fetch on slot 1" in hazard, hazard
 
 
 # ---- item 5: e-stop first, bookkeeping after ------------------------------------------------
