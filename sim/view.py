@@ -58,11 +58,6 @@ def _str(v: Any) -> str:
     return s if s else DASH
 
 
-def _first(d: Mapping[str, Any], *keys: str) -> Any:
-    """The first of `keys` present and not null (field names differ between producers)."""
-    return next((d[k] for k in keys if d.get(k) is not None), None)
-
-
 def fmt(v: Any, spec: str = ".1f") -> str:
     n = _num(v)
     return DASH if n is None else format(n, spec)
@@ -218,8 +213,7 @@ class ViewModel:
                 u.state, u.step = "idle", DASH
             return f"swap {self.swap.swap_id} vehicle {self.swap.vehicle_id}"
         if event_type == "swap.step":
-            # `state` in the telemetry model, `status` in the swap sequence: take either.
-            step, state = _str(d.get("step")), _str(_first(d, "state", "status"))
+            step, state = _str(d.get("step")), _str(d.get("state"))
             unit = _str(d.get("unit"))
             unit = unit if unit in self.units else ("rack" if step in RACK_STEPS else "vehicle")
             s.swap_id = _str(d.get("swap_id")) if d.get("swap_id") else s.swap_id
@@ -233,8 +227,8 @@ class ViewModel:
         if event_type == "swap.completed":
             s.state, s.step = "completed", DASH
             duration = fmt(d.get("duration_s"), ".0f")
-            fitted = _str(_first(d, "pack_out_id", "full_pack_id"))
-            stored = _str(_first(d, "pack_in_id", "depleted_pack_id"))
+            fitted = _str(d.get("pack_out_id"))
+            stored = _str(d.get("pack_in_id"))
             s.detail = f"in {duration} s, fitted {fitted}, stored {stored}"
             return f"swap {_str(d.get('swap_id'))} done {s.detail}"
         if event_type == "swap.failed":

@@ -49,7 +49,7 @@ from sim.devices.pack import (
     PackModel,
     PackSpec,
 )
-from sim.devices.robot_plc import RobotPlcSim
+from sim.devices.robot_plc import PlcPlace, RackSlot, RobotPlcSim
 from sim.devices.slcan_server import SlcanPort
 from sim.devices.vehicle import SimVehicle
 from sim.faults import (
@@ -447,18 +447,19 @@ class SimWorld:
         return cls(cfg, speed=cfg.sim.speed if speed is None else speed, seed=seed, bus=bus, **kw)
 
     # ---- pack moves --------------------------------------------------------------------
-    def _on_move(self, src: str, dst: str) -> None:
-        pack = self.places.pop(src, None)
-        if src.startswith("slot:"):
-            slot_id = self.slot_by_number[int(src[5:])]
-            seat = self.seats[slot_id]
+    def _on_move(self, src: PlcPlace, dst: PlcPlace) -> None:
+        if isinstance(src, RackSlot):
+            pack = None
+            seat = self.seats[self.slot_by_number[src.number]]
             if seat.pack is not None:
                 pack = seat.unseat()
+        else:
+            pack = self.places.pop(src, None)
         if pack is None:
             _log.warning("robot moved a pack the world does not know", src=src, dst=dst)
             return
-        if dst.startswith("slot:"):
-            slot_id = self.slot_by_number[int(dst[5:])]
+        if isinstance(dst, RackSlot):
+            slot_id = self.slot_by_number[dst.number]
             self.seats[slot_id].seat(pack)
             _log.info("pack stored", slot=slot_id, pack=pack.pack_id, soc=pack.model.soc_pct)
         else:

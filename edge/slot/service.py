@@ -41,7 +41,7 @@ from drivers.core.quality import Quality
 from drivers.modbus.charger import ChargerControl
 from drivers.modbus.device import DeviceState, ModbusDevice, Snapshot
 from drivers.modbus.errors import ModbusError
-from edge.alarms import A_EVENT_LOST_SLOT, A_OUTPUT_OFF_UNCONFIRMED
+from edge.alarms import AlarmCode
 from edge.events import EventSink
 from edge.power import to_grid_side, to_pack_side
 from edge.scheduler.core import SlotInput
@@ -59,6 +59,7 @@ from edge.slot.core import (
     SlotState,
 )
 from edge.swap.choice import SlotView
+from edge.telemetry.models import ChargeStarted, ChargeStopped, Details, EventType
 
 log = get_logger("slot")
 # Session phases in which the BMS may have closed its contactors (after BCP/BRO).
@@ -400,7 +401,9 @@ class SlotService:
         the charger's watchdog (it switches itself off) and try, bounded, to write it off."""
         self._failed = True
         self._starve_watchdog("off")
-        self._alarms.raise_alarm(A_OUTPUT_OFF_UNCONFIRMED, self.slot_id, "slot service failed")
+        self._alarms.raise_alarm(
+            AlarmCode.CHARGER_OUTPUT_OFF_UNCONFIRMED, self.slot_id, "slot service failed"
+        )
         try:
             async with asyncio.timeout(timeout_s):
                 await self.write_output(SetChargerOutput(0.0, 0.0, False))
@@ -488,7 +491,7 @@ class SlotService:
             return
         if self.off_confirmed_by(snap, since):
             self._off_confirmed = True
-            self._alarms.clear_alarm(A_OUTPUT_OFF_UNCONFIRMED, self.slot_id)
+            self._alarms.clear_alarm(AlarmCode.CHARGER_OUTPUT_OFF_UNCONFIRMED, self.slot_id)
             self._feed_again("off")
             self._wake.set()
             if "restart" in self.core.inhibited:
@@ -536,15 +539,23 @@ class SlotService:
             and self.core.state is SlotState.CHARGING
             and before is not SlotState.CHARGING
         ):
-            self._emit("charge.started", {"slot_id": self.slot_id, "pack_id": snap.pack_id})
+            self._emit(
+                EventType.CHARGE_STARTED, ChargeStarted(slot_id=self.slot_id, pack_id=snap.pack_id)
+            )
         if isinstance(ev, SessionStopped):
             self._emit(
-                "charge.stopped",
-                {"slot_id": self.slot_id, "pack_id": snap.pack_id, "reason": str(ev.reason)},
+                EventType.CHARGE_STOPPED,
+                ChargeStopped(
+                    slot_id=self.slot_id,
+                    pack_id=snap.pack_id,
+                    reason=str(ev.reason),
+                    # the session's own count (reset when the next one starts)
+                    energy_kwh=round(self.link.session.energy_kwh, 3),
+                ),
             )
         self._on_change(self.slot_id)
 
-    def _emit(self, type_: str, details: dict[str, Any]) -> None:
+    def _emit(self, type_: EventType, details: Details) -> None:
         """Seam (issue 12 item 6): an event sink that fails (a full or unwritable disk) never
         stops the slot: the event is counted as lost and alarmed."""
         if self._events is None:
@@ -553,7 +564,7 @@ class SlotService:
             self._events.emit_event(type_, details)
         except Exception as e:  # noqa: BLE001 - whatever the sink raises, the slot goes on
             self.events_lost += 1
-            self._alarms.raise_alarm(A_EVENT_LOST_SLOT, self.slot_id, f"{type_}: {e}")
+            self._alarms.raise_alarm(AlarmCode.SLOT_EVENT_LOST, self.slot_id, f"{type_}: {e}")
             log.error("event lost", slot=self.slot_id, type=type_, error=repr(e))
 
     def _want(self, out: SetChargerOutput) -> None:
@@ -585,7 +596,7 @@ class SlotService:
         """Seam (issue 12 item 1): an off attempt failed or was not confirmed: starve the
         charger's watchdog at once and raise the alarm (both held until confirmed)."""
         self._starve_watchdog("off")
-        self._alarms.raise_alarm(A_OUTPUT_OFF_UNCONFIRMED, self.slot_id, why)
+        self._alarms.raise_alarm(AlarmCode.CHARGER_OUTPUT_OFF_UNCONFIRMED, self.slot_id, why)
 
     def _apply(self, actions: list[Action]) -> None:
         for a in actions:

@@ -21,7 +21,12 @@ from edge.slot.core import SlotState
 from edge.state import StationState
 from edge.telemetry.alarm_events import alarm_refs
 from edge.telemetry.fit import fit
-from edge.telemetry.models import Details, RobotTelemetry, SlotTelemetry, StationTelemetry
+from edge.telemetry.models import (
+    Details,
+    RobotTelemetry,
+    SlotTelemetry,
+    StationTelemetry,
+)
 from edge.telemetry.service import Telemetry
 
 if TYPE_CHECKING:

@@ -55,7 +55,7 @@ async def test_faults_and_recovery_over_modbus(tmp_path: Path) -> None:
         await rig.coord.execute("retry_step", {})
         # e-stop in the middle of the next step
         await rig.events.wait_for(
-            lambda: rig.events.has("swap.step", step="verify", status="started")
+            lambda: rig.events.has("swap.step", step="verify", state="started")
         )
         rig.sim.emergency_stop(True)
         await rig.events.wait_for(lambda: ("safety.emergency_stop", "robot") in rig.alarms.active)
@@ -122,9 +122,7 @@ async def test_plc_offline_holds_and_returns(tmp_path: Path) -> None:
     async with live_rig(tmp_path, speed=50.0) as rig:
         rig.vehicle.arrive()
         await rig.coord.execute("start_swap", rig.vehicle.announcement())
-        await rig.events.wait_for(
-            lambda: rig.events.has("swap.step", step="lift", status="started")
-        )
+        await rig.events.wait_for(lambda: rig.events.has("swap.step", step="lift", state="started"))
         port = rig.sim._server
         assert port is not None
         addr = port.comm_params.source_address
