@@ -27,7 +27,7 @@ from edge.swap.inventory import (
     SlotPlace,
     is_valid_place,
 )
-from edge.swap.journal import JournalRecord
+from edge.swap.journal import JournalRecord, RecordKind
 from edge.swap.messages import (
     Action,
     ClearAlarm,
@@ -158,7 +158,7 @@ class SwapSequence:
                     and s not in sw.outputs_off
                 ):
                     sw.outputs_off.add(s)
-                    self._journal(out, "output_off_confirmed", slot=s)
+                    self._journal(out, RecordKind.OUTPUT_OFF_CONFIRMED, slot=s)
             case SlotOutputFailed(slot_id=s, reason=r):
                 sw = self.swap
                 if sw is not None:
@@ -231,7 +231,7 @@ class SwapSequence:
                     r.startswith("output_off:") for r in self._def(sid).requires
                 ):
                     self._reconfirm.add((self.swap.swap_id, sid, run.seq))
-        self._journal(out, "restarted", mode=self.mode.value, latched=self.latched)
+        self._journal(out, RecordKind.RESTARTED, mode=self.mode.value, latched=self.latched)
         self._emit(
             out,
             EventType.SWAP_RECOVERY,
@@ -260,7 +260,7 @@ class SwapSequence:
     def _def(self, sid: str) -> StepDef:
         return self.graph.step(sid)
 
-    def _journal(self, out: list[Action], kind: str, **data: Any) -> None:
+    def _journal(self, out: list[Action], kind: RecordKind, **data: Any) -> None:
         if self.swap is not None and "swap_id" not in data:
             data["swap_id"] = self.swap.swap_id
         out.append(JournalWrite(JournalRecord(kind, data)))
@@ -328,7 +328,7 @@ class SwapSequence:
         if step:
             sw.fault_step = step
         packs = [sw.announced_pack_id, sw.full_pack_id]
-        self._journal(out, "held", reason=reason, step=step, detail=detail)
+        self._journal(out, RecordKind.HELD, reason=reason, step=step, detail=detail)
         self._emit(
             out,
             EventType.SWAP_FAULT,
@@ -361,7 +361,9 @@ class SwapSequence:
         if halt and st.unit not in self.halted:
             self._set_halt(self.halted | {st.unit}, out)
         self._raise(out, alarm, f"robot.{st.unit}", f"{sid}: {detail}")
-        self._journal(out, "step_failed", step=sid, seq=run.seq, reason=reason, detail=detail)
+        self._journal(
+            out, RecordKind.STEP_FAILED, step=sid, seq=run.seq, reason=reason, detail=detail
+        )
         self._emit(
             out,
             EventType.SWAP_STEP,
@@ -380,7 +382,7 @@ class SwapSequence:
 
     def _inconsistent(self, out: list[Action], detail: str, step: str = "") -> None:
         self._raise(out, AlarmCode.INVENTORY_INCONSISTENT, "inventory", detail)
-        self._journal(out, FaultReason.INVENTORY_INCONSISTENT, detail=detail)
+        self._journal(out, RecordKind.INVENTORY_INCONSISTENT, detail=detail)
         if self.swap is not None:
             self._hold(out, FaultReason.INVENTORY_INCONSISTENT, step, detail)
         else:
@@ -503,7 +505,7 @@ class SwapSequence:
                 for u in sorted(plc_reset)
             )
             self._raise(out, AlarmCode.ROBOT_PLC_RESTARTED, "robot", detail)
-            self._journal(out, FaultReason.PLC_RESTARTED, detail=detail)
+            self._journal(out, RecordKind.PLC_RESTARTED, detail=detail)
             if self.swap is not None:
                 for sid in self.swap.plan:
                     run = self.swap.runs[sid]
@@ -600,7 +602,7 @@ class SwapSequence:
         self._set_halt(frozenset(UNITS), out)
         out.append(RequestAllOutputsOff())
         self._raise(out, AlarmCode.SAFETY_EMERGENCY_STOP, "robot", "emergency-stop chain open")
-        self._journal(out, "latched", reason=FaultReason.EMERGENCY_STOP)
+        self._journal(out, RecordKind.LATCHED, reason=FaultReason.EMERGENCY_STOP)
         sw = self.swap
         if sw is not None:
             for sid in sw.plan:
@@ -705,7 +707,7 @@ class SwapSequence:
         code, arg = self.graph.plc_code(st), self._arg(st)
         self._journal(
             out,
-            "step_intent",
+            RecordKind.STEP_INTENT,
             step=sid,
             unit=unit,
             plc_step=st.plc_step,
@@ -799,7 +801,9 @@ class SwapSequence:
             )
         was = run.status
         run.status = StepStatus.DONE
-        self._journal(out, "step_done", step=sid, seq=run.seq, moves=[m.row() for m in run.moves])
+        self._journal(
+            out, RecordKind.STEP_DONE, step=sid, seq=run.seq, moves=[m.row() for m in run.moves]
+        )
         for m in run.moves:
             # the slots take it from here: a seated pack starts its session
             if isinstance(m.source, SlotPlace):
@@ -830,7 +834,7 @@ class SwapSequence:
         sw = self.swap
         assert sw is not None
         if failed:
-            self._journal(out, "swap_failed", reason=reason)
+            self._journal(out, RecordKind.SWAP_FAILED, reason=reason)
             self._emit(
                 out,
                 EventType.SWAP_FAILED,
@@ -843,7 +847,7 @@ class SwapSequence:
                 ),
             )
         else:
-            self._journal(out, "swap_completed")
+            self._journal(out, RecordKind.SWAP_COMPLETED)
             self._emit(
                 out,
                 EventType.SWAP_COMPLETED,
@@ -916,7 +920,7 @@ class SwapSequence:
         self.inventory.add(ev.announced_pack_id, ev.pack_type, Handling.VEHICLE)
         self._journal(
             out,
-            "swap_started",
+            RecordKind.SWAP_STARTED,
             vehicle_id=sw.vehicle_id,
             pack_type=sw.pack_type,
             announced_pack_id=sw.announced_pack_id,
@@ -956,7 +960,7 @@ class SwapSequence:
             # the operator has checked the robot: accept the PLC's counters as they are now
             self.acked = {u: self.plc.units[u].ack_seq for u in UNITS}
             self._clear(out, AlarmCode.ROBOT_PLC_RESTARTED, "robot")
-            self._journal(out, "plc_restart_acknowledged")
+            self._journal(out, RecordKind.PLC_RESTART_ACKNOWLEDGED)
             self._emit(
                 out,
                 EventType.SWAP_RECOVERY,
@@ -977,7 +981,7 @@ class SwapSequence:
         self.latched = False
         self._clear(out, AlarmCode.SAFETY_EMERGENCY_STOP, "robot")
         out.append(ReleaseOutputs())
-        self._journal(out, "unlatched")
+        self._journal(out, RecordKind.UNLATCHED)
         self._emit(
             out,
             EventType.SWAP_RECOVERY,
@@ -1014,7 +1018,7 @@ class SwapSequence:
         self._clear_hold_alarms(out)
         if self.halted:
             self._set_halt(frozenset(), out)
-        self._journal(out, "recovery", action="retry_step", steps=failed)
+        self._journal(out, RecordKind.RECOVERY, action=RecoveryAction.RETRY_STEP, steps=failed)
         self._emit(
             out,
             EventType.SWAP_RECOVERY,
@@ -1043,7 +1047,7 @@ class SwapSequence:
         self._clear_hold_alarms(out)
         if self.halted:
             self._set_halt(frozenset(), out)
-        self._journal(out, "recovery", action="refit_original", steps=chain)
+        self._journal(out, RecordKind.RECOVERY, action=RecoveryAction.REFIT_ORIGINAL, steps=chain)
         self._emit(
             out,
             EventType.SWAP_RECOVERY,
@@ -1063,7 +1067,7 @@ class SwapSequence:
                     sw.runs[sid].reason = FaultReason.MANUAL
             self.mode = Mode.MANUAL
             self._set_halt(frozenset(UNITS), out)
-            self._journal(out, "recovery", action=FaultReason.MANUAL)
+            self._journal(out, RecordKind.RECOVERY, action=FaultReason.MANUAL)
             self._emit(
                 out,
                 EventType.SWAP_RECOVERY,
@@ -1085,7 +1089,7 @@ class SwapSequence:
         on_vehicle = self.inventory.at(Handling.VEHICLE)
         if on_vehicle is not None:
             self.inventory.remove(on_vehicle.pack_id)
-            self._journal(out, "pack_departed", pack_id=on_vehicle.pack_id)
+            self._journal(out, RecordKind.PACK_DEPARTED, pack_id=on_vehicle.pack_id)
         self._clear_hold_alarms(out)
         self._clear(out, AlarmCode.INVENTORY_INCONSISTENT, "inventory")
         self.mode = Mode.HELD  # _finish resets to IDLE
@@ -1111,7 +1115,7 @@ class SwapSequence:
             raise Rejected(str(e), "invalid_params") from None
         self._journal(
             out,
-            "inventory_corrected",
+            RecordKind.INVENTORY_CORRECTED,
             pack_id=ev.pack_id,
             place=_text(ev.place),
             pack_type=ev.pack_type,
@@ -1144,7 +1148,9 @@ class SwapSequence:
             expected = self.awaiting_dock.pop(slot)
             exp_id, exp_type = expected.pack_id, expected.pack_type or ""
             if ident.pack_id == exp_id and ident.pack_type in (None, exp_type):
-                self._journal(out, "pack_identified", slot=slot, pack_id=ident.pack_id, ok=True)
+                self._journal(
+                    out, RecordKind.PACK_IDENTIFIED, slot=slot, pack_id=ident.pack_id, ok=True
+                )
                 return
             detail = (
                 f"announced {exp_id} ({exp_type}), pack says {ident.pack_id} "
@@ -1182,7 +1188,11 @@ class SwapSequence:
         if rec is None and self.inventory.get(ident.pack_id) is None:
             self.inventory.add(ident.pack_id, ident.pack_type or "", place)
             self._journal(
-                out, "pack_discovered", slot=slot, pack_id=ident.pack_id, pack_type=ident.pack_type
+                out,
+                RecordKind.PACK_DISCOVERED,
+                slot=slot,
+                pack_id=ident.pack_id,
+                pack_type=ident.pack_type,
             )
             self._emit(
                 out,
@@ -1210,11 +1220,11 @@ class SwapSequence:
             old = self.inventory.relabel(place, ident.pack_id, ident.pack_type or fallback)
         except InventoryError as e:
             self._raise(out, AlarmCode.INVENTORY_INCONSISTENT, "inventory", str(e))
-            self._journal(out, FaultReason.INVENTORY_INCONSISTENT, detail=str(e))
+            self._journal(out, RecordKind.INVENTORY_INCONSISTENT, detail=str(e))
             return
         self._journal(
             out,
-            "pack_relabelled",
+            RecordKind.PACK_RELABELLED,
             place=str(place),
             pack_id=ident.pack_id,
             pack_type=ident.pack_type,
