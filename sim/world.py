@@ -35,9 +35,7 @@ from drivers.can.runner import CoreRunner
 from drivers.core.log import get_logger
 from drivers.robot.contract import RobotContract, UnitState
 from edge.config import StationConfig
-from sim.adapters import ChargerFaults, PackFaults, RobotFaults
 from sim.devices.charger import (
-    FAULT_NAMES,
     ChargerRatings,
     ChargerSim,
     run_charger_sims,
@@ -51,10 +49,16 @@ from sim.devices.pack import (
     PackModel,
     PackSpec,
 )
-from sim.devices.robot_plc import RobotPlcSim
+from sim.devices.robot_plc import PlcPlace, RackSlot, RobotPlcSim
 from sim.devices.slcan_server import SlcanPort
 from sim.devices.vehicle import SimVehicle
-from sim.faults import FaultInjectable, StationMqtt, mqtt_client
+from sim.faults import (
+    ChargerInjector,
+    FaultInjectable,
+    RobotInjector,
+    StationMqtt,
+    mqtt_client,
+)
 from sim.loadstats import FrameStats
 
 _log = get_logger("sim.world")
@@ -160,16 +164,21 @@ class PackSeat:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    # ---- fault injection (PackFaults wraps this) --------------------------------------
-    def inject(self, fault: Fault) -> None:
+    # ---- fault injection (sim.faults.FaultInjectable: the pack in this seat) -----------
+    def faults(self) -> list[str]:
+        return [f.value for f in Fault]
+
+    def inject(self, fault: str, params: Mapping[str, Any]) -> None:
+        f = Fault(fault)  # ValueError for a name the simulated pack does not have
         if self.core is None or self._runner is None:
             raise ValueError(f"slot {self.slot_id} holds no pack")
-        self.core.inject(fault)
+        self.core.inject(f)
         self._runner.dispatch([])
 
-    def clear(self, fault: Fault) -> None:
+    def clear(self, fault: str) -> None:
+        f = Fault(fault)
         if self.core is not None and self._runner is not None:
-            self.core.clear(fault)
+            self.core.clear(f)
             self._runner.dispatch([])
 
     # ---- ChargerLoad ------------------------------------------------------------------
@@ -438,18 +447,19 @@ class SimWorld:
         return cls(cfg, speed=cfg.sim.speed if speed is None else speed, seed=seed, bus=bus, **kw)
 
     # ---- pack moves --------------------------------------------------------------------
-    def _on_move(self, src: str, dst: str) -> None:
-        pack = self.places.pop(src, None)
-        if src.startswith("slot:"):
-            slot_id = self.slot_by_number[int(src[5:])]
-            seat = self.seats[slot_id]
+    def _on_move(self, src: PlcPlace, dst: PlcPlace) -> None:
+        if isinstance(src, RackSlot):
+            pack = None
+            seat = self.seats[self.slot_by_number[src.number]]
             if seat.pack is not None:
                 pack = seat.unseat()
+        else:
+            pack = self.places.pop(src, None)
         if pack is None:
             _log.warning("robot moved a pack the world does not know", src=src, dst=dst)
             return
-        if dst.startswith("slot:"):
-            slot_id = self.slot_by_number[int(dst[5:])]
+        if isinstance(dst, RackSlot):
+            slot_id = self.slot_by_number[dst.number]
             self.seats[slot_id].seat(pack)
             _log.info("pack stored", slot=slot_id, pack=pack.pack_id, soc=pack.model.soc_pct)
         else:
@@ -473,10 +483,10 @@ class SimWorld:
         out: dict[str, FaultInjectable] = {}
         for cid, sim in self.chargers.items():
             flags = [f for p in sim.map.points.values() for f in (p.bits or {}).values()]
-            out[cid] = ChargerFaults(sim, FAULT_NAMES, bit_flags=flags)
+            out[cid] = ChargerInjector(sim, bit_flags=flags)
         for sid, seat in self.seats.items():
-            out[f"pack-{sid}"] = PackFaults(seat, Fault)
-        out["robot"] = RobotFaults(self.plc)
+            out[f"pack-{sid}"] = seat
+        out["robot"] = RobotInjector(self.plc)
         return out
 
     def summary(self) -> dict[str, Any]:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import heapq
+import itertools
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from edge.command_types import ErrorCode, Rejected
+from edge.state import OperatingMode
 from edge.telemetry.models import (
     COMMAND_PARAMS,
     ManualParams,
-    OperatingMode,
     Params,
     RefitOriginalParams,
     RefreshParams,
@@ -91,3 +95,38 @@ class InMemoryTarget:
             case _:
                 raise self._rejected(f"{name} not supported here")
         return None
+
+
+class ManualClock:
+    """A `Clock` (drivers.core.clock) that moves only when told. `sleep()` waits until `advance()` passes its deadline."""
+
+    __slots__ = ("_mono", "_wall0", "_sleepers", "_seq")
+
+    def __init__(self, start: float = 1000.0, wall: datetime | None = None) -> None:
+        self._mono = start
+        self._wall0 = (wall or datetime(2026, 1, 1, tzinfo=UTC)) - timedelta(seconds=start)
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._seq = itertools.count()
+
+    def monotonic(self) -> float:
+        return self._mono
+
+    def now(self) -> datetime:
+        return self._wall0 + timedelta(seconds=self._mono)
+
+    async def sleep(self, seconds: float) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._sleepers, (self._mono + max(0.0, seconds), next(self._seq), fut))
+        await fut
+
+    def advance(self, seconds: float) -> None:
+        """Move time forward and wake every sleeper whose deadline has passed."""
+        self._mono += seconds
+        while self._sleepers and self._sleepers[0][0] <= self._mono:
+            _, _, fut = heapq.heappop(self._sleepers)
+            if not fut.done():
+                fut.set_result(None)
+
+    @property
+    def sleepers(self) -> int:
+        return sum(1 for *_, f in self._sleepers if not f.done())

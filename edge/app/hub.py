@@ -9,18 +9,21 @@ listeners once, before any service runs. Reports made before that are kept and d
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 from drivers.core.log import get_logger
+from edge.events import EventSink
 from edge.scheduler.core import Allocation
+
+if TYPE_CHECKING:
+    from edge.telemetry.models import Details
 
 log = get_logger("station")
 
 
-class Publishing(Protocol):
+class Publishing(EventSink, Protocol):
     def slot_changed(self, slot_id: str) -> None: ...
-    def emit_event(self, event_type: str, details: dict[str, Any]) -> None: ...
     def allocation(self, alloc: Allocation) -> None: ...
     def refresh(self) -> None: ...
     def robot_changed(self) -> None: ...
@@ -33,7 +36,7 @@ class StationHub:
     def __init__(self) -> None:
         self._publisher: Publishing | None = None
         self._identified: PackIdentified | None = None
-        self._early: list[Callable[[], None]] = []
+        self._early: list[Callable[[], object]] = []
 
     def connect(self, publisher: Publishing, identified: PackIdentified) -> None:
         if self._publisher is not None:
@@ -47,7 +50,7 @@ class StationHub:
             except Exception:  # noqa: BLE001 - one bad early report must not stop the build
                 log.exception("early report not delivered")
 
-    def _deliver(self, report: Callable[[], None]) -> None:
+    def _deliver(self, report: Callable[[], object]) -> None:
         if self._publisher is None:
             self._early.append(report)
         else:
@@ -57,7 +60,7 @@ class StationHub:
     def slot_changed(self, slot_id: str) -> None:
         self._deliver(lambda: self._pub.slot_changed(slot_id))
 
-    def emit_event(self, event_type: str, details: dict[str, Any]) -> None:
+    def emit_event(self, event_type: str, details: Details | Mapping[str, Any]) -> None:
         self._deliver(lambda: self._pub.emit_event(event_type, details))
 
     def allocation(self, alloc: Allocation) -> None:

@@ -11,12 +11,11 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from drivers.core.clock import Clock, utc_iso
 from drivers.core.log import get_logger
 from drivers.modbus.network import ModbusNetwork
-from edge.alarms import AlarmManager
+from edge.alarms import AlarmCode, AlarmManager
 from edge.app.health import LoopMonitor, Notifier, watchdog_interval_s
 from edge.app.hub import StationHub
 from edge.app.supervisor import Kind, Supervisor, Task
@@ -25,16 +24,18 @@ from edge.operator.commands import OutOfService, StationCommands
 from edge.operator.ctl import CtlServer
 from edge.operator.service import CommandService
 from edge.operator.signatures import Verifier, load_keys
+from edge.operator.timesync import ClockWatch
 from edge.scheduler.core import Allocation, Scheduler
 from edge.scheduler.policies import make_policy
 from edge.scheduler.service import SchedulerService
-from edge.slot.core import SlotSafety
 from edge.slot.service import SlotService
 from edge.state import GridState, StationState
 from edge.swap.choice import SlotView
+from edge.swap.inventory import SlotPlace
 from edge.swap.messages import PackIdentity
 from edge.swap.service import SwapRoom, build_swap
 from edge.telemetry.alarm_events import AlarmEvents
+from edge.telemetry.models import Details, EventType
 from edge.telemetry.publisher import StatePublisher
 from edge.telemetry.service import Telemetry
 
@@ -78,7 +79,7 @@ class SwapRunner:
                 slot.inhibit("reserved")
             elif not known:
                 slot.probe()
-            elif inv.at(f"slot:{slot_id}") is not None:
+            elif inv.at(SlotPlace(slot_id)) is not None:
                 slot.dock()
 
     async def run(self) -> None:
@@ -134,7 +135,8 @@ class SwapBindings:
             if slot_id in reserved:
                 continue
             if slot.docked:
-                slot.reset()  # a session the stop ended (or latched) starts afresh
+                # A session the stop ended starts afresh; a latched slot stays latched (only
+                # `reset_slot` clears a slot latch, issue 14).
                 slot.resume_charging()
             elif slot_id in occupied:
                 slot.dock()
@@ -152,23 +154,20 @@ class SwapBindings:
         sources = {a.source for a in self.alarms.active}
         return [s.slot_view(s.slot_id in sources, self.ready_soc_pct) for s in self.slots.values()]
 
-    def emit(self, type: str, details: dict[str, Any]) -> None:
-        if type == "swap.step" and details.get("status") == "done":
-            # A pack seated in a rack slot starts its session; one leaving it has stopped already.
-            for move in details.get("moves", []):
-                to = str(move.get("to", ""))
-                if to.startswith("slot:") and to[5:] in self.slots:
-                    self.slots[to[5:]].dock()
-        fields = {k: v for k, v in details.items() if k != "ts"}
-        if type == "swap.step" and "state" not in fields:
-            fields["state"] = str(fields.get("status", ""))
+    def pack_seated(self, slot_id: str) -> None:
+        self.slots[slot_id].dock()  # its session starts
+
+    def pack_removed(self, slot_id: str) -> None:
+        pass  # the output-off the step required has undocked it already
+
+    def emit(self, type: EventType, details: Details) -> None:
         try:
-            self.hub.emit_event(type, fields)
+            self.hub.emit_event(type, details)
         except (ValueError, KeyError) as e:
             log.warning("swap event not published", type=type, error=str(e))
         except Exception as e:  # noqa: BLE001 - a failing sink (full disk) never stops the swap
             self.events_lost += 1
-            self._raiser.raise_alarm("swap.event_lost", "events", f"{type}: {e}")
+            self._raiser.raise_alarm(AlarmCode.SWAP_EVENT_LOST, "events", f"{type}: {e}")
             log.error("swap event lost", type=type, error=repr(e))
 
 
@@ -275,12 +274,6 @@ def build_station(
         list(config.chargers), config_dir=config_dir, clock=clock, alarms=alarms.raiser("modbus")
     )
 
-    safety = SlotSafety(
-        max_cell_voltage_v=config.safety.max_cell_voltage_v,
-        min_cell_voltage_v=config.safety.min_cell_voltage_v,
-        max_temperature_c=config.safety.max_pack_temp_c,
-        min_temperature_c=config.safety.min_pack_temp_c,
-    )
     slot_raiser = alarms.raiser("slot")
     slots: dict[str, SlotService] = {}
     for i, s in enumerate(config.slots):
@@ -290,9 +283,9 @@ def build_station(
             s.bus,
             clock=clock,
             alarms=slot_raiser,
-            safety=safety,
+            safety=config.safety,
             on_change=hub.slot_changed,
-            on_event=hub.emit_event,
+            events=hub,
             on_identified=hub.pack_identified,
             charger_number=i + 1,
             charging_efficiency=config.grid.pack.charging_efficiency,
@@ -374,6 +367,7 @@ def build_station(
     swap_runner.dock_known_packs(slots)
 
     supervisor.add(Task("health", monitor.run), Kind.CORE)
+    supervisor.add(ClockWatch(station_raiser, clock), Kind.DEVICE)  # clock.unsynchronised
     supervisor.add(modbus_service(network, slots), Kind.DEVICE)
     supervisor.add(TelemetryRunner(telemetry), Kind.DEVICE)
     supervisor.add(Task("scheduler", scheduler.run), Kind.CORE)

@@ -11,13 +11,16 @@ from typing import TYPE_CHECKING, Any, Protocol
 from drivers.core.clock import Clock
 from drivers.core.log import get_logger
 from edge.command_types import ErrorCode, Rejected
+from edge.events import EventSink
 from edge.scheduler.core import InvalidRequestError, SchedulerError
 from edge.state import OperatingMode, StationState
 from edge.telemetry.models import (
     DisableSlotParams,
     EnableSlotParams,
+    EventType,
     InventorySetParams,
     ManualParams,
+    ModeChanged,
     Params,
     RefitOriginalParams,
     RefreshParams,
@@ -38,10 +41,9 @@ if TYPE_CHECKING:
 log = get_logger("commands")
 
 
-class Outbound(Protocol):
+class Outbound(EventSink, Protocol):
     """Where the commands' own reports go (the station hub, then the publisher)."""
 
-    def emit_event(self, event_type: str, details: dict[str, Any]) -> None: ...
     def refresh(self) -> None: ...
 
 
@@ -159,7 +161,8 @@ class StationCommands:
         log.info("operating mode changed", mode=str(params.mode), source=source)
         if self.outbound is not None:
             self.outbound.emit_event(
-                "mode.changed", {"operating_mode": str(params.mode), "source": source}
+                EventType.MODE_CHANGED,
+                ModeChanged(operating_mode=OperatingMode(params.mode), source=source),
             )
 
     def _swap(self) -> SwapCoordinator:

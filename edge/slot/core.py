@@ -8,7 +8,8 @@ I/O service binds the actions to the charger owner (Modbus or otherwise) and to 
   the deadband, or on enable/disable).
 - `FeedWatchdog(feed)`: keep (or stop) feeding the charger's communication watchdog.
 - `SessionCommand(...)`: call the matching `ChargerLink` method.
-- `RaiseAlarm` / `ClearAlarm`: codes from edge.alarms, component "slot".
+- `RaiseAlarm` / `ClearAlarm` (drivers.core.alarm_sink): codes from edge.alarms, component
+  "slot", source the slot id.
 
 Safety rules (docs/safety.md), each with a test in tests/edge/test_slot_core.py:
 1. Pack fault (abnormal BSM flag, BST with a fault, temperature or cell voltage outside the
@@ -22,10 +23,9 @@ Safety rules (docs/safety.md), each with a test in tests/edge/test_slot_core.py:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import StrEnum
-
-from pydantic import BaseModel, ConfigDict, Field
 
 from drivers.can.events import (
     BmsError,
@@ -45,7 +45,9 @@ from drivers.can.events import (
     Timeout,
 )
 from drivers.can.session import ChargerLimits, ChargerMeasurements
+from drivers.core.alarm_sink import ClearAlarm, RaiseAlarm
 from drivers.core.quality import Quality
+from edge.slot.config import SafetyConfig
 
 A_PACK_FAULT = "pack.fault"
 A_OVER_TEMPERATURE = "pack.over_temperature"
@@ -55,20 +57,6 @@ A_UNAVAILABLE = "slot.unavailable"
 A_CHARGER_OFFLINE = "charger.offline"
 A_CHARGER_FAULT = "charger.fault"
 A_INVALID_VALUE = "pack.invalid_value"
-
-
-class SlotSafety(BaseModel):
-    """Station-wide limits; the pack's own BCP limits win when they are tighter."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    max_cell_voltage_v: float = Field(default=4.25, gt=0)
-    min_cell_voltage_v: float = Field(default=2.5, ge=0)
-    cell_voltage_margin_v: float = Field(default=0.02, ge=0)
-    max_temperature_c: float = 60.0
-    min_temperature_c: float = 0.0
-    current_deadband_a: float = Field(default=1.0, ge=0)
-    voltage_deadband_v: float = Field(default=1.0, ge=0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,17 +92,6 @@ class SetChargerOutput:
 @dataclass(frozen=True, slots=True)
 class FeedWatchdog:
     feed: bool
-
-
-@dataclass(frozen=True, slots=True)
-class RaiseAlarm:
-    code: str
-    detail: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class ClearAlarm:
-    code: str
 
 
 class SessionCommandKind(StrEnum):
@@ -201,9 +178,14 @@ class SlotCore:
 
     slot_id: str
     ratings: ChargerRatings
-    safety: SlotSafety = field(default_factory=SlotSafety)
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
+    current_deadband_a: float = 1.0  # a setpoint change smaller than these is not written
+    voltage_deadband_v: float = 1.0
     grant_kw: float = 0.0  # pack-side (edge.power): the scheduler's grid-side grant x efficiency
     derating: float = 1.0  # charger temperature derating, 0..1
+    # The request (pack-side kW) as the scheduler last read it (`slot_input`): a grant is sized
+    # at most at this, so a request that rose since then needs a new allocation.
+    scheduled_request_kw: float = 0.0
     charger_online: bool = True
     state: SlotState = SlotState.EMPTY
     phase: Phase = Phase.IDLE
@@ -439,7 +421,7 @@ class SlotCore:
 
     def _check_temperature(self, flags: PackFlags, acts: list[Action]) -> None:
         s = self.safety
-        limit = s.max_temperature_c
+        limit = s.max_pack_temp_c
         if self._pack.limits is not None:
             limit = min(limit, self._pack.limits.max_temperature_c)
         if flags.max_temperature_c > limit:
@@ -448,10 +430,10 @@ class SlotCore:
                 f"{flags.max_temperature_c} degC at probe {flags.max_temperature_probe} > {limit}",
                 acts,
             )
-        elif flags.min_temperature_c < s.min_temperature_c and self._charging():
+        elif flags.min_temperature_c < s.min_pack_temp_c and self._charging():
             self._pack_fault(
                 A_OVER_TEMPERATURE,
-                f"{flags.min_temperature_c} degC < {s.min_temperature_c}: too cold to charge",
+                f"{flags.min_temperature_c} degC < {s.min_pack_temp_c}: too cold to charge",
                 acts,
             )
 
@@ -538,6 +520,26 @@ class SlotCore:
         v_now = self._pack_voltage() or p.request.voltage_v
         return max(0.0, p.request.current_a) * max(0.0, v_now) / 1000.0
 
+    def grant_binds(self) -> bool:
+        """The grant holds the output below what the request and the other limits allow (by
+        more than half the current deadband), and the request rose since the scheduler last
+        read it by more than 0.5 % (above the charger's voltage reading noise, which moves the
+        request's kW; a grant the policy holds below the request then asks once per rise, not
+        at every reading): the station asks for a new allocation at once rather than at the
+        next period (the grant stays the cap; the scheduler decides)."""
+        p = self._pack
+        if p.request is None or not self._charging() or self.state is not SlotState.CHARGING:
+            return False
+        if self.request_kw() <= self.scheduled_request_kw * 1.005 + 1e-3:
+            return False
+        _, granted = self.setpoint()
+        grant, self.grant_kw = self.grant_kw, math.inf
+        try:
+            _, unlimited = self.setpoint()
+        finally:
+            self.grant_kw = grant
+        return granted < unlimited - self.current_deadband_a / 2
+
     def _pack_voltage(self) -> float | None:
         r = self.reading
         if r is not None and r.quality is Quality.GOOD and r.voltage_v > 0:
@@ -572,13 +574,12 @@ class SlotCore:
         self, acts: list[Action], voltage: float, current: float, enable: bool, force: bool = False
     ) -> None:
         o = self._out
-        s = self.safety
         changed = (
             force
             or not o.written
             or enable != o.enable
-            or abs(current - o.current_a) > s.current_deadband_a
-            or abs(voltage - o.voltage_v) > s.voltage_deadband_v
+            or abs(current - o.current_a) > self.current_deadband_a
+            or abs(voltage - o.voltage_v) > self.voltage_deadband_v
         )
         if not changed:
             return
@@ -605,12 +606,12 @@ class SlotCore:
     def _raise(self, code: str, detail: str, acts: list[Action]) -> None:
         if code not in self._alarms:
             self._alarms.add(code)
-            acts.append(RaiseAlarm(code, detail))
+            acts.append(RaiseAlarm(code, self.slot_id, detail))
 
     def _clear(self, code: str, acts: list[Action]) -> None:
         if code in self._alarms:
             self._alarms.discard(code)
-            acts.append(ClearAlarm(code))
+            acts.append(ClearAlarm(code, self.slot_id))
 
     def snapshot(self, now: float) -> PackSnapshot:
         p = self._pack

@@ -17,7 +17,7 @@ from drivers.core.clock import Clock, utc_iso
 from drivers.core.log import get_logger
 from drivers.robot.port import RobotPort, RobotPortError
 from edge.swap.choice import SlotView
-from edge.swap.inventory import slot_place
+from edge.swap.inventory import SlotPlace, parse_place
 from edge.swap.journal import Journal, JournalError
 from edge.swap.messages import (
     Action,
@@ -30,6 +30,8 @@ from edge.swap.messages import (
     Manual,
     PackDocked,
     PackIdentity,
+    PackRemoved,
+    PackSeated,
     PlcOffline,
     PlcStatus,
     RaiseAlarm,
@@ -50,6 +52,7 @@ from edge.swap.sequence import SwapSequence
 from edge.swap.snapshot import restore, take
 from edge.swap.status import status_view
 from edge.swap.steps import StepGraph
+from edge.telemetry.models import Details, EventType
 
 log = get_logger("swap")
 
@@ -78,6 +81,14 @@ class SlotOutputs(Protocol):
         docked (again)."""
         ...
 
+    def pack_seated(self, slot_id: str) -> None:
+        """The robot put a pack into this slot: dock it (its session starts)."""
+        ...
+
+    def pack_removed(self, slot_id: str) -> None:
+        """The robot took the pack out of this slot (its output was confirmed off first)."""
+        ...
+
 
 class SlotViews(Protocol):
     def slot_views(self) -> list[SlotView]:
@@ -86,7 +97,9 @@ class SlotViews(Protocol):
 
 
 class EventSink(Protocol):
-    def emit(self, type: str, details: dict[str, Any]) -> None: ...
+    def emit(self, type: EventType, details: Details) -> None:
+        """An event of the contract (its payload model); the sink stamps the time."""
+        ...
 
 
 COMMANDS = (
@@ -230,7 +243,7 @@ class SwapCoordinator:
 
     def _occupied(self) -> frozenset[str]:
         inv = self.core.inventory
-        return frozenset(s for s in self.core.slot_numbers if inv.at(slot_place(s)) is not None)
+        return frozenset(s for s in self.core.slot_numbers if inv.at(SlotPlace(s)) is not None)
 
     async def _execute(self, actions: list[Action]) -> None:
         early = await self.safety_first(actions)
@@ -262,8 +275,12 @@ class SwapCoordinator:
                     self._spawn(self._all_off(), "swap-all-outputs-off")
                 case ReleaseOutputs():
                     self.outputs.emergency_reset(self._occupied(), self.core.reserved_slots())
+                case PackSeated():
+                    self.outputs.pack_seated(a.slot_id)
+                case PackRemoved():
+                    self.outputs.pack_removed(a.slot_id)
                 case Emit():
-                    self.events.emit(a.type, {**a.details, "ts": utc_iso(self.clock.now())})
+                    self.events.emit(a.type, a.details)
                 case RaiseAlarm():
                     self.alarms.raise_alarm(a.code, a.source, a.detail)
                 case ClearAlarm():
@@ -381,10 +398,15 @@ class SwapCoordinator:
                 )
             await self.feed(Manual(end=not enabled))
         elif command == "inventory_set":
+            place = _str_param(params, "place", optional=True)
+            try:
+                parsed = None if place is None else parse_place(place)
+            except ValueError as e:
+                raise Rejected(str(e), "invalid_params") from None
             await self.feed(
                 CorrectInventory(
                     _str_param(params, "pack_id") or "",
-                    _str_param(params, "place", optional=True),
+                    parsed,
                     _str_param(params, "pack_type", optional=True),
                 )
             )

@@ -7,12 +7,13 @@ by the coordinator (journal first, then PLC writes, slot-output requests, events
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from drivers.robot.contract import RobotStatus
 from edge.command_types import Rejected as CommandRejected
 from edge.swap.choice import SlotView
+from edge.swap.inventory import Place
 from edge.swap.journal import JournalRecord
+from edge.telemetry.models import Details, EventType
 
 # ----- events in
 
@@ -81,7 +82,7 @@ class Manual:
 @dataclass(frozen=True, slots=True)
 class CorrectInventory:
     pack_id: str
-    place: str | None
+    place: Place | None
     pack_type: str | None = None
 
 
@@ -137,9 +138,25 @@ class ReleaseOutputs:
 
 
 @dataclass(frozen=True, slots=True)
+class PackSeated:
+    """A step put a pack into this rack slot: its session may start."""
+
+    slot_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class PackRemoved:
+    """A step took the pack out of this rack slot (its output was confirmed off before)."""
+
+    slot_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class Emit:
-    type: str
-    details: dict[str, Any]
+    """An event of the contract: `details` is the payload model of `type`."""
+
+    type: EventType
+    details: Details
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +179,8 @@ Action = (
     | RequestOutputOff
     | RequestAllOutputsOff
     | ReleaseOutputs
+    | PackSeated
+    | PackRemoved
     | Emit
     | RaiseAlarm
     | ClearAlarm

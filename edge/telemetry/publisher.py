@@ -7,6 +7,7 @@ one publish every `min_period_s` (telemetry applies its own deadbands and refres
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from drivers.core.clock import Clock
@@ -20,7 +21,12 @@ from edge.slot.core import SlotState
 from edge.state import StationState
 from edge.telemetry.alarm_events import alarm_refs
 from edge.telemetry.fit import fit
-from edge.telemetry.models import RobotTelemetry, SlotTelemetry, StationTelemetry
+from edge.telemetry.models import (
+    Details,
+    RobotTelemetry,
+    SlotTelemetry,
+    StationTelemetry,
+)
 from edge.telemetry.service import Telemetry
 
 if TYPE_CHECKING:
@@ -29,8 +35,6 @@ if TYPE_CHECKING:
     from edge.swap.coordinator import SwapCoordinator
 
 log = get_logger("publisher")
-
-_QUALITY = {"good": Quality.GOOD, "stale": Quality.STALE, "invalid": Quality.BAD}
 
 
 class StatePublisher:
@@ -67,13 +71,17 @@ class StatePublisher:
     def slot_changed(self, slot_id: str) -> None:
         self._dirty.add(slot_id)
         self._wake.set()
+        slot = self.slots.get(slot_id)
+        if self.scheduler is not None and slot is not None and slot.core.grant_binds():
+            # A BCL above the grant: reallocate now, not at the next period (issue 13).
+            self.scheduler.trigger(f"slot {slot_id} request")
 
     def robot_changed(self) -> None:
         self._robot_dirty = True
         self._wake.set()
 
-    def emit_event(self, event_type: str, details: dict[str, Any]) -> None:
-        self.telemetry.emit_event(event_type, details)
+    def emit_event(self, event_type: str, details: Details | Mapping[str, Any]) -> str:
+        return self.telemetry.emit_event(event_type, details)
 
     def refresh(self) -> None:
         self.telemetry.refresh()
@@ -106,7 +114,10 @@ class StatePublisher:
         if state is not DeviceState.ONLINE:
             return Quality.STALE
         reading = slot.core.reading
-        return _QUALITY.get(str(reading.quality), Quality.STALE) if reading else Quality.STALE
+        if reading is None:
+            return Quality.STALE
+        # a reading the charger marks as no value is published as bad
+        return Quality.BAD if reading.quality is Quality.INVALID else reading.quality
 
     def publish(self) -> None:
         dirty, self._dirty = self._dirty, set()

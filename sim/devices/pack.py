@@ -261,6 +261,7 @@ class BmsCounters:
     ccs_seen: int = 0
     cem_seen: int = 0
     sessions_ended: int = 0
+    handshakes: int = 0  # CHM that began a session (the first, or one after an ended one)
     timeouts: list[str] = field(default_factory=list)
 
 
@@ -312,6 +313,20 @@ class BmsCore:
         self.faults.discard(fault)
         if fault is Fault.OVER_TEMPERATURE:
             self.model.extra_temperature_c = 0.0
+
+    def replug(self, now: float) -> None:
+        """The connector re-plugged (auxiliary supply cycled): the BMS forgets its session and
+        waits for the charger's CHM. Injected faults stay (clear them separately)."""
+        self.tp = TransportSession(BMS_ADDR, CHARGER_ADDR)
+        self.model.current_a = 0.0
+        self.charger_current_a = 0.0
+        self.charger_paused = False
+        self._last_ccs = None
+        self._bst_signals = {}
+        self._bst_sent = 0
+        self._bem_signals = {}
+        self._enter(BmsPhase.WAIT_CHARGER, {}, now)
+        self._watch = {}
 
     # -- time ----------------------------------------------------------------------------------
 
@@ -367,6 +382,7 @@ class BmsCore:
             # auxiliary supply, e.g. once an e-stop is reset)
             restart = self.phase in (BmsPhase.WAIT_CHARGER, BmsPhase.ENDED)
             if restart and Fault.NO_BHM not in self.faults:
+                self.counters.handshakes += 1
                 self._enter(BmsPhase.HANDSHAKE, {"BHM": self.timers.bhm_period_s}, now)
         elif fid == self._ids["CRM"]:
             result = int(s["CRM_RecognitionResult"])
@@ -690,6 +706,10 @@ class SimPack:
 
     def clear(self, fault: Fault) -> None:
         self.core.clear(fault)
+        self.runner.dispatch([])
+
+    def replug(self) -> None:
+        self.core.replug(self.runner.now)
         self.runner.dispatch([])
 
     async def run(self) -> None:

@@ -19,20 +19,19 @@ from drivers.can.events import (
     StopReason,
     Timeout,
 )
+from drivers.core.alarm_sink import ClearAlarm, RaiseAlarm
 from edge.alarms import CATALOGUE
+from edge.slot.config import SafetyConfig
 from edge.slot.core import (
     Action,
     ChargerRatings,
     ChargerReading,
-    ClearAlarm,
     FeedWatchdog,
     Quality,
-    RaiseAlarm,
     SessionCommand,
     SessionCommandKind,
     SetChargerOutput,
     SlotCore,
-    SlotSafety,
     SlotState,
 )
 
@@ -82,8 +81,8 @@ def raised(acts: list[Action]) -> list[str]:
     return [a.code for a in acts if isinstance(a, RaiseAlarm)]
 
 
-def charging_core(grant_kw: float = 200.0, safety: SlotSafety | None = None) -> SlotCore:
-    core = SlotCore("slot-1", RATINGS, safety or SlotSafety())
+def charging_core(grant_kw: float = 200.0, safety: SafetyConfig | None = None) -> SlotCore:
+    core = SlotCore("slot-1", RATINGS, safety or SafetyConfig())
     core.start(0.0)
     core.set_grant(grant_kw, 0.0)
     for ev in (
@@ -183,7 +182,7 @@ def test_rule1_temperature_out_of_window_without_flag() -> None:
     core = charging_core()
     acts = core.on_session_event(flags(max_temperature_c=56), 1.0)  # BCP max 55 degC
     assert_off_cst_alarm(acts, "pack.over_temperature")
-    core = charging_core(safety=SlotSafety(max_temperature_c=45.0))
+    core = charging_core(safety=SafetyConfig(max_pack_temp_c=45.0))
     acts = core.on_session_event(flags(max_temperature_c=46), 1.0)  # the safety config wins
     assert_off_cst_alarm(acts, "pack.over_temperature")
     core = charging_core()
@@ -222,7 +221,7 @@ def test_rule2_timeout_output_off_then_latch_after_three_rehandshakes() -> None:
     assert core.state is not SlotState.UNAVAILABLE
     # Re-handshake succeeded: charging again, timeout alarm cleared.
     acts = core.on_session_event(PhaseChanged(Phase.PARAMETERS, Phase.CHARGING), 3.0)
-    assert ClearAlarm("pack.bms_timeout") in acts
+    assert ClearAlarm("pack.bms_timeout", "slot-1") in acts
     for attempt in (1, 2):
         core.on_session_event(Timeout("BCL", Phase.CHARGING, attempt, True), 4.0 + attempt)
     acts = core.on_session_event(Timeout("BCL", Phase.CHARGING, 3, False), 9.0)
@@ -230,7 +229,7 @@ def test_rule2_timeout_output_off_then_latch_after_three_rehandshakes() -> None:
     assert core.state is SlotState.UNAVAILABLE
     assert core.start(10.0) == []  # latched: no new session
     acts = core.reset_unavailable(11.0)
-    assert ClearAlarm("slot.unavailable") in acts
+    assert ClearAlarm("slot.unavailable", "slot-1") in acts
     assert core.start(12.0)
 
 
@@ -257,7 +256,10 @@ def test_rule3_charger_offline_starves_watchdog_cst_latch_until_back_and_off() -
     # Reports output off: released, watchdog fed again.
     acts = core.on_reading(ChargerReading(380.0, 0.0, False), 2.3)
     assert FeedWatchdog(True) in acts
-    assert ClearAlarm("slot.unavailable") in acts and ClearAlarm("charger.offline") in acts
+    assert (
+        ClearAlarm("slot.unavailable", "slot-1") in acts
+        and ClearAlarm("charger.offline", "slot-1") in acts
+    )
     assert core.state is SlotState.EMPTY
     # A stale reading never releases the latch.
     core2 = charging_core()
@@ -347,7 +349,7 @@ def test_no_enable_without_a_positive_voltage_setpoint() -> None:
     """Issue 12 outcome 9: a 0 kW grant with an unknown pack voltage enabled the output
     (SetChargerOutput(0.0, 90.0, enable=True)). No voltage, no enable; no known voltage, no
     power-limited current."""
-    core = SlotCore("slot-1", RATINGS, SlotSafety())
+    core = SlotCore("slot-1", RATINGS, SafetyConfig())
     core.start(0.0)
     core.set_grant(0.0, 0.0)
     for ev in (PhaseChanged(Phase.PARAMETERS, Phase.CHARGING), flags()):
