@@ -243,9 +243,12 @@ def dump(pid: int, path: Path, timeout_s: float = 20.0) -> dict[str, Any]:
 class Cgroup:
     """A cpu cgroup with a CFS quota (v1 cpu controller, else v2 cpu.max); removed on close."""
 
-    def __init__(self, quota: float) -> None:
+    def __init__(self, quota: float, nice: int = 0) -> None:
         name = f"swapd-bench-{os.getpid()}"
         quota_us = max(1000, int(quota * CFS_PERIOD_US))
+        # A task's niceness only weighs inside its group: the group itself competes with the
+        # machine's other tasks by its own weight (nice 0 = 1024, x1.25 per step).
+        shares = min(262144, int(1024 * 1.25 ** (-nice)))
         if (CGROUP_V1 / "cpu.cfs_quota_us").exists():
             self.version = 1
             self.path = CGROUP_V1 / name
@@ -253,6 +256,7 @@ class Cgroup:
             self.path.mkdir()
             (self.path / "cpu.cfs_period_us").write_text(str(CFS_PERIOD_US))
             (self.path / "cpu.cfs_quota_us").write_text(str(quota_us))
+            (self.path / "cpu.shares").write_text(str(shares))
         elif "cpu" in (CGROUP_V2 / "cgroup.controllers").read_text().split():
             self.version = 2
             self.parent = CGROUP_V2
@@ -261,6 +265,7 @@ class Cgroup:
             self.path = CGROUP_V2 / name
             self.path.mkdir()
             (self.path / "cpu.max").write_text(f"{quota_us} {CFS_PERIOD_US}")
+            (self.path / "cpu.weight").write_text(str(max(1, min(10000, shares * 100 // 1024))))
         else:
             raise RuntimeError("no cgroup cpu controller (v1 cpu or v2 cpu.max) to confine to")
         self.quota_us = quota_us
@@ -293,11 +298,11 @@ class Cgroup:
 
 
 @contextlib.contextmanager
-def confined(quota: float | None) -> Iterator[Cgroup | None]:
+def confined(quota: float | None, nice: int = 0) -> Iterator[Cgroup | None]:
     if quota is None:
         yield None
         return
-    cg = Cgroup(quota)
+    cg = Cgroup(quota, nice)
     try:
         yield cg
     finally:
@@ -374,7 +379,7 @@ async def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         os.sched_setaffinity(0, side_cpus)
     procs = Procs(args.nice)
     result: dict[str, Any] = {}
-    with confined(quota) as cg:
+    with confined(quota, args.nice) as cg:
         try:
             port = start_broker(tmp, procs, side_cpus)
             cfg = make_config(tmp, args.slots, port)
