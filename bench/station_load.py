@@ -118,6 +118,11 @@ def before_exec(cpus: set[int] | None, nice: int) -> Callable[[], None] | None:
             os.sched_setaffinity(0, cpus)
         if nice:
             os.setpriority(os.PRIO_PROCESS, 0, nice)
+            # With sched_autogroup_enabled, CFS first shares the CPUs between sessions, and a
+            # task's nice only weighs inside its session: a session of its own, at that nice.
+            os.setsid()
+            with contextlib.suppress(OSError):
+                Path("/proc/self/autogroup").write_text(str(nice))
 
     return setup
 
