@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from drivers.core.alarm_sink import AlarmSink
+from drivers.core.alarm_sink import AlarmSink, ClearAlarm, RaiseAlarm, carry_out
 from drivers.core.clock import Clock, utc_iso
 from drivers.core.log import get_logger
 from drivers.robot.port import RobotPort, RobotPortError
@@ -21,7 +21,6 @@ from edge.swap.inventory import SlotPlace, parse_place
 from edge.swap.journal import Journal, JournalError
 from edge.swap.messages import (
     Action,
-    ClearAlarm,
     CommandStep,
     CorrectInventory,
     Emit,
@@ -34,7 +33,6 @@ from edge.swap.messages import (
     PackSeated,
     PlcOffline,
     PlcStatus,
-    RaiseAlarm,
     RefitOriginal,
     Rejected,
     ReleaseOutputs,
@@ -281,10 +279,8 @@ class SwapCoordinator:
                     self.outputs.pack_removed(a.slot_id)
                 case Emit():
                     self.events.emit(a.type, a.details)
-                case RaiseAlarm():
-                    self.alarms.raise_alarm(a.code, a.source, a.detail)
-                case ClearAlarm():
-                    self.alarms.clear_alarm(a.code, a.source)
+                case RaiseAlarm() | ClearAlarm():
+                    carry_out(self.alarms, a)
                 case JournalWrite():
                     pass
         reserved = self.core.reserved_slots()

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from drivers.core.alarm_sink import ClearAlarm, RaiseAlarm
 from drivers.core.clock import SystemClock
 from drivers.robot.contract import RobotContract
 from drivers.robot.modbus_port import ModbusRobotPort
@@ -18,7 +19,6 @@ from edge.swap.inventory import Handling, SlotPlace
 from edge.swap.journal import Journal
 from edge.swap.messages import (
     Action,
-    ClearAlarm,
     CommandStep,
     Emit,
     Event,
@@ -27,7 +27,6 @@ from edge.swap.messages import (
     PackRemoved,
     PackSeated,
     PlcStatus,
-    RaiseAlarm,
     RequestAllOutputsOff,
     RequestOutputOff,
     SetHalt,
