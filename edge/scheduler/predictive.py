@@ -102,6 +102,7 @@ class PredictivePolicy:
         lead_s: float = 0.0,
         reserve_guard: bool = True,
         ready_margin_pct: float = 0.5,
+        buffer_packs: int = 2,
     ) -> None:
         self.planner: Planner = planner if planner is not None else InlinePlanner()
         self.step_s = step_s
@@ -114,6 +115,7 @@ class PredictivePolicy:
         self.lead_s = lead_s
         self.reserve_guard = reserve_guard
         self.ready_margin_pct = ready_margin_pct
+        self.buffer_packs = buffer_packs
         self.smart = SmartPolicy()
         self.plan: Plan | None = None
         self._planned: dict[str, _Planned] = {}
@@ -198,7 +200,7 @@ class PredictivePolicy:
         rated = [_rated(s) for s in avail]
         mean_rated = sum(rated) / len(rated) if rated else 0.0
         arrivals = ctx.forecast.arrival_times(day, horizon, ctx.forecast_factor)
-        deadlines = [0.0] * (ctx.queue + cfg.reserve.margin_packs)
+        deadlines = [0.0] * (ctx.queue + cfg.reserve.margin_packs + self.buffer_packs)
         deadlines += [max(0.0, a - self.lead_s) for a in arrivals]
         packs: list[PlanPack] = []
         planned: dict[str, _Planned] = {}
