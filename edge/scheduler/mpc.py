@@ -104,6 +104,11 @@ def solve(req: PlanRequest) -> Plan:
     )
     n_dl = max(1, len(by_deadline))
     top_price, low_price = max(req.price), min(req.price)
+    dear = [pr >= top_price - 1e-9 and top_price > low_price + 1e-9 for pr in req.price]
+    # End of the run of dearest steps each step belongs to.
+    dear_end = [0.0] * n_t
+    for t in range(n_t - 1, -1, -1):
+        dear_end[t] = dear_end[t + 1] if t + 1 < n_t and dear[t + 1] else ends[t]
     horizon_h = ends[-1] / 3600.0
     for p in req.packs:
         if p.deadline_s is None:
@@ -123,9 +128,11 @@ def solve(req: PlanRequest) -> Plan:
             if t == first and p.from_s > starts[t]:
                 docked = max(0.0, (ends[t] - p.from_s) / req.steps_s[t])
             mid_h = (starts[t] + ends[t]) / 2 / 3600.0
-            if req.price[t] >= top_price - 1e-9 and top_price > low_price + 1e-9:
-                # At the dearest price, as late as possible: what the next replan finds it
-                # does not need (fewer arrivals than the forecast) is never bought.
+            if dear[t] and (p.deadline_s is None or p.deadline_s > dear_end[t]):
+                # At the dearest price, energy for a swap after this dear run as late as
+                # possible: what the next replan finds it does not need (fewer arrivals than
+                # the forecast, a pack arriving fuller) is never bought. For a swap inside
+                # the run, the price is the same early or late, and early is safer.
                 ramp = req.early_per_kwh_h * (horizon_h - mid_h)
             else:
                 ramp = weight * req.early_per_kwh_h * mid_h

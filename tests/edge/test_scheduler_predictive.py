@@ -129,17 +129,24 @@ def test_lp_finishes_the_earliest_deadline_first_under_a_binding_limit() -> None
     assert plan.grid_kw[0] == pytest.approx(60.0, abs=1e-3)
 
 
-def test_lp_buys_at_the_dearest_price_as_late_as_the_deadline_allows() -> None:
-    # A swap inside the peak: energy bought late is energy the next replan may find it does
-    # not need (fewer arrivals than the forecast), so the plan charges just in time.
-    packs = [PlanPack("a", 70.0, 60.0, deadline_s=5400.0)]
-    req = _req(packs, price=(1.2,) * 6 + (0.3,) * 2, terminal_price=0.3)
+def test_lp_buys_the_peak_share_of_a_later_swap_at_the_peak_end() -> None:
+    # A swap after the peak that the cheap steps alone cannot make ready: the peak's share
+    # is bought at the peak's end (energy bought late is energy the next replan may find it
+    # does not need); a swap inside the peak is made ready as early as possible.
+    packs = [
+        PlanPack("after", 40.0, 60.0, deadline_s=7200.0),
+        PlanPack("inside", 70.0, 60.0, deadline_s=5400.0),
+    ]
+    req = _req(packs, price=(1.2,) * 6 + (0.3,) * 2, terminal_price=0.3, limit_kw=(200.0,) * 8)
     plan = solve(req)
     _check_invariants(req, plan)
     assert plan.short_kwh == pytest.approx(0.0, abs=1e-6)
-    assert plan.grid_kw[0] == pytest.approx(0.0, abs=1e-6)
-    assert plan.grid_kw[5] > 0  # the step ending at the deadline
-    assert plan.soc_pct["a"][5] >= 90.0 - 1e-6
+    after, inside = plan.soc_pct["after"], plan.soc_pct["inside"]
+    assert after[4] == pytest.approx(40.0, abs=1e-6)
+    assert after[5] > 40.0  # the last peak step
+    assert after[7] >= 90.0 - 1e-6
+    assert inside[0] > 70.0 + 10.0
+    assert inside[1] >= 90.0 - 1e-6
 
 
 def test_plan_keeps_buffer_packs_ready_beyond_the_margin() -> None:
