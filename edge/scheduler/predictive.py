@@ -5,7 +5,9 @@ dispatch limit, arrivals far from the forecast; debounced to one replan per `deb
 faults and limits), the policy turns the station as it is into a `PlanRequest` (the rack's packs
 with their SOC, rating and derating; the forecast's swaps, corrected by arrivals seen, matched
 in time order to the packs from the fullest, then to the packs the forecast vehicles will bring;
-the tariff, the active limit and its end, the demand charge, the reserve) and hands it to a
+the tariff, the active limit and its end, the demand charge, the reserve; `buffer_packs` more
+packs are due now, so each swap's pack is ready a few swaps early: arrivals bunch around the
+mean forecast) and hands it to a
 `Planner`. The planner solves the LP of `edge.scheduler.mpc` (HiGHS) inline (simulate-day,
 tests) or in the solver process the scheduler service owns (the daemon: `solver.py`); this
 module never imports numpy.
