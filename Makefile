@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint types pytest bench system-deps clean lock wheel wheelhouse
+.PHONY: demo test lint types pytest bench system-deps clean lock lock-upgrade lock-check wheel wheelhouse
 
 # Locked dependencies with hashes (requirements/*.txt, from `make lock`); the package itself
 # goes in editable on top, without resolving anything again.
@@ -16,14 +16,33 @@ $(STAMP): pyproject.toml requirements/dev.txt
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
-# Refresh the locks from pyproject.toml's ranges (daemon: what a station installs; demo: plus
-# `swapd demo`; dev: make test).
-UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --python-version 3.11 --universal --generate-hashes --quiet
-lock: $(STAMP)
+# The locks (requirements/*.txt, hashes for every wheel) from pyproject.toml's ranges: daemon.txt
+# is what a station installs, demo.txt adds `swapd demo`, dev.txt is `make test`'s. uv keeps every
+# pin that still fits the ranges, so `make lock` after editing pyproject changes only what must
+# change, and demo/dev take the daemon's versions (what the tests run is what ships);
+# `make lock-upgrade` moves every pin to the newest release in range; `make lock-check`
+# fails when a lock no longer matches pyproject.toml (tests/test_locks.py checks the same offline).
+UV_COMPILE = $(abspath $(BIN))/uv pip compile pyproject.toml --python-version 3.11 --universal \
+	--generate-hashes --quiet --custom-compile-command 'make lock'
+# $(1): the folder holding pyproject.toml and requirements/; $(2): more uv flags.
+define compile_locks
+	cd $(1) && $(UV_COMPILE) $(2) --extra solver -o requirements/daemon.txt
+	cd $(1) && $(UV_COMPILE) $(2) -c requirements/daemon.txt --extra solver --extra demo \
+	  -o requirements/demo.txt
+	cd $(1) && $(UV_COMPILE) $(2) -c requirements/daemon.txt --extra solver --extra dev \
+	  --extra demo --extra sim -o requirements/dev.txt
+endef
+$(BIN)/uv: $(STAMP)
 	$(BIN)/pip install --quiet 'uv>=0.5'
-	$(UV_COMPILE) --extra solver -o requirements/daemon.txt
-	$(UV_COMPILE) --extra solver --extra demo -o requirements/demo.txt
-	$(UV_COMPILE) --extra solver --extra dev --extra demo --extra sim -o requirements/dev.txt
+lock: $(BIN)/uv
+	$(call compile_locks,.,)
+lock-upgrade: $(BIN)/uv
+	$(call compile_locks,.,--upgrade)
+lock-check: $(BIN)/uv
+	rm -rf build/lock-check && mkdir -p build/lock-check
+	cp -r pyproject.toml README.md requirements build/lock-check/
+	$(call compile_locks,build/lock-check,)
+	diff -ru requirements build/lock-check/requirements && rm -rf build/lock-check
 
 # The wheel (records the commit it is built from) into dist/.
 wheel: $(STAMP)
@@ -33,14 +52,8 @@ wheel: $(STAMP)
 
 # Every wheel a station needs, for x86-64 and aarch64 (CPython 3.11), for an offline install:
 # systemd/install.sh --wheelhouse wheelhouse
-wheelhouse: wheel
-	rm -rf wheelhouse && mkdir -p wheelhouse
-	for plat in manylinux2014_x86_64 manylinux2014_aarch64; do \
-	  $(BIN)/pip download --quiet --require-hashes -r requirements/daemon.txt -d wheelhouse \
-	    --only-binary=:all: --platform $$plat --python-version 3.11 --implementation cp || exit 1; \
-	done
-	cp dist/*.whl wheelhouse/
-	cp requirements/daemon.txt wheelhouse/
+wheelhouse: $(STAMP)
+	PYTHON=$(BIN)/python systemd/wheelhouse.sh wheelhouse x86_64 aarch64
 
 system-deps:
 	@command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || \

@@ -263,7 +263,7 @@ async def publish_slots(
     from edge.telemetry.config import MqttConfig, TelemetryConfig
     from edge.telemetry.models import SlotTelemetry
     from edge.telemetry.service import Telemetry
-    from edge.telemetry.target import InMemoryTarget
+    from tests.doubles import InMemoryTarget
 
     tel = Telemetry(
         "bench",

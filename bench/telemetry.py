@@ -191,7 +191,7 @@ def pct(xs: list[float], q: float) -> float:
 def make(port: int, d: Path, name: str, **cfg: Any) -> Any:
     from edge.telemetry.config import MqttConfig, TelemetryConfig
     from edge.telemetry.service import Telemetry
-    from edge.telemetry.target import InMemoryTarget
+    from tests.doubles import InMemoryTarget
 
     base: dict[str, Any] = {
         "outbox_path": d / f"{name}.sqlite",

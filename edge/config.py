@@ -17,7 +17,6 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
-    model_validator,
 )
 
 from drivers.can.config import CanBusConfig
@@ -41,6 +40,7 @@ from drivers.modbus.config import (
 from drivers.modbus.regmap import RegisterMap, charger_problems, load_register_map
 from edge.operator.config import CommandsConfig
 from edge.scheduler.config import GridConfig
+from edge.slot.config import SafetyConfig
 from edge.telemetry.config import MqttConfig, TelemetryConfig
 from edge.telemetry.topics import TopicError, check_level
 
@@ -99,23 +99,6 @@ class RobotConfig(Strict):
     # the config file). See drivers/core/resources.py.
     map: str = Field(default="builtin:robot-plc", min_length=1)
     steps: str = Field(default="builtin:swap-steps", min_length=1)
-
-
-class SafetyConfig(Strict):
-    max_pack_temp_c: Annotated[float, Field(gt=0, le=80)] = 55.0
-    min_pack_temp_c: Annotated[float, Field(ge=-40, le=20)] = 0.0
-    max_cell_voltage_v: Annotated[float, Field(gt=0, le=5)] = 4.25
-    min_cell_voltage_v: Annotated[float, Field(gt=0, le=5)] = 2.5
-    bms_timeout_s: Annotated[float, Field(gt=0, le=10)] = 1.0
-    max_rehandshakes: Annotated[int, Field(ge=0, le=3)] = 3
-
-    @model_validator(mode="after")
-    def _windows(self) -> SafetyConfig:
-        if self.min_pack_temp_c >= self.max_pack_temp_c:
-            raise ValueError("min_pack_temp_c must be below max_pack_temp_c")
-        if self.min_cell_voltage_v >= self.max_cell_voltage_v:
-            raise ValueError("min_cell_voltage_v must be below max_cell_voltage_v")
-        return self
 
 
 class SimConfig(Strict):
@@ -281,6 +264,22 @@ def _file_checks(cfg: StationConfig) -> tuple[list[tuple[PathKey, str]], list[Pr
     except DataFileError as e:
         out.append((("robot", "map"), "invalid robot map or step graph"))
         elsewhere.extend(p for p in e.problems if p not in elsewhere)
+    # Command-signing keys given as files: read and parsed as `swapd run` does (a key from a
+    # systemd credential exists only inside the service and is checked at start).
+    from edge.operator.signatures import KeyLoadError, parse_public_key
+
+    for i, k in enumerate(cfg.commands.keys):
+        if k.file is None:
+            continue
+        key_path = cfg.resolve(k.file)
+        try:
+            parse_public_key(key_path.read_bytes(), str(key_path))
+        except OSError as e:
+            out.append(
+                (("commands", "keys", i, "file"), f"cannot read {key_path}: {e.strerror or e}")
+            )
+        except KeyLoadError as e:
+            out.append((("commands", "keys", i, "file"), str(e)))
     if cfg.mqtt.tls is not None:
         for name in ("ca_file", "cert_file", "key_file"):
             p = getattr(cfg.mqtt.tls, name)

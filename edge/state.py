@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from edge.alarms import ActiveAlarm, AlarmManager
 from edge.scheduler.core import GridMode
-from edge.telemetry.models import OperatingMode
 
 __all__ = ["GridMode", "GridState", "OperatingMode", "StationState"]
+
+
+class OperatingMode(StrEnum):
+    NORMAL = "normal"
+    MAINTENANCE = "maintenance"  # no new swaps; charging goes on
+    DRAIN = "drain"  # finish what runs, start nothing new
 
 
 @dataclass(slots=True)

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 from drivers.core.log import get_logger
 
 LOOPBACK = "127.0.0.1"
-_log = get_logger("demo.broker")
+_log = get_logger("sim.broker")
 
 
 class BrokerError(Exception):

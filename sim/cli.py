@@ -167,12 +167,12 @@ def _fault(args: argparse.Namespace) -> int:
     entry = next(d for d in fault_catalogue() if d.device_type == device_type)
     if not supports(entry, args.fault):
         names = " ".join(s.name for s in entry.faults)
-        msg = f"{device_type} {args.device_id!r} has no fault {args.fault!r}; faults: {names}"
-        if entry.from_simulator:
-            print(f"swapd: error: {msg}", file=sys.stderr)
-            return EXIT_BAD_INPUT
-        # The list was read from a branch, not from the installed simulator: let it judge.
-        print(f"swapd: warning: {msg} (list from: {entry.source})", file=sys.stderr)
+        print(
+            f"swapd: error: {device_type} {args.device_id!r} has no fault {args.fault!r};"
+            f" faults: {names}",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
     try:
         target = station_mqtt(cfg, args.broker)
     except BadBrokerUrl as e:
@@ -217,7 +217,6 @@ def _faults(args: argparse.Namespace) -> int:
         doc = {
             d.device_type: {
                 "source": d.source,
-                "from_simulator": d.from_simulator,
                 "devices": [k for k, v in devices.items() if v == d.device_type],
                 "faults": [
                     {"name": s.name, "description": s.description, "params": list(s.params)}

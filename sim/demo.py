@@ -38,7 +38,7 @@ from sim.faults import FaultListener, fault_menu
 from sim.view import ViewModel, follow_station, run_view
 from sim.world import SimWorld, in_process_requester
 
-_log = get_logger("demo")
+_log = get_logger("sim.demo")
 
 NON_TTY_DURATION_S = 60.0
 

@@ -6,15 +6,14 @@ fault would be injected again by every simulator that restarts). `publish_fault`
 registered under that id (`FaultInjectable`). Nothing is replied: outcomes are logged and
 counted, bad payloads are dropped.
 
-`fault_catalogue()` says which faults each simulated device type supports, reading the names from
-the simulator module when it is installed (charger `FAULT_NAMES`, pack `Fault`) and otherwise
-from the list read off its branch, marked with that source.
+The simulators' own fault switches have their own shapes; `ChargerInjector` and `RobotInjector`
+give them the listener's (a world's pack seat has it itself). `fault_catalogue()` says which
+faults each simulated device type supports, with the names read from the simulators.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib
 import ssl
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -24,30 +23,22 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import aiomqtt
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
+from drivers.core.backoff import Backoff
 from drivers.core.log import get_logger
+from edge.telemetry.models import SimFault
 from edge.telemetry.topics import check_level
 from sim.broker import BrokerAddress, parse_broker_url
+from sim.devices.charger import FAULT_NAMES as CHARGER_FAULTS
+from sim.devices.charger import ChargerSim
+from sim.devices.pack import Fault as PackFault
+from sim.devices.robot_plc import RobotPlcSim
 
 if TYPE_CHECKING:
     from edge.config import StationConfig
 
-_log = get_logger("demo.faults")
-
-
-class SimFault(BaseModel):
-    """`<root>/sim/<device_id>/fault`: inject (or clear) a fault in a running simulator.
-
-    Same shape as edge.telemetry.models.SimFault (branch telemetry), which documents it in the
-    AsyncAPI document; once both are on main this class becomes an import of that one.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    fault: str = Field(min_length=1, max_length=64)
-    clear: bool = False
-    params: dict[str, Any] = {}
+_log = get_logger("sim.faults")
 
 
 def sim_fault_topic(root: str, device_id: str) -> str:
@@ -215,27 +206,114 @@ class FaultListener:
 
     async def run(self) -> None:
         client = mqtt_client(self.broker, self.credentials)
-        backoff_s = 0.2
-        failures = 0
+        backoff = Backoff(0.2, self.max_backoff_s)
         while True:
             try:
                 async with client:
                     await client.subscribe(sim_fault_filter(self.root), qos=1)
                     self.subscribed.set()
-                    backoff_s, failures = 0.2, 0
+                    backoff.reset()
                     async for msg in client.messages:
                         payload = msg.payload if isinstance(msg.payload, bytes) else b""
                         self.dispatcher.handle(msg.topic.value, payload)
             except aiomqtt.MqttError as e:
                 self.subscribed.clear()
-                failures += 1
-                log = _log.warning if failures == 1 else _log.debug
+                delay = backoff.next_delay()
+                log = _log.warning if backoff.failures == 1 else _log.debug
                 log("fault listener lost the broker", broker=self.broker.url, error=str(e))
-                await asyncio.sleep(backoff_s)
-                backoff_s = min(backoff_s * 2, self.max_backoff_s)
+                await asyncio.sleep(delay)
 
 
-# ---- the catalogue of faults each simulated device type supports ----------------------------
+# ---- the simulators as FaultInjectables ---------------------------------------------------------
+
+
+class ChargerInjector:
+    """A charger simulator's `apply_fault(name, active, value)`: its FAULT_NAMES, and the map's
+    fault-bit names as `bit:<flag>`. The optional `value` param carries slow's delay or
+    exception's code."""
+
+    def __init__(self, sim: ChargerSim, bit_flags: Iterable[str] = ()) -> None:
+        self.sim = sim
+        self._names = [*CHARGER_FAULTS, *(f"bit:{b}" for b in bit_flags)]
+
+    def faults(self) -> list[str]:
+        return list(self._names)
+
+    def inject(self, fault: str, params: Mapping[str, Any]) -> None:
+        value = params.get("value")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise ValueError(f"{fault}: value must be a number, got {value!r}")
+        self.sim.apply_fault(fault, True, value)
+
+    def clear(self, fault: str) -> None:
+        self.sim.apply_fault(fault, False)
+
+
+def _text(params: Mapping[str, Any], key: str) -> str:
+    v = params.get(key)
+    if not isinstance(v, str) or not v:
+        raise ValueError(f"param {key!r} (a name) is required")
+    return v
+
+
+class RobotInjector:
+    """The robot PLC simulator (and the vehicle on its platform). Latching faults
+    (e-stop, curtain, door, vehicle not ready) clear by restoring the input; one-shot faults
+    (step_fault, stuck_step, torque_failure) are consumed by the next run, clear undoes the
+    torque one and is a no-op for the others (the step already ran or will run faulty once)."""
+
+    FAULTS = (
+        "emergency_stop",
+        "light_curtain",
+        "door_open",
+        "step_fault",
+        "stuck_step",
+        "torque_failure",
+        "vehicle_not_ready",
+        "frozen_heartbeat",
+    )
+
+    def __init__(self, plc: RobotPlcSim) -> None:
+        self.plc = plc
+
+    def faults(self) -> list[str]:
+        return list(self.FAULTS)
+
+    def inject(self, fault: str, params: Mapping[str, Any]) -> None:
+        self._switch(fault, True, params)
+
+    def clear(self, fault: str) -> None:
+        self._switch(fault, False, {})
+
+    def _switch(self, fault: str, on: bool, params: Mapping[str, Any]) -> None:
+        p = self.plc
+        if fault == "emergency_stop":
+            p.emergency_stop(on)
+        elif fault == "light_curtain":
+            p.break_curtain(on)
+        elif fault == "door_open":
+            p.set_input("doors_closed", not on)
+        elif fault == "frozen_heartbeat":
+            p.freeze(on)
+        elif fault == "vehicle_not_ready":
+            p.set_input("vehicle_hv_off", not on)
+            p.set_input("vehicle_immobilised", not on)
+        elif fault == "torque_failure":
+            heads = params.get("heads", 1) if on else 0
+            if isinstance(heads, bool) or not isinstance(heads, int) or heads < 0:
+                raise ValueError(f"torque_failure: heads must be a count >= 0, got {heads!r}")
+            p.inject_torque_failure(heads)
+        elif fault in ("step_fault", "stuck_step"):
+            if on:
+                unit, step = _text(params, "unit"), _text(params, "step")
+                if unit not in ("vehicle", "rack"):
+                    raise ValueError(f"{fault}: unit must be vehicle or rack, got {unit!r}")
+                (p.inject_step_fault if fault == "step_fault" else p.inject_stuck)(unit, step)
+        else:
+            raise ValueError(f"unknown robot fault {fault!r}")
+
+
+# ---- the catalogue of faults each simulated device type supports --------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,135 +328,107 @@ class FaultSpec:
 class DeviceFaults:
     device_type: str
     faults: tuple[FaultSpec, ...]
-    source: str  # where the names come from
-    from_simulator: bool  # True when read from the simulator module itself
+    source: str  # the simulator's list the names come from
 
 
-@dataclass(frozen=True, slots=True)
-class _DeviceType:
-    device_type: str
-    module: str
-    names_attr: str | None  # module attribute listing the fault names (tuple or StrEnum)
-    known: tuple[FaultSpec, ...]  # names, descriptions and params as read from the branch
-    known_source: str
-    extra: tuple[FaultSpec, ...] = ()  # name patterns the attribute does not list
+def _described(names: Iterable[str], specs: Iterable[FaultSpec]) -> tuple[FaultSpec, ...]:
+    """The simulator's names, in its order, each with its description here ("" if none)."""
+    known = {s.name: s for s in specs}
+    return tuple(known.get(n, FaultSpec(n, "")) for n in names)
 
 
-_TYPES: tuple[_DeviceType, ...] = (
-    _DeviceType(
-        "charger",
-        "sim.devices.charger",
-        "FAULT_NAMES",
-        (
-            FaultSpec("silent", "requests get no answer at all (station: charger offline)"),
-            FaultSpec("slow", "every answer delayed", ("value: delay s, default 0.5",)),
-            FaultSpec("invalid_values", "measured points read as their invalid raw value"),
-            FaultSpec(
-                "exception",
-                "every request answered with a Modbus exception",
-                ("value: exception code, default 6 (busy)",),
-            ),
-            FaultSpec("short_answers", "reads answered with one register too few"),
-            FaultSpec("garbage", "answers replaced by random bytes"),
-            FaultSpec("ignore_writes", "writes acknowledged, not applied (write+verify fails)"),
-            FaultSpec(
-                "refuse_write:<point>",
-                "the next write(s) of that point (`:<raw>` only that value) answered with "
-                "exception 6, then accepted again",
-                ("value: how many writes, default 1",),
-            ),
-            FaultSpec("frozen", "reads keep serving the image of the moment of injection"),
-            FaultSpec("out_of_range", "output voltage/current read an absurd value (0xFFFE)"),
-        ),
-        "sim/devices/charger.py FAULT_NAMES on branch modbus (89092f9), not yet on main",
-        (FaultSpec("bit:<flag>", "sets a device fault bit named in the map's fault_bits"),),
+_CHARGER = (
+    FaultSpec("silent", "requests get no answer at all (station: charger offline)"),
+    FaultSpec("slow", "every answer delayed", ("value: delay s, default 0.5",)),
+    FaultSpec("invalid_values", "measured points read as their invalid raw value"),
+    FaultSpec(
+        "exception",
+        "every request answered with a Modbus exception",
+        ("value: exception code, default 6 (busy)",),
     ),
-    _DeviceType(
-        "pack",
-        "sim.devices.pack",
-        "Fault",
-        (
-            FaultSpec("bcl_stops", "BCL no longer sent (the charger side must stop within 1 s)"),
-            FaultSpec("silent", "the BMS sends nothing at all"),
-            FaultSpec("over_temperature", "BSM over-temperature flag and a hot probe"),
-            FaultSpec("insulation", "BSM insulation fault flag"),
-            FaultSpec("cell_over_voltage", "BSM cell over-voltage flag"),
-            FaultSpec("bst_fault", "the BMS stops with a BST insulation fault"),
-            FaultSpec("pause", "BSM charge permitted = 00"),
-            FaultSpec("garbage", "random frames with unknown ids every 50 ms"),
-            FaultSpec("wrong_dlc", "BCL sent with 3 bytes"),
-            FaultSpec("broken_tp", "BCS TP.DT with a wrong sequence number"),
-            FaultSpec("no_bhm", "a 2011-edition BMS (no BHM)"),
-            FaultSpec("soc_unsupported", "BCS/BSD SOC 0xFF (not supported): flagged, goes on"),
-            FaultSpec("hot_probe", "BSM max temperature 95 degC with no over-temperature flag"),
-            FaultSpec("cell_high", "BCS max cell 4.60 V with the BSM cell state normal"),
-            FaultSpec("pack_over_voltage", "BCS pack voltage 100 V above the BCP maximum"),
-            FaultSpec("bad_remaining", "BCS remaining time 0xFFFF min (flagged, goes on)"),
-        ),
-        "sim/devices/pack.py Fault on branch can (0f83355), not yet on main",
+    FaultSpec(
+        "read_exception",
+        "reads answered with a Modbus exception, writes still applied",
+        ("value: exception code, default 4",),
     ),
-    _DeviceType(
-        "robot",
-        "sim.devices.robot_plc",
-        None,
-        (
-            FaultSpec("emergency_stop", "emergency-stop chain broken (clear restores it)"),
-            FaultSpec("light_curtain", "light curtain broken (clear restores it)"),
-            FaultSpec("door_open", "a door opens (clear closes it)"),
-            FaultSpec(
-                "step_fault",
-                "the next run of a step fails",
-                ("unit: vehicle|rack", "step: PLC step name"),
-                {"unit": "vehicle", "step": "lock"},
-            ),
-            FaultSpec(
-                "stuck_step",
-                "the next run of a step never ends",
-                ("unit", "step"),
-                {"unit": "rack", "step": "fetch"},
-            ),
-            FaultSpec(
-                "torque_failure",
-                "lock heads out of torque window on the next lock",
-                ("heads: int",),
-                {"heads": 2},
-            ),
-            FaultSpec("vehicle_not_ready", "vehicle HV on, not immobilised (clear: ready)"),
-            FaultSpec("frozen_heartbeat", "status image frozen, heartbeat too (clear: live)"),
-        ),
-        "RobotPlcSim methods on branch swap, through sim.adapters.RobotFaults",
+    FaultSpec("short_answers", "reads answered with one register too few"),
+    FaultSpec("garbage", "answers replaced by random bytes"),
+    FaultSpec("ignore_writes", "writes acknowledged, not applied (write+verify fails)"),
+    FaultSpec(
+        "refuse_write:<point>",
+        "the next write(s) of that point (`:<raw>` only that value) answered with "
+        "exception 6, then accepted again",
+        ("value: how many writes, default 1",),
+    ),
+    FaultSpec("frozen", "reads keep serving the image of the moment of injection"),
+    FaultSpec("out_of_range", "output voltage/current read an absurd value (0xFFFE)"),
+    FaultSpec(
+        "stuck_output",
+        "the power stage no longer follows its setpoints (only the watchdog trip cuts it)",
     ),
 )
+_CHARGER_BITS = FaultSpec("bit:<flag>", "sets a device fault bit named in the map's fault_bits")
+_PACK = (
+    FaultSpec("bcl_stops", "BCL no longer sent (the charger side must stop within 1 s)"),
+    FaultSpec("silent", "the BMS sends nothing at all"),
+    FaultSpec("over_temperature", "BSM over-temperature flag and a hot probe"),
+    FaultSpec("insulation", "BSM insulation fault flag"),
+    FaultSpec("cell_over_voltage", "BSM cell over-voltage flag"),
+    FaultSpec("bst_fault", "the BMS stops with a BST insulation fault"),
+    FaultSpec("pause", "BSM charge permitted = 00"),
+    FaultSpec("garbage", "random frames with unknown ids every 50 ms"),
+    FaultSpec("wrong_dlc", "BCL sent with 3 bytes"),
+    FaultSpec("broken_tp", "BCS TP.DT with a wrong sequence number"),
+    FaultSpec("no_bhm", "a 2011-edition BMS (no BHM)"),
+    FaultSpec("soc_unsupported", "BCS/BSD SOC 0xFF (not supported): flagged, goes on"),
+    FaultSpec("hot_probe", "BSM max temperature 95 degC with no over-temperature flag"),
+    FaultSpec("cell_high", "BCS max cell 4.60 V with the BSM cell state normal"),
+    FaultSpec("pack_over_voltage", "BCS pack voltage 100 V above the BCP maximum"),
+    FaultSpec("bad_remaining", "BCS remaining time 0xFFFF min (flagged, goes on)"),
+)
+_ROBOT = (
+    FaultSpec("emergency_stop", "emergency-stop chain broken (clear restores it)"),
+    FaultSpec("light_curtain", "light curtain broken (clear restores it)"),
+    FaultSpec("door_open", "a door opens (clear closes it)"),
+    FaultSpec(
+        "step_fault",
+        "the next run of a step fails",
+        ("unit: vehicle|rack", "step: PLC step name"),
+        {"unit": "vehicle", "step": "lock"},
+    ),
+    FaultSpec(
+        "stuck_step",
+        "the next run of a step never ends",
+        ("unit", "step"),
+        {"unit": "rack", "step": "fetch"},
+    ),
+    FaultSpec(
+        "torque_failure",
+        "lock heads out of torque window on the next lock",
+        ("heads: int",),
+        {"heads": 2},
+    ),
+    FaultSpec("vehicle_not_ready", "vehicle HV on, not immobilised (clear: ready)"),
+    FaultSpec("frozen_heartbeat", "status image frozen, heartbeat too (clear: live)"),
+)
 
-DEVICE_TYPES: tuple[str, ...] = tuple(t.device_type for t in _TYPES)
-
-
-def _ask_simulator(t: _DeviceType) -> tuple[FaultSpec, ...] | None:
-    """The simulator module's own list of fault names, when it is installed."""
-    if t.names_attr is None:
-        return None
-    try:
-        module = importlib.import_module(t.module)
-    except ImportError:
-        return None
-    raw = getattr(module, t.names_attr, None)
-    if raw is None:
-        return None
-    known = {f.name: f for f in t.known}
-    names = [str(getattr(n, "value", n)) for n in raw]  # a StrEnum class or a tuple of str
-    out = [known.get(n, FaultSpec(n, "")) for n in names]
-    return (*out, *t.extra)
+DEVICE_TYPES: tuple[str, ...] = ("charger", "pack", "robot")
 
 
 def fault_catalogue() -> list[DeviceFaults]:
-    out = []
-    for t in _TYPES:
-        asked = _ask_simulator(t)
-        if asked is not None:
-            out.append(DeviceFaults(t.device_type, asked, f"{t.module}.{t.names_attr}", True))
-        else:
-            out.append(DeviceFaults(t.device_type, (*t.known, *t.extra), t.known_source, False))
-    return out
+    return [
+        DeviceFaults(
+            "charger",
+            (*_described(CHARGER_FAULTS, _CHARGER), _CHARGER_BITS),
+            "sim.devices.charger.FAULT_NAMES",
+        ),
+        DeviceFaults(
+            "pack", _described((f.value for f in PackFault), _PACK), "sim.devices.pack.Fault"
+        ),
+        DeviceFaults(
+            "robot", _described(RobotInjector.FAULTS, _ROBOT), "sim.faults.RobotInjector.FAULTS"
+        ),
+    ]
 
 
 def supports(entry: DeviceFaults, fault: str) -> bool:

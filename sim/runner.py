@@ -37,7 +37,7 @@ def _register_world() -> None:
     SIM_FACTORIES.append(sim_factory)
 
 
-_log = get_logger("demo.sim")
+_log = get_logger("sim.runner")
 
 
 class SimSetupError(Exception):

@@ -35,17 +35,13 @@ from drivers.can.runner import CoreRunner
 from drivers.core.log import get_logger
 from drivers.robot.contract import RobotContract, UnitState
 from edge.config import StationConfig
-from edge.slot.service import PACK_TYPES
-from sim.adapters import ChargerFaults, PackFaults, RobotFaults
 from sim.devices.charger import (
-    FAULT_NAMES,
     ChargerRatings,
     ChargerSim,
     run_charger_sims,
     spec_from_endpoint,
 )
 from sim.devices.pack import (
-    BATTERY_TYPE,
     BmsCore,
     BmsPhase,
     Fault,
@@ -53,12 +49,19 @@ from sim.devices.pack import (
     PackModel,
     PackSpec,
 )
-from sim.devices.robot_plc import RobotPlcSim
+from sim.devices.robot_plc import PlcPlace, RackSlot, RobotPlcSim
 from sim.devices.slcan_server import SlcanPort
 from sim.devices.vehicle import SimVehicle
-from sim.faults import FaultInjectable, StationMqtt, mqtt_client
+from sim.faults import (
+    ChargerInjector,
+    FaultInjectable,
+    RobotInjector,
+    StationMqtt,
+    mqtt_client,
+)
+from sim.loadstats import FrameStats
 
-_log = get_logger("demo.world")
+_log = get_logger("sim.world")
 
 BusMode = Literal["slcan", "virtual"]
 MANUFACTURER = "SIMB"
@@ -87,7 +90,8 @@ class WorldPack:
 
     @property
     def pack_type(self) -> str:
-        return PACK_TYPES[BATTERY_TYPE[self.chemistry]]
+        # What the daemon decodes from BRM (drivers.can.events.BATTERY_TYPES): the chemistry.
+        return self.chemistry
 
     @classmethod
     def new(
@@ -104,8 +108,11 @@ class PackSeat:
     and at most one seated pack, whose BMS runs only while seated. It is also the charger's
     load (sim.devices.charger.ChargerLoad)."""
 
-    def __init__(self, slot_id: str, transport: SlcanPort | BusOwner) -> None:
+    def __init__(
+        self, slot_id: str, transport: SlcanPort | BusOwner, stats: FrameStats | None = None
+    ) -> None:
         self.slot_id = slot_id
+        self.stats = stats
         self.port = transport
         self.transport: FrameTransport = transport
         self.pack: WorldPack | None = None
@@ -125,10 +132,14 @@ class PackSeat:
             raise RuntimeError(f"{self.slot_id}: seat already holds {self.pack.pack_id}")
         self.pack = pack
         # A fresh BMS session each time it is plugged in; the charger drives its current.
-        self.core = BmsCore(pack.model, current_from_ccs=False, seed=pack.serial)
-        runner = CoreRunner(self.core, self.transport.send)
+        self.core = core = BmsCore(pack.model, current_from_ccs=False, seed=pack.serial)
+        runner = CoreRunner(core, self.transport.send)
         self._runner = runner
-        self.transport.set_handler(runner.on_frame)
+        if self.stats is None:
+            self.transport.set_handler(runner.on_frame)
+        else:
+            self.transport.set_handler(self.stats.wrap(self.slot_id, runner.on_frame))
+            self.stats.seated(self.slot_id, lambda: core.counters.timeouts)
         self._task = asyncio.get_running_loop().create_task(
             runner.run(), name=f"sim-bms-{self.slot_id}"
         )
@@ -140,6 +151,8 @@ class PackSeat:
         if pack is None:
             raise RuntimeError(f"{self.slot_id}: no pack to take")
         self.transport.set_handler(self._drop)
+        if self.stats is not None:
+            self.stats.unseated(self.slot_id)
         if self._task is not None:
             self._task.cancel()
         self.pack = self.core = self._runner = self._task = None
@@ -151,16 +164,21 @@ class PackSeat:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    # ---- fault injection (PackFaults wraps this) --------------------------------------
-    def inject(self, fault: Fault) -> None:
+    # ---- fault injection (sim.faults.FaultInjectable: the pack in this seat) -----------
+    def faults(self) -> list[str]:
+        return [f.value for f in Fault]
+
+    def inject(self, fault: str, params: Mapping[str, Any]) -> None:
+        f = Fault(fault)  # ValueError for a name the simulated pack does not have
         if self.core is None or self._runner is None:
             raise ValueError(f"slot {self.slot_id} holds no pack")
-        self.core.inject(fault)
+        self.core.inject(f)
         self._runner.dispatch([])
 
-    def clear(self, fault: Fault) -> None:
+    def clear(self, fault: str) -> None:
+        f = Fault(fault)
         if self.core is not None and self._runner is not None:
-            self.core.clear(fault)
+            self.core.clear(f)
             self._runner.dispatch([])
 
     # ---- ChargerLoad ------------------------------------------------------------------
@@ -225,6 +243,7 @@ class VehicleFlow:
         self.swap_timeout_s = swap_timeout_s
         self.retry_s = retry_s
         self.max_tries = max_tries
+        self.every_s: float | None = None  # fixed gaps instead of Poisson (the load bench)
         self.queue: asyncio.Queue[SimVehicle] = asyncio.Queue()
         self.current: SimVehicle | None = None
         self._n = 0
@@ -252,6 +271,9 @@ class VehicleFlow:
     async def arrivals(self) -> None:
         await asyncio.sleep(self.first_after_s)
         self.arrive()
+        while self.every_s is not None:
+            await asyncio.sleep(self.every_s / self.world.speed)
+            self.arrive()
         while True:
             rate = self.rate_per_hour() * self.world.speed
             gap_s = self.world.rng.expovariate(rate / 3600.0) if rate > 0 else 60.0
@@ -371,6 +393,7 @@ class SimWorld:
         empty_slots: int = 1,
         soc_range_pct: tuple[float, float] = (80.0, 98.0),
         chemistry: str = "LFP",
+        full_packs: int | None = None,
     ) -> None:
         self.cfg = cfg
         self.speed = speed
@@ -394,15 +417,17 @@ class SimWorld:
         )
         self.plc.on_move = self._on_move
         self.flow: VehicleFlow | None = None
+        self.frame_stats: FrameStats | None = None  # the load bench's CCS/CST/CEM record
         self.arrival_soc: tuple[float, float] = (25.0, 8.0)  # mean, std (%) of arriving packs
         self._bay_vehicle: SimVehicle | None = None
-        # Initial rack: all but the last `empty_slots` slots hold a pack; a few are full so a
-        # first swap has a pack that has finished charging.
+        # Initial rack: all but the last `empty_slots` slots hold a pack; every third (or the
+        # first `full_packs`) is full so a first swap has a pack that has finished charging.
         n_full = max(0, len(cfg.slots) - empty_slots)
         lo, hi = soc_range_pct
         self.initial: dict[str, WorldPack] = {}
         for i, s in enumerate(cfg.slots[:n_full]):
-            soc = self.rng.uniform(max(lo, 96.0), max(hi, 97.0)) if i % 3 == 0 else None
+            full = i % 3 == 0 if full_packs is None else i < full_packs
+            soc = self.rng.uniform(max(lo, 96.0), max(hi, 97.0)) if full else None
             soc = soc if soc is not None else self.rng.uniform(lo, hi)
             self.initial[s.id] = WorldPack.new(
                 i + 1, round(soc, 1), speed, self.capacity_kwh, chemistry
@@ -422,18 +447,19 @@ class SimWorld:
         return cls(cfg, speed=cfg.sim.speed if speed is None else speed, seed=seed, bus=bus, **kw)
 
     # ---- pack moves --------------------------------------------------------------------
-    def _on_move(self, src: str, dst: str) -> None:
-        pack = self.places.pop(src, None)
-        if src.startswith("slot:"):
-            slot_id = self.slot_by_number[int(src[5:])]
-            seat = self.seats[slot_id]
+    def _on_move(self, src: PlcPlace, dst: PlcPlace) -> None:
+        if isinstance(src, RackSlot):
+            pack = None
+            seat = self.seats[self.slot_by_number[src.number]]
             if seat.pack is not None:
                 pack = seat.unseat()
+        else:
+            pack = self.places.pop(src, None)
         if pack is None:
             _log.warning("robot moved a pack the world does not know", src=src, dst=dst)
             return
-        if dst.startswith("slot:"):
-            slot_id = self.slot_by_number[int(dst[5:])]
+        if isinstance(dst, RackSlot):
+            slot_id = self.slot_by_number[dst.number]
             self.seats[slot_id].seat(pack)
             _log.info("pack stored", slot=slot_id, pack=pack.pack_id, soc=pack.model.soc_pct)
         else:
@@ -457,10 +483,10 @@ class SimWorld:
         out: dict[str, FaultInjectable] = {}
         for cid, sim in self.chargers.items():
             flags = [f for p in sim.map.points.values() for f in (p.bits or {}).values()]
-            out[cid] = ChargerFaults(sim, FAULT_NAMES, bit_flags=flags)
+            out[cid] = ChargerInjector(sim, bit_flags=flags)
         for sid, seat in self.seats.items():
-            out[f"pack-{sid}"] = PackFaults(seat, Fault)
-        out["robot"] = RobotFaults(self.plc)
+            out[f"pack-{sid}"] = seat
+        out["robot"] = RobotInjector(self.plc)
         return out
 
     def summary(self) -> dict[str, Any]:
@@ -506,7 +532,7 @@ class SimWorld:
         config_dir = cfg.source.parent if cfg.source is not None else None
         ratings = ChargerRatings(max_voltage_v=750.0, max_current_a=250.0, max_power_kw=60.0)
         for s in cfg.slots:
-            self.seats[s.id] = PackSeat(s.id, self._transport(s.id, s.bus))
+            self.seats[s.id] = PackSeat(s.id, self._transport(s.id, s.bus), self.frame_stats)
         by_charger = {s.charger: self.seats[s.id] for s in cfg.slots}
         specs = [
             spec_from_endpoint(
@@ -560,14 +586,44 @@ class SimWorld:
 def sim_factory(
     cfg: StationConfig, speed: float
 ) -> contextlib.AbstractAsyncContextManager[Mapping[str, FaultInjectable]]:
-    """The `swapd sim` factory: the whole world, vehicles asking over MQTT `cmd/start_swap`."""
+    """The `swapd sim` factory: the whole world, vehicles asking over MQTT `cmd/start_swap`.
+
+    For the load bench: SWAPD_SIM_STATS=PATH records what the packs receive and the sim's own
+    loop lag (edge.app.perf, dumped on SIGUSR1 and at exit); SWAPD_SIM_ARRIVAL_S=S sends a
+    vehicle every S seconds (world time) instead of the forecast's Poisson arrivals;
+    SWAPD_SIM_SOC=LO,HI,N seats N full packs and the others between LO and HI % (charging)."""
+    import os
+
+    from edge.app.perf import SIM_STATS_ENV, PerfProbe
     from sim.faults import station_mqtt
 
     @contextlib.asynccontextmanager
     async def run() -> AsyncIterator[Mapping[str, FaultInjectable]]:
-        world = SimWorld.from_config(cfg, speed=speed)
+        soc = os.environ.get("SWAPD_SIM_SOC")
+        if soc:
+            lo, hi, full = soc.split(",")
+            world = SimWorld.from_config(
+                cfg, speed=speed, soc_range_pct=(float(lo), float(hi)), full_packs=int(full)
+            )
+        else:
+            world = SimWorld.from_config(cfg, speed=speed)
+        probe = PerfProbe.from_env(SIM_STATS_ENV)
+        if probe is not None:
+            stats = world.frame_stats = FrameStats()
+            probe.extra.append(stats.snapshot)
+            probe.resets.append(stats.reset)
+            probe.extra.append(lambda: {"world": world.summary()})
+        every = os.environ.get("SWAPD_SIM_ARRIVAL_S")
         requester = mqtt_requester(station_mqtt(cfg)) if cfg.mqtt.enabled else None
         async with world.running(requester, first_arrival_s=3.0):
-            yield world.devices()
+            if every and world.flow is not None:
+                world.flow.every_s = float(every)
+            if probe is not None:
+                probe.start()
+            try:
+                yield world.devices()
+            finally:
+                if probe is not None:
+                    probe.stop()
 
     return run()

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Install, upgrade, roll back or remove swapd as a systemd service (run as root on the station).
 #
-#   systemd/install.sh [--root DIR] [--wheelhouse DIR] [--user NAME] [--python PY]
+#   systemd/install.sh [--root DIR] [--wheelhouse DIR] [--user NAME] [--python PY]   (PY: 3.11+)
 #   systemd/install.sh rollback [--root DIR]
 #   systemd/install.sh uninstall [--root DIR]
 #
 # Every release gets its own venv, /opt/swapd/releases/<version>-<commit>, installed from the
 # locked, hash-checked requirements (requirements/daemon.txt) and the wheel built from this
-# checkout, or offline from a wheelhouse (`make wheelhouse`). /opt/swapd/current points at the
+# checkout, or offline from a wheelhouse (`make wheelhouse`, systemd/wheelhouse.sh: pip runs with
+# --no-index and installs only the hash-checked wheels found there). /opt/swapd/current points at the
 # running release, /opt/swapd/previous at the one before (kept for `rollback`). An upgrade
 # stops the service and copies the state files to /var/lib/swapd/backup/<old release>/ first.
 # The config in /etc/swapd is written once and never overwritten. `uninstall` removes the unit
@@ -74,6 +75,9 @@ name=$(basename "$wheel" | cut -d- -f2)-$commit
 release=$opt/releases/$name
 
 mkdir -p "$opt/releases" "$etc/tls" "$(dirname "$unit")"
+running=$(readlink "$opt/current" 2>/dev/null || true)
+# Reinstalling the running release rebuilds its venv in place: stop the service first.
+if [ "$running" = "$release" ] && live; then systemctl stop swapd 2>/dev/null || true; fi
 rm -rf "$release"
 "$python" -m venv "$release"
 if [ -n "$wheelhouse" ]; then
@@ -96,8 +100,14 @@ fi
 # Secrets: root and the service user only.
 chown -R "root:$group" "$etc/tls" && chmod 0750 "$etc/tls"
 [ -f "$etc/swapd.env" ] || install -m 0640 -g "$group" "$src/systemd/swapd.env.example" "$etc/swapd.env"
+# The new release must accept the station's config (an old config `version` is refused with what
+# changed) before anything the running release uses is touched.
+if ! "$release/bin/swapd" check-config "$etc/station.yaml" >/dev/null; then
+  [ "$running" = "$release" ] || rm -rf "$release"
+  echo "install.sh: $name refuses $etc/station.yaml (above); the running release is unchanged" >&2
+  exit 2
+fi
 install -m 0644 "$src/systemd/swapd.service" "$unit"
-"$release/bin/swapd" check-config "$etc/station.yaml" >/dev/null
 
 # Switch: stop, back up the state, keep the old release as previous, point current at the new.
 if live; then systemctl stop swapd 2>/dev/null || true; fi

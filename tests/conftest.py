@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from drivers.core.clock import ManualClock
+from tests.doubles import ManualClock
 from tests.release_fixtures import release  # noqa: F401  (session fixture: the installed wheel)
 
 

@@ -1,9 +1,11 @@
 """The release as a station gets it: the wheel built from this checkout, installed from the
-demo lock (the daemon lock plus `swapd demo`) into a fresh venv outside the checkout. Shared by the wheel and install tests."""
+demo lock (the daemon lock plus `swapd demo`) into a fresh venv outside the checkout. Shared by
+the wheel, install and lock tests."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -11,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,6 +27,34 @@ class Release:
     @property
     def swapd(self) -> Path:
         return self.venv / "bin" / "swapd"
+
+
+@dataclass(frozen=True)
+class Pin:
+    version: Version
+    marker: str
+    hashes: int
+    direct: bool  # "via swapd (pyproject.toml)"
+
+
+def read_lock(path: Path) -> dict[str, list[Pin]]:
+    """A uv-compiled lock: package -> its pins (one per environment marker)."""
+    pins: dict[str, list[Pin]] = {}
+    blocks = re.split(r"\n(?=[A-Za-z0-9])", path.read_text(encoding="utf-8"))
+    for block in blocks:
+        if block.startswith("#"):
+            continue
+        head = block.splitlines()[0].rstrip(" \\")
+        m = re.fullmatch(r"([A-Za-z0-9._-]+)==(\S+?)(?:\s*;\s*(.*))?", head)
+        assert m, f"{path.name}: not a pin: {head!r}"
+        pin = Pin(
+            Version(m.group(2)),
+            m.group(3) or "",
+            block.count("--hash=sha256:"),
+            "swapd (pyproject.toml)" in block,
+        )
+        pins.setdefault(canonicalize_name(m.group(1)), []).append(pin)
+    return pins
 
 
 def clean_env(**extra: str) -> dict[str, str]:

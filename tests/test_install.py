@@ -1,13 +1,15 @@
 """systemd/install.sh into a scratch root: every file it writes, the unit verified by
 systemd-analyze, the unit's ExecStart run as the service user in a mount namespace where /etc,
 /usr and the install are read-only (as ProtectSystem=strict makes them) against simulators,
-an upgrade that keeps the previous release and backs up the state, rollback, and an uninstall
-that keeps the state. Root is needed (unshare, setpriv), as on the station."""
+an upgrade that keeps the previous release and backs up the state, rollback, an uninstall
+that keeps the state, and an offline install from a wheelhouse in a namespace with no network.
+Root is needed (unshare, setpriv), as on the station."""
 
 from __future__ import annotations
 
 import json
 import os
+import platform
 import shutil
 import signal
 import socket
@@ -20,10 +22,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from packaging.markers import Marker
+from packaging.utils import canonicalize_name
 
 from sim.benchcfg import bench_config
 from tests.conftest import Broker
-from tests.release_fixtures import ROOT, clean_env
+from tests.release_fixtures import ROOT, clean_env, read_lock
 
 pytestmark = pytest.mark.slow
 USER = "nobody"  # any unprivileged account; install.sh --user names it
@@ -192,6 +196,7 @@ exec setpriv --reuid={USER} --regid=$(id -g {USER}) --clear-groups --no-new-priv
         shutil.rmtree(work, ignore_errors=True)
 
 
+@pytest.mark.timeout(500)  # five runs of install.sh, each a pip install (one refused)
 def test_upgrade_keeps_previous_and_backs_up_state_rollback_and_uninstall(
     tmp_path: Path,
 ) -> None:
@@ -204,6 +209,23 @@ def test_upgrade_keeps_previous_and_backs_up_state_rollback_and_uninstall(
     (root / "etc/swapd/station.yaml").write_text(
         (root / "etc/swapd/station.yaml").read_text() + "# operator's edit\n"
     )
+    # A release that refuses the station's config (an old format) leaves the running one alone.
+    cfg = root / "etc/swapd/station.yaml"
+    good = cfg.read_text()
+    cfg.write_text(good.replace("version: 2", "version: 1", 1))
+    r = subprocess.run(
+        ["bash", str(ROOT / "systemd/install.sh"), "--root", str(root), "--user", USER],
+        env=clean_env(SWAPD_BUILD_COMMIT="0ldc0nf1g000"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 2 and "running release is unchanged" in r.stderr, r.stderr[-3000:]
+    assert [p.name for p in (root / "opt/swapd/releases").iterdir()] == [first.name]
+    assert (root / "opt/swapd/current").resolve() == first
+    assert not (root / "opt/swapd/previous").exists()
+    cfg.write_text(good)
+
     # A different release: same code, another recorded commit.
     env_commit = "feedfacecafe"
     r = subprocess.run(
@@ -230,3 +252,74 @@ def test_upgrade_keeps_previous_and_backs_up_state_rollback_and_uninstall(
     assert not (root / "opt/swapd").exists()
     assert not (root / "etc/systemd/system/swapd.service").exists()
     assert (state / "outbox.sqlite").exists() and (root / "etc/swapd/station.yaml").exists()
+
+
+@pytest.mark.timeout(240)
+def test_offline_install_from_a_wheelhouse_without_network(tmp_path: Path) -> None:
+    """`systemd/wheelhouse.sh` (what `make wheelhouse` runs; here for this machine's
+    architecture only) gathers the wheels; `install.sh --wheelhouse` installs them in a network
+    namespace with no network and no pip configuration, as on a station without internet, and
+    the release holds exactly the locked versions."""
+    wheelhouse = tmp_path / "wheelhouse"
+    r = subprocess.run(
+        ["bash", str(ROOT / "systemd/wheelhouse.sh"), str(wheelhouse), platform.machine()],
+        env=clean_env(PYTHON=sys.executable),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert (wheelhouse / "daemon.txt").read_bytes() == (
+        ROOT / "requirements/daemon.txt"
+    ).read_bytes()
+    assert len(list(wheelhouse.glob("swapd-*.whl"))) == 1
+
+    root = Path(tempfile.mkdtemp(prefix="swapd-offline-", dir="/var/tmp"))
+    try:
+        env = {k: v for k, v in clean_env().items() if not k.startswith("PIP_")}
+        env["PIP_CONFIG_FILE"] = os.devnull  # no index, no find-links but the wheelhouse
+        r = subprocess.run(
+            [
+                "unshare",
+                "--net",
+                "bash",
+                str(ROOT / "systemd/install.sh"),
+                "--wheelhouse",
+                str(wheelhouse),
+                "--root",
+                str(root),
+                "--user",
+                USER,
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+        release = (root / "opt/swapd/current").resolve()
+        listed = subprocess.run(
+            [str(release / "bin/python"), "-m", "pip", "list", "--format=json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        installed = {
+            canonicalize_name(p["name"]): p["version"]
+            for p in json.loads(listed)
+            if canonicalize_name(p["name"]) not in ("pip", "setuptools", "swapd")
+        }
+        locked = {
+            name: str(pin.version)
+            for name, pins in read_lock(ROOT / "requirements/daemon.txt").items()
+            for pin in pins
+            if not pin.marker or Marker(pin.marker).evaluate()
+        }
+        assert installed == locked
+        out = subprocess.run(
+            [str(release / "bin/swapd"), "--version"], capture_output=True, text=True, check=True
+        ).stdout
+        assert release.name.split("-", 1)[1] in out
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

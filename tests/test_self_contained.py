@@ -17,6 +17,10 @@ ABSOLUTE = re.compile(r"(?<![\w./-])/(?:work|home|Users|root|mnt|srv)/")
 # The folder of design notes and data that sat beside the checkout.
 BESIDE = re.compile(r"(?<![\w-])shared/")
 CLIMB = re.compile(r"(?<![\w.])((?:\.\./)+)")
+# A Markdown file named anywhere (prose, code comments, docstrings): it must be one of ours.
+MD_NAME = re.compile(r"(?<![\w.-])([\w./-]*[\w-]\.md)\b")
+# A relative Markdown link target.
+MD_LINK = re.compile(r"\]\((?!https?:|mailto:|#)([^)#\s]+)")
 
 
 def tracked_text_files() -> list[Path]:
@@ -64,3 +68,30 @@ def test_no_reference_to_a_folder_beside_the_checkout() -> None:
                 if not target.is_relative_to(ROOT):
                     bad.append(f"{path.relative_to(ROOT)}:{n}: climbs out: {line.strip()}")
     assert not bad, "references outside the checkout:\n" + "\n".join(bad)
+
+
+def test_every_markdown_file_named_is_in_the_repository() -> None:
+    """Design notes the project started from (DESIGN.md, DOMAIN.md, ...) live outside the
+    checkout: code and docs cite the pages in docs/ instead."""
+    files = tracked_text_files()
+    ours = {p.name for p in files} | {THIS.name}
+    bad = []
+    for path in files:
+        text = path.read_text(encoding="utf-8", errors="replace")
+        for n, line in enumerate(text.splitlines(), 1):
+            for m in MD_NAME.finditer(line):
+                if Path(m.group(1)).name not in ours:
+                    bad.append(f"{path.relative_to(ROOT)}:{n}: {m.group(1)}: {line.strip()}")
+    assert not bad, "Markdown files that are not in the repository:\n" + "\n".join(bad)
+
+
+def test_relative_markdown_links_resolve() -> None:
+    bad = []
+    for path in tracked_text_files():
+        if path.suffix != ".md":
+            continue
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            for m in MD_LINK.finditer(line):
+                if not (path.parent / m.group(1)).exists():
+                    bad.append(f"{path.relative_to(ROOT)}:{n}: {m.group(1)}")
+    assert not bad, "broken links:\n" + "\n".join(bad)

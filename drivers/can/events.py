@@ -57,6 +57,20 @@ class PhaseChanged:
     new: Phase
 
 
+# GB/T 27930 BRM battery type codes -> the chemistry name a pack announces.
+BATTERY_TYPES: dict[int, str] = {
+    1: "lead-acid",
+    2: "NiMH",
+    3: "LFP",
+    4: "LMO",
+    5: "LCO",
+    6: "NMC",
+    7: "polymer",
+    8: "LTO",
+}
+BATTERY_TYPE_CODES: dict[str, int] = {name: code for code, name in BATTERY_TYPES.items()}
+
+
 @dataclass(frozen=True, slots=True)
 class PackIdentified:
     """BRM. Text fields are empty when the pack does not send them."""
@@ -81,6 +95,11 @@ class PackIdentified:
         """A stable identity: manufacturer + serial (+ VIN when the pack sends one)."""
         base = f"{self.manufacturer or 'PACK'}-{self.pack_serial:08X}"
         return f"{base}-{self.vin}" if self.vin else base
+
+    @property
+    def pack_type(self) -> str:
+        """The BRM battery type by name (`type-<n>` for a code the table does not have)."""
+        return BATTERY_TYPES.get(self.battery_type, f"type-{self.battery_type}")
 
 
 @dataclass(frozen=True, slots=True)

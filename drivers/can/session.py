@@ -6,8 +6,8 @@
 at `next_deadline()`; periodic messages are scheduled on their own grid (CCS every 50 ms) so a
 late wake-up does not drift the period.
 
-Phases and timeouts follow GBT27930.md section 4: handshake (CHM/BHM, BHM missing 5 s -> treat
-the pack as a 2011 BMS and go on), identification (CRM 0x00, BRM 5 s, CRM 0xAA, BCP 5 s),
+Phases and timeouts follow docs/gbt27930.md: handshake (CHM/BHM, BHM missing 5 s -> treat the
+pack as a 2011 BMS and go on), identification (CRM 0x00, BRM 5 s, CRM 0xAA, BCP 5 s),
 parameters (CTS/CML, BRO 5 s / BRO 0xAA 60 s, CRO), charging (BCL 1 s, BCS 5 s, CCS out every
 50 ms, BSM pause/stop), stop (CST every 10 ms, BST 5 s, BSD 10 s) and statistics (CSD). A
 communication timeout sends CEM for `error_hold_s`, then re-handshakes from CRM 0x00; after
@@ -72,7 +72,7 @@ NOT_RECOGNISED = 0x00
 READY = 0xAA
 NOT_READY = 0x00
 
-# CEM signal per missing message (GBT27930.md 2.21)
+# CEM signal per missing message (docs/gbt27930.md, CEM)
 CEM_SIGNAL = {
     "BRM": "CEM_BRMTimeout",
     "BCP": "CEM_BCPTimeout",
@@ -123,7 +123,7 @@ SOC_RANGE = (0, 100)  # GB/T fills an unsupported SOC with 0xFF
 
 @dataclass(frozen=True, slots=True)
 class SessionTimers:
-    """Periods and limits in seconds (GBT27930.md section 4)."""
+    """Periods and limits in seconds (docs/gbt27930.md, "Timers")."""
 
     chm_period_s: float = 0.25
     crm_period_s: float = 0.25

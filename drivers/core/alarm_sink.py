@@ -1,11 +1,14 @@
 """What a driver needs to raise and clear alarms, without knowing the station.
 
 The station (edge.alarms) hands each driver a sink bound to that driver's component; the
-catalogue of codes lives there. Drivers name codes as strings from that catalogue.
+catalogue of codes lives there. Drivers name codes as strings from that catalogue. A sans-I/O
+core does not call a sink: it returns `RaiseAlarm` / `ClearAlarm` actions among its others and
+its service hands them to `carry_out`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 
@@ -19,19 +22,24 @@ class AlarmSink(Protocol):
         ...
 
 
-class RecordingAlarmSink:
-    """For tests and simulators: keeps the active set and the history."""
+@dataclass(frozen=True, slots=True)
+class RaiseAlarm:
+    code: str
+    source: str  # a device, slot or swap id
+    detail: str = ""
 
-    def __init__(self) -> None:
-        self.active: set[tuple[str, str]] = set()
-        self.history: list[tuple[str, str, str]] = []
 
-    def raise_alarm(self, code: str, source: str, detail: str = "") -> None:
-        if (code, source) not in self.active:
-            self.active.add((code, source))
-            self.history.append(("raised", code, source))
+@dataclass(frozen=True, slots=True)
+class ClearAlarm:
+    code: str
+    source: str
 
-    def clear_alarm(self, code: str, source: str) -> None:
-        if (code, source) in self.active:
-            self.active.discard((code, source))
-            self.history.append(("cleared", code, source))
+
+AlarmAction = RaiseAlarm | ClearAlarm
+
+
+def carry_out(sink: AlarmSink, action: AlarmAction) -> None:
+    if isinstance(action, RaiseAlarm):
+        sink.raise_alarm(action.code, action.source, action.detail)
+    else:
+        sink.clear_alarm(action.code, action.source)

@@ -1,14 +1,13 @@
 """One injectable clock for everything time-dependent.
 
 `monotonic()` drives timeouts and periods; `now()` gives wall-clock UTC for timestamps. Code takes
-a `Clock` and never calls `time` directly, so tests move a `ManualClock` instead of sleeping.
+a `Clock` and never calls `time` directly, so tests move a manual clock (tests/doubles.py)
+instead of sleeping.
 """
 
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -61,41 +60,6 @@ class ScaledClock:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds) / self.speed)
-
-
-class ManualClock:
-    """A clock that moves only when told. `sleep()` waits until `advance()` passes its deadline."""
-
-    __slots__ = ("_mono", "_wall0", "_sleepers", "_seq")
-
-    def __init__(self, start: float = 1000.0, wall: datetime | None = None) -> None:
-        self._mono = start
-        self._wall0 = (wall or datetime(2026, 1, 1, tzinfo=UTC)) - timedelta(seconds=start)
-        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
-        self._seq = itertools.count()
-
-    def monotonic(self) -> float:
-        return self._mono
-
-    def now(self) -> datetime:
-        return self._wall0 + timedelta(seconds=self._mono)
-
-    async def sleep(self, seconds: float) -> None:
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._sleepers, (self._mono + max(0.0, seconds), next(self._seq), fut))
-        await fut
-
-    def advance(self, seconds: float) -> None:
-        """Move time forward and wake every sleeper whose deadline has passed."""
-        self._mono += seconds
-        while self._sleepers and self._sleepers[0][0] <= self._mono:
-            _, _, fut = heapq.heappop(self._sleepers)
-            if not fut.done():
-                fut.set_result(None)
-
-    @property
-    def sleepers(self) -> int:
-        return sum(1 for *_, f in self._sleepers if not f.done())
 
 
 def utc_iso(ts: datetime) -> str:

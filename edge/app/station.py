@@ -11,85 +11,49 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from drivers.core.clock import Clock, utc_iso
 from drivers.core.log import get_logger
 from drivers.modbus.network import ModbusNetwork
-from edge.alarms import AlarmManager
+from edge.alarms import AlarmCode, AlarmManager
 from edge.app.health import LoopMonitor, Notifier, watchdog_interval_s
-from edge.app.supervisor import Kind, Supervisor
+from edge.app.hub import StationHub
+from edge.app.supervisor import Kind, Supervisor, Task
 from edge.config import StationConfig
 from edge.operator.commands import OutOfService, StationCommands
 from edge.operator.ctl import CtlServer
 from edge.operator.service import CommandService
 from edge.operator.signatures import Verifier, load_keys
+from edge.operator.timesync import ClockWatch
 from edge.scheduler.core import Allocation, Scheduler
 from edge.scheduler.policies import make_policy
 from edge.scheduler.service import SchedulerService
-from edge.slot.core import SlotSafety
 from edge.slot.service import SlotService
 from edge.state import GridState, StationState
 from edge.swap.choice import SlotView
-from edge.swap.sequence import PackIdentity
+from edge.swap.inventory import SlotPlace
+from edge.swap.messages import PackIdentity
 from edge.swap.service import SwapRoom, build_swap
 from edge.telemetry.alarm_events import AlarmEvents
+from edge.telemetry.models import Details, EventType
 from edge.telemetry.publisher import StatePublisher
 from edge.telemetry.service import Telemetry
 
 log = get_logger("station")
 
 
-class MonitorService:
-    """The event-loop monitor as a core service: it feeds systemd's watchdog."""
-
-    name = "health"
-
-    def __init__(self, monitor: LoopMonitor) -> None:
-        self.monitor = monitor
-
-    async def run(self) -> None:
-        await self.monitor.run()
-
-    async def stop(self) -> None:
-        return None
-
-
-class NetworkService:
+def modbus_service(network: ModbusNetwork, slots: dict[str, SlotService]) -> Task:
     """Every Modbus link and device owner (chargers), as one device service."""
 
-    name = "modbus"
-
-    def __init__(self, network: ModbusNetwork, slots: dict[str, SlotService] | None = None) -> None:
-        self.network = network
-        self.slots = slots or {}
-
-    async def run(self) -> None:
-        await self.network.run()
-
-    async def stop(self) -> None:
-        return None
-
-    async def fail_safe(self) -> None:
-        """The network service failed: its owners stop, so nobody feeds the watchdogs; make
-        sure the restart does not replay the last wanted outputs either (issue 12 item 6)."""
-        for dev in self.network.devices.values():
+    async def fail_safe() -> None:
+        # Its owners stop, so nobody feeds the watchdogs; the restart must not replay the last
+        # wanted outputs either (issue 12 item 6).
+        for dev in network.devices.values():
             dev.fail_safe()
-        for slot in self.slots.values():
+        for slot in slots.values():
             slot.restart_from_off("charger owner (Modbus network service) failed")
 
-
-class SchedulerRunner:
-    name = "scheduler"
-
-    def __init__(self, service: SchedulerService) -> None:
-        self.service = service
-
-    async def run(self) -> None:
-        await self.service.run()
-
-    async def stop(self) -> None:
-        return None
+    return Task("modbus", network.run, fail_safe=fail_safe)
 
 
 class SwapRunner:
@@ -115,7 +79,7 @@ class SwapRunner:
                 slot.inhibit("reserved")
             elif not known:
                 slot.probe()
-            elif inv.at(f"slot:{slot_id}") is not None:
+            elif inv.at(SlotPlace(slot_id)) is not None:
                 slot.dock()
 
     async def run(self) -> None:
@@ -134,12 +98,16 @@ class SwapBindings:
     """What the swap coordinator asks of the slots, and where its events go."""
 
     def __init__(
-        self, slots: dict[str, SlotService], alarms: AlarmManager, publisher: StatePublisher
+        self,
+        slots: dict[str, SlotService],
+        alarms: AlarmManager,
+        hub: StationHub,
+        ready_soc_pct: float,
     ) -> None:
         self.slots = slots
         self.alarms = alarms
-        self.publisher = publisher
-        self.ready_soc_pct = publisher.config.grid.ready_soc_pct
+        self.hub = hub
+        self.ready_soc_pct = ready_soc_pct
         self.events_lost = 0
         self._raiser = alarms.raiser("swap")
 
@@ -167,7 +135,8 @@ class SwapBindings:
             if slot_id in reserved:
                 continue
             if slot.docked:
-                slot.reset()  # a session the stop ended (or latched) starts afresh
+                # A session the stop ended starts afresh; a latched slot stays latched (only
+                # `reset_slot` clears a slot latch, issue 14).
                 slot.resume_charging()
             elif slot_id in occupied:
                 slot.dock()
@@ -185,23 +154,20 @@ class SwapBindings:
         sources = {a.source for a in self.alarms.active}
         return [s.slot_view(s.slot_id in sources, self.ready_soc_pct) for s in self.slots.values()]
 
-    def emit(self, type: str, details: dict[str, Any]) -> None:
-        if type == "swap.step" and details.get("status") == "done":
-            # A pack seated in a rack slot starts its session; one leaving it has stopped already.
-            for move in details.get("moves", []):
-                to = str(move.get("to", ""))
-                if to.startswith("slot:") and to[5:] in self.slots:
-                    self.slots[to[5:]].dock()
-        fields = {k: v for k, v in details.items() if k != "ts"}
-        if type == "swap.step" and "state" not in fields:
-            fields["state"] = str(fields.get("status", ""))
+    def pack_seated(self, slot_id: str) -> None:
+        self.slots[slot_id].dock()  # its session starts
+
+    def pack_removed(self, slot_id: str) -> None:
+        pass  # the output-off the step required has undocked it already
+
+    def emit(self, type: EventType, details: Details) -> None:
         try:
-            self.publisher.emit_event(type, fields)
+            self.hub.emit_event(type, details)
         except (ValueError, KeyError) as e:
             log.warning("swap event not published", type=type, error=str(e))
         except Exception as e:  # noqa: BLE001 - a failing sink (full disk) never stops the swap
             self.events_lost += 1
-            self._raiser.raise_alarm("swap.event_lost", "events", f"{type}: {e}")
+            self._raiser.raise_alarm(AlarmCode.SWAP_EVENT_LOST, "events", f"{type}: {e}")
             log.error("swap event lost", type=type, error=repr(e))
 
 
@@ -277,6 +243,8 @@ def build_station(
     notifier: Notifier | None = None,
     scheduler_clock: Clock | None = None,
 ) -> Station:
+    """Every service, constructed in dependency order with what it needs; the rooms' reports
+    upward go through the hub (see edge/app/hub.py), connected once below."""
     config_dir = config.source.parent if config.source is not None else Path.cwd()
     config.station.state_dir.mkdir(parents=True, exist_ok=True)
     alarms = AlarmManager(clock)
@@ -288,6 +256,7 @@ def build_station(
     station_raiser = alarms.raiser("station")
     supervisor = Supervisor(clock, station_raiser)
     notifier = notifier or Notifier()
+    hub = StationHub()
 
     def on_lag(lagging: bool, lag_s: float) -> None:
         if lagging:
@@ -305,8 +274,57 @@ def build_station(
         list(config.chargers), config_dir=config_dir, clock=clock, alarms=alarms.raiser("modbus")
     )
 
+    slot_raiser = alarms.raiser("slot")
+    slots: dict[str, SlotService] = {}
+    for i, s in enumerate(config.slots):
+        slots[s.id] = SlotService(
+            s.id,
+            network.devices[s.charger],
+            s.bus,
+            clock=clock,
+            alarms=slot_raiser,
+            safety=config.safety,
+            on_change=hub.slot_changed,
+            events=hub,
+            on_identified=hub.pack_identified,
+            charger_number=i + 1,
+            charging_efficiency=config.grid.pack.charging_efficiency,
+        )
+
+    def apply_allocation(alloc: Allocation) -> None:
+        for g in alloc.grants:
+            slot = slots.get(g.slot_id)
+            if slot is not None:
+                slot.set_grant(g.power_kw)  # grid-side; the slot converts it (edge.power)
+        hub.allocation(alloc)
+
+    scheduler = SchedulerService(
+        Scheduler(config.grid, make_policy(config.grid.policy)),
+        scheduler_clock or clock,  # the demo's world clock: plans in world time
+        lambda: [s.slot_input() for s in slots.values()],
+        apply_allocation,
+    )
+
+    bindings = SwapBindings(slots, alarms, hub, config.grid.ready_soc_pct)
+    room = build_swap(
+        config,
+        clock=clock,
+        outputs=bindings,
+        slots=bindings,
+        events=bindings,
+        alarms=alarms.raiser("swap"),
+        on_request=scheduler.vehicle_request,  # arrivals and waiting vehicles
+        on_status=hub.robot_changed,  # telemetry/robot follows every PLC status poll
+    )
+
     commands = StationCommands(
-        state, clock, OutOfService(config.station.state_dir / "slots-out-of-service.json")
+        state,
+        clock,
+        OutOfService(config.station.state_dir / "slots-out-of-service.json"),
+        scheduler=scheduler,
+        slots=slots,
+        swap=room.coordinator,
+        outbound=hub,
     )
     keys = load_keys(list(config.commands.keys), config_dir)
     command_service = CommandService(
@@ -317,6 +335,7 @@ def build_station(
         timeout_s=config.telemetry.command_timeout_s,
         max_power_lease_s=config.telemetry.max_power_lease_s,
     )
+    ctl = CtlServer(config.station.ctl_socket, command_service, group=config.station.ctl_group)
     telemetry = Telemetry(
         config.station.id,
         config.mqtt,
@@ -327,62 +346,11 @@ def build_station(
         commands=config.commands,
     )
     AlarmEvents(alarms, telemetry)
-
-    publisher = StatePublisher(config, state, telemetry, clock)
-    safety = SlotSafety(
-        max_cell_voltage_v=config.safety.max_cell_voltage_v,
-        min_cell_voltage_v=config.safety.min_cell_voltage_v,
-        max_temperature_c=config.safety.max_pack_temp_c,
-        min_temperature_c=config.safety.min_pack_temp_c,
+    publisher = StatePublisher(
+        config, state, telemetry, clock, slots=slots, scheduler=scheduler, robot=room.coordinator
     )
-    slot_raiser = alarms.raiser("slot")
-    slots: dict[str, SlotService] = {}
-    for i, s in enumerate(config.slots):
-        slots[s.id] = SlotService(
-            s.id,
-            network.devices[s.charger],
-            s.bus,
-            clock=clock,
-            alarms=slot_raiser,
-            safety=safety,
-            on_change=publisher.slot_changed,
-            on_event=publisher.emit_event,
-            charger_number=i + 1,
-            charging_efficiency=config.grid.pack.charging_efficiency,
-        )
-    publisher.slots = slots
 
-    def apply_allocation(alloc: Allocation) -> None:
-        for g in alloc.grants:
-            slot = slots.get(g.slot_id)
-            if slot is not None:
-                slot.set_grant(g.power_kw)  # grid-side; the slot converts it (edge.power)
-        publisher.allocation(alloc)
-
-    scheduler = SchedulerService(
-        Scheduler(config.grid, make_policy(config.grid.policy)),
-        scheduler_clock or clock,  # the demo's world clock: plans in world time
-        lambda: [s.slot_input() for s in slots.values()],
-        apply_allocation,
-    )
-    publisher.scheduler = scheduler
-    commands.scheduler = scheduler
-    commands.slots = slots
-    commands.telemetry = telemetry
-
-    bindings = SwapBindings(slots, alarms, publisher)
-    room = build_swap(
-        config,
-        clock=clock,
-        outputs=bindings,
-        slots=bindings,
-        events=bindings,
-        alarms=alarms.raiser("swap"),
-    )
-    commands.swap = room.coordinator
-    room.coordinator.on_request = scheduler.vehicle_request  # arrivals and waiting vehicles
-    commands.apply_out_of_service()
-    ctl = CtlServer(config.station.ctl_socket, command_service, group=config.station.ctl_group)
+    pending: set[asyncio.Future[None]] = set()
 
     def identified(slot_id: str, pack_id: str, pack_type: str) -> None:
         task = asyncio.ensure_future(
@@ -391,17 +359,19 @@ def build_station(
         pending.add(task)
         task.add_done_callback(pending.discard)
 
-    pending: set[asyncio.Future[None]] = set()
-    for slot in slots.values():
-        slot.on_identified = identified
+    hub.connect(publisher, identified)
 
-    supervisor.add(MonitorService(monitor), Kind.CORE)
-    supervisor.add(NetworkService(network, slots), Kind.DEVICE)
-    supervisor.add(TelemetryRunner(telemetry), Kind.DEVICE)
-    supervisor.add(SchedulerRunner(scheduler), Kind.CORE)
-    supervisor.add(publisher, Kind.CORE)
+    # Start-up state, now that every report has somewhere to go.
+    commands.apply_out_of_service()
     swap_runner = SwapRunner(room, ctl, min(2.0, config.station.stop_deadline_s / 2))
     swap_runner.dock_known_packs(slots)
+
+    supervisor.add(Task("health", monitor.run), Kind.CORE)
+    supervisor.add(ClockWatch(station_raiser, clock), Kind.DEVICE)  # clock.unsynchronised
+    supervisor.add(modbus_service(network, slots), Kind.DEVICE)
+    supervisor.add(TelemetryRunner(telemetry), Kind.DEVICE)
+    supervisor.add(Task("scheduler", scheduler.run), Kind.CORE)
+    supervisor.add(publisher, Kind.CORE)
     supervisor.add(swap_runner, Kind.CORE)
     for slot in slots.values():
         supervisor.add(slot, Kind.DEVICE)

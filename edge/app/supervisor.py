@@ -8,11 +8,13 @@ daemon (exit 1; systemd restarts it) after the same orderly, bounded safe stop a
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 from drivers.core.alarm_sink import AlarmSink
+from drivers.core.backoff import Backoff
 from drivers.core.clock import Clock
 from drivers.core.log import get_logger
 
@@ -35,6 +37,22 @@ class Service(Protocol):
     async def stop(self) -> None:
         """Safe stop (outputs off, robot halted, outbox flushed). Called before cancellation."""
         ...
+
+
+async def _nothing() -> None:
+    return None
+
+
+@dataclass(slots=True)
+class Task:
+    """Any coroutine function as a supervised service: the one adapter for services that are not
+    written as one (a loop, a link, a room's coordinator). `stop` is its safe stop; `fail_safe`
+    what must happen at once when it fails (see `Supervisor.fail_safe`)."""
+
+    name: str
+    run: Callable[[], Coroutine[Any, Any, None]]
+    stop: Callable[[], Coroutine[Any, Any, None]] = _nothing
+    fail_safe: Callable[[], Coroutine[Any, Any, None]] | None = None
 
 
 @dataclass(slots=True)
@@ -120,7 +138,8 @@ class Supervisor:
 
     async def _guard(self, e: _Entry) -> None:
         name = e.service.name
-        delay = self.backoff_initial_s
+        backoff = Backoff(self.backoff_initial_s, self.backoff_max_s)
+        failures = 0  # in a row; a run that lasted healthy_after_s starts the count again
         while True:
             started = self._clock.monotonic()
             try:
@@ -145,15 +164,15 @@ class Supervisor:
                     "device service failed; restarting",
                     service=name,
                     error=repr(exc),
-                    retry_in_s=delay,
+                    retry_in_s=backoff.delay(failures + 1),
                 )
                 await self.fail_safe(e)
             e.restarts += 1
             self._alarms.raise_alarm("service.restarting", name, f"restart {e.restarts}")
             if self._clock.monotonic() - started >= self.healthy_after_s:
-                delay = self.backoff_initial_s
-            await self._clock.sleep(delay)
-            delay = min(self.backoff_max_s, delay * 2)
+                failures = 0
+            failures += 1
+            await self._clock.sleep(backoff.delay(failures))
             # Cleared once the next run has lasted a while without failing.
             asyncio.get_running_loop().call_later(
                 self.healthy_after_s, self._maybe_clear, e, e.restarts

@@ -14,13 +14,30 @@ Register = Callable[[Sub, dict[str, Handler]], None]
 
 
 def register_check_config(sub: Sub, handlers: dict[str, Handler]) -> None:
-    p = sub.add_parser("check-config", help="validate a station config; exit 2 on problems")
-    p.add_argument("path")
+    p = sub.add_parser(
+        "check-config",
+        help="validate a station config (and its scenarios) or scenario files; exit 2 on problems",
+    )
+    p.add_argument(
+        "paths",
+        nargs="*",
+        metavar="PATH",
+        help="station config, or a scenario file; a config's scenarios/*.yaml are checked too",
+    )
+    p.add_argument(
+        "--scenario",
+        action="append",
+        default=[],
+        metavar="S",
+        help="also check this scenario (path or builtin:NAME); repeatable",
+    )
 
     def run(args: argparse.Namespace) -> int:
         from edge.cli.check_config import check_config
 
-        return check_config(args.path)
+        if not args.paths and not args.scenario:
+            p.error("name a station config or a scenario")
+        return check_config(args.paths, args.scenario)
 
     handlers["check-config"] = run
 

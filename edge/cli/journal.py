@@ -5,7 +5,9 @@ record and the snapshot: exit 0 when sound, 2 with one line per problem. `rebuil
 `--yes`, after the operator has looked at the rack) moves the journal aside as
 `<name>.corrupt-<UTC time>` and leaves no journal: the next `swapd run` starts as on first boot,
 probing every slot, so the inventory is rebuilt from what the slots' packs report (their BRM
-identities) and the PLC's own occupancy; no swap is resumed. Run it with the daemon stopped.
+identities); no swap is resumed. The PLC's registers are checked at that start too: a robot that
+is busy, or whose last step left a pack on it, refuses swaps until the operator corrects the
+inventory (`SwapSequence.plc_disagrees`). Run it with the daemon stopped.
 """
 
 from __future__ import annotations

@@ -6,18 +6,21 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from drivers.core.clock import Clock
 from drivers.core.log import get_logger
 from edge.command_types import ErrorCode, Rejected
+from edge.events import EventSink
 from edge.scheduler.core import InvalidRequestError, SchedulerError
 from edge.state import OperatingMode, StationState
 from edge.telemetry.models import (
     DisableSlotParams,
     EnableSlotParams,
+    EventType,
     InventorySetParams,
     ManualParams,
+    ModeChanged,
     Params,
     RefitOriginalParams,
     RefreshParams,
@@ -34,9 +37,14 @@ if TYPE_CHECKING:
     from edge.scheduler.service import SchedulerService
     from edge.slot.service import SlotService
     from edge.swap.coordinator import SwapCoordinator
-    from edge.telemetry.service import Telemetry
 
 log = get_logger("commands")
+
+
+class Outbound(EventSink, Protocol):
+    """Where the commands' own reports go (the station hub, then the publisher)."""
+
+    def refresh(self) -> None: ...
 
 
 def _rejected(reason: str) -> Rejected:
@@ -74,14 +82,22 @@ class StationCommands:
     """Carries out commands; raises Rejected(code, message) when it cannot."""
 
     def __init__(
-        self, state: StationState, clock: Clock, out_of_service: OutOfService | None = None
+        self,
+        state: StationState,
+        clock: Clock,
+        out_of_service: OutOfService | None = None,
+        *,
+        scheduler: SchedulerService | None = None,
+        slots: dict[str, SlotService] | None = None,
+        swap: SwapCoordinator | None = None,
+        outbound: Outbound | None = None,
     ) -> None:
         self.state = state
         self.clock = clock
-        self.scheduler: SchedulerService | None = None
-        self.slots: dict[str, SlotService] = {}
-        self.telemetry: Telemetry | None = None
-        self.swap: SwapCoordinator | None = None
+        self.scheduler = scheduler
+        self.slots = slots or {}
+        self.swap = swap
+        self.outbound = outbound
         self.out_of_service = out_of_service or OutOfService(None)
 
     def apply_out_of_service(self) -> None:
@@ -101,8 +117,8 @@ class StationCommands:
             case SetModeParams():
                 await self.set_mode(params)
             case RefreshParams():
-                if self.telemetry is not None:
-                    self.telemetry.refresh()
+                if self.outbound is not None:
+                    self.outbound.refresh()
             case ResetFaultParams():
                 return await self._swap().execute("reset_fault", {})
             case RetryStepParams():
@@ -143,9 +159,10 @@ class StationCommands:
             return
         self.state.operating_mode = OperatingMode(params.mode)
         log.info("operating mode changed", mode=str(params.mode), source=source)
-        if self.telemetry is not None:
-            self.telemetry.emit_event(
-                "mode.changed", {"operating_mode": str(params.mode), "source": source}
+        if self.outbound is not None:
+            self.outbound.emit_event(
+                EventType.MODE_CHANGED,
+                ModeChanged(operating_mode=OperatingMode(params.mode), source=source),
             )
 
     def _swap(self) -> SwapCoordinator:

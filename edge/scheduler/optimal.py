@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 
 from edge.scheduler.config import DAY_S, PackModel
+from edge.scheduler.plan import concave_hull
 from edge.scheduler.policies import _ChargeTimes
 from edge.scheduler.scenario import Scenario
 from edge.scheduler.simday import Arrival, DayResult, Sample, draw_arrivals
@@ -38,36 +38,6 @@ from edge.scheduler.tariff import Tariff
 
 class OptimalError(RuntimeError):
     """The LP could not be solved (infeasible day or solver failure)."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Line:
-    """power_kw <= a + b * soc_pct (one segment of the curve's concave hull)."""
-
-    a: float
-    b: float
-
-
-def _concave_hull(pack: PackModel) -> list[_Line]:
-    pts = [(p.soc_pct, p.power_kw) for p in pack.charging_curve]
-    if pts[0][0] > 0:
-        pts.insert(0, (0.0, pts[0][1]))
-    if pts[-1][0] < 100:
-        pts.append((100.0, pts[-1][1]))
-    hull: list[tuple[float, float]] = []
-    for p in pts:  # upper hull, monotone chain
-        while len(hull) >= 2:
-            (x1, y1), (x2, y2) = hull[-2], hull[-1]
-            if (x2 - x1) * (p[1] - y1) - (y2 - y1) * (p[0] - x1) >= 0:
-                hull.pop()
-            else:
-                break
-        hull.append(p)
-    lines = []
-    for (x1, y1), (x2, y2) in zip(hull, hull[1:], strict=False):
-        b = (y2 - y1) / (x2 - x1)
-        lines.append(_Line(y1 - b * x1, b))
-    return lines
 
 
 def _step_max(
@@ -131,7 +101,7 @@ def solve_day(
         der = [1.0] * n
     price = [tariff.at(s + step_s / 2).price_per_kwh for s in starts]
     peak = [tariff.is_peak(s + step_s / 2) for s in starts]
-    hull = _concave_hull(pack)
+    hull = concave_hull(pack)
 
     # Variables: per job k and step t >= s_k: q (pack-side kWh in the step), c (cumulative),
     # z (ready fraction); then one closing-energy variable M (pack-side kWh).

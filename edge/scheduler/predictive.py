@@ -27,14 +27,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-import structlog
-
+from drivers.core.log import get_logger
 from edge.scheduler.config import DAY_S
 from edge.scheduler.core import Decision, PolicyContext, SlotInput, is_ready
 from edge.scheduler.plan import Plan, PlanPack, PlanRequest, concave_hull
 from edge.scheduler.policies import SmartPolicy
 
-log = structlog.get_logger("edge.scheduler.predictive")
+log = get_logger("scheduler.predictive")
 
 _HOUR_S = 3600.0
 # Triggers that replan at once, whatever the debounce.

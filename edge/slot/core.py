@@ -8,24 +8,27 @@ I/O service binds the actions to the charger owner (Modbus or otherwise) and to 
   the deadband, or on enable/disable).
 - `FeedWatchdog(feed)`: keep (or stop) feeding the charger's communication watchdog.
 - `SessionCommand(...)`: call the matching `ChargerLink` method.
-- `RaiseAlarm` / `ClearAlarm`: codes from edge.alarms, component "slot".
+- `RaiseAlarm` / `ClearAlarm` (drivers.core.alarm_sink): codes from edge.alarms, component
+  "slot", source the slot id.
 
-Safety rules (DESIGN.md), each with a test in tests/edge/test_slot_core.py:
+Safety rules (docs/safety.md), each with a test in tests/edge/test_slot_core.py:
 1. Pack fault (abnormal BSM flag, BST with a fault, temperature or cell voltage outside the
    window from BCP and the safety config) -> output off + CST + alarm pack.fault /
    pack.over_temperature / pack.cell_voltage. Latched until the next start (re-docking).
 2. BMS timeout (any GB/T timeout, BEM) -> output off (the session sends CEM and re-handshakes);
    alarm pack.bms_timeout; after the third re-handshake fails the slot latches unavailable.
 3. Charger offline -> stop feeding its watchdog (it switches itself off), CST, latch
-   slot.unavailable until the charger is back and reports its output off.
+   slot.unavailable until the charger is back and reports its output off (a good reading taken
+   after it came back). Then, if the outage cut a session short, `BeginSession`: the service
+   starts a new one for a pack still docked and in service. A pack fault or a BMS-lost latch
+   that stood before (or arose during) the outage stays; only the offline cause clears.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import StrEnum
-
-from pydantic import BaseModel, ConfigDict, Field
 
 from drivers.can.events import (
     BmsError,
@@ -45,7 +48,9 @@ from drivers.can.events import (
     Timeout,
 )
 from drivers.can.session import ChargerLimits, ChargerMeasurements
+from drivers.core.alarm_sink import ClearAlarm, RaiseAlarm
 from drivers.core.quality import Quality
+from edge.slot.config import SafetyConfig
 
 A_PACK_FAULT = "pack.fault"
 A_OVER_TEMPERATURE = "pack.over_temperature"
@@ -55,20 +60,6 @@ A_UNAVAILABLE = "slot.unavailable"
 A_CHARGER_OFFLINE = "charger.offline"
 A_CHARGER_FAULT = "charger.fault"
 A_INVALID_VALUE = "pack.invalid_value"
-
-
-class SlotSafety(BaseModel):
-    """Station-wide limits; the pack's own BCP limits win when they are tighter."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    max_cell_voltage_v: float = Field(default=4.25, gt=0)
-    min_cell_voltage_v: float = Field(default=2.5, ge=0)
-    cell_voltage_margin_v: float = Field(default=0.02, ge=0)
-    max_temperature_c: float = 60.0
-    min_temperature_c: float = 0.0
-    current_deadband_a: float = Field(default=1.0, ge=0)
-    voltage_deadband_v: float = Field(default=1.0, ge=0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,17 +97,6 @@ class FeedWatchdog:
     feed: bool
 
 
-@dataclass(frozen=True, slots=True)
-class RaiseAlarm:
-    code: str
-    detail: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class ClearAlarm:
-    code: str
-
-
 class SessionCommandKind(StrEnum):
     START = "start"
     STOP = "stop"
@@ -134,7 +114,13 @@ class SessionCommand:
     limits: ChargerLimits | None = None
 
 
-Action = SetChargerOutput | FeedWatchdog | RaiseAlarm | ClearAlarm | SessionCommand
+@dataclass(frozen=True, slots=True)
+class BeginSession:
+    """The cause that stopped the session is gone (the charger is back): begin a new one if a
+    pack is still docked and the slot in service (the service knows both)."""
+
+
+Action = SetChargerOutput | FeedWatchdog | RaiseAlarm | ClearAlarm | SessionCommand | BeginSession
 
 
 class SlotState(StrEnum):
@@ -201,9 +187,14 @@ class SlotCore:
 
     slot_id: str
     ratings: ChargerRatings
-    safety: SlotSafety = field(default_factory=SlotSafety)
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
+    current_deadband_a: float = 1.0  # a setpoint change smaller than these is not written
+    voltage_deadband_v: float = 1.0
     grant_kw: float = 0.0  # pack-side (edge.power): the scheduler's grid-side grant x efficiency
     derating: float = 1.0  # charger temperature derating, 0..1
+    # The request (pack-side kW) as the scheduler last read it (`slot_input`): a grant is sized
+    # at most at this, so a request that rose since then needs a new allocation.
+    scheduled_request_kw: float = 0.0
     charger_online: bool = True
     state: SlotState = SlotState.EMPTY
     phase: Phase = Phase.IDLE
@@ -213,6 +204,10 @@ class SlotCore:
     _alarms: set[str] = field(default_factory=set)
     _unavailable_reason: str = ""
     _feeding: bool = True
+    # What the slot returns to once its offline charger is back (a pack-fault latch survives
+    # the outage), and whether the outage cut a session short (then a new one begins).
+    _after_offline: SlotState = SlotState.EMPTY
+    _resume_after_offline: bool = False
     # Reasons the output must stay off whatever the session asks ("reserved" by a swap, "estop").
     _inhibit: set[str] = field(default_factory=set)
 
@@ -222,6 +217,9 @@ class SlotCore:
         """A pack is docked in the slot: begin a session (clears a pack-fault latch)."""
         acts: list[Action] = []
         if self.state is SlotState.UNAVAILABLE:
+            if self._unavailable_reason == "charger offline":
+                # a pack docked during the outage: its session begins once the charger is back
+                self._after_offline, self._resume_after_offline = SlotState.EMPTY, True
             return acts
         self._pack = _Pack()
         for code in (
@@ -301,7 +299,18 @@ class SlotCore:
                 )
             )
             self._raise(A_CHARGER_OFFLINE, "charger not answering", acts)
-            self._latch_unavailable("charger offline", acts)
+            # Only a reading taken after it is back may release the latch.
+            self.reading = None
+            if self.state is not SlotState.UNAVAILABLE:  # a BMS-lost latch keeps its own reason
+                self._after_offline = (
+                    SlotState.FAULTED if self.state is SlotState.FAULTED else SlotState.EMPTY
+                )
+                self._resume_after_offline = self.state in (
+                    SlotState.CONNECTING,
+                    SlotState.CHARGING,
+                    SlotState.PAUSED,
+                )
+                self._latch_unavailable("charger offline", acts)
         else:
             self._maybe_release(acts)
         return acts
@@ -336,24 +345,29 @@ class SlotCore:
         return acts
 
     def _maybe_release(self, acts: list[Action]) -> None:
-        """Charger offline latch: clear once it is online and reports its output off."""
+        """Charger offline: once it is online and a good reading shows its output off, feed it
+        again; the offline latch (only that one) clears, and a cut-short session begins again."""
         r = self.reading
         if (
-            self.state is SlotState.UNAVAILABLE
-            and self._unavailable_reason == "charger offline"
-            and self.charger_online
-            and r is not None
-            and r.quality is Quality.GOOD
-            and not r.output_on
+            self._feeding
+            or not self.charger_online
+            or r is None
+            or r.quality is not Quality.GOOD
+            or r.output_on
         ):
-            self._clear(A_CHARGER_OFFLINE, acts)
+            return
+        self._clear(A_CHARGER_OFFLINE, acts)
+        self._feeding = True
+        acts.append(FeedWatchdog(True))
+        self._out = _Output()
+        self._write(acts, 0.0, 0.0, False, force=True)
+        if self.state is SlotState.UNAVAILABLE and self._unavailable_reason == "charger offline":
             self._clear(A_UNAVAILABLE, acts)
             self._unavailable_reason = ""
-            self.state = SlotState.EMPTY
-            self._feeding = True
-            acts.append(FeedWatchdog(True))
-            self._out = _Output()
-            self._write(acts, 0.0, 0.0, False, force=True)
+            self.state = self._after_offline
+            if self.state is SlotState.EMPTY and self._resume_after_offline:
+                acts.append(BeginSession())
+        self._after_offline, self._resume_after_offline = SlotState.EMPTY, False
 
     # -- session side --------------------------------------------------------------------------
 
@@ -439,7 +453,7 @@ class SlotCore:
 
     def _check_temperature(self, flags: PackFlags, acts: list[Action]) -> None:
         s = self.safety
-        limit = s.max_temperature_c
+        limit = s.max_pack_temp_c
         if self._pack.limits is not None:
             limit = min(limit, self._pack.limits.max_temperature_c)
         if flags.max_temperature_c > limit:
@@ -448,10 +462,10 @@ class SlotCore:
                 f"{flags.max_temperature_c} degC at probe {flags.max_temperature_probe} > {limit}",
                 acts,
             )
-        elif flags.min_temperature_c < s.min_temperature_c and self._charging():
+        elif flags.min_temperature_c < s.min_pack_temp_c and self._charging():
             self._pack_fault(
                 A_OVER_TEMPERATURE,
-                f"{flags.min_temperature_c} degC < {s.min_temperature_c}: too cold to charge",
+                f"{flags.min_temperature_c} degC < {s.min_pack_temp_c}: too cold to charge",
                 acts,
             )
 
@@ -477,12 +491,16 @@ class SlotCore:
                 SessionCommand(SessionCommandKind.STOP, reason=StopReason.PACK_FAULT, detail=detail)
             )
         self._raise(code, detail, acts)
-        if self.state is not SlotState.UNAVAILABLE:
+        if self._unavailable_reason == "charger offline":
+            self._after_offline = SlotState.FAULTED  # still latched once the charger is back
+        elif self.state is not SlotState.UNAVAILABLE:
             self.state = SlotState.FAULTED
 
     def _latch_unavailable(self, reason: str, acts: list[Action]) -> None:
         self._output_off(acts)
         if self.state is SlotState.UNAVAILABLE and self._unavailable_reason == "charger offline":
+            if reason != "charger offline":
+                self._unavailable_reason = reason  # BMS lost: stays for reset_slot
             return
         self.state = SlotState.UNAVAILABLE
         self._unavailable_reason = reason
@@ -538,6 +556,26 @@ class SlotCore:
         v_now = self._pack_voltage() or p.request.voltage_v
         return max(0.0, p.request.current_a) * max(0.0, v_now) / 1000.0
 
+    def grant_binds(self) -> bool:
+        """The grant holds the output below what the request and the other limits allow (by
+        more than half the current deadband), and the request rose since the scheduler last
+        read it by more than 0.5 % (above the charger's voltage reading noise, which moves the
+        request's kW; a grant the policy holds below the request then asks once per rise, not
+        at every reading): the station asks for a new allocation at once rather than at the
+        next period (the grant stays the cap; the scheduler decides)."""
+        p = self._pack
+        if p.request is None or not self._charging() or self.state is not SlotState.CHARGING:
+            return False
+        if self.request_kw() <= self.scheduled_request_kw * 1.005 + 1e-3:
+            return False
+        _, granted = self.setpoint()
+        grant, self.grant_kw = self.grant_kw, math.inf
+        try:
+            _, unlimited = self.setpoint()
+        finally:
+            self.grant_kw = grant
+        return granted < unlimited - self.current_deadband_a / 2
+
     def _pack_voltage(self) -> float | None:
         r = self.reading
         if r is not None and r.quality is Quality.GOOD and r.voltage_v > 0:
@@ -572,13 +610,12 @@ class SlotCore:
         self, acts: list[Action], voltage: float, current: float, enable: bool, force: bool = False
     ) -> None:
         o = self._out
-        s = self.safety
         changed = (
             force
             or not o.written
             or enable != o.enable
-            or abs(current - o.current_a) > s.current_deadband_a
-            or abs(voltage - o.voltage_v) > s.voltage_deadband_v
+            or abs(current - o.current_a) > self.current_deadband_a
+            or abs(voltage - o.voltage_v) > self.voltage_deadband_v
         )
         if not changed:
             return
@@ -605,12 +642,12 @@ class SlotCore:
     def _raise(self, code: str, detail: str, acts: list[Action]) -> None:
         if code not in self._alarms:
             self._alarms.add(code)
-            acts.append(RaiseAlarm(code, detail))
+            acts.append(RaiseAlarm(code, self.slot_id, detail))
 
     def _clear(self, code: str, acts: list[Action]) -> None:
         if code in self._alarms:
             self._alarms.discard(code)
-            acts.append(ClearAlarm(code))
+            acts.append(ClearAlarm(code, self.slot_id))
 
     def snapshot(self, now: float) -> PackSnapshot:
         p = self._pack

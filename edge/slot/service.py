@@ -22,6 +22,7 @@ from typing import Any
 
 from drivers.can.config import CanBusConfig
 from drivers.can.events import (
+    ACTIVE_PHASES,
     PackIdentified,
     Phase,
     PhaseChanged,
@@ -31,53 +32,48 @@ from drivers.can.events import (
     Timeout,
 )
 from drivers.can.runner import ChargerLink
-from drivers.can.session import ChargerLimits, PackFieldLimits
-from drivers.core.alarm_sink import AlarmSink
+from drivers.can.session import ChargerLimits, PackFieldLimits, SessionTimers
+from drivers.core.alarm_sink import AlarmSink, ClearAlarm, RaiseAlarm, carry_out
+from drivers.core.backoff import Backoff
 from drivers.core.clock import Clock
 from drivers.core.log import get_logger
 from drivers.core.quality import Quality
 from drivers.modbus.charger import ChargerControl
 from drivers.modbus.device import DeviceState, ModbusDevice, Snapshot
 from drivers.modbus.errors import ModbusError
-from edge.alarms import A_EVENT_LOST_SLOT, A_OUTPUT_OFF_UNCONFIRMED
+from edge.alarms import AlarmCode
+from edge.events import EventSink
 from edge.power import to_grid_side, to_pack_side
 from edge.scheduler.core import SlotInput
+from edge.slot.config import SafetyConfig
 from edge.slot.core import (
     Action,
+    BeginSession,
     ChargerRatings,
     ChargerReading,
-    ClearAlarm,
     FeedWatchdog,
     PackSnapshot,
-    RaiseAlarm,
     SessionCommand,
     SessionCommandKind,
     SetChargerOutput,
     SlotCore,
-    SlotSafety,
     SlotState,
 )
 from edge.swap.choice import SlotView
+from edge.telemetry.models import ChargeStarted, ChargeStopped, Details, EventType
 
 log = get_logger("slot")
 # Session phases in which the BMS may have closed its contactors (after BCP/BRO).
 _BMS_ENGAGED = frozenset({Phase.PARAMETERS, Phase.CHARGING, Phase.STOPPING})
+_SESSION_OVER = frozenset({Phase.IDLE, Phase.ENDED, Phase.FAILED})
+# A new session would clear these latches (core.start), so none is begun again here: a pack
+# fault stays until another pack is docked, a BMS-lost latch until `reset_slot`.
+_LATCHED = frozenset({SlotState.FAULTED, SlotState.UNAVAILABLE})
 
 # The charger's `state` enum labels that mean its output is live, and those that mean it is off.
 _LIVE_STATES = frozenset({"charging", "derating", "on"})
 _OFF_STATES = frozenset({"off", "standby"})
 OFF_CURRENT_A = 5.0  # at most this much output current counts as "off"
-# GB/T 27930 BRM battery type codes -> the pack type a vehicle announces.
-PACK_TYPES = {
-    1: "lead-acid",
-    2: "NiMH",
-    3: "LFP",
-    4: "LMO",
-    5: "LCO",
-    6: "NMC",
-    7: "polymer",
-    8: "LTO",
-}
 _DEFAULT_RATINGS = ChargerRatings(
     max_voltage_v=750.0, min_voltage_v=200.0, max_current_a=0.0, max_power_kw=0.0
 )
@@ -98,9 +94,6 @@ class _Wanted:
     version: int
 
 
-EventSink = Callable[[str, dict[str, Any]], None]
-
-
 class SlotService:
     """Runs one slot. `dock()`/`undock()` come from the swap coordinator (or start-up inventory),
     `set_grant()` from the scheduler."""
@@ -113,9 +106,10 @@ class SlotService:
         *,
         clock: Clock,
         alarms: AlarmSink,
-        safety: SlotSafety | None = None,
+        safety: SafetyConfig | None = None,
         on_change: Callable[[str], None] | None = None,
-        on_event: EventSink | None = None,
+        events: EventSink | None = None,
+        on_identified: Callable[[str, str, str], None] | None = None,
         charger_number: int = 1,
         charging_efficiency: float = 0.95,
     ) -> None:
@@ -126,9 +120,9 @@ class SlotService:
         self._clock = clock
         self._alarms = alarms
         self._on_change = on_change or (lambda _s: None)
-        self._on_event = on_event or (lambda _t, _d: None)
-        self.core = SlotCore(slot_id, _DEFAULT_RATINGS, safety or SlotSafety())
-        sf = self.core.safety
+        self._events = events
+        sf = safety or SafetyConfig()
+        self.core = SlotCore(slot_id, _DEFAULT_RATINGS, sf)
         self.link = ChargerLink(
             slot_id,
             bus,
@@ -137,10 +131,13 @@ class SlotService:
             alarms=None,
             clock=clock,
             charger_number=charger_number,
+            timers=SessionTimers(
+                bcl_timeout_s=sf.bms_timeout_s, max_rehandshakes=sf.max_rehandshakes
+            ),
             # Range checks where the BMS's values enter (the session): the same window as the core.
             field_limits=PackFieldLimits(
-                max_temperature_c=sf.max_temperature_c,
-                min_temperature_c=sf.min_temperature_c,
+                max_temperature_c=sf.max_pack_temp_c,
+                min_temperature_c=sf.min_pack_temp_c,
                 max_cell_voltage_v=sf.max_cell_voltage_v,
                 cell_voltage_margin_v=sf.cell_voltage_margin_v,
             ),
@@ -149,7 +146,7 @@ class SlotService:
         self.docked_at_s = 0.0
         # Probing: a first-boot slot whose occupancy is unknown; no answer means empty, no alarm.
         self.probing = False
-        self.on_identified: Callable[[str, str, str], None] | None = None
+        self.on_identified = on_identified
         self._started = False
         # An operator took the slot out of service: output off, no session, no pack in or out.
         self.in_service = True
@@ -190,7 +187,7 @@ class SlotService:
 
     def pack_type(self) -> str | None:
         ident = self.core.snapshot(self._clock.monotonic()).identity
-        return PACK_TYPES.get(ident.battery_type, f"type-{ident.battery_type}") if ident else None
+        return ident.pack_type if ident else None
 
     def undock(self) -> None:
         """The pack is about to leave: session stopped, output off, the slot counts as empty.
@@ -214,14 +211,30 @@ class SlotService:
     def resume_charging(self) -> None:
         """After an e-stop reset: a docked slot whose session has ended starts a new one (one
         still ending starts it when it has ended)."""
-        self._resume_pending = self.docked
+        self._begin_again()
+
+    def _begin_again(self) -> None:
+        """A docked pack gets a new session: at once when its last one is over, or as soon as
+        a stopping one has ended (a CHM in the middle of a stop would abandon it). A session
+        that is still up is left alone."""
+        self._resume_pending = (
+            self.docked
+            and self.in_service
+            and self.core.state not in _LATCHED
+            and self.core.phase not in ACTIVE_PHASES
+        )
         self._maybe_resume()
 
     def _maybe_resume(self) -> None:
-        if self._resume_pending and self.docked and self.core.state is SlotState.EMPTY:
+        if not self._resume_pending:
+            return
+        if self.core.phase in ACTIVE_PHASES or not (self.docked and self.in_service):
+            self._resume_pending = False  # up again by itself (re-handshake), or gone
+        elif self.core.phase in _SESSION_OVER and self.core.state not in _LATCHED:
             self._resume_pending = False
             self._started = False
-            self._start_session()
+            if self.ratings_known.is_set():  # else the first reading of the ratings starts it
+                self._start_session()
 
     def set_grant(self, grid_kw: float) -> None:
         """The scheduler's grant (grid-side); the slot limits what reaches the pack."""
@@ -232,20 +245,23 @@ class SlotService:
         self._apply(self.core.set_derating(factor, self._clock.monotonic()))
 
     def reset(self) -> None:
-        """Operator reset of a latched slot (after re-plugging the pack)."""
+        """Operator reset of a latched slot (after re-plugging the pack): a docked pack starts
+        a new session."""
         self._apply(self.core.reset_unavailable(self._clock.monotonic()))
-        if self.docked and self.core.state is SlotState.EMPTY:
-            self._start_session()
+        self._begin_again()
 
     def set_in_service(self, in_service: bool) -> None:
         """Out of service: output off and CST now, no new session; back: a seated pack
-        starts its session again."""
+        starts a new session (once the stopped one has ended)."""
+        if in_service == self.in_service:
+            return
         self.in_service = in_service
         if not in_service:
+            self._resume_pending = False
             self.stop_output()
             self._started = False
-        elif self.docked and self.ratings_known.is_set():
-            self._start_session()
+        else:
+            self._begin_again()
         self._on_change(self.slot_id)
 
     def stop_output(self, reason: StopReason = StopReason.MANUAL) -> None:
@@ -331,7 +347,9 @@ class SlotService:
         return state is not None and str(state) in _OFF_STATES
 
     def slot_input(self) -> SlotInput:
+        """What the scheduler allocates from (it reads every slot at each allocation)."""
         s = self.snapshot()
+        self.core.scheduled_request_kw = self.core.request_kw()
         r = self.core.ratings
         eff = self.charging_efficiency
         # The request and the rating are pack-side; the scheduler works grid-side (edge.power).
@@ -384,7 +402,9 @@ class SlotService:
         the charger's watchdog (it switches itself off) and try, bounded, to write it off."""
         self._failed = True
         self._starve_watchdog("off")
-        self._alarms.raise_alarm(A_OUTPUT_OFF_UNCONFIRMED, self.slot_id, "slot service failed")
+        self._alarms.raise_alarm(
+            AlarmCode.CHARGER_OUTPUT_OFF_UNCONFIRMED, self.slot_id, "slot service failed"
+        )
         try:
             async with asyncio.timeout(timeout_s):
                 await self.write_output(SetChargerOutput(0.0, 0.0, False))
@@ -472,7 +492,7 @@ class SlotService:
             return
         if self.off_confirmed_by(snap, since):
             self._off_confirmed = True
-            self._alarms.clear_alarm(A_OUTPUT_OFF_UNCONFIRMED, self.slot_id)
+            self._alarms.clear_alarm(AlarmCode.CHARGER_OUTPUT_OFF_UNCONFIRMED, self.slot_id)
             self._feed_again("off")
             self._wake.set()
             if "restart" in self.core.inhibited:
@@ -520,22 +540,32 @@ class SlotService:
             and self.core.state is SlotState.CHARGING
             and before is not SlotState.CHARGING
         ):
-            self._emit("charge.started", {"slot_id": self.slot_id, "pack_id": snap.pack_id})
+            self._emit(
+                EventType.CHARGE_STARTED, ChargeStarted(slot_id=self.slot_id, pack_id=snap.pack_id)
+            )
         if isinstance(ev, SessionStopped):
             self._emit(
-                "charge.stopped",
-                {"slot_id": self.slot_id, "pack_id": snap.pack_id, "reason": str(ev.reason)},
+                EventType.CHARGE_STOPPED,
+                ChargeStopped(
+                    slot_id=self.slot_id,
+                    pack_id=snap.pack_id,
+                    reason=str(ev.reason),
+                    # the session's own count (reset when the next one starts)
+                    energy_kwh=round(self.link.session.energy_kwh, 3),
+                ),
             )
         self._on_change(self.slot_id)
 
-    def _emit(self, type_: str, details: dict[str, Any]) -> None:
+    def _emit(self, type_: EventType, details: Details) -> None:
         """Seam (issue 12 item 6): an event sink that fails (a full or unwritable disk) never
         stops the slot: the event is counted as lost and alarmed."""
+        if self._events is None:
+            return
         try:
-            self._on_event(type_, details)
+            self._events.emit_event(type_, details)
         except Exception as e:  # noqa: BLE001 - whatever the sink raises, the slot goes on
             self.events_lost += 1
-            self._alarms.raise_alarm(A_EVENT_LOST_SLOT, self.slot_id, f"{type_}: {e}")
+            self._alarms.raise_alarm(AlarmCode.SLOT_EVENT_LOST, self.slot_id, f"{type_}: {e}")
             log.error("event lost", slot=self.slot_id, type=type_, error=repr(e))
 
     def _want(self, out: SetChargerOutput) -> None:
@@ -567,7 +597,7 @@ class SlotService:
         """Seam (issue 12 item 1): an off attempt failed or was not confirmed: starve the
         charger's watchdog at once and raise the alarm (both held until confirmed)."""
         self._starve_watchdog("off")
-        self._alarms.raise_alarm(A_OUTPUT_OFF_UNCONFIRMED, self.slot_id, why)
+        self._alarms.raise_alarm(AlarmCode.CHARGER_OUTPUT_OFF_UNCONFIRMED, self.slot_id, why)
 
     def _apply(self, actions: list[Action]) -> None:
         for a in actions:
@@ -580,12 +610,12 @@ class SlotService:
                     self._starve_watchdog("offline")
                     # Remembered by the device owner: written (off) first thing on reconnect.
                     self._want(SetChargerOutput(0.0, 0.0, False))
-            elif isinstance(a, RaiseAlarm):
-                self._alarms.raise_alarm(a.code, self.slot_id, a.detail)
-            elif isinstance(a, ClearAlarm):
-                self._alarms.clear_alarm(a.code, self.slot_id)
+            elif isinstance(a, RaiseAlarm | ClearAlarm):
+                carry_out(self._alarms, a)
             elif isinstance(a, SessionCommand):
                 self._session_command(a)
+            elif isinstance(a, BeginSession):
+                self._begin_again()  # docked, in service, once the stopped session has ended
 
     def _session_command(self, c: SessionCommand) -> None:
         if c.kind is SessionCommandKind.START:
@@ -634,8 +664,10 @@ class SlotService:
 
     async def _writer(self) -> None:
         done = 0
-        delay = self.off_retry_initial_s
+        retry = Backoff(self.off_retry_initial_s, self.off_retry_max_s)
+        failures = 0  # writes failed or offs unconfirmed in a row
         while True:
+            delay = retry.delay(failures + 1)
             w = self._wanted
             if w is None or (w.version == done and (w.out.enable or self._off_confirmed)):
                 await self._wait_wake(None)
@@ -648,7 +680,7 @@ class SlotService:
                 if self._wanted is w and not self._off_confirmed:
                     self.off_unconfirmed("no read after the off command shows the output off")
                     done = 0
-                    delay = min(self.off_retry_max_s, delay * 2)
+                    failures += 1
                 continue
             if not w.out.enable and self._off_since is None:
                 self._off_since = self._clock.monotonic()
@@ -667,8 +699,8 @@ class SlotService:
                     self.off_unconfirmed(f"off write failed: {e}")
                 # not done: written again after a short backoff (or at once for a newer request)
                 await self._wait_wake(delay)
-                delay = min(self.off_retry_max_s, delay * 2)
+                failures += 1
                 continue
             done = w.version
             if w.out.enable:
-                delay = self.off_retry_initial_s
+                failures = 0

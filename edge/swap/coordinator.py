@@ -12,28 +12,27 @@ import asyncio
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from drivers.core.alarm_sink import AlarmSink
+from drivers.core.alarm_sink import AlarmSink, ClearAlarm, RaiseAlarm, carry_out
 from drivers.core.clock import Clock, utc_iso
 from drivers.core.log import get_logger
 from drivers.robot.port import RobotPort, RobotPortError
 from edge.swap.choice import SlotView
-from edge.swap.inventory import slot_place
+from edge.swap.inventory import SlotPlace, parse_place
 from edge.swap.journal import Journal, JournalError
-from edge.swap.sequence import (
+from edge.swap.messages import (
     Action,
-    ClearAlarm,
     CommandStep,
     CorrectInventory,
     Emit,
     Event,
     JournalWrite,
     Manual,
-    Mode,
     PackDocked,
     PackIdentity,
+    PackRemoved,
+    PackSeated,
     PlcOffline,
     PlcStatus,
-    RaiseAlarm,
     RefitOriginal,
     Rejected,
     ReleaseOutputs,
@@ -45,9 +44,13 @@ from edge.swap.sequence import (
     SlotOutputFailed,
     SlotOutputOff,
     StartSwap,
-    SwapSequence,
 )
+from edge.swap.model import Mode
+from edge.swap.sequence import SwapSequence
+from edge.swap.snapshot import restore, take
+from edge.swap.status import status_view
 from edge.swap.steps import StepGraph
+from edge.telemetry.models import Details, EventType
 
 log = get_logger("swap")
 
@@ -76,6 +79,14 @@ class SlotOutputs(Protocol):
         docked (again)."""
         ...
 
+    def pack_seated(self, slot_id: str) -> None:
+        """The robot put a pack into this slot: dock it (its session starts)."""
+        ...
+
+    def pack_removed(self, slot_id: str) -> None:
+        """The robot took the pack out of this slot (its output was confirmed off first)."""
+        ...
+
 
 class SlotViews(Protocol):
     def slot_views(self) -> list[SlotView]:
@@ -84,7 +95,9 @@ class SlotViews(Protocol):
 
 
 class EventSink(Protocol):
-    def emit(self, type: str, details: dict[str, Any]) -> None: ...
+    def emit(self, type: EventType, details: Details) -> None:
+        """An event of the contract (its payload model); the sink stamps the time."""
+        ...
 
 
 COMMANDS = (
@@ -120,6 +133,8 @@ class SwapCoordinator:
         slots: SlotViews,
         events: EventSink,
         alarms: AlarmSink,
+        on_request: Callable[[str, str | None], None] | None = None,
+        on_status: Callable[[], None] | None = None,
         poll_active_s: float = 0.02,
         poll_idle_s: float = 0.25,
         offline_after: int = 3,
@@ -139,7 +154,7 @@ class SwapCoordinator:
         self.restored = snap is not None
         try:
             self.core = (
-                SwapSequence.restore(graph, slot_numbers, snap)
+                restore(graph, slot_numbers, snap)
                 if snap is not None
                 else SwapSequence(graph, slot_numbers)
             )
@@ -154,7 +169,9 @@ class SwapCoordinator:
         self.changed = asyncio.Event()  # set after every executed batch (tests, live views)
         self.online = asyncio.Event()  # set while the PLC answers
         # Told of every swap request (vehicle id, refusal or None): the scheduler's demand.
-        self.on_request: Callable[[str, str | None], None] | None = None
+        self.on_request = on_request
+        # Told after every status poll (telemetry/robot follows the PLC).
+        self.on_status = on_status
         self._reserved: frozenset[str] = frozenset()
 
     # ----- the service task
@@ -196,6 +213,8 @@ class SwapCoordinator:
             self.online.set()
         async with self._lock:
             await self._execute(self.core.tick(self.clock.monotonic()))
+        if self.on_status is not None:
+            self.on_status()
 
     async def feed(self, event: Event) -> list[Action]:
         """Hand one event to the sequence and carry out its actions. Raises Rejected."""
@@ -222,7 +241,7 @@ class SwapCoordinator:
 
     def _occupied(self) -> frozenset[str]:
         inv = self.core.inventory
-        return frozenset(s for s in self.core.slot_numbers if inv.at(slot_place(s)) is not None)
+        return frozenset(s for s in self.core.slot_numbers if inv.at(SlotPlace(s)) is not None)
 
     async def _execute(self, actions: list[Action]) -> None:
         early = await self.safety_first(actions)
@@ -231,7 +250,7 @@ class SwapCoordinator:
             # Intent on disk before the command it causes; a failed write stops the service.
             # The fsync runs in a thread so the loop's protocol timers (CAN 50 ms) do not wait.
             await asyncio.to_thread(
-                self.journal.commit, utc_iso(self.clock.now()), records, self.core.snapshot()
+                self.journal.commit, utc_iso(self.clock.now()), records, take(self.core)
             )
         for i, a in enumerate(actions):
             if i in early:
@@ -254,12 +273,14 @@ class SwapCoordinator:
                     self._spawn(self._all_off(), "swap-all-outputs-off")
                 case ReleaseOutputs():
                     self.outputs.emergency_reset(self._occupied(), self.core.reserved_slots())
+                case PackSeated():
+                    self.outputs.pack_seated(a.slot_id)
+                case PackRemoved():
+                    self.outputs.pack_removed(a.slot_id)
                 case Emit():
-                    self.events.emit(a.type, {**a.details, "ts": utc_iso(self.clock.now())})
-                case RaiseAlarm():
-                    self.alarms.raise_alarm(a.code, a.source, a.detail)
-                case ClearAlarm():
-                    self.alarms.clear_alarm(a.code, a.source)
+                    self.events.emit(a.type, a.details)
+                case RaiseAlarm() | ClearAlarm():
+                    carry_out(self.alarms, a)
                 case JournalWrite():
                     pass
         reserved = self.core.reserved_slots()
@@ -336,7 +357,7 @@ class SwapCoordinator:
         await self.feed(PackDocked(slot_id, identity))
 
     def status(self) -> dict[str, Any]:
-        return self.core.status()
+        return status_view(self.core)
 
     def _check_swap_id(self, params: Mapping[str, Any]) -> None:
         """A recovery naming a swap acts only on that swap (a stale remote command must not
@@ -373,10 +394,15 @@ class SwapCoordinator:
                 )
             await self.feed(Manual(end=not enabled))
         elif command == "inventory_set":
+            place = _str_param(params, "place", optional=True)
+            try:
+                parsed = None if place is None else parse_place(place)
+            except ValueError as e:
+                raise Rejected(str(e), "invalid_params") from None
             await self.feed(
                 CorrectInventory(
                     _str_param(params, "pack_id") or "",
-                    _str_param(params, "place", optional=True),
+                    parsed,
                     _str_param(params, "pack_type", optional=True),
                 )
             )

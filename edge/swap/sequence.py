@@ -2,7 +2,7 @@
 
 `handle(event, now)` and `tick(now)` return actions; `now` is monotonic seconds. The caller
 executes the actions in order, except that all `JournalWrite`s of one call are committed first,
-together with `snapshot()`: so an intent is on disk before the command it causes.
+together with the snapshot (`edge.swap.snapshot`): so an intent is on disk before the command it causes.
 
 Motion is never commanded twice: every command carries a per-unit sequence counter journalled
 with its intent; the PLC ignores a seq equal to the one it acknowledged. A command whose seq the
@@ -13,234 +13,87 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
+from drivers.core.alarm_sink import ClearAlarm, RaiseAlarm
 from drivers.robot.contract import UNITS, RobotStatus, UnitState
-from edge.command_types import Rejected as CommandRejected
-from edge.swap.choice import NoPackError, SlotView, choose_pack, choose_store_slot
+from edge.alarms import AlarmCode
+from edge.swap.choice import NoPackError, choose_pack, choose_store_slot
 from edge.swap.inventory import (
     HANDLING_PLACES,
+    Handling,
     Inventory,
     InventoryError,
+    Place,
+    SlotPlace,
     is_valid_place,
-    slot_place,
 )
-from edge.swap.journal import JournalRecord
-from edge.swap.steps import StepDef, StepGraph
-
-COMPONENT = "swap"
-
-# ----- events in
-
-
-@dataclass(frozen=True, slots=True)
-class PackIdentity:
-    pack_id: str
-    pack_type: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class StartSwap:
-    vehicle_id: str
-    pack_type: str
-    announced_pack_id: str
-    slots: tuple[SlotView, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class PlcStatus:
-    status: RobotStatus
-
-
-@dataclass(frozen=True, slots=True)
-class PlcOffline:
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class SlotOutputOff:
-    slot_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class SlotOutputFailed:
-    slot_id: str
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class PackDocked:
-    slot_id: str
-    identity: PackIdentity
-
-
-@dataclass(frozen=True, slots=True)
-class ResetFault:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class RetryStep:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class RefitOriginal:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class Manual:
-    end: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class CorrectInventory:
-    pack_id: str
-    place: str | None
-    pack_type: str | None = None
-
-
-Event = (
-    StartSwap
-    | PlcStatus
-    | PlcOffline
-    | SlotOutputOff
-    | SlotOutputFailed
-    | PackDocked
-    | ResetFault
-    | RetryStep
-    | RefitOriginal
-    | Manual
-    | CorrectInventory
+from edge.swap.journal import JournalRecord, RecordKind
+from edge.swap.messages import (
+    Action,
+    CommandStep,
+    CorrectInventory,
+    Emit,
+    Event,
+    JournalWrite,
+    Manual,
+    PackDocked,
+    PackIdentity,
+    PackRemoved,
+    PackSeated,
+    PlcOffline,
+    PlcStatus,
+    RefitOriginal,
+    Rejected,
+    ReleaseOutputs,
+    RequestAllOutputsOff,
+    RequestOutputOff,
+    ResetFault,
+    RetryStep,
+    SetHalt,
+    SlotOutputFailed,
+    SlotOutputOff,
+    StartSwap,
 )
-
-# ----- actions out
-
-
-@dataclass(frozen=True, slots=True)
-class JournalWrite:
-    record: JournalRecord
-
-
-@dataclass(frozen=True, slots=True)
-class CommandStep:
-    unit: str
-    step_code: int
-    arg: int
-    seq: int
-    step_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class SetHalt:
-    units: frozenset[str]
-
-
-@dataclass(frozen=True, slots=True)
-class RequestOutputOff:
-    slot_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class RequestAllOutputsOff:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class ReleaseOutputs:
-    """The e-stop latch was reset with the chain healthy: slots may charge again."""
-
-
-@dataclass(frozen=True, slots=True)
-class Emit:
-    type: str
-    details: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class RaiseAlarm:
-    code: str
-    source: str
-    detail: str
-
-
-@dataclass(frozen=True, slots=True)
-class ClearAlarm:
-    code: str
-    source: str
-
-
-Action = (
-    JournalWrite
-    | CommandStep
-    | SetHalt
-    | RequestOutputOff
-    | RequestAllOutputsOff
-    | ReleaseOutputs
-    | Emit
-    | RaiseAlarm
-    | ClearAlarm
+from edge.swap.model import (
+    FaultReason,
+    Hold,
+    Mode,
+    Move,
+    ShuttleAt,
+    StepRun,
+    StepStatus,
+    Swap,
+    SwapKind,
+)
+from edge.swap.recovery import HOLD_ALARMS, plan_refit, retry_steps
+from edge.swap.steps import PlaceSymbol, StepDef, StepGraph
+from edge.telemetry.models import (
+    Details,
+    EventType,
+    InventoryCorrected,
+    MoveRef,
+    RecoveryAction,
+    StepChange,
+    SwapCompleted,
+    SwapFailed,
+    SwapFault,
+    SwapPackMismatch,
+    SwapRecovery,
+    SwapStarted,
+    SwapStep,
 )
 
 
-class Rejected(CommandRejected):
-    """The house's one refusal (`edge.command_types.Rejected`), message first for the core's
-    many `rejected` answers. Nothing moved."""
-
-    def __init__(self, message: str, code: str = "rejected") -> None:
-        super().__init__(code, message)
+def _text(place: Place | None) -> str | None:
+    return None if place is None else str(place)
 
 
-class Mode(StrEnum):
-    IDLE = "idle"  # no swap
-    RUNNING = "running"  # steps start as soon as they may
-    HELD = "held"  # a fault: running steps are tracked, nothing new starts; operator decides
-    MANUAL = "manual"  # handed to an attendant: both units halted
+def _move_refs(run: StepRun) -> list[MoveRef]:
+    return [MoveRef(pack_id=p, source=s, to=d) for p, s, d in (m.row() for m in run.moves)]
 
 
-class StepStatus(StrEnum):
-    PENDING = "pending"
-    ACTIVE = "active"  # intent journalled, command sent, not finished
-    DONE = "done"
-    FAILED = "failed"
-
-
-@dataclass
-class StepRun:
-    status: StepStatus = StepStatus.PENDING
-    seq: int = 0
-    attempts: int = 0
-    started_at: float = 0.0
-    last_sent: float = -math.inf
-    moves: list[list[str]] = field(default_factory=list)  # [pack_id, from, to]
-    reason: str = ""
-
-
-@dataclass
-class Swap:
-    swap_id: str
-    vehicle_id: str
-    pack_type: str
-    announced_pack_id: str
-    full_pack_id: str
-    full_slot: str
-    store_slot: str
-    kind: str  # "swap" or "refit"
-    plan: list[str]
-    deps: dict[str, list[str]]
-    runs: dict[str, StepRun]
-    outputs_off: set[str] = field(default_factory=set)
-    blocked: dict[str, list[str]] = field(default_factory=dict)
-    hold: dict[str, str] | None = None
-    unlock_started: bool = False
-    lift_started: bool = False
-    off_requested: set[str] = field(default_factory=set)  # not journalled: asked again on restore
-
-
-_HOLD_ALARMS = ("robot.step_fault", "robot.step_timeout", "robot.interlock_lost")
+_ON_ROBOT: tuple[PlaceSymbol, ...] = ("buffer", "shuttle", "stacker")
 
 
 class SwapSequence:
@@ -255,10 +108,10 @@ class SwapSequence:
         # highest seq each unit is known to have acknowledged: an ack below it means the PLC
         # lost its counter (restarted), and resending could repeat a motion
         self.acked: dict[str, int] = dict.fromkeys(UNITS, 0)
-        self.shuttle_at = "vehicle"
+        self.shuttle_at = ShuttleAt.VEHICLE
         self.swap_counter = 0
         self.swap: Swap | None = None
-        self.awaiting_dock: dict[str, list[str]] = {}  # slot -> [pack_id, pack_type]
+        self.awaiting_dock: dict[str, PackIdentity] = {}  # slot -> the pack announced for it
         self.pending_docks: dict[str, PackIdentity] = {}
         self.alarms: set[tuple[str, str]] = set()
         self.plc: RobotStatus | None = None
@@ -269,6 +122,19 @@ class SwapSequence:
         self._hb_at = 0.0
         self._check_heartbeat = "heartbeat" in graph.contract.model.points
         self._last_halt_write = -math.inf
+        self._positions_confirmed = False  # per process: the first status after a start
+        # (swap id, step id, seq) of steps active at a restart whose command may never have
+        # reached the PLC: resending one starts it, so its slot's off is confirmed afresh first
+        self._reconfirm: set[tuple[str, str, int]] = set()
+        # per unit, the PLC steps that leave a pack on the robot (buffer, shuttle, stacker)
+        self._to_robot = {
+            u: {
+                st.plc_step
+                for st in graph.model.steps
+                if st.unit == u and any(m.to in _ON_ROBOT for m in st.moves)
+            }
+            for u in UNITS
+        }
 
     # ----- entry points
 
@@ -291,14 +157,14 @@ class SwapSequence:
                     and s not in sw.outputs_off
                 ):
                     sw.outputs_off.add(s)
-                    self._journal(out, "output_off_confirmed", slot=s)
+                    self._journal(out, RecordKind.OUTPUT_OFF_CONFIRMED, slot=s)
             case SlotOutputFailed(slot_id=s, reason=r):
                 sw = self.swap
                 if sw is not None:
                     sw.off_requested.discard(s)
                 if sw is not None and s in (sw.full_slot, sw.store_slot):
                     # no pack may leave or enter that slot: hold; retry_step asks again
-                    self._hold(out, "output_off_failed", "", f"slot {s}: {r}")
+                    self._hold(out, FaultReason.OUTPUT_OFF_FAILED, "", f"slot {s}: {r}")
             case PackDocked(slot_id=s, identity=ident):
                 self._on_docked(s, ident, out)
             case ResetFault():
@@ -308,10 +174,11 @@ class SwapSequence:
             case RefitOriginal():
                 self._refit(now, out)
             case Manual(end=end):
-                self._manual(end, out)
+                self._manual(end, now, out)
             case CorrectInventory():
                 self._correct(event, out)
         self._advance(now, out)
+        self._clock(now)
         return out
 
     def tick(self, now: float) -> list[Action]:
@@ -332,13 +199,14 @@ class SwapSequence:
                 if run.status == StepStatus.ACTIVE and now - run.started_at > st.timeout_s:
                     self._fail(
                         sid,
-                        "step_timeout",
+                        FaultReason.STEP_TIMEOUT,
                         f"{sid} exceeded {st.timeout_s:g} s",
-                        "robot.step_timeout",
+                        AlarmCode.ROBOT_STEP_TIMEOUT,
                         out,
                         halt=True,
                     )
         self._advance(now, out)
+        self._clock(now)
         return out
 
     def resume(self, now: float) -> list[Action]:
@@ -354,14 +222,31 @@ class SwapSequence:
             self.swap.outputs_off.clear()
             for slot in (self.swap.full_slot, self.swap.store_slot):
                 self._request_off(slot, out)
-            for run in self.swap.runs.values():
+            self.swap.started_at = now - self.swap.elapsed_s
+            for sid, run in self.swap.runs.items():
                 run.started_at = now  # timeouts restart with the process
                 run.last_sent = -math.inf  # resend at once if the PLC has not acknowledged
-        self._journal(out, "restarted", mode=self.mode.value, latched=self.latched)
+                if run.status == StepStatus.ACTIVE and any(
+                    r.startswith("output_off:") for r in self._def(sid).requires
+                ):
+                    self._reconfirm.add((self.swap.swap_id, sid, run.seq))
+        self._journal(out, RecordKind.RESTARTED, mode=self.mode.value, latched=self.latched)
         self._emit(
-            out, "swap.recovery", action="restart", mode=self.mode.value, latched=self.latched
+            out,
+            EventType.SWAP_RECOVERY,
+            SwapRecovery(
+                swap_id=self._swap_id(),
+                action=RecoveryAction.RESTART,
+                mode=self.mode,
+                latched=self.latched,
+            ),
         )
         return out
+
+    def _clock(self, now: float) -> None:
+        """The swap's running time goes into every snapshot (so it survives a restart)."""
+        if self.swap is not None:
+            self.swap.elapsed_s = round(now - self.swap.started_at, 3)
 
     def reserved_slots(self) -> frozenset[str]:
         """Slots a swap is using: their chargers must keep the output off (slot controllers
@@ -369,65 +254,20 @@ class SwapSequence:
         sw = self.swap
         return frozenset() if sw is None else frozenset({sw.full_slot, sw.store_slot})
 
-    # ----- status
-
-    def status(self) -> dict[str, Any]:
-        sw = self.swap
-        return {
-            "mode": self.mode.value,
-            "latched": self.latched,
-            "halted": sorted(self.halted),
-            "plc_online": self.plc_online,
-            "inputs": dict(self.plc.inputs) if self.plc else {},
-            "units": {
-                u: {
-                    "state": s.state.name.lower(),
-                    "step": self.graph.contract.step_name(u, s.step_code),
-                    "ack_seq": s.ack_seq,
-                    "fault": self.graph.contract.fault_name(s.fault_code) if s.fault_code else None,
-                    "position_mm": s.position_mm,
-                }
-                for u, s in (self.plc.units.items() if self.plc else [])
-            },
-            "swap": None
-            if sw is None
-            else {
-                "swap_id": sw.swap_id,
-                "kind": sw.kind,
-                "vehicle_id": sw.vehicle_id,
-                "announced_pack_id": sw.announced_pack_id,
-                "full_pack_id": sw.full_pack_id,
-                "full_slot": sw.full_slot,
-                "store_slot": sw.store_slot,
-                "hold": sw.hold,
-                "blocked": sw.blocked,
-                "steps": {
-                    s: {
-                        "status": sw.runs[s].status.value,
-                        "seq": sw.runs[s].seq,
-                        "attempts": sw.runs[s].attempts,
-                    }
-                    for s in sw.plan
-                },
-            },
-            "inventory": self.inventory.to_json(),
-            "alarms": [{"code": c, "source": s} for c, s in sorted(self.alarms)],
-            "reserved_slots": sorted(self.reserved_slots()),
-        }
-
     # ----- internals: helpers
 
     def _def(self, sid: str) -> StepDef:
         return self.graph.step(sid)
 
-    def _journal(self, out: list[Action], kind: str, **data: Any) -> None:
+    def _journal(self, out: list[Action], kind: RecordKind, **data: Any) -> None:
         if self.swap is not None and "swap_id" not in data:
             data["swap_id"] = self.swap.swap_id
         out.append(JournalWrite(JournalRecord(kind, data)))
 
-    def _emit(self, out: list[Action], type_: str, **details: Any) -> None:
-        if self.swap is not None and "swap_id" not in details:
-            details["swap_id"] = self.swap.swap_id
+    def _swap_id(self) -> str | None:
+        return None if self.swap is None else self.swap.swap_id
+
+    def _emit(self, out: list[Action], type_: EventType, details: Details) -> None:
         out.append(Emit(type_, details))
 
     def _raise(self, out: list[Action], code: str, source: str, detail: str) -> None:
@@ -443,14 +283,17 @@ class SwapSequence:
         self.halted = units
         out.append(SetHalt(units))
 
-    def _place(self, sym: str) -> str:
+    def _place(self, sym: PlaceSymbol) -> Place | None:
+        """The place a step graph's symbol stands for in this swap (None: away)."""
         sw = self.swap
         assert sw is not None
         if sym == "full_slot":
-            return slot_place(sw.full_slot)
+            return SlotPlace(sw.full_slot)
         if sym == "store_slot":
-            return slot_place(sw.store_slot)
-        return sym
+            return SlotPlace(sw.store_slot)
+        if sym == "away":
+            return None
+        return Handling(sym)
 
     def _lock_ok(self) -> bool:
         st = self.plc
@@ -469,7 +312,7 @@ class SwapSequence:
             if r in slot and slot[r] not in sw.outputs_off:
                 miss.append(r)
             elif r == "pack_locked_or_clear":
-                clear = self.inventory.at("vehicle") is None and plc.lock_engaged == 0
+                clear = self.inventory.at(Handling.VEHICLE) is None and plc.lock_engaged == 0
                 if not (self._lock_ok() or clear):
                     miss.append(r)
         return miss
@@ -480,17 +323,22 @@ class SwapSequence:
             return
         if self.mode == Mode.RUNNING:
             self.mode = Mode.HELD
-        sw.hold = {"reason": reason, "step": step, "detail": detail}
+        sw.hold = Hold(reason, step, detail)
+        if step:
+            sw.fault_step = step
         packs = [sw.announced_pack_id, sw.full_pack_id]
-        self._journal(out, "held", reason=reason, step=step, detail=detail)
+        self._journal(out, RecordKind.HELD, reason=reason, step=step, detail=detail)
         self._emit(
             out,
-            "swap.fault",
-            reason=reason,
-            step=step,
-            detail=detail,
-            pack_ids=packs,
-            mode=self.mode.value,
+            EventType.SWAP_FAULT,
+            SwapFault(
+                swap_id=sw.swap_id,
+                reason=reason,
+                step=step or None,
+                detail=detail,
+                pack_ids=packs,
+                mode=self.mode,
+            ),
         )
 
     def _fail(
@@ -512,41 +360,46 @@ class SwapSequence:
         if halt and st.unit not in self.halted:
             self._set_halt(self.halted | {st.unit}, out)
         self._raise(out, alarm, f"robot.{st.unit}", f"{sid}: {detail}")
-        self._journal(out, "step_failed", step=sid, seq=run.seq, reason=reason, detail=detail)
+        self._journal(
+            out, RecordKind.STEP_FAILED, step=sid, seq=run.seq, reason=reason, detail=detail
+        )
         self._emit(
             out,
-            "swap.step",
-            step=sid,
-            unit=st.unit,
-            status="failed",
-            seq=run.seq,
-            reason=reason,
-            detail=detail,
-            moves=self._moves_json(run),
+            EventType.SWAP_STEP,
+            SwapStep(
+                swap_id=sw.swap_id,
+                step=sid,
+                unit=st.unit,
+                state=StepChange.FAILED,
+                seq=run.seq,
+                reason=reason,
+                detail=detail,
+                moves=_move_refs(run),
+            ),
         )
         self._hold(out, reason, sid, detail)
 
-    @staticmethod
-    def _moves_json(run: StepRun) -> list[dict[str, str]]:
-        return [{"pack_id": m[0], "from": m[1], "to": m[2]} for m in run.moves]
-
     def _inconsistent(self, out: list[Action], detail: str, step: str = "") -> None:
-        self._raise(out, "inventory.inconsistent", "inventory", detail)
-        self._journal(out, "inventory_inconsistent", detail=detail)
+        self._raise(out, AlarmCode.INVENTORY_INCONSISTENT, "inventory", detail)
+        self._journal(out, RecordKind.INVENTORY_INCONSISTENT, detail=detail)
         if self.swap is not None:
-            self._hold(out, "inventory_inconsistent", step, detail)
+            self._hold(out, FaultReason.INVENTORY_INCONSISTENT, step, detail)
         else:
-            self._emit(out, "swap.fault", reason="inventory_inconsistent", detail=detail)
+            self._emit(
+                out,
+                EventType.SWAP_FAULT,
+                SwapFault(reason=FaultReason.INVENTORY_INCONSISTENT, detail=detail),
+            )
 
     # ----- internals: PLC
 
     def _on_offline(self, reason: str, out: list[Action]) -> None:
-        if not self.plc_online and ("robot.plc_offline", "robot") in self.alarms:
+        if not self.plc_online and (AlarmCode.ROBOT_PLC_OFFLINE, "robot") in self.alarms:
             return
         self.plc_online = False
-        self._raise(out, "robot.plc_offline", "robot", reason)
+        self._raise(out, AlarmCode.ROBOT_PLC_OFFLINE, "robot", reason)
         if self.swap is not None and self.mode == Mode.RUNNING:
-            self._hold(out, "plc_offline", "", reason)
+            self._hold(out, FaultReason.PLC_OFFLINE, "", reason)
 
     def heartbeat_frozen(self, st: RobotStatus, now: float) -> bool:
         """Seam (issue 12 item 2): the PLC's heartbeat must advance. True when it has not
@@ -558,6 +411,45 @@ class SwapSequence:
             return False
         return now - self._hb_at > self.graph.model.heartbeat_timeout_s
 
+    def plc_disagrees(self, st: RobotStatus) -> list[str]:
+        """Seam (issue 12 item 3): at start-up the journal's positions are confirmed from the
+        PLC's own registers, never trusted. Each unit's acknowledged step must be the one the
+        journal commanded with that seq; a seq the journal never issued means the robot moved
+        without it (journal rebuilt, replaced or rolled back): with a swap in flight nothing it
+        says about the packs holds, and with none the robot must not be busy or hold a pack."""
+        found: list[str] = []
+        sw = self.swap
+        for u in UNITS:
+            us = st.units[u]
+            name = self.graph.contract.step_name(u, us.step_code)
+            said = next(
+                (
+                    self._def(sid).plc_step
+                    for sid in (sw.plan if sw is not None else ())
+                    if sw is not None
+                    and sw.runs[sid].seq == us.ack_seq
+                    and self._def(sid).unit == u
+                ),
+                None,
+            )
+            if us.ack_seq == 0 or (said is None and us.ack_seq <= self.seq[u]):
+                continue
+            if said is not None:
+                if said != name:
+                    found.append(f"{u} acknowledged #{us.ack_seq} as {name}, journal: {said}")
+            elif sw is not None:
+                found.append(
+                    f"{u} acknowledged {name} #{us.ack_seq}, journal issued up to #{self.seq[u]}"
+                )
+            elif us.state == UnitState.BUSY or (
+                us.state != UnitState.IDLE and name in self._to_robot[u]
+            ):
+                found.append(
+                    f"{u} {us.state.value} after {name} #{us.ack_seq}, unknown to the journal: "
+                    "the robot may hold a pack"
+                )
+        return found
+
     def status_stale(self, now: float) -> bool:
         """Seam (issue 12 item 2): the last good status is older than the freshness limit."""
         return self.plc_at is None or now - self.plc_at > self.graph.model.status_max_age_s
@@ -568,15 +460,15 @@ class SwapSequence:
         if self.plc_stale:
             return
         self.plc_stale = True
-        self._raise(out, "robot.plc_stale", "robot", reason)
+        self._raise(out, AlarmCode.ROBOT_PLC_STALE, "robot", reason)
         self._set_halt(frozenset(UNITS), out)
         sw = self.swap
         if sw is not None:
             for sid in sw.plan:
                 if sw.runs[sid].status == StepStatus.ACTIVE:
                     sw.runs[sid].status = StepStatus.FAILED
-                    sw.runs[sid].reason = "plc_stale"
-            self._hold(out, "plc_stale", "", reason)
+                    sw.runs[sid].reason = FaultReason.PLC_STALE
+            self._hold(out, FaultReason.PLC_STALE, "", reason)
 
     def _on_status(self, st: RobotStatus, now: float, out: list[Action]) -> None:
         if self.heartbeat_frozen(st, now):
@@ -585,13 +477,18 @@ class SwapSequence:
         self.plc_at = now
         if self.plc_stale:
             self.plc_stale = False
-            self._clear(out, "robot.plc_stale", "robot")
+            self._clear(out, AlarmCode.ROBOT_PLC_STALE, "robot")
             if self.swap is None and not self.latched:
                 self._set_halt(frozenset(), out)
         self.plc = st
         if not self.plc_online:
             self.plc_online = True
-            self._clear(out, "robot.plc_offline", "robot")
+            self._clear(out, AlarmCode.ROBOT_PLC_OFFLINE, "robot")
+        if not self._positions_confirmed:
+            self._positions_confirmed = True
+            found = self.plc_disagrees(st)
+            if found:  # held (or swaps refused) until the operator corrects the inventory
+                self._inconsistent(out, "PLC disagrees with the journal: " + "; ".join(found))
         plc_reset = set()
         for u in UNITS:
             ack = st.units[u].ack_seq
@@ -601,22 +498,26 @@ class SwapSequence:
                 plc_reset.add(u)
             elif ack <= self.seq[u] or self.acked[u] - ack >= 0x8000:
                 self.acked[u] = ack
-        if plc_reset and ("robot.plc_restarted", "robot") not in self.alarms:
+        if plc_reset and (AlarmCode.ROBOT_PLC_RESTARTED, "robot") not in self.alarms:
             detail = ", ".join(
                 f"{u} acknowledges {st.units[u].ack_seq}, had {self.acked[u]}"
                 for u in sorted(plc_reset)
             )
-            self._raise(out, "robot.plc_restarted", "robot", detail)
-            self._journal(out, "plc_restarted", detail=detail)
+            self._raise(out, AlarmCode.ROBOT_PLC_RESTARTED, "robot", detail)
+            self._journal(out, RecordKind.PLC_RESTARTED, detail=detail)
             if self.swap is not None:
                 for sid in self.swap.plan:
                     run = self.swap.runs[sid]
                     if run.status == StepStatus.ACTIVE and self._def(sid).unit in plc_reset:
                         run.status = StepStatus.FAILED
-                        run.reason = "plc_restarted"
-                self._hold(out, "plc_restarted", "", detail)
+                        run.reason = FaultReason.PLC_RESTARTED
+                self._hold(out, FaultReason.PLC_RESTARTED, "", detail)
             else:
-                self._emit(out, "swap.fault", reason="plc_restarted", detail=detail)
+                self._emit(
+                    out,
+                    EventType.SWAP_FAULT,
+                    SwapFault(reason=FaultReason.PLC_RESTARTED, detail=detail),
+                )
         if not st.inputs.get("estop_chain_healthy", False) and not self.latched:
             self._latch(out)
         if (
@@ -642,14 +543,26 @@ class SwapSequence:
             lost = [i for i in sdef.interlocks if not st.inputs.get(i, False)]
             if lost:
                 self._fail(
-                    sid, "interlock_lost", ",".join(lost), "robot.interlock_lost", out, halt=True
+                    sid,
+                    FaultReason.INTERLOCK_LOST,
+                    ",".join(lost),
+                    AlarmCode.ROBOT_INTERLOCK_LOST,
+                    out,
+                    halt=True,
                 )
                 continue
             if us.ack_seq == run.seq and us.state == UnitState.FAULT:
                 name = self.graph.contract.fault_name(us.fault_code)
                 halted_by_us = sdef.unit in self.halted
                 if not halted_by_us:
-                    self._fail(sid, "plc_fault", name, "robot.step_fault", out, halt=False)
+                    self._fail(
+                        sid,
+                        FaultReason.PLC_FAULT,
+                        name,
+                        AlarmCode.ROBOT_STEP_FAULT,
+                        out,
+                        halt=False,
+                    )
                 else:
                     run.status = StepStatus.FAILED
                     run.reason = name
@@ -661,6 +574,8 @@ class SwapSequence:
                 and sdef.unit not in self.halted
                 and now - run.last_sent >= self.graph.model.command_resend_s
             ):
+                if not self.resend_confirmed(sw, sid, run):
+                    continue
                 run.last_sent = now
                 out.append(
                     CommandStep(sdef.unit, self.graph.plc_code(sdef), self._arg(sdef), run.seq, sid)
@@ -685,18 +600,20 @@ class SwapSequence:
         self.latched = True
         self._set_halt(frozenset(UNITS), out)
         out.append(RequestAllOutputsOff())
-        self._raise(out, "safety.emergency_stop", "robot", "emergency-stop chain open")
-        self._journal(out, "latched", reason="emergency_stop")
+        self._raise(out, AlarmCode.SAFETY_EMERGENCY_STOP, "robot", "emergency-stop chain open")
+        self._journal(out, RecordKind.LATCHED, reason=FaultReason.EMERGENCY_STOP)
         sw = self.swap
         if sw is not None:
             for sid in sw.plan:
                 if sw.runs[sid].status == StepStatus.ACTIVE:
                     sw.runs[sid].status = StepStatus.FAILED
-                    sw.runs[sid].reason = "emergency_stop"
-            self._hold(out, "emergency_stop", "", "emergency-stop chain open")
+                    sw.runs[sid].reason = FaultReason.EMERGENCY_STOP
+            self._hold(out, FaultReason.EMERGENCY_STOP, "", "emergency-stop chain open")
         else:
             self._emit(
-                out, "swap.fault", reason="emergency_stop", detail="emergency-stop chain open"
+                out,
+                EventType.SWAP_FAULT,
+                SwapFault(reason=FaultReason.EMERGENCY_STOP, detail="emergency-stop chain open"),
             )
 
     # ----- internals: steps
@@ -714,7 +631,7 @@ class SwapSequence:
         ):
             return
         if all(sw.runs[s].status == StepStatus.DONE for s in sw.plan):
-            self._finish(out, failed=sw.kind != "swap", reason="original pack refitted")
+            self._finish(out, now, failed=sw.kind != SwapKind.SWAP, reason="original pack refitted")
             return
         busy = {self._def(s).unit for s in sw.plan if sw.runs[s].status == StepStatus.ACTIVE}
         for sid in sw.plan:
@@ -736,7 +653,15 @@ class SwapSequence:
                 if sw.blocked.get(sid) != missing:
                     sw.blocked[sid] = missing
                     self._emit(
-                        out, "swap.step", step=sid, unit=st.unit, status="blocked", missing=missing
+                        out,
+                        EventType.SWAP_STEP,
+                        SwapStep(
+                            swap_id=sw.swap_id,
+                            step=sid,
+                            unit=st.unit,
+                            state=StepChange.BLOCKED,
+                            missing=missing,
+                        ),
                     )
                 continue
             sw.blocked.pop(sid, None)
@@ -751,17 +676,18 @@ class SwapSequence:
     def _start_step(self, sid: str, st: StepDef, now: float, out: list[Action]) -> bool:
         sw = self.swap
         assert sw is not None
-        moves: list[list[str]] = []
+        moves: list[Move] = []
         for m in st.moves:
             src, dst = self._place(m.source), self._place(m.to)
+            assert src is not None  # the step graph never moves a pack from away
             rec = self.inventory.at(src)
             if rec is None:
                 self._inconsistent(out, f"{sid}: no pack recorded at {src}", sid)
                 return False
-            if dst != "away" and self.inventory.at(dst) is not None:
+            if dst is not None and self.inventory.at(dst) is not None:
                 self._inconsistent(out, f"{sid}: {dst} already holds a pack", sid)
                 return False
-            moves.append([rec.pack_id, src, dst])
+            moves.append(Move(rec.pack_id, src, dst))
         self.consume_off_confirmations(st)
         unit = st.unit
         self.seq[unit] = self.seq[unit] % 0xFFFF + 1
@@ -780,7 +706,7 @@ class SwapSequence:
         code, arg = self.graph.plc_code(st), self._arg(st)
         self._journal(
             out,
-            "step_intent",
+            RecordKind.STEP_INTENT,
             step=sid,
             unit=unit,
             plc_step=st.plc_step,
@@ -788,19 +714,36 @@ class SwapSequence:
             arg=arg,
             seq=run.seq,
             attempt=run.attempts,
-            moves=moves,
+            moves=[m.row() for m in moves],
         )
         out.append(CommandStep(unit, code, arg, run.seq, sid))
         self._emit(
             out,
-            "swap.step",
-            step=sid,
-            unit=unit,
-            status="started",
-            seq=run.seq,
-            attempt=run.attempts,
-            moves=self._moves_json(run),
+            EventType.SWAP_STEP,
+            SwapStep(
+                swap_id=sw.swap_id,
+                step=sid,
+                unit=unit,
+                state=StepChange.STARTED,
+                seq=run.seq,
+                attempt=run.attempts,
+                moves=_move_refs(run),
+            ),
         )
+        return True
+
+    def resend_confirmed(self, sw: Swap, sid: str, run: StepRun) -> bool:
+        """Seam (issue 12 item 3): a step active at a restart whose command the PLC has not
+        acknowledged may never have reached it, so resending it starts it: its slot's off must
+        be confirmed by a read after the restart first (and that confirmation is used up)."""
+        key = (sw.swap_id, sid, run.seq)
+        if key not in self._reconfirm:
+            return True
+        st = self._def(sid)
+        if any(m.startswith("output_off:") for m in self._missing(st)):
+            return False
+        self.consume_off_confirmations(st)
+        self._reconfirm.discard(key)
         return True
 
     def consume_off_confirmations(self, st: StepDef) -> None:
@@ -834,69 +777,88 @@ class SwapSequence:
             if run.status == StepStatus.ACTIVE:
                 self._fail(
                     sid,
-                    "torque_out_of_window",
+                    FaultReason.TORQUE_OUT_OF_WINDOW,
                     f"{good} of {plc.lock_head_count} heads in window, "
                     f"{self.graph.model.locking_rule.min_heads_ok} needed",
-                    "robot.step_fault",
+                    AlarmCode.ROBOT_STEP_FAULT,
                     out,
                     halt=False,
                 )
             return
-        for pack_id, src, dst in run.moves:
+        for m in run.moves:
             try:
-                self.inventory.move(pack_id, src, dst)
+                self.inventory.move(m.pack_id, m.source, m.to)
             except InventoryError as e:
                 run.status = StepStatus.DONE
                 self._inconsistent(out, f"{sid}: {e}", sid)
                 return
-            if dst.startswith("slot:") and sw.kind == "swap" and dst == slot_place(sw.store_slot):
-                self.awaiting_dock[sw.store_slot] = [sw.announced_pack_id, sw.pack_type]
+            if sw.kind == SwapKind.SWAP and m.to == SlotPlace(sw.store_slot):
+                self.awaiting_dock[sw.store_slot] = PackIdentity(sw.announced_pack_id, sw.pack_type)
         if st.plc_step in ("shuttle_to_handoff", "shuttle_to_vehicle"):
-            self.shuttle_at = "handoff" if st.plc_step == "shuttle_to_handoff" else "vehicle"
+            self.shuttle_at = (
+                ShuttleAt.HANDOFF if st.plc_step == "shuttle_to_handoff" else ShuttleAt.VEHICLE
+            )
         was = run.status
         run.status = StepStatus.DONE
-        self._journal(out, "step_done", step=sid, seq=run.seq, moves=run.moves)
+        self._journal(
+            out, RecordKind.STEP_DONE, step=sid, seq=run.seq, moves=[m.row() for m in run.moves]
+        )
+        for m in run.moves:
+            # the slots take it from here: a seated pack starts its session
+            if isinstance(m.source, SlotPlace):
+                out.append(PackRemoved(m.source.slot_id))
+            if isinstance(m.to, SlotPlace):
+                out.append(PackSeated(m.to.slot_id))
         self._emit(
             out,
-            "swap.step",
-            step=sid,
-            unit=st.unit,
-            status="done",
-            seq=run.seq,
-            moves=self._moves_json(run),
-            **(
-                {"note": "finished before the halt took effect"} if was == StepStatus.FAILED else {}
+            EventType.SWAP_STEP,
+            SwapStep(
+                swap_id=sw.swap_id,
+                step=sid,
+                unit=st.unit,
+                state=StepChange.DONE,
+                seq=run.seq,
+                moves=_move_refs(run),
+                note="finished before the halt took effect" if was == StepStatus.FAILED else None,
             ),
         )
         if (
-            sw.kind == "swap"
+            sw.kind == SwapKind.SWAP
             and sw.store_slot in self.pending_docks
             and sw.store_slot in self.awaiting_dock
         ):
             self._on_docked(sw.store_slot, self.pending_docks.pop(sw.store_slot), out)
 
-    def _finish(self, out: list[Action], *, failed: bool, reason: str) -> None:
+    def _finish(self, out: list[Action], now: float, *, failed: bool, reason: str) -> None:
         sw = self.swap
         assert sw is not None
         if failed:
-            self._journal(out, "swap_failed", reason=reason)
+            self._journal(out, RecordKind.SWAP_FAILED, reason=reason)
             self._emit(
                 out,
-                "swap.failed",
-                vehicle_id=sw.vehicle_id,
-                reason=reason,
-                pack_ids=[sw.announced_pack_id, sw.full_pack_id],
+                EventType.SWAP_FAILED,
+                SwapFailed(
+                    swap_id=sw.swap_id,
+                    vehicle_id=sw.vehicle_id,
+                    step=sw.fault_step,
+                    reason=reason,
+                    pack_ids=[sw.announced_pack_id, sw.full_pack_id],
+                ),
             )
         else:
-            self._journal(out, "swap_completed")
+            self._journal(out, RecordKind.SWAP_COMPLETED)
             self._emit(
                 out,
-                "swap.completed",
-                vehicle_id=sw.vehicle_id,
-                depleted_pack_id=sw.announced_pack_id,
-                full_pack_id=sw.full_pack_id,
-                store_slot=sw.store_slot,
-                full_slot=sw.full_slot,
+                EventType.SWAP_COMPLETED,
+                SwapCompleted(
+                    swap_id=sw.swap_id,
+                    vehicle_id=sw.vehicle_id,
+                    pack_in_id=sw.announced_pack_id,
+                    pack_out_id=sw.full_pack_id,
+                    store_slot=sw.store_slot,
+                    full_slot=sw.full_slot,
+                    duration_s=round(max(0.0, now - sw.started_at), 1),
+                ),
             )
         self.swap = None
         self.mode = Mode.IDLE
@@ -916,11 +878,14 @@ class SwapSequence:
             raise Rejected(
                 "vehicle_id, pack_type and announced_pack_id are required", "invalid_params"
             )
-        if self.inventory.problems() or ("inventory.inconsistent", "inventory") in self.alarms:
+        if (
+            self.inventory.problems()
+            or (AlarmCode.INVENTORY_INCONSISTENT, "inventory") in self.alarms
+        ):
             raise Rejected("inventory inconsistent: correct it first")
         if self.inventory.get(ev.announced_pack_id) is not None:
             raise Rejected(f"pack {ev.announced_pack_id} is already recorded in the station")
-        if self.inventory.at("vehicle") is not None:
+        if self.inventory.at(Handling.VEHICLE) is not None:
             raise Rejected("inventory still has a pack on the vehicle")
         known = {v.slot_id for v in ev.slots}
         if not known <= set(self.slot_numbers):
@@ -943,17 +908,18 @@ class SwapSequence:
             full_pack_id=full.pack_id,
             full_slot=full.slot_id,
             store_slot=store.slot_id,
-            kind="swap",
+            kind=SwapKind.SWAP,
             plan=plan,
             deps={s: list(self._def(s).after) for s in plan},
             runs={s: StepRun() for s in plan},
+            started_at=now,
         )
         self.swap = sw
         self.mode = Mode.RUNNING
-        self.inventory.add(ev.announced_pack_id, ev.pack_type, "vehicle")
+        self.inventory.add(ev.announced_pack_id, ev.pack_type, Handling.VEHICLE)
         self._journal(
             out,
-            "swap_started",
+            RecordKind.SWAP_STARTED,
             vehicle_id=sw.vehicle_id,
             pack_type=sw.pack_type,
             announced_pack_id=sw.announced_pack_id,
@@ -963,14 +929,17 @@ class SwapSequence:
         )
         self._emit(
             out,
-            "swap.started",
-            vehicle_id=sw.vehicle_id,
-            pack_type=sw.pack_type,
-            announced_pack_id=sw.announced_pack_id,
-            full_pack_id=sw.full_pack_id,
-            full_slot=sw.full_slot,
-            store_slot=sw.store_slot,
-            soc_pct=full.soc_pct,
+            EventType.SWAP_STARTED,
+            SwapStarted(
+                swap_id=sw.swap_id,
+                vehicle_id=sw.vehicle_id,
+                pack_type=sw.pack_type,
+                announced_pack_id=sw.announced_pack_id,
+                full_pack_id=sw.full_pack_id,
+                full_slot=sw.full_slot,
+                store_slot=sw.store_slot,
+                soc_pct=full.soc_pct,
+            ),
         )
         self._request_off(sw.full_slot, out)
         self._request_off(sw.store_slot, out)
@@ -986,12 +955,20 @@ class SwapSequence:
         return sw
 
     def _reset_fault(self, out: list[Action]) -> None:
-        if ("robot.plc_restarted", "robot") in self.alarms and self.plc is not None:
+        if (AlarmCode.ROBOT_PLC_RESTARTED, "robot") in self.alarms and self.plc is not None:
             # the operator has checked the robot: accept the PLC's counters as they are now
             self.acked = {u: self.plc.units[u].ack_seq for u in UNITS}
-            self._clear(out, "robot.plc_restarted", "robot")
-            self._journal(out, "plc_restart_acknowledged")
-            self._emit(out, "swap.recovery", action="reset_fault", cleared="robot.plc_restarted")
+            self._clear(out, AlarmCode.ROBOT_PLC_RESTARTED, "robot")
+            self._journal(out, RecordKind.PLC_RESTART_ACKNOWLEDGED)
+            self._emit(
+                out,
+                EventType.SWAP_RECOVERY,
+                SwapRecovery(
+                    swap_id=self._swap_id(),
+                    action=RecoveryAction.RESET_FAULT,
+                    cleared=AlarmCode.ROBOT_PLC_RESTARTED,
+                ),
+            )
             if not self.latched:
                 return
         if not self.latched:
@@ -1001,16 +978,20 @@ class SwapSequence:
         if not self.plc.inputs.get("estop_chain_healthy", False):
             raise Rejected("emergency-stop chain still open")
         self.latched = False
-        self._clear(out, "safety.emergency_stop", "robot")
+        self._clear(out, AlarmCode.SAFETY_EMERGENCY_STOP, "robot")
         out.append(ReleaseOutputs())
-        self._journal(out, "unlatched")
-        self._emit(out, "swap.recovery", action="reset_fault")
+        self._journal(out, RecordKind.UNLATCHED)
+        self._emit(
+            out,
+            EventType.SWAP_RECOVERY,
+            SwapRecovery(swap_id=self._swap_id(), action=RecoveryAction.RESET_FAULT),
+        )
         if self.swap is None:
             self._set_halt(frozenset(), out)
 
     def _clear_hold_alarms(self, out: list[Action]) -> None:
         for code, source in sorted(self.alarms):
-            if code in _HOLD_ALARMS:
+            if code in HOLD_ALARMS:
                 self._clear(out, code, source)
 
     def _retry(self, now: float, out: list[Action]) -> None:
@@ -1018,18 +999,14 @@ class SwapSequence:
         if self.mode != Mode.HELD:
             raise Rejected(f"swap is {self.mode.value}, not held")
         assert self.plc is not None
-        if self.inventory.problems() or ("inventory.inconsistent", "inventory") in self.alarms:
+        if (
+            self.inventory.problems()
+            or (AlarmCode.INVENTORY_INCONSISTENT, "inventory") in self.alarms
+        ):
             raise Rejected("inventory inconsistent: correct it first")
-        if ("robot.plc_restarted", "robot") in self.alarms:
+        if (AlarmCode.ROBOT_PLC_RESTARTED, "robot") in self.alarms:
             raise Rejected("robot PLC restarted: check the robot and inventory, then reset-fault")
-        failed = [s for s in sw.plan if sw.runs[s].status == StepStatus.FAILED]
-        for sid in failed:
-            st = self._def(sid)
-            if self.plc.units[st.unit].state == UnitState.BUSY:
-                raise Rejected(f"{st.unit} unit still busy")
-            lost = [i for i in st.interlocks if not self.plc.inputs.get(i, False)]
-            if lost:
-                raise Rejected(f"{sid}: interlocks open: {', '.join(lost)}")
+        failed = retry_steps(sw, self.plc, self.graph)
         for sid in failed:
             sw.runs[sid].status = StepStatus.PENDING
         for slot in (sw.full_slot, sw.store_slot):
@@ -1040,57 +1017,26 @@ class SwapSequence:
         self._clear_hold_alarms(out)
         if self.halted:
             self._set_halt(frozenset(), out)
-        self._journal(out, "recovery", action="retry_step", steps=failed)
-        self._emit(out, "swap.recovery", action="retry_step", steps=failed)
+        self._journal(out, RecordKind.RECOVERY, action=RecoveryAction.RETRY_STEP, steps=failed)
+        self._emit(
+            out,
+            EventType.SWAP_RECOVERY,
+            SwapRecovery(swap_id=sw.swap_id, action=RecoveryAction.RETRY_STEP, steps=failed),
+        )
 
     def _refit(self, now: float, out: list[Action]) -> None:
         sw = self._require_operable()
         if self.mode != Mode.HELD:
             raise Rejected(f"swap is {self.mode.value}, not held")
-        if sw.kind != "swap":
+        if sw.kind != SwapKind.SWAP:
             raise Rejected("already refitting the original pack")
         assert self.plc is not None
         if any(sw.runs[s].status == StepStatus.ACTIVE for s in sw.plan) or any(
             u.state == UnitState.BUSY for u in self.plc.units.values()
         ):
             raise Rejected("a step is still running")
-        orig = self.inventory.get(sw.announced_pack_id)
-        full = self.inventory.get(sw.full_pack_id)
-        if orig is None:
-            raise Rejected("original pack not in the inventory")
-        if orig.place.startswith("slot:"):
-            raise Rejected("original pack already stored in the rack: use retry-step or manual")
-        if full is not None and full.place in ("vehicle", "shuttle", "stacker"):
-            raise Rejected(f"full pack already on the {full.place}: use retry-step or manual")
-        chain: list[str] = []
-        if full is not None and full.place == "buffer":
-            chain.append("refit_put_back")
-        place = orig.place
-        if place == "buffer":
-            raise Rejected("original pack at the hand-off buffer: manual")
-        if place == "stacker":
-            if self.shuttle_at != "handoff":
-                chain.append("refit_shuttle_to_handoff")
-            chain.append("refit_return")
-            place = "shuttle"
-            chain += ["refit_shuttle_to_vehicle", "refit_raise"]
-        elif place == "shuttle":
-            if self.shuttle_at == "handoff":
-                chain.append("refit_shuttle_to_vehicle")
-            chain.append("refit_raise")
-        if place != "vehicle" or sw.unlock_started:
-            chain += ["refit_lock", "refit_verify"]
-        if sw.lift_started:
-            chain.append("refit_lower_vehicle")
-        chain.append("refit_release")
-        deps: dict[str, list[str]] = {}
-        prev: str | None = None
-        for sid in chain:
-            # put_back runs on the rack while the vehicle side refits
-            deps[sid] = [] if sid == "refit_put_back" or prev is None else [prev]
-            if sid != "refit_put_back":
-                prev = sid
-        sw.kind = "refit"
+        chain, deps = plan_refit(sw, self.inventory, self.shuttle_at)
+        sw.kind = SwapKind.REFIT
         sw.plan = chain
         sw.deps = deps
         sw.runs = {s: StepRun() for s in chain}
@@ -1100,10 +1046,14 @@ class SwapSequence:
         self._clear_hold_alarms(out)
         if self.halted:
             self._set_halt(frozenset(), out)
-        self._journal(out, "recovery", action="refit_original", steps=chain)
-        self._emit(out, "swap.recovery", action="refit_original", steps=chain)
+        self._journal(out, RecordKind.RECOVERY, action=RecoveryAction.REFIT_ORIGINAL, steps=chain)
+        self._emit(
+            out,
+            EventType.SWAP_RECOVERY,
+            SwapRecovery(swap_id=sw.swap_id, action=RecoveryAction.REFIT_ORIGINAL, steps=chain),
+        )
 
-    def _manual(self, end: bool, out: list[Action]) -> None:
+    def _manual(self, end: bool, now: float, out: list[Action]) -> None:
         sw = self.swap
         if not end:
             if sw is None:
@@ -1113,41 +1063,50 @@ class SwapSequence:
             for sid in sw.plan:
                 if sw.runs[sid].status == StepStatus.ACTIVE:
                     sw.runs[sid].status = StepStatus.FAILED
-                    sw.runs[sid].reason = "manual"
+                    sw.runs[sid].reason = FaultReason.MANUAL
             self.mode = Mode.MANUAL
             self._set_halt(frozenset(UNITS), out)
-            self._journal(out, "recovery", action="manual")
-            self._emit(out, "swap.recovery", action="manual")
+            self._journal(out, RecordKind.RECOVERY, action=FaultReason.MANUAL)
+            self._emit(
+                out,
+                EventType.SWAP_RECOVERY,
+                SwapRecovery(swap_id=sw.swap_id, action=RecoveryAction.MANUAL),
+            )
             return
         if sw is None or self.mode != Mode.MANUAL:
             raise Rejected("not in manual mode")
         problems = self.inventory.problems()
         if problems:
             raise Rejected(f"inventory inconsistent: {'; '.join(problems)}")
-        busy = [p for p in ("shuttle", "buffer", "stacker") if self.inventory.at(p) is not None]
+        busy = [
+            p
+            for p in (Handling.SHUTTLE, Handling.BUFFER, Handling.STACKER)
+            if self.inventory.at(p) is not None
+        ]
         if busy:
             raise Rejected(f"packs still recorded at {', '.join(busy)}: correct the inventory")
-        on_vehicle = self.inventory.at("vehicle")
+        on_vehicle = self.inventory.at(Handling.VEHICLE)
         if on_vehicle is not None:
             self.inventory.remove(on_vehicle.pack_id)
-            self._journal(out, "pack_departed", pack_id=on_vehicle.pack_id)
+            self._journal(out, RecordKind.PACK_DEPARTED, pack_id=on_vehicle.pack_id)
         self._clear_hold_alarms(out)
-        self._clear(out, "inventory.inconsistent", "inventory")
+        self._clear(out, AlarmCode.INVENTORY_INCONSISTENT, "inventory")
         self.mode = Mode.HELD  # _finish resets to IDLE
-        self._finish(out, failed=True, reason="manual")
+        self._finish(out, now, failed=True, reason=FaultReason.MANUAL)
 
     def _correct(self, ev: CorrectInventory, out: list[Action]) -> None:
+        # Params before mode rules, as for every command: a bad place is invalid_params always.
+        if ev.place is not None and not is_valid_place(ev.place, self.inventory.slots):
+            raise Rejected(
+                f"unknown place {str(ev.place)!r} (slot:<id>, {', '.join(HANDLING_PLACES)})",
+                "invalid_params",
+            )
         if self.mode == Mode.RUNNING:
             raise Rejected("swap running: hold it (fault) or take manual control first")
         if self.swap is not None and any(
             self.swap.runs[s].status == StepStatus.ACTIVE for s in self.swap.plan
         ):
             raise Rejected("a step is still running")
-        if ev.place is not None and not is_valid_place(ev.place, self.inventory.slots):
-            raise Rejected(
-                f"unknown place {ev.place!r} (slot:<id>, {', '.join(HANDLING_PLACES)})",
-                "invalid_params",
-            )
         old = self.inventory.get(ev.pack_id)
         try:
             self.inventory.set_place(ev.pack_id, ev.place, ev.pack_type)
@@ -1155,54 +1114,64 @@ class SwapSequence:
             raise Rejected(str(e), "invalid_params") from None
         self._journal(
             out,
-            "inventory_corrected",
+            RecordKind.INVENTORY_CORRECTED,
             pack_id=ev.pack_id,
-            place=ev.place,
+            place=_text(ev.place),
             pack_type=ev.pack_type,
-            previous=old.place if old else None,
+            previous=_text(old.place if old else None),
         )
         self._emit(
             out,
-            "inventory.corrected",
-            pack_id=ev.pack_id,
-            place=ev.place,
-            previous=old.place if old else None,
+            EventType.INVENTORY_CORRECTED,
+            InventoryCorrected(
+                swap_id=self._swap_id(),
+                pack_id=ev.pack_id,
+                place=_text(ev.place),
+                previous=_text(old.place if old else None),
+                source="operator",
+            ),
         )
         if not self.inventory.problems():
-            self._clear(out, "inventory.inconsistent", "inventory")
+            self._clear(out, AlarmCode.INVENTORY_INCONSISTENT, "inventory")
         for place in {ev.place, old.place if old else None}:
-            if place and place.startswith("slot:"):
-                self._clear(out, "swap.pack_mismatch", place[5:])
-                self.awaiting_dock.pop(place[5:], None)
+            if isinstance(place, SlotPlace):
+                self._clear(out, AlarmCode.SWAP_PACK_MISMATCH, place.slot_id)
+                self.awaiting_dock.pop(place.slot_id, None)
 
     def _on_docked(self, slot: str, ident: PackIdentity, out: list[Action]) -> None:
         if slot not in self.slot_numbers:
             return
-        place = slot_place(slot)
+        place = SlotPlace(slot)
         sw = self.swap
         if slot in self.awaiting_dock:
-            exp_id, exp_type = self.awaiting_dock.pop(slot)
+            expected = self.awaiting_dock.pop(slot)
+            exp_id, exp_type = expected.pack_id, expected.pack_type or ""
             if ident.pack_id == exp_id and ident.pack_type in (None, exp_type):
-                self._journal(out, "pack_identified", slot=slot, pack_id=ident.pack_id, ok=True)
+                self._journal(
+                    out, RecordKind.PACK_IDENTIFIED, slot=slot, pack_id=ident.pack_id, ok=True
+                )
                 return
             detail = (
                 f"announced {exp_id} ({exp_type}), pack says {ident.pack_id} "
                 f"({ident.pack_type or 'type unknown'})"
             )
-            self._raise(out, "swap.pack_mismatch", slot, detail)
+            self._raise(out, AlarmCode.SWAP_PACK_MISMATCH, slot, detail)
             self._emit(
                 out,
-                "swap.pack_mismatch",
-                slot_id=slot,
-                announced_pack_id=exp_id,
-                pack_id=ident.pack_id,
-                pack_type=ident.pack_type,
+                EventType.SWAP_PACK_MISMATCH,
+                SwapPackMismatch(
+                    swap_id=self._swap_id(),
+                    slot_id=slot,
+                    announced_pack_id=exp_id,
+                    pack_id=ident.pack_id,
+                    pack_type=ident.pack_type,
+                ),
             )
             self._relabel(place, ident, out, exp_type)
             return
         if (
             sw is not None
-            and sw.kind == "swap"
+            and sw.kind == SwapKind.SWAP
             and slot == sw.store_slot
             and any(
                 m.to == "store_slot" and sw.runs[sid].status != StepStatus.DONE
@@ -1218,131 +1187,45 @@ class SwapSequence:
         if rec is None and self.inventory.get(ident.pack_id) is None:
             self.inventory.add(ident.pack_id, ident.pack_type or "", place)
             self._journal(
-                out, "pack_discovered", slot=slot, pack_id=ident.pack_id, pack_type=ident.pack_type
+                out,
+                RecordKind.PACK_DISCOVERED,
+                slot=slot,
+                pack_id=ident.pack_id,
+                pack_type=ident.pack_type,
             )
             self._emit(
                 out,
-                "inventory.corrected",
-                pack_id=ident.pack_id,
-                place=place,
-                previous=None,
-                source="docked",
+                EventType.INVENTORY_CORRECTED,
+                InventoryCorrected(
+                    swap_id=self._swap_id(),
+                    pack_id=ident.pack_id,
+                    place=str(place),
+                    previous=None,
+                    source="docked",
+                ),
             )
             return
         self._raise(
             out,
-            "inventory.inconsistent",
+            AlarmCode.INVENTORY_INCONSISTENT,
             "inventory",
             f"slot {slot} reports {ident.pack_id}, inventory has "
             f"{rec.pack_id if rec else 'no pack'}",
         )
         self._relabel(place, ident, out, rec.pack_type if rec else "")
 
-    def _relabel(self, place: str, ident: PackIdentity, out: list[Action], fallback: str) -> None:
+    def _relabel(self, place: Place, ident: PackIdentity, out: list[Action], fallback: str) -> None:
         try:
             old = self.inventory.relabel(place, ident.pack_id, ident.pack_type or fallback)
         except InventoryError as e:
-            self._raise(out, "inventory.inconsistent", "inventory", str(e))
-            self._journal(out, "inventory_inconsistent", detail=str(e))
+            self._raise(out, AlarmCode.INVENTORY_INCONSISTENT, "inventory", str(e))
+            self._journal(out, RecordKind.INVENTORY_INCONSISTENT, detail=str(e))
             return
         self._journal(
             out,
-            "pack_relabelled",
-            place=place,
+            RecordKind.PACK_RELABELLED,
+            place=str(place),
             pack_id=ident.pack_id,
             pack_type=ident.pack_type,
             previous=old,
         )
-
-    # ----- persistence
-
-    def snapshot(self) -> dict[str, Any]:
-        sw = self.swap
-        return {
-            "version": 1,
-            "mode": self.mode.value,
-            "latched": self.latched,
-            "halted": sorted(self.halted),
-            "seq": dict(self.seq),
-            "acked": dict(self.acked),
-            "shuttle_at": self.shuttle_at,
-            "swap_counter": self.swap_counter,
-            "awaiting_dock": self.awaiting_dock,
-            "pending_docks": {k: [v.pack_id, v.pack_type] for k, v in self.pending_docks.items()},
-            "alarms": sorted([list(a) for a in self.alarms]),
-            "inventory": self.inventory.to_json(),
-            "swap": None
-            if sw is None
-            else {
-                "swap_id": sw.swap_id,
-                "vehicle_id": sw.vehicle_id,
-                "pack_type": sw.pack_type,
-                "announced_pack_id": sw.announced_pack_id,
-                "full_pack_id": sw.full_pack_id,
-                "full_slot": sw.full_slot,
-                "store_slot": sw.store_slot,
-                "kind": sw.kind,
-                "plan": sw.plan,
-                "deps": sw.deps,
-                "runs": {
-                    k: {
-                        "status": r.status.value,
-                        "seq": r.seq,
-                        "attempts": r.attempts,
-                        "moves": r.moves,
-                        "reason": r.reason,
-                    }
-                    for k, r in sw.runs.items()
-                },
-                "outputs_off": sorted(sw.outputs_off),
-                "hold": sw.hold,
-                "unlock_started": sw.unlock_started,
-                "lift_started": sw.lift_started,
-            },
-        }
-
-    @classmethod
-    def restore(
-        cls, graph: StepGraph, slot_numbers: Mapping[str, int], snap: dict[str, Any]
-    ) -> SwapSequence:
-        self = cls(graph, slot_numbers)
-        self.mode = Mode(snap["mode"])
-        self.latched = bool(snap["latched"])
-        self.halted = frozenset(snap["halted"])
-        self.seq = {u: int(snap["seq"].get(u, 0)) for u in UNITS}
-        self.acked = {u: int(snap.get("acked", {}).get(u, 0)) for u in UNITS}
-        self.shuttle_at = str(snap["shuttle_at"])
-        self.swap_counter = int(snap["swap_counter"])
-        self.awaiting_dock = {k: list(v) for k, v in snap["awaiting_dock"].items()}
-        self.pending_docks = {k: PackIdentity(v[0], v[1]) for k, v in snap["pending_docks"].items()}
-        self.alarms = {(a[0], a[1]) for a in snap["alarms"]}
-        self.inventory = Inventory.from_json(frozenset(self.slot_numbers), snap["inventory"])
-        s = snap["swap"]
-        if s is not None:
-            self.swap = Swap(
-                swap_id=s["swap_id"],
-                vehicle_id=s["vehicle_id"],
-                pack_type=s["pack_type"],
-                announced_pack_id=s["announced_pack_id"],
-                full_pack_id=s["full_pack_id"],
-                full_slot=s["full_slot"],
-                store_slot=s["store_slot"],
-                kind=s["kind"],
-                plan=list(s["plan"]),
-                deps={k: list(v) for k, v in s["deps"].items()},
-                runs={
-                    k: StepRun(
-                        StepStatus(r["status"]),
-                        int(r["seq"]),
-                        int(r["attempts"]),
-                        moves=[list(m) for m in r["moves"]],
-                        reason=r["reason"],
-                    )
-                    for k, r in s["runs"].items()
-                },
-                outputs_off=set(s["outputs_off"]),
-                hold=s["hold"],
-                unlock_started=bool(s["unlock_started"]),
-                lift_started=bool(s["lift_started"]),
-            )
-        return self

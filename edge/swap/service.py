@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +44,8 @@ def build_swap(
     slots: SlotViews,
     events: EventSink,
     alarms: AlarmSink,
+    on_request: Callable[[str, str | None], None] | None = None,
+    on_status: Callable[[], None] | None = None,
     steps_path: Path | None = None,
     state_dir: Path | None = None,
 ) -> SwapRoom:
@@ -64,6 +67,8 @@ def build_swap(
             slots=slots,
             events=events,
             alarms=alarms,
+            on_request=on_request,
+            on_status=on_status,
         )
     except JournalError as e:
         raise StateFileError(journal_path, str(e), journal_advice(cfg.source)) from e

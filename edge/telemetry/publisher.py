@@ -7,6 +7,7 @@ one publish every `min_period_s` (telemetry applies its own deadbands and refres
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from drivers.core.clock import Clock
@@ -20,16 +21,20 @@ from edge.slot.core import SlotState
 from edge.state import StationState
 from edge.telemetry.alarm_events import alarm_refs
 from edge.telemetry.fit import fit
-from edge.telemetry.models import SlotTelemetry, StationTelemetry
+from edge.telemetry.models import (
+    Details,
+    RobotTelemetry,
+    SlotTelemetry,
+    StationTelemetry,
+)
 from edge.telemetry.service import Telemetry
 
 if TYPE_CHECKING:
     from edge.scheduler.service import SchedulerService
     from edge.slot.service import SlotService
+    from edge.swap.coordinator import SwapCoordinator
 
 log = get_logger("publisher")
-
-_QUALITY = {"good": Quality.GOOD, "stale": Quality.STALE, "invalid": Quality.BAD}
 
 
 class StatePublisher:
@@ -41,6 +46,10 @@ class StatePublisher:
         state: StationState,
         telemetry: Telemetry,
         clock: Clock,
+        *,
+        slots: dict[str, SlotService],
+        scheduler: SchedulerService | None,
+        robot: SwapCoordinator | None = None,
         min_period_s: float = 0.1,
     ) -> None:
         self.config = config
@@ -48,8 +57,11 @@ class StatePublisher:
         self.telemetry = telemetry
         self.clock = clock
         self.min_period_s = min_period_s
-        self.slots: dict[str, SlotService] = {}
-        self.scheduler: SchedulerService | None = None
+        self.slots = slots
+        self.scheduler = scheduler
+        # telemetry/robot follows the swap coordinator's view of the PLC.
+        self.robot = robot
+        self._robot_dirty = robot is not None
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
         self._slot_states: dict[str, tuple[SlotState, bool]] = {}
@@ -59,9 +71,20 @@ class StatePublisher:
     def slot_changed(self, slot_id: str) -> None:
         self._dirty.add(slot_id)
         self._wake.set()
+        slot = self.slots.get(slot_id)
+        if self.scheduler is not None and slot is not None and slot.core.grant_binds():
+            # A BCL above the grant: reallocate now, not at the next period (issue 13).
+            self.scheduler.trigger(f"slot {slot_id} request")
 
-    def emit_event(self, event_type: str, details: dict[str, Any]) -> None:
-        self.telemetry.emit_event(event_type, details)
+    def robot_changed(self) -> None:
+        self._robot_dirty = True
+        self._wake.set()
+
+    def emit_event(self, event_type: str, details: Details | Mapping[str, Any]) -> str:
+        return self.telemetry.emit_event(event_type, details)
+
+    def refresh(self) -> None:
+        self.telemetry.refresh()
 
     def allocation(self, alloc: Allocation) -> None:
         g = self.state.grid
@@ -91,7 +114,10 @@ class StatePublisher:
         if state is not DeviceState.ONLINE:
             return Quality.STALE
         reading = slot.core.reading
-        return _QUALITY.get(str(reading.quality), Quality.STALE) if reading else Quality.STALE
+        if reading is None:
+            return Quality.STALE
+        # a reading the charger marks as no value is published as bad
+        return Quality.BAD if reading.quality is Quality.INVALID else reading.quality
 
     def publish(self) -> None:
         dirty, self._dirty = self._dirty, set()
@@ -166,4 +192,31 @@ class StatePublisher:
         )
         if station_msg is not None:
             self.telemetry.update_station(station_msg)
+        if self._robot_dirty and self.robot is not None:
+            self._robot_dirty = False
+            robot_msg = fit(RobotTelemetry, robot_fields(self.robot))
+            if robot_msg is not None:
+                self.telemetry.update_robot(robot_msg)
         self.publishes += 1
+
+
+def robot_fields(coordinator: SwapCoordinator) -> dict[str, Any]:
+    """The robot as docs/mqtt.md describes it: the sequence's mode, the swap and its active
+    step, each unit's position, the interlock inputs; quality bad while the PLC is offline,
+    stale before its first status."""
+    core = coordinator.core
+    sw = core.swap
+    active = [s for s in sw.plan if sw.runs[s].status == "active"] if sw is not None else []
+    plc = core.plc
+    if not core.plc_online:
+        quality = Quality.BAD if plc is not None else Quality.STALE
+    else:
+        quality = Quality.GOOD
+    return {
+        "sequence_state": str(core.mode),
+        "swap_id": sw.swap_id if sw is not None else None,
+        "step": active[0] if active else None,
+        "axes_mm": {u: float(st.position_mm) for u, st in plc.units.items()} if plc else {},
+        "interlocks": dict(plc.inputs) if plc else {},
+        "quality": quality,
+    }

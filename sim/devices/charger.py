@@ -184,6 +184,9 @@ class ChargerFaults:
     slow_s: float = 0.0  # every answer delayed this long
     invalid_values: bool = False  # measured points read as their invalid raw value / NaN
     exception_code: int | None = None  # every request answered with this Modbus exception
+    # reads only answered with this exception; writes (the watchdog feed too) still applied: a
+    # charger whose measurement side failed, or a gateway that loses read answers
+    read_exception_code: int | None = None
     short_answers: bool = False  # reads answered with one register (8 bits) too few
     garbage: bool = False  # answers replaced by random bytes
     ignore_writes: bool = (
@@ -194,6 +197,10 @@ class ChargerFaults:
     refuse_writes: dict[str, tuple[int, int | None]] = field(default_factory=dict)
     frozen: bool = False  # reads serve the image as it was at injection; physics go on
     out_of_range: bool = False  # measured points read an absurd value (raw 0xFFFE words)
+    # the power stage no longer follows its setpoint registers (a stuck stage or contactor):
+    # writes are applied and read back, the output stays as it was; only the watchdog trip
+    # still cuts it
+    stuck_output: bool = False
 
 
 FAULT_NAMES = (
@@ -201,12 +208,14 @@ FAULT_NAMES = (
     "slow",
     "invalid_values",
     "exception",
+    "read_exception",
     "short_answers",
     "garbage",
     "ignore_writes",
     "refuse_write:<point>",
     "frozen",
     "out_of_range",
+    "stuck_output",
 )
 
 
@@ -357,7 +366,7 @@ class ChargerSim:
                 self.watchdog_expired = False
                 continue
             value = self.get(name)
-            if value is None:
+            if value is None or self.faults.stuck_output:
                 continue
             if name == "voltage_setpoint_v" and isinstance(value, int | float):
                 self.physics.voltage_setpoint_v = float(value)
@@ -408,6 +417,10 @@ class ChargerSim:
             f.exception_code = (
                 int(value if value is not None else ExcCodes.DEVICE_BUSY) if active else None
             )
+        elif name == "read_exception":
+            f.read_exception_code = (
+                int(value if value is not None else ExcCodes.DEVICE_FAILURE) if active else None
+            )
         elif name == "short_answers":
             f.short_answers = active
         elif name == "garbage":
@@ -421,6 +434,8 @@ class ChargerSim:
                 self.frozen_bits = {t: dict(b) for t, b in self.bits.items()}
         elif name == "out_of_range":
             f.out_of_range = active
+        elif name == "stuck_output":
+            f.stuck_output = active
         else:
             raise ValueError(
                 f"unknown fault {name!r} (known: {', '.join(FAULT_NAMES)}, bit:<flag>)"
@@ -487,6 +502,8 @@ async def _action(
         await asyncio.sleep(f.slow_s)
     if f.exception_code is not None:
         return ExcCodes(f.exception_code)
+    if f.read_exception_code is not None and set_values is None:
+        return ExcCodes(f.read_exception_code)
     table = _FC_TABLE.get(function_code)
     if table is None:
         return ExcCodes.ILLEGAL_FUNCTION

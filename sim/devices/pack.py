@@ -37,6 +37,7 @@ from drivers.can.codec import (
     encode_bmv,
 )
 from drivers.can.config import CanBusConfig
+from drivers.can.events import BATTERY_TYPE_CODES
 from drivers.can.j1939 import MessageReceived, TransportSession
 from drivers.can.runner import CoreRunner
 
@@ -51,7 +52,6 @@ OCV_CURVES: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
         (3.00, 3.45, 3.55, 3.62, 3.68, 3.74, 3.80, 3.87, 3.95, 4.04, 4.12, 4.16, 4.20),
     ),
 }
-BATTERY_TYPE = {"LFP": 3, "NMC": 6}
 MAX_CELL_V = {"LFP": 3.65, "NMC": 4.25}
 CV_CELL_V = {"LFP": 3.60, "NMC": 4.18}
 
@@ -261,6 +261,7 @@ class BmsCounters:
     ccs_seen: int = 0
     cem_seen: int = 0
     sessions_ended: int = 0
+    handshakes: int = 0  # CHM that began a session (the first, or one after an ended one)
     timeouts: list[str] = field(default_factory=list)
 
 
@@ -312,6 +313,20 @@ class BmsCore:
         self.faults.discard(fault)
         if fault is Fault.OVER_TEMPERATURE:
             self.model.extra_temperature_c = 0.0
+
+    def replug(self, now: float) -> None:
+        """The connector re-plugged (auxiliary supply cycled): the BMS forgets its session and
+        waits for the charger's CHM. Injected faults stay (clear them separately)."""
+        self.tp = TransportSession(BMS_ADDR, CHARGER_ADDR)
+        self.model.current_a = 0.0
+        self.charger_current_a = 0.0
+        self.charger_paused = False
+        self._last_ccs = None
+        self._bst_signals = {}
+        self._bst_sent = 0
+        self._bem_signals = {}
+        self._enter(BmsPhase.WAIT_CHARGER, {}, now)
+        self._watch = {}
 
     # -- time ----------------------------------------------------------------------------------
 
@@ -367,6 +382,7 @@ class BmsCore:
             # auxiliary supply, e.g. once an e-stop is reset)
             restart = self.phase in (BmsPhase.WAIT_CHARGER, BmsPhase.ENDED)
             if restart and Fault.NO_BHM not in self.faults:
+                self.counters.handshakes += 1
                 self._enter(BmsPhase.HANDSHAKE, {"BHM": self.timers.bhm_period_s}, now)
         elif fid == self._ids["CRM"]:
             result = int(s["CRM_RecognitionResult"])
@@ -512,7 +528,7 @@ class BmsCore:
                 "BRM",
                 {
                     "BRM_ProtocolVersion": 0x000101,
-                    "BRM_BatteryType": BATTERY_TYPE[spec.chemistry],
+                    "BRM_BatteryType": BATTERY_TYPE_CODES[spec.chemistry],
                     "BRM_RatedCapacity": spec.capacity_ah,
                     "BRM_RatedVoltage": spec.rated_voltage_v,
                     "BRM_PackSerial": spec.serial,
@@ -690,6 +706,10 @@ class SimPack:
 
     def clear(self, fault: Fault) -> None:
         self.core.clear(fault)
+        self.runner.dispatch([])
+
+    def replug(self) -> None:
+        self.core.replug(self.runner.now)
         self.runner.dispatch([])
 
     async def run(self) -> None:

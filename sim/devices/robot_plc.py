@@ -1,6 +1,6 @@
 """Simulated swap robot PLC: a pymodbus TCP server implementing drivers/robot/robot-plc.yaml.
 
-Two units (vehicle side, rack side) run steps whose durations (DOMAIN.md defaults) are divided by
+Two units (vehicle side, rack side) run steps whose durations (docs/swap.md defaults) are divided by
 `speed`. The PLC tracks which physical places hold a pack, so a wrong command faults just as a
 real machine would. Status is computed when it is read (the PLC "scans" on every request), so
 there is no timer task. Fault injection: step fault, stuck step, torque failure on k heads,
@@ -24,7 +24,7 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 from drivers.core.clock import Clock, SystemClock
 from drivers.robot.contract import RobotContract, RobotStatus, UnitState, UnitStatus
 
-# DOMAIN.md step table (seconds); recovery moves are our own assumption.
+# The step table of docs/swap.md (seconds); recovery moves are our own assumption.
 DEFAULT_DURATIONS_S: dict[tuple[str, str], float] = {
     ("vehicle", "position"): 30,
     ("vehicle", "lift"): 10,
@@ -44,6 +44,19 @@ DEFAULT_DURATIONS_S: dict[tuple[str, str], float] = {
     ("rack", "return_to_shuttle"): 5,
     ("rack", "put_back"): 20,
 }
+
+
+@dataclass(frozen=True, slots=True)
+class RackSlot:
+    """A rack slot as the PLC knows it: by its number (the step argument), never by the
+    station's slot id (that is `edge.swap.inventory.SlotPlace`)."""
+
+    number: int
+
+
+# Where the PLC sees a pack: a handling place ("vehicle", "shuttle", "buffer", "stacker") or a
+# numbered rack slot.
+PlcPlace = str | RackSlot
 
 # pack moves per step: (source, target); "slot" means slot number `arg`
 _MOVES: dict[tuple[str, str], tuple[str, str]] = {
@@ -139,10 +152,10 @@ class RobotPlcSim:
         # Called with every step that starts running (monitors see the PLC's own view).
         self.step_observers: list[Callable[[Motion], None]] = []
         self.changed = asyncio.Event()
-        # Called with (source, target) places (`slot:<n>`, `vehicle`, ...) when a step that
+        # Called with (source, target) places (`RackSlot(n)`, `vehicle`, ...) when a step that
         # carries a pack finishes, before the step reads DONE: a simulated world moves the
         # pack's BMS and charger load along with it.
-        self.on_move: Callable[[str, str], None] | None = None
+        self.on_move: Callable[[PlcPlace, PlcPlace], None] | None = None
         self._server: ModbusTcpServer | None = None
         c = self.contract
         self._device = SimDevice(
@@ -229,21 +242,21 @@ class RobotPlcSim:
         u.fault_code = self.contract.fault_codes[name]
         self.changed.set()
 
-    def _source_target(self, unit: str, step: str, arg: int) -> tuple[str, str] | None:
+    def _source_target(self, unit: str, step: str, arg: int) -> tuple[PlcPlace, PlcPlace] | None:
         mv = _MOVES.get((unit, step))
         if mv is None:
             return None
         src, dst = mv
-        return (f"slot:{arg}" if src == "slot" else src, f"slot:{arg}" if dst == "slot" else dst)
+        return (RackSlot(arg) if src == "slot" else src, RackSlot(arg) if dst == "slot" else dst)
 
-    def _occupied(self, place: str) -> bool:
-        if place.startswith("slot:"):
-            return self.slots[int(place[5:])]
+    def _occupied(self, place: PlcPlace) -> bool:
+        if isinstance(place, RackSlot):
+            return self.slots[place.number]
         return self.places[place]
 
-    def _set(self, place: str, value: bool) -> None:
-        if place.startswith("slot:"):
-            self.slots[int(place[5:])] = value
+    def _set(self, place: PlcPlace, value: bool) -> None:
+        if isinstance(place, RackSlot):
+            self.slots[place.number] = value
         else:
             self.places[place] = value
 
@@ -439,9 +452,9 @@ class RobotPlcSim:
         u = self.units[unit]
         return self.step_of(unit) if u.state == UnitState.BUSY else None
 
-    def occupancy(self) -> dict[str, bool]:
-        out = dict(self.places)
-        out.update({f"slot:{n}": v for n, v in self.slots.items()})
+    def occupancy(self) -> dict[PlcPlace, bool]:
+        out: dict[PlcPlace, bool] = {RackSlot(n): v for n, v in self.slots.items()}
+        out.update(self.places)
         return out
 
 

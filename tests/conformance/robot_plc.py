@@ -1,7 +1,7 @@
 """An independent swap-robot PLC for conformance tests.
 
-Written from the contract alone (docs/robot-plc.md, config/registers/robot-plc.yaml, the
-interlocks of DOMAIN.md and the moves of docs/swap.md): it shares no code with the daemon's
+Written from the contract alone (docs/robot-plc.md, drivers/robot/robot-plc.yaml, the
+interlocks and the moves of docs/swap.md): it shares no code with the daemon's
 robot client or its PLC simulator. A pymodbus server (SimDevice with an `action` hook) whose
 status registers are computed at each read and whose command registers are judged at each
 write.
@@ -45,7 +45,7 @@ VEHICLE_STEPS = {
 }
 RACK_STEPS = {1: "fetch", 2: "take", 3: "give", 4: "store", 5: "return_to_shuttle", 6: "put_back"}
 SLOT_STEPS = {"fetch", "store", "put_back"}
-# DOMAIN.md: the robot/shuttle moves under the car only with HV off and the car immobilised.
+# docs/swap.md interlocks: robot/shuttle under the car only with HV off and the car immobilised.
 UNDER_CAR = {
     "lift",
     "unlock",

@@ -1,28 +1,39 @@
-"""The composed daemon against an independent GB/T 27930 BMS (tests/conformance/gbt_bms.py)."""
+"""The composed daemon against an independent GB/T 27930 BMS (tests/conformance/gbt_bms.py).
+
+`daemon` "process": the real `swapd run` in a child process, the BMS reached over SLCAN over
+TCP (python-can's slcan interface on `socket://`), the charger over Modbus TCP, as deployed."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 
 import pytest
 
 from tests.conformance.gbt_bms import BmsPeerConfig, Phase, ccs_period_stats, wait_until
-from tests.conformance.rig import conformance_station
+from tests.conformance.rig import Daemon, conformance_station
 
 pytestmark = pytest.mark.timeout(120)
 
 
-async def test_full_charge_session_to_the_end(tmp_path: Path) -> None:
+DAEMONS = ["in-process", "process"]
+
+
+@pytest.mark.parametrize("daemon", DAEMONS)
+async def test_full_charge_session_to_the_end(tmp_path: Path, daemon: Daemon) -> None:
     """Handshake to statistics: the BMS charges from 40 % to its 50 % target, stops with BST
     (SOC reached), the charger answers CST 'BMS stopped', BSD/CSD close the session."""
     cfg = BmsPeerConfig(soc_pct=40.0, target_soc_pct=50.0, capacity_ah=2.0, demand_a=100.0)
-    async with conformance_station(tmp_path, 1, {1: cfg}) as rig:
+    async with conformance_station(tmp_path, 1, {1: cfg}, daemon=daemon) as rig:
         peer = rig.seats[0].peer
         assert peer is not None
         await wait_until(lambda: peer.ended.is_set() or peer.phase is Phase.ERROR, 60)
         assert peer.phase is Phase.ENDED, [str(v) for v in peer.violations]
         await wait_until(lambda: peer.stop_latency_s is not None, 15)
     assert [str(v) for v in peer.violations] == []
+    if rig.daemon is not None:
+        assert rig.daemon.returncode == 0, rig.daemon.tail()  # SIGTERM: a clean exit
     assert peer.sessions == 1
     assert peer.cst and peer.cst[0][0] >> 6 & 3 == 1  # "BMS stopped"
     assert peer.csd is not None and peer.csd[2] == peer.crm_number
@@ -70,15 +81,17 @@ async def test_bms_timeout_cem_then_rehandshake(tmp_path: Path) -> None:
     assert any(what == "rehandshake" for _, what, _ in peer.log)
 
 
-@pytest.mark.parametrize("demand_a", [60.0, 100.0])
-async def test_pack_gets_what_it_asks_for(tmp_path: Path, demand_a: float) -> None:
+@pytest.mark.parametrize(
+    ("demand_a", "daemon"), [(60.0, "in-process"), (100.0, "in-process"), (100.0, "process")]
+)
+async def test_pack_gets_what_it_asks_for(tmp_path: Path, demand_a: float, daemon: Daemon) -> None:
     """With the BCL demand the only limit (600 kW cap, 60 kW charger, BCP 150 A), the current
-    delivered and reported in CCS settles at the demand within max(1 A, 1 %) and stays there.
-    (Settling waits for one scheduler period: a grant sized at the request at the pack's
-    earlier voltage binds until the next allocation, 98.9 A for 100 A for ~4 s.)"""
+    delivered and reported in CCS settles at the demand within max(1 A, 1 %) and stays there
+    (a grant sized at the request at the pack's earlier voltage no longer binds until the next
+    scheduler period: the slot asks for a new allocation at once)."""
     cfg = BmsPeerConfig(soc_pct=40.0, target_soc_pct=95.0, capacity_ah=50.0, demand_a=demand_a)
     tol = max(1.0, 0.01 * demand_a)
-    async with conformance_station(tmp_path, 1, {1: cfg}) as rig:
+    async with conformance_station(tmp_path, 1, {1: cfg}, daemon=daemon) as rig:
         peer = rig.seats[0].peer
         assert peer is not None
 
@@ -94,4 +107,41 @@ async def test_pack_gets_what_it_asks_for(tmp_path: Path, demand_a: float) -> No
     assert abs(worst.current_a - demand_a) <= tol, f"CCS {worst.current_a:.1f} A for {demand_a}"
     worst = max(held, key=lambda s: abs(s.delivered_a - demand_a))
     assert abs(worst.delivered_a - demand_a) <= tol, f"{worst.delivered_a:.1f} A for {demand_a}"
+    assert [str(v) for v in peer.violations] == []
+
+
+@pytest.mark.parametrize("daemon", DAEMONS)
+async def test_a_new_bcl_reaches_the_charger_within_a_ccs_period(
+    tmp_path: Path, daemon: Daemon
+) -> None:
+    """The BMS raises its BCL from 60 A to 100 A mid-charge: the charger's current limit (read
+    from the charger simulator's register) follows within one CCS period (50 ms) plus the
+    BCL's own period, not at the next scheduler period (5 s); CCS then reports the new current
+    once the charger has ramped (100 A/s in the simulator). Prints the measured lags."""
+    cfg = BmsPeerConfig(soc_pct=40.0, target_soc_pct=95.0, capacity_ah=50.0, demand_a=60.0)
+    async with conformance_station(tmp_path, 1, {1: cfg}, daemon=daemon) as rig:
+        peer = rig.seats[0].peer
+        assert peer is not None
+        sim = rig.chargers[rig.config.slots[0].charger]
+
+        def limit() -> float:
+            v = sim.get("current_limit_a")
+            return float(v) if v is not None else 0.0
+
+        await wait_until(lambda: abs(peer.delivered_a - 60.0) <= 1.0, 30)
+        await asyncio.sleep(1.0)  # mid-period: the scheduler's next allocation is seconds away
+        assert abs(limit() - 60.0) <= 1.0, limit()
+        t0 = time.monotonic()
+        peer.set_demand(100.0)
+        await wait_until(lambda: limit() >= 99.0, 5, step_s=0.001)
+        setpoint_lag = time.monotonic() - t0
+        await wait_until(lambda: bool(peer.ccs) and peer.ccs[-1].current_a >= 99.0, 5, 0.001)
+        ccs_lag = time.monotonic() - t0
+    print(
+        f"BCL 60->100 A ({daemon}): charger limit after {setpoint_lag * 1000:.0f} ms, "
+        f"CCS after {ccs_lag * 1000:.0f} ms"
+    )
+    # The next BCL goes out within 50 ms; the limit must follow within one more CCS period.
+    assert setpoint_lag <= 0.05 + 0.05 + 0.05, f"{setpoint_lag * 1000:.0f} ms"
+    assert ccs_lag <= setpoint_lag + 0.4 + 0.5, f"{ccs_lag * 1000:.0f} ms"  # ramp + reads
     assert [str(v) for v in peer.violations] == []

@@ -3,6 +3,7 @@ places where that peer and our simulator disagree (the document decides)."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,9 @@ from edge.config import load_config
 from edge.slot.core import SlotState
 from sim.benchcfg import LoopbackPorts
 from sim.devices.charger import ChargerSimSpec, run_charger_sims
+from tests.conformance.gbt_bms import BmsPeerConfig
 from tests.conformance.generic_peer import GenericPeer
+from tests.conformance.rig import conformance_station
 from tests.conformance.vendors.base import serving
 from tests.edge.station_fixtures import mini_config, running_station, wait_for
 
@@ -36,6 +39,26 @@ async def test_composed_daemon_drives_the_generic_peer(tmp_path: Path) -> None:
         assert not peer.enabled and peer.regs["holding"][101] == 0
         assert peer.violations == []
     assert not peer.enabled and peer.current_a == 0.0
+    assert peer.violations == []
+    assert peer.refused == 0
+
+
+@pytest.mark.timeout(90)
+async def test_swapd_run_drives_the_generic_peer_and_switches_it_off(tmp_path: Path) -> None:
+    """The same peer against `swapd run` in a child process, with the BMS peer over SLCAN/TCP:
+    it charges, its watchdog is fed, and SIGTERM leaves it switched off (limit 0, enable 0)."""
+    peer = GenericPeer()
+    bms = BmsPeerConfig(soc_pct=40.0, target_soc_pct=95.0, capacity_ah=50.0, demand_a=100.0)
+    async with asyncio.timeout(60):
+        async with conformance_station(
+            tmp_path, 1, {1: bms}, daemon="process", charger_peers={"ch01": peer}
+        ) as rig:
+            await wait_for(lambda: peer.enabled and peer.current_a > 10, 30)
+            beats = peer.regs["holding"][103]
+            await wait_for(lambda: peer.regs["holding"][103] != beats, 3)  # fed at 1 s
+            assert rig.seats[0].peer is not None and rig.seats[0].peer.charging.is_set()
+        assert rig.daemon is not None and rig.daemon.returncode == 0, rig.daemon.tail()
+    assert not peer.enabled and peer.regs["holding"][101] == 0
     assert peer.violations == []
     assert peer.refused == 0
 

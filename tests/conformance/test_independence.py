@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).resolve().parent
-PEERS = sorted([HERE / "generic_peer.py", *(HERE / "vendors").glob("*.py")])
+PEERS = sorted(
+    [
+        HERE / "generic_peer.py",
+        HERE / "gbt_bms.py",  # the BMS peer (it meets `swapd run` over SLCAN through the rig)
+        HERE / "robot_plc.py",
+        *(HERE / "vendors").glob("*.py"),
+    ]
+)
 
 
 @pytest.mark.parametrize("path", PEERS, ids=[p.name for p in PEERS])

@@ -1,5 +1,11 @@
-"""The composed daemon (simulated chargers, packs and robot PLC) against a backend that knows
-only docs/asyncapi.yaml, on each real broker: Mosquitto, NATS's MQTT gateway, RabbitMQ."""
+"""The real daemon (`swapd run` in a child process, with the conformance peers: GB/T BMS over
+SLCAN/TCP, chargers over Modbus TCP, the robot PLC peer) against a backend that knows only
+docs/asyncapi.yaml, on each real broker: Mosquitto, NATS's MQTT gateway, RabbitMQ.
+
+Bounded twice: the body runs under `asyncio.timeout` (so the daemon, the peers and the MQTT
+clients are torn down by their own context managers on a hang), and pytest-timeout is the last
+resort; a child daemon that survives anyway is killed by tests/conformance/conftest.py. The
+brokers are fixtures that stop (then kill) their process in `finally`."""
 
 from __future__ import annotations
 
@@ -12,8 +18,9 @@ from typing import Any
 import aiomqtt
 import pytest
 
+from tests.conformance.gbt_bms import BmsPeerConfig
 from tests.conformance.mqtt_backend import Backend, Document, pump, subscribe_all
-from tests.edge.station_fixtures import mini_config, running_station
+from tests.conformance.rig import conformance_station
 
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "asyncapi.yaml"
@@ -34,16 +41,26 @@ def test_document_levels_are_plain() -> None:
     assert doc.version.split(".")[0] >= "2"
 
 
-@pytest.mark.timeout(120)
+BODY_S = 90.0  # the test's own bound; pytest-timeout (150 s) also covers a RabbitMQ start
+
+
+@pytest.mark.timeout(150)
 async def test_daemon_against_the_document_backend(any_broker: Any, tmp_path: Path) -> None:
+    async with asyncio.timeout(BODY_S):
+        await _against_the_document(any_broker, tmp_path)
+
+
+async def _against_the_document(any_broker: Any, tmp_path: Path) -> None:
     doc = Document(DOC)
     station_id = f"peer-{uuid.uuid4().hex[:8]}"  # the RabbitMQ node keeps retained status
-    path = mini_config(tmp_path, n_slots=2, mqtt_port=any_broker.port)
-    path.write_text(path.read_text().replace("id: it-station", f"id: {station_id}", 1))
     backend = Backend(doc, any_broker.host, any_broker.port, station_id)
     room = Backend(doc, any_broker.host, any_broker.port, station_id)
     events = doc.channel("eventModeChanged")
     room_filter = events.topic(backend.params).rsplit("/", 1)[0] + "/#"  # event/mode/#
+    packs = {
+        n: BmsPeerConfig(serial=n, soc_pct=40.0, target_soc_pct=95.0, capacity_ah=50.0)
+        for n in (1, 2)
+    }
     async with (
         aiomqtt.Client(any_broker.host, any_broker.port, identifier=f"{station_id}-be") as cloud,
         aiomqtt.Client(any_broker.host, any_broker.port, identifier=f"{station_id}-rm") as rc,
@@ -55,23 +72,50 @@ async def test_daemon_against_the_document_backend(any_broker: Any, tmp_path: Pa
             asyncio.create_task(pump(rc, room), name="peer-room"),
         ]
         try:
-            async with running_station(path) as world:
+            async with conformance_station(
+                tmp_path,
+                2,
+                packs,
+                daemon="process",
+                mqtt_port=any_broker.port,
+                station_id=station_id,
+            ) as rig:
                 await backend.wait_for(
                     lambda: any(g.payload["online"] for g in backend.on("status")), 30, "birth"
                 )
                 await backend.wait_for(
                     lambda: (
                         {g.topic.rsplit("/", 1)[1] for g in backend.on("telemetrySlot")}
-                        >= {s.id for s in world.config.slots}
+                        >= {s.id for s in rig.config.slots}
                         and backend.on("telemetryStation")
+                        and backend.on("telemetryRobot")
                     ),
                     30,
-                    # Not the robot: the composed daemon never publishes telemetryRobot (the
-                    # peer's first finding, reported on issue 13).
-                    "telemetry of the station and every slot",
+                    "telemetry of the station, every slot and the robot",
+                )
+                # The robot as the PLC reports it: idle, its units' positions, its interlocks.
+                await backend.wait_for(
+                    lambda: any(
+                        g.payload["quality"] == "good"
+                        and g.payload["sequence_state"] == "idle"
+                        and g.payload["axes_mm"]
+                        and g.payload["interlocks"]
+                        for g in backend.on("telemetryRobot")
+                    ),
+                    15,
+                    "robot telemetry from the PLC",
                 )
                 for g in backend.on("telemetrySlot"):
                     assert g.payload["slot_id"] == g.topic.rsplit("/", 1)[1]
+                # The packs charge (the BMS peers ask 100 A): the slots say so.
+                await backend.wait_for(
+                    lambda: any(
+                        (g.payload["current_a"] or 0) > 50 and g.payload["pack_id"]
+                        for g in backend.on("telemetrySlot")
+                    ),
+                    30,
+                    "a slot charging its pack",
+                )
                 r = await backend.command(cloud, "set_mode", {"mode": "maintenance"})
                 assert r["ok"] is True and r["error"] is None, r
                 await backend.wait_for(

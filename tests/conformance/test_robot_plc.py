@@ -3,16 +3,21 @@ independent GB/T BMS peers in the rack slots."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from edge.cli.ctl import request
 from tests.conformance.gbt_bms import BmsPeerConfig, Phase, wait_until
-from tests.conformance.rig import Rig, conformance_station
+from tests.conformance.rig import Daemon, Rig, conformance_station
 from tests.conformance.robot_plc import ESTOP
 
 pytestmark = pytest.mark.timeout(120)
+# Each test's own bound, under pytest-timeout: a stuck wait fails with its traceback and the rig
+# still tears down (pytest-timeout would interrupt the loop and leave the teardown undone).
+BODY_S = 100.0
 
 FULL = BmsPeerConfig(serial=1, soc_pct=94.6, target_soc_pct=95.0, capacity_ah=20.0)
 VEHICLE_PACK = BmsPeerConfig(
@@ -42,11 +47,17 @@ def pack_id(cfg: BmsPeerConfig) -> str:
 
 
 async def start_swap(rig: Rig, params: dict[str, Any], timeout_s: float = 30.0) -> None:
-    """Ask as a vehicle would, again while the daemon still refuses (rack not identified yet)."""
-    last: Exception | None = None
+    """Ask as a vehicle would, again while the daemon still refuses (rack not identified yet).
+    A child daemon is asked over its ctl socket (`swapd ctl start-swap`)."""
+    last: object = None
 
     async def attempt() -> bool:
         nonlocal last
+        if rig.station is None:
+            sock = str(rig.config.station.ctl_socket)
+            reply = await asyncio.to_thread(request, sock, "start_swap", params, 5.0)
+            last = reply
+            return bool(reply.get("ok"))
         try:
             await rig.station.swap.coordinator.execute("start_swap", params)
             return True
@@ -54,22 +65,27 @@ async def start_swap(rig: Rig, params: dict[str, Any], timeout_s: float = 30.0) 
             last = e
             return False
 
-    import asyncio
-
-    async with asyncio.timeout(timeout_s):
-        while not await attempt():
-            await asyncio.sleep(0.5)
-    del last
+    try:
+        async with asyncio.timeout(timeout_s):
+            while not await attempt():
+                await asyncio.sleep(0.5)
+    except TimeoutError:
+        raise AssertionError(f"start_swap refused for {timeout_s} s: {last}") from None
 
 
 def plc_report(rig: Rig) -> list[str]:
     return [str(v) for v in rig.plc.violations]
 
 
-async def test_full_swap(tmp_path: Path) -> None:
+@pytest.mark.parametrize("daemon", ["in-process", "process"])
+async def test_full_swap(tmp_path: Path, daemon: Daemon) -> None:
     """A vehicle arrives; the daemon runs all 15 steps; the full pack leaves slot 1 only with
-    its output off, the depleted pack is stored in slot 2 and its BMS is then charged."""
-    async with conformance_station(tmp_path, 2, {1: FULL}, step_s=0.1) as rig:
+    its output off, the depleted pack is stored in slot 2 and its BMS is then charged. With
+    `swapd run` in a child process the BMS peers are reached over SLCAN/TCP."""
+    async with (
+        asyncio.timeout(BODY_S),
+        conformance_station(tmp_path, 2, {1: FULL}, step_s=0.1, daemon=daemon) as rig,
+    ):
         full = rig.seats[0].peer
         assert full is not None
         # The full pack is identified (a session runs; the scheduler gives it nothing).
@@ -106,7 +122,10 @@ async def test_emergency_stop(tmp_path: Path) -> None:
     step, the daemon halts both units, switches every output off (the charging pack sees its
     current fall to <= 5 A) and commands nothing until the chain is healthy and reset."""
     charging = BmsPeerConfig(serial=3, soc_pct=40.0, target_soc_pct=95.0, capacity_ah=20.0)
-    async with conformance_station(tmp_path, 3, {1: FULL, 3: charging}, step_s=0.3) as rig:
+    async with (
+        asyncio.timeout(BODY_S),
+        conformance_station(tmp_path, 3, {1: FULL, 3: charging}, step_s=0.3) as rig,
+    ):
         full, busy = rig.seats[0].peer, rig.seats[2].peer
         assert full is not None and busy is not None
         await wait_until(
@@ -130,8 +149,6 @@ async def test_emergency_stop(tmp_path: Path) -> None:
             assert cst[0] >> 4 & 3 == 1 and cst[2] & 3 == 1, f"e-stop CST {cst.hex()}"
         moved = len(rig.plc.motions)
         rig.plc.set_input(ESTOP, True)
-        import asyncio
-
         await asyncio.sleep(1.5)
         assert len(rig.plc.motions) == moved, "a motion after the e-stop without a reset"
         assert rig.plc.halt == 3

@@ -6,6 +6,7 @@ daemon charges through the emulator and switches it off, judged by the emulator'
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,8 @@ from drivers.modbus.codec import Value, decode_words, encode
 from drivers.modbus.regmap import RegisterMap, load_register_map
 from edge.config import load_config
 from edge.slot.core import SlotState
+from tests.conformance.gbt_bms import BmsPeerConfig
+from tests.conformance.rig import conformance_station
 from tests.conformance.vendors.abb_terra_ac import AbbTerraAc
 from tests.conformance.vendors.alpitronic_hyc import AlpitronicHyc
 from tests.conformance.vendors.base import VendorEmulator, serving
@@ -226,6 +229,36 @@ async def test_composed_daemon_charges_through_and_switches_off(
     assert emu.refused == 0
 
 
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("vendor", VENDORS.values(), ids=VENDORS.keys())
+async def test_swapd_run_charges_through_and_sigterm_switches_off(
+    tmp_path: Path, vendor: Vendor
+) -> None:
+    """The same emulators against `swapd run` in a child process, the GB/T BMS peer over
+    SLCAN/TCP: it charges, never reads a write-only register, and SIGTERM leaves it off."""
+    emu = vendor.make()
+    bms = BmsPeerConfig(soc_pct=40.0, target_soc_pct=95.0, capacity_ah=50.0, demand_a=30.0)
+    async with (
+        asyncio.timeout(60),
+        conformance_station(
+            tmp_path,
+            1,
+            {1: bms},
+            daemon="process",
+            charger_peers={"ch01": emu},
+            charger_map=f"builtin:{vendor.map_name}",
+        ) as rig,
+    ):
+        await wait_for(lambda: vendor.charging(emu), 30)
+        assert emu.refused == 0, emu.requests
+        pack = rig.seats[0].peer
+        assert pack is not None
+    assert [str(v) for v in pack.violations] == []
+    assert rig.daemon is not None and rig.daemon.returncode == 0, rig.daemon.tail()
+    assert vendor.off(emu), vars(emu)
+    assert emu.refused == 0
+
+
 def test_check_config_refuses_the_map_a_new_user_first_wrote(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -256,10 +289,10 @@ async def test_device_owner_on_a_write_only_block(tmp_path: Path) -> None:
     import asyncio
     import contextlib
 
-    from drivers.core.alarm_sink import RecordingAlarmSink
     from drivers.core.clock import SystemClock
     from drivers.modbus import ModbusDevice, ModbusLink
     from sim.benchcfg import LoopbackPorts
+    from tests.doubles import RecordingAlarmSink
 
     ports = LoopbackPorts()
     port = ports.take()

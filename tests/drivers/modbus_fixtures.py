@@ -9,12 +9,11 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from drivers.core.alarm_sink import RecordingAlarmSink
-from drivers.core.clock import ManualClock
 from drivers.modbus import ModbusDevice, ModbusLink, ModbusTiming, Snapshot, load_register_map
 from drivers.modbus.regmap import RegisterMap
 from sim.devices.charger import ChargerSim, ChargerSimSpec, run_charger_sims
 from tests.conftest import free_port
+from tests.doubles import ManualClock, RecordingAlarmSink
 
 ROOT = Path(__file__).resolve().parents[2]
 MAPS = {

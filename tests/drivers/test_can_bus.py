@@ -26,8 +26,8 @@ from drivers.can.events import (
 )
 from drivers.can.runner import ChargerLink
 from drivers.can.session import ChargerLimits, ChargerMeasurements
-from drivers.core.alarm_sink import RecordingAlarmSink
 from sim.devices.pack import BmsCore, Fault, PackModel, PackSpec, SimPack
+from tests.doubles import RecordingAlarmSink
 
 LIMITS = ChargerLimits(max_voltage_v=750.0, min_voltage_v=150.0, max_current_a=250.0)
 _chan = itertools.count()

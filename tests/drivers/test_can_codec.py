@@ -1,4 +1,4 @@
-"""The DBC + codec against frames computed by hand from GBT27930.md's byte tables."""
+"""The DBC + codec against frames computed by hand from docs/gbt27930.md's byte tables."""
 
 from __future__ import annotations
 

@@ -48,6 +48,7 @@ def test_full_session_chm_to_csd_in_order() -> None:
     ident = w.of(PackIdentified)[0]
     assert ident.manufacturer == "CATL" and ident.vin == "LNBSCU3H8JR000001"
     assert ident.battery_type == 3 and ident.rated_capacity_ah == pytest.approx(150.0)
+    assert ident.pack_type == "LFP"  # BRM's code by name (drivers.can.events.BATTERY_TYPES)
     limits = w.of(PackLimits)[0]
     assert limits.max_charge_current_a == pytest.approx(250.0)  # positive into the pack
     req = w.of(ChargeRequest)[-1]

@@ -16,10 +16,10 @@ from drivers.can.config import CanBusConfig
 from drivers.can.events import ChargeRequest, Phase, PhaseChanged, SessionEvent
 from drivers.can.runner import ChargerLink
 from drivers.can.session import ChargerLimits, ChargerMeasurements
-from drivers.core.alarm_sink import RecordingAlarmSink
 from drivers.core.backoff import Backoff
 from sim.devices.slcan_server import SlcanPort
 from tests.conftest import free_port
+from tests.doubles import RecordingAlarmSink
 
 LIMITS = ChargerLimits(max_voltage_v=750.0, min_voltage_v=150.0, max_current_a=250.0)
 

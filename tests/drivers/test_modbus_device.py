@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import structlog.testing
 
-from drivers.core.alarm_sink import RecordingAlarmSink
 from drivers.core.clock import SystemClock
 from drivers.modbus import (
     DeviceOfflineError,
@@ -29,6 +28,7 @@ from drivers.modbus import (
 )
 from sim.devices.charger import ChargerSimSpec, run_charger_sims
 from tests.conftest import free_port
+from tests.doubles import RecordingAlarmSink
 from tests.drivers.modbus_fixtures import FAST, MAPS, STEADY, charger_rig, until
 
 BOTH = pytest.mark.parametrize("map_name", ["generic", "vendorb"])

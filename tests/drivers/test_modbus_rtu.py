@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from drivers.core.alarm_sink import RecordingAlarmSink
 from drivers.core.clock import SystemClock
 from drivers.modbus import DeviceState, ModbusNetwork, ModbusRtuEndpoint, Quality
 from sim.devices.charger import run_charger_sims, spec_from_endpoint
+from tests.doubles import RecordingAlarmSink
 from tests.drivers.modbus_fixtures import MAPS, until
 
 

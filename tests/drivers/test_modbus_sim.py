@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from drivers.core.clock import ManualClock
 from drivers.modbus import load_register_map
 from sim.devices.charger import ChargerPhysics, ChargerRatings, ChargerSim, SimpleBattery
+from tests.doubles import ManualClock
 from tests.drivers.modbus_fixtures import MAPS
 
 

@@ -19,14 +19,15 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from drivers.core.alarm_sink import RecordingAlarmSink  # noqa: E402
 from drivers.core.clock import SystemClock  # noqa: E402
 from drivers.robot.contract import RobotContract  # noqa: E402
 from drivers.robot.modbus_port import ModbusRobotPort  # noqa: E402
 from edge.swap.coordinator import SwapCoordinator  # noqa: E402
 from edge.swap.journal import Journal, JournalRecord  # noqa: E402
-from edge.swap.sequence import PackIdentity  # noqa: E402
+from edge.swap.messages import PackIdentity  # noqa: E402
 from edge.swap.steps import load_step_graph  # noqa: E402
+from edge.telemetry.models import Details, EventType  # noqa: E402
+from tests.doubles import RecordingAlarmSink  # noqa: E402
 from tests.edge.swap_fixtures import ANNOUNCED, PACK_TYPE, RACK, SLOTS, Outputs, Views  # noqa: E402
 
 
@@ -44,8 +45,9 @@ class DyingJournal(Journal):
 
 
 class PrintEvents:
-    def emit(self, type: str, details: dict[str, Any]) -> None:
-        sys.stdout.write(orjson.dumps({"type": type, **details}).decode() + "\n")
+    def emit(self, type: EventType, details: Details) -> None:
+        line = {"type": type, **details.model_dump(mode="json", by_alias=True)}
+        sys.stdout.write(orjson.dumps(line).decode() + "\n")
         sys.stdout.flush()
 
 

@@ -21,17 +21,17 @@ from drivers.core.clock import Clock, SystemClock
 from edge.operator.config import CommandsConfig
 from edge.operator.service import CommandService
 from edge.operator.signatures import Verifier
+from edge.state import OperatingMode
 from edge.telemetry.asyncapi import build
 from edge.telemetry.config import MqttConfig, TelemetryConfig
 from edge.telemetry.models import (
     GridMode,
-    OperatingMode,
     RobotTelemetry,
     SlotTelemetry,
     StationTelemetry,
 )
 from edge.telemetry.service import Telemetry
-from edge.telemetry.target import InMemoryTarget
+from tests.doubles import InMemoryTarget
 
 STATION_ID = "st-test-01"
 

@@ -104,8 +104,13 @@ async def test_ctl_commands_exit_codes_and_socket_mode(tmp_path: Path) -> None:
             rc, doc, _ = await swapd_ctl(
                 sock, "inventory-set", "--pack-id", "P-002", "--place", "roof"
             )
-            # known defect: the place is checked after the mode rules (see issue 14's note)
-            assert rc in (1, 2) and doc["error"]["code"] in ("invalid_params", "rejected")
+            assert rc == 2 and doc["error"]["code"] == "invalid_params"
+            # A well-formed place naming no slot of this station: the station's own check,
+            # still before its mode rules (a step is running now).
+            rc, doc, _ = await swapd_ctl(
+                sock, "inventory-set", "--pack-id", "P-002", "--place", "slot:S99"
+            )
+            assert rc == 2 and doc["error"]["code"] == "invalid_params", doc
             swap_id = rig.coord.core.swap.swap_id  # type: ignore[union-attr]
             rc, doc, err = await swapd_ctl(sock, "retry-step")
             assert rc == 2 and "--swap-id" in err  # required

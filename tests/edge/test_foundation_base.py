@@ -2,8 +2,9 @@ import asyncio
 
 import aiomqtt
 
-from drivers.core.clock import ManualClock, utc_iso
+from drivers.core.clock import utc_iso
 from tests.conftest import Broker
+from tests.doubles import ManualClock
 
 
 async def test_manual_clock_wakes_sleepers_in_order(clock: ManualClock) -> None:

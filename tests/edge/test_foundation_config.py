@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -241,3 +242,67 @@ def test_missing_robot_map_fails_check_config_with_file_line(tmp_path: Path) -> 
     file, line_no, fld = line.split(":")[:3]
     assert file == str(path) and fld.strip() == "robot.map" and "file not found" in line
     assert "nope.yaml" in path.read_text().splitlines()[int(line_no) - 1]
+
+
+# ---- scenario files (swapd demo / simulate-day --scenario) ---------------------------------
+
+SCENARIOS = Path(__file__).resolve().parents[2] / "edge" / "scheduler" / "scenarios"
+
+
+def _bad_scenario(path: Path) -> Path:
+    """A shipped scenario with three mistakes: a typo'd key, a slot beyond the station, an
+    event time that is not HH:MM."""
+    text = (SCENARIOS / "grid-emergency-day.yaml").read_text()
+    text = text.replace("  initial_soc_pct: 95", "  inital_soc_pct: 95", 1)
+    text = text.replace("  cap_kw: 600", "  cap_kw: -5", 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def _lines(stderr: str, path: Path) -> dict[str, int]:
+    """field -> line, for the problems reported in `path`."""
+    out = {}
+    for ln in stderr.strip().splitlines():
+        file, line, field, _ = ln.split(":", 3)
+        if file == str(path):
+            out[field.strip()] = int(line)
+    return out
+
+
+def test_shipped_scenarios_pass_check_config() -> None:
+    names = sorted(p.stem for p in SCENARIOS.glob("*.yaml"))
+    r = swapd("check-config", *(f"--scenario=builtin:{n}" for n in names))
+    assert r.returncode == 0, r.stderr
+    assert len(json.loads(r.stdout)["scenarios"]) == len(names) >= 4
+
+
+def test_scenario_file_by_itself_file_line_field(tmp_path: Path) -> None:
+    bad = _bad_scenario(tmp_path / "day.yaml")
+    r = swapd("check-config", str(bad))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    found = _lines(r.stderr, bad)
+    text = bad.read_text().splitlines()
+    assert "inital_soc_pct:" in text[found["station.inital_soc_pct"] - 1]
+    assert "cap_kw: -5" in text[found["grid.cap_kw"] - 1]
+    assert "station.initial_soc_pct" in found  # the missing one, at its section
+
+
+def test_scenarios_beside_a_config_and_named_ones_are_checked(tmp_path: Path) -> None:
+    cfg = station_copy(tmp_path)
+    bad = _bad_scenario(cfg.parent / "scenarios" / "rush.yaml")
+    r = swapd("check-config", str(cfg))
+    assert r.returncode == 2
+    assert _lines(r.stderr, bad), r.stderr
+    bad.unlink()
+    r = swapd("check-config", str(cfg), "--scenario", "builtin:city-taxi-day")
+    assert r.returncode == 0, r.stderr
+    r = swapd("check-config", str(cfg), "--scenario", "builtin:no-such-day")
+    assert r.returncode == 2 and "no shipped file 'builtin:no-such-day'" in r.stderr
+    r = swapd("check-config", str(cfg), "--scenario", str(tmp_path / "missing.yaml"))
+    assert r.returncode == 2 and "missing.yaml:0: <root>: file not found" in r.stderr
+
+
+def test_check_config_needs_a_file() -> None:
+    r = swapd("check-config")
+    assert r.returncode == 2 and "name a station config or a scenario" in r.stderr

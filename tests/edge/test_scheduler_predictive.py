@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from drivers.core.clock import ManualClock
 from edge.scheduler.core import Allocation, Instant, Scheduler, SlotInput
 from edge.scheduler.mpc import solve
 from edge.scheduler.plan import HullLine, Plan, PlanPack, PlanRequest
@@ -23,6 +22,7 @@ from edge.scheduler.predictive import InlinePlanner, PredictivePolicy
 from edge.scheduler.scenario import load_scenario
 from edge.scheduler.service import SchedulerService
 from edge.scheduler.simday import simulate_day
+from tests.doubles import ManualClock
 from tests.edge.scheduler_fixtures import grid_config, write_small
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,4 +1,4 @@
-"""Slot control core: setpoint arbitration and the DESIGN.md safety rules (each test fails if
+"""Slot control core: setpoint arbitration and the safety rules of docs/safety.md (each test fails if
 its rule is removed). Reactions must come back in the same call that saw the cause."""
 
 from __future__ import annotations
@@ -19,20 +19,20 @@ from drivers.can.events import (
     StopReason,
     Timeout,
 )
+from drivers.core.alarm_sink import ClearAlarm, RaiseAlarm
 from edge.alarms import CATALOGUE
+from edge.slot.config import SafetyConfig
 from edge.slot.core import (
     Action,
+    BeginSession,
     ChargerRatings,
     ChargerReading,
-    ClearAlarm,
     FeedWatchdog,
     Quality,
-    RaiseAlarm,
     SessionCommand,
     SessionCommandKind,
     SetChargerOutput,
     SlotCore,
-    SlotSafety,
     SlotState,
 )
 
@@ -82,8 +82,8 @@ def raised(acts: list[Action]) -> list[str]:
     return [a.code for a in acts if isinstance(a, RaiseAlarm)]
 
 
-def charging_core(grant_kw: float = 200.0, safety: SlotSafety | None = None) -> SlotCore:
-    core = SlotCore("slot-1", RATINGS, safety or SlotSafety())
+def charging_core(grant_kw: float = 200.0, safety: SafetyConfig | None = None) -> SlotCore:
+    core = SlotCore("slot-1", RATINGS, safety or SafetyConfig())
     core.start(0.0)
     core.set_grant(grant_kw, 0.0)
     for ev in (
@@ -183,7 +183,7 @@ def test_rule1_temperature_out_of_window_without_flag() -> None:
     core = charging_core()
     acts = core.on_session_event(flags(max_temperature_c=56), 1.0)  # BCP max 55 degC
     assert_off_cst_alarm(acts, "pack.over_temperature")
-    core = charging_core(safety=SlotSafety(max_temperature_c=45.0))
+    core = charging_core(safety=SafetyConfig(max_pack_temp_c=45.0))
     acts = core.on_session_event(flags(max_temperature_c=46), 1.0)  # the safety config wins
     assert_off_cst_alarm(acts, "pack.over_temperature")
     core = charging_core()
@@ -222,7 +222,7 @@ def test_rule2_timeout_output_off_then_latch_after_three_rehandshakes() -> None:
     assert core.state is not SlotState.UNAVAILABLE
     # Re-handshake succeeded: charging again, timeout alarm cleared.
     acts = core.on_session_event(PhaseChanged(Phase.PARAMETERS, Phase.CHARGING), 3.0)
-    assert ClearAlarm("pack.bms_timeout") in acts
+    assert ClearAlarm("pack.bms_timeout", "slot-1") in acts
     for attempt in (1, 2):
         core.on_session_event(Timeout("BCL", Phase.CHARGING, attempt, True), 4.0 + attempt)
     acts = core.on_session_event(Timeout("BCL", Phase.CHARGING, 3, False), 9.0)
@@ -230,7 +230,7 @@ def test_rule2_timeout_output_off_then_latch_after_three_rehandshakes() -> None:
     assert core.state is SlotState.UNAVAILABLE
     assert core.start(10.0) == []  # latched: no new session
     acts = core.reset_unavailable(11.0)
-    assert ClearAlarm("slot.unavailable") in acts
+    assert ClearAlarm("slot.unavailable", "slot-1") in acts
     assert core.start(12.0)
 
 
@@ -257,7 +257,10 @@ def test_rule3_charger_offline_starves_watchdog_cst_latch_until_back_and_off() -
     # Reports output off: released, watchdog fed again.
     acts = core.on_reading(ChargerReading(380.0, 0.0, False), 2.3)
     assert FeedWatchdog(True) in acts
-    assert ClearAlarm("slot.unavailable") in acts and ClearAlarm("charger.offline") in acts
+    assert (
+        ClearAlarm("slot.unavailable", "slot-1") in acts
+        and ClearAlarm("charger.offline", "slot-1") in acts
+    )
     assert core.state is SlotState.EMPTY
     # A stale reading never releases the latch.
     core2 = charging_core()
@@ -265,6 +268,94 @@ def test_rule3_charger_offline_starves_watchdog_cst_latch_until_back_and_off() -
     core2.set_charger_online(True, 2.0)
     core2.on_reading(ChargerReading(0.0, 0.0, False, Quality.STALE), 2.1)
     assert core2.state is SlotState.UNAVAILABLE
+
+
+OFF_READING = ChargerReading(380.0, 0.0, False)
+
+
+def outage(core: SlotCore) -> list[Action]:
+    """The charger goes offline, comes back and reads its output off; the actions of the return."""
+    core.set_charger_online(False, 1.0)
+    acts = core.set_charger_online(True, 2.0)
+    return acts + core.on_reading(OFF_READING, 2.1)
+
+
+def test_rule3_a_session_cut_short_by_a_charger_outage_begins_again() -> None:
+    core = charging_core()
+    core.set_charger_online(False, 1.0)
+    core.on_session_event(SessionStopped(StopReason.BMS_STOPPED_BY_CHARGER), 1.1)
+    core.on_session_event(PhaseChanged(Phase.STOPPING, Phase.ENDED), 1.2)
+    acts = core.set_charger_online(True, 2.0)
+    assert BeginSession() not in acts  # no reading since it came back
+    acts = core.on_reading(OFF_READING, 2.1)
+    assert BeginSession() in acts and FeedWatchdog(True) in acts
+    assert core.state is SlotState.EMPTY
+    acts = core.start(2.2)  # what the service does for a docked pack
+    assert SessionCommand(SessionCommandKind.START) in acts
+
+
+def test_rule3_a_reading_from_before_the_outage_releases_nothing() -> None:
+    core = charging_core()
+    core.on_reading(OFF_READING, 0.5)
+    core.set_charger_online(False, 1.0)
+    acts = core.set_charger_online(True, 2.0)
+    assert FeedWatchdog(True) not in acts and core.state is SlotState.UNAVAILABLE
+
+
+def test_rule3_no_new_session_when_none_was_running() -> None:
+    core = SlotCore("slot-1", RATINGS)
+    acts = outage(core)
+    assert FeedWatchdog(True) in acts and BeginSession() not in acts
+    assert core.state is SlotState.EMPTY
+
+
+def test_rule3_a_pack_fault_latch_survives_a_charger_outage() -> None:
+    core = charging_core()
+    core.on_session_event(flags(max_temperature_c=80), 0.5)
+    assert core.state is SlotState.FAULTED
+    acts = outage(core)
+    assert BeginSession() not in acts and FeedWatchdog(True) in acts
+    assert core.state is SlotState.FAULTED
+    assert "pack.over_temperature" in core.snapshot(2.2).alarms
+
+
+def test_rule3_a_pack_fault_during_the_outage_stays_latched() -> None:
+    core = charging_core()
+    core.set_charger_online(False, 1.0)
+    core.on_session_event(SessionStopped(StopReason.BMS_FAULT, faults=("over_temperature",)), 1.1)
+    assert core.state is SlotState.UNAVAILABLE
+    acts = core.set_charger_online(True, 2.0) + core.on_reading(OFF_READING, 2.1)
+    assert BeginSession() not in acts and ClearAlarm("slot.unavailable", "slot-1") in acts
+    assert core.state is SlotState.FAULTED
+
+
+def test_rule3_a_bms_lost_latch_is_left_for_reset_slot() -> None:
+    core = charging_core()
+    core.on_session_event(SessionStopped(StopReason.COMM_FAILED, "BCL timeout"), 0.5)
+    acts = outage(core)
+    assert FeedWatchdog(True) in acts and BeginSession() not in acts
+    assert core.state is SlotState.UNAVAILABLE
+    assert "slot.unavailable" in core.snapshot(2.2).alarms
+    assert "charger.offline" not in core.snapshot(2.2).alarms
+    core.reset_unavailable(3.0)
+    assert core.state is SlotState.EMPTY
+
+
+def test_rule3_bms_lost_during_the_outage_is_left_for_reset_slot() -> None:
+    core = charging_core()
+    core.set_charger_online(False, 1.0)
+    core.on_session_event(PhaseChanged(Phase.ERROR, Phase.FAILED), 1.1)
+    acts = core.set_charger_online(True, 2.0) + core.on_reading(OFF_READING, 2.1)
+    assert BeginSession() not in acts and core.state is SlotState.UNAVAILABLE
+
+
+def test_rule3_a_pack_docked_during_the_outage_starts_once_the_charger_is_back() -> None:
+    core = charging_core()
+    core.on_session_event(flags(max_temperature_c=80), 0.5)
+    core.set_charger_online(False, 1.0)
+    assert core.start(1.5) == []  # docked while the charger is away: nothing yet
+    acts = core.set_charger_online(True, 2.0) + core.on_reading(OFF_READING, 2.1)
+    assert BeginSession() in acts and core.state is SlotState.EMPTY
 
 
 def test_charger_fault_reading_stops() -> None:
@@ -347,7 +438,7 @@ def test_no_enable_without_a_positive_voltage_setpoint() -> None:
     """Issue 12 outcome 9: a 0 kW grant with an unknown pack voltage enabled the output
     (SetChargerOutput(0.0, 90.0, enable=True)). No voltage, no enable; no known voltage, no
     power-limited current."""
-    core = SlotCore("slot-1", RATINGS, SlotSafety())
+    core = SlotCore("slot-1", RATINGS, SafetyConfig())
     core.start(0.0)
     core.set_grant(0.0, 0.0)
     for ev in (PhaseChanged(Phase.PARAMETERS, Phase.CHARGING), flags()):

@@ -13,7 +13,7 @@ import pytest
 from drivers.robot.contract import RobotContract
 from edge.schema import file_version
 from edge.swap.journal import JOURNAL_SCHEMA, Journal
-from edge.swap.sequence import SwapSequence
+from edge.swap.snapshot import restore
 from edge.swap.steps import load_step_graph
 from edge.telemetry.outbox import OUTBOX_SCHEMA, Outbox, open_db
 from tests.edge.swap_fixtures import SLOTS
@@ -50,8 +50,8 @@ def test_journal_of_every_version_restores_packs_and_swap(version: str, tmp_path
         journal.close()
     assert snap is not None
     graph = load_step_graph(contract=RobotContract.load())
-    core = SwapSequence.restore(graph, SLOTS, snap)
-    assert {p.pack_id: p.place for p in core.inventory.packs()} == PACKS
+    core = restore(graph, SLOTS, snap)
+    assert {p.pack_id: str(p.place) for p in core.inventory.packs()} == PACKS
     assert core.swap is not None and core.swap.swap_id == "swap-000001"
     assert core.swap.full_pack_id == "P-002"
 

@@ -3,6 +3,7 @@ buses) and the robot PLC: slot control, scheduler grants and the safety rules en
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -91,6 +92,24 @@ async def test_bms_silent_output_off_and_slot_latches_after_rehandshakes(tmp_pat
         assert w.station.alarms.is_active("slot.unavailable", "s01")
 
 
+async def test_safety_config_sets_the_bms_timeout_and_the_rehandshakes(tmp_path: Path) -> None:
+    """`safety.bms_timeout_s` and `safety.max_rehandshakes` reach the GB/T session: a silent BMS
+    is timed out after 2.5 s (the default is 1 s) and, with no re-handshake allowed, the slot
+    latches at that first timeout (by default it re-handshakes three times first)."""
+    extra = "safety:\n  bms_timeout_s: 2.5\n  max_rehandshakes: 0\n"
+    async with running_station(mini_config(tmp_path, 1, extra=extra), soc_pct=40.0) as w:
+        slot = w.station.slots["s01"]
+        await wait_for(lambda: output_enabled(w, "ch01"))
+        silent_at = time.monotonic()
+        w.packs["s01"].inject(Fault.SILENT)
+        await wait_for(lambda: w.station.alarms.is_active("pack.bms_timeout", "s01"), 6)
+        assert time.monotonic() - silent_at >= 2.4
+        await wait_for(lambda: not output_enabled(w, "ch01"), 3)
+        await wait_for(lambda: slot.core.state is SlotState.UNAVAILABLE, 3)
+        assert slot.link.session.rehandshakes == 0
+        assert w.station.alarms.is_active("slot.unavailable", "s01")
+
+
 async def test_silent_charger_goes_offline_within_3s_unfed_and_recovers(tmp_path: Path) -> None:
     async with running_station(mini_config(tmp_path, 1), soc_pct=40.0) as w:
         slot, dev = w.station.slots["s01"], w.station.network.devices["ch01"]
@@ -162,3 +181,19 @@ async def test_predictive_policy_runs_in_the_daemon_with_its_solver_process(
         pid = st.scheduler.solver.pid
     assert pid is not None
     assert not Path(f"/proc/{pid}").exists()  # the solver went with the daemon
+
+
+async def test_robot_telemetry_follows_the_plc(tmp_path: Path) -> None:
+    """telemetry/robot: what the PLC reports (positions, interlocks), bad once it is gone."""
+    from edge.telemetry.publisher import robot_fields
+
+    async with running_station(mini_config(tmp_path, 1), soc_pct=40.0) as w:
+        coord = w.station.swap.coordinator
+        assert w.station.publisher.robot is coord
+        await wait_for(lambda: robot_fields(coord)["quality"] == "good", 10)
+        fields = robot_fields(coord)
+        assert fields["sequence_state"] == "idle" and fields["swap_id"] is None
+        assert fields["axes_mm"] and all(isinstance(v, float) for v in fields["axes_mm"].values())
+        assert fields["interlocks"] and all(type(v) is bool for v in fields["interlocks"].values())
+        await w.plc.stop()
+        await wait_for(lambda: robot_fields(coord)["quality"] == "bad", 10)

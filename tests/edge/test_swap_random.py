@@ -9,16 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from drivers.robot.contract import UnitState
-from edge.swap.sequence import (
-    Manual,
-    Mode,
-    PlcOffline,
-    RefitOriginal,
-    Rejected,
-    ResetFault,
-    RetryStep,
-    StepStatus,
-)
+from edge.swap.messages import Manual, PlcOffline, RefitOriginal, Rejected, ResetFault, RetryStep
+from edge.swap.model import Mode, StepStatus
+from edge.swap.status import status_view
 from tests.edge.swap_fixtures import CoreRig, check_occupancy
 
 PLC_STEPS = [
@@ -135,6 +128,6 @@ def test_random_faults_keep_inventory_invariants(seq: list[tuple[str, Any]]) -> 
                 pass
         _advance(rig, 200.0)
     if rig.core.mode != Mode.MANUAL:
-        assert rig.core.swap is None, rig.core.status()
+        assert rig.core.swap is None, status_view(rig.core)
         assert rig.has("swap.completed") or rig.has("swap.failed")
     check(rig)

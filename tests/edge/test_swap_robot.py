@@ -9,7 +9,8 @@ from typing import Any
 import orjson
 import pytest
 
-from edge.swap.sequence import Mode, PackIdentity, Rejected
+from edge.swap.messages import PackIdentity, Rejected
+from edge.swap.model import Mode
 from tests.edge.swap_fixtures import ANNOUNCED, PACK_TYPE, check_occupancy, live_rig
 
 
@@ -54,7 +55,7 @@ async def test_faults_and_recovery_over_modbus(tmp_path: Path) -> None:
         await rig.coord.execute("retry_step", {})
         # e-stop in the middle of the next step
         await rig.events.wait_for(
-            lambda: rig.events.has("swap.step", step="verify", status="started")
+            lambda: rig.events.has("swap.step", step="verify", state="started")
         )
         rig.sim.emergency_stop(True)
         await rig.events.wait_for(lambda: ("safety.emergency_stop", "robot") in rig.alarms.active)
@@ -121,9 +122,7 @@ async def test_plc_offline_holds_and_returns(tmp_path: Path) -> None:
     async with live_rig(tmp_path, speed=50.0) as rig:
         rig.vehicle.arrive()
         await rig.coord.execute("start_swap", rig.vehicle.announcement())
-        await rig.events.wait_for(
-            lambda: rig.events.has("swap.step", step="lift", status="started")
-        )
+        await rig.events.wait_for(lambda: rig.events.has("swap.step", step="lift", state="started"))
         port = rig.sim._server
         assert port is not None
         addr = port.comm_params.source_address
@@ -189,10 +188,10 @@ async def test_journal_failure_stops_the_coordinator_before_the_command(tmp_path
 async def test_build_from_the_station_config(tmp_path: Path) -> None:
     import yaml
 
-    from drivers.core.alarm_sink import RecordingAlarmSink
     from drivers.core.clock import SystemClock
     from edge.config import StationConfig
     from edge.swap.service import build_swap
+    from tests.doubles import RecordingAlarmSink
     from tests.edge.swap_fixtures import RACK, Events, Outputs, Views
 
     path = Path(__file__).resolve().parents[2] / "config" / "station.yaml"
@@ -224,3 +223,35 @@ async def test_port_reads_back_the_command_registers(tmp_path: Path) -> None:
         echo = await rig.coord.port.read_commands()  # type: ignore[attr-defined]
         assert echo["vehicle"].seq == 11 and echo["rack"].seq == 4
         assert echo["rack"].step_code == 4 and echo["rack"].arg == 4  # store into S4
+
+
+async def test_a_cancel_swallowed_with_the_plc_answer_still_stops_the_port(
+    tmp_path: Path,
+) -> None:
+    """Python 3.11's asyncio.wait_for (inside pymodbus) can return the answer when our task is
+    cancelled at the moment it arrives, dropping the CancelledError; the port must re-raise it
+    (else the coordinator polls on after the station's stop). The swallow is played here by a
+    request that cancels its own task and absorbs the CancelledError as wait_for does, around a
+    real read from the simulated PLC."""
+    import asyncio
+
+    async with live_rig(tmp_path, speed=100.0) as rig:
+        port = rig.coord.port
+        client = port._client  # type: ignore[attr-defined]
+
+        async def answer_with_the_cancel() -> Any:
+            task = asyncio.current_task()
+            assert task is not None
+            rr = await client.read_input_registers(0, count=1, device_id=1)
+            task.cancel()
+            try:
+                await asyncio.sleep(0)
+            except asyncio.CancelledError:
+                pass  # wait_for on 3.11: the result wins, the cancel is lost
+            return rr
+
+        async def call() -> Any:
+            return await port._call("read status", answer_with_the_cancel)  # type: ignore[attr-defined]
+
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.create_task(call(), name="swallowed-cancel")

@@ -14,15 +14,14 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from drivers.core.clock import ManualClock
 from edge.operator.config import CommandsConfig
 from edge.telemetry.commands import CommandProcessor, CommandStore
 from edge.telemetry.config import TelemetryConfig
 from edge.telemetry.models import MQTT_COMMANDS as COMMAND_NAMES
 from edge.telemetry.models import CommandResult
 from edge.telemetry.outbox import open_db
-from edge.telemetry.target import InMemoryTarget
 from tests.conftest import Broker
+from tests.doubles import InMemoryTarget, ManualClock
 from tests.edge.telemetry_fixtures import (
     STATION_ID,
     command,

@@ -9,9 +9,8 @@ from typing import Any
 
 import pytest
 
-from drivers.core.alarm_sink import RecordingAlarmSink
-from edge.telemetry.target import InMemoryTarget
 from tests.conftest import Broker
+from tests.doubles import InMemoryTarget, RecordingAlarmSink
 from tests.edge.telemetry_fixtures import (
     STATION_ID,
     Contract,

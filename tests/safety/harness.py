@@ -107,6 +107,11 @@ class InProcessDaemon:
     async def kill(self) -> int | None:
         raise NotImplementedError("in-process daemon: use ProcessDaemon for kill -9")
 
+    async def close(self) -> None:
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+
     def requester(self) -> SwapRequester:
         async def request_swap(announcement: dict[str, str]) -> None:
             if self.station is None or not self.alive():
@@ -186,6 +191,11 @@ class ProcessDaemon:
         assert self.proc is not None
         self.proc.kill()
         return await self._wait(10)
+
+    async def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            await asyncio.to_thread(self.proc.wait, 10)
 
     def requester(self, cfg: StationConfig) -> SwapRequester:
         from sim.faults import station_mqtt
@@ -349,14 +359,15 @@ async def composed(
         if broker is not None:
             root = f"{cfg.mqtt.prefix}/{cfg.station.id}"
             tasks.append(asyncio.create_task(watch_status(monitor, *broker, root)))
-        await daemon.start()
-        tasks.append(asyncio.create_task(monitor.run(), name="monitor"))
         try:
+            await daemon.start()
+            tasks.append(asyncio.create_task(monitor.run(), name="monitor"))
             yield Composed(cfg, world, daemon, monitor)
         finally:
             monitor.expect_down = True
             with contextlib.suppress(Exception):
                 await daemon.sigterm()
+            await daemon.close()  # a daemon that did not stop in time leaks into no later test
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -417,8 +428,8 @@ async def _apply(c: Composed, f: FaultEvent, out: Outcome) -> Callable[[], Any] 
             seat = w.seats[other]
         from sim.devices.pack import Fault
 
-        seat.inject(Fault(f.fault))
-        return lambda: seat.clear(Fault(f.fault))
+        seat.inject(Fault(f.fault).value, {})
+        return lambda: seat.clear(Fault(f.fault).value)
     if f.device == "plc":
         plc = w.plc
         if f.fault == "emergency_stop":

@@ -5,6 +5,9 @@ and a full disk are the real thing), with the outside monitor watching. The long
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -49,3 +52,22 @@ async def test_campaign_seed_has_no_invariant_violation(
     assert len(out.injected) >= len(GROUPS[seed]) - 2, (
         report
     )  # a pack fault may find its slot empty
+
+
+def test_the_bench_runs_a_small_parallel_campaign() -> None:
+    """`bench/fault_campaign.py` as the bench runs it, small: five schedules at once, each its
+    own worker process, station (a real `swapd run`), broker and ports."""
+    root = Path(__file__).resolve().parents[2]
+    cmd = [sys.executable, str(root / "bench" / "fault_campaign.py")]
+    cmd += ["--runs", "5", "--jobs", "5", "--length", "15", "--seed", "201"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=140, cwd=root)
+    total = re.search(
+        r"^(\d+) schedules, (\d+) faults injected, (\d+) invariant violations, (\d+) recoveries",
+        done.stdout,
+        re.MULTILINE,
+    )
+    assert total is not None, done.stdout + done.stderr
+    runs, faults, violations, recoveries = map(int, total.groups())
+    assert (runs, violations) == (5, 0), done.stdout
+    assert faults >= 10 and recoveries >= 1, done.stdout
+    assert done.returncode == 0, done.stdout

@@ -41,7 +41,7 @@ async def _over_voltage_run(tmp_path: Path) -> list[str]:
     async with composed(campaign_config(tmp_path, slots=2), vehicles=False, empty_slots=0) as c:
         slot = _charging_slot(c)
         await _charging(c, slot)
-        c.world.seats[slot].inject(Fault.PACK_OVER_VOLTAGE)
+        c.world.seats[slot].inject(Fault.PACK_OVER_VOLTAGE.value, {})
         await _hold(c, 4.0)
         return [v.invariant for v in c.monitor.violations]
 
@@ -61,7 +61,7 @@ async def _soc_255_run(tmp_path: Path) -> list[str]:
     async with composed(campaign_config(tmp_path, slots=2), vehicles=False, empty_slots=0) as c:
         slot = _charging_slot(c)
         await _charging(c, slot)
-        c.world.seats[slot].inject(Fault.SOC_UNSUPPORTED)
+        c.world.seats[slot].inject(Fault.SOC_UNSUPPORTED.value, {})
         await _hold(c, 4.0)
         return [v.invariant for v in c.monitor.violations]
 
@@ -88,7 +88,7 @@ async def _refused_off_run(tmp_path: Path) -> list[str]:
         sim = c.world.chargers[c.monitor.charger_of[slot]]
         sim.apply_fault("refuse_write:enable:0", True, None)
         sim.apply_fault("refuse_write:current_limit_a", True, None)
-        c.world.seats[slot].inject(Fault.SILENT)
+        c.world.seats[slot].inject(Fault.SILENT.value, {})
         await _hold(c, 6.0)
         return [v.invariant for v in c.monitor.violations]
 
