@@ -94,17 +94,6 @@ class SlotViews(Protocol):
         ...
 
 
-COMMANDS = (
-    "status",
-    "start_swap",
-    "reset_fault",
-    "retry_step",
-    "refit_original",
-    "manual",
-    "inventory_set",
-)
-
-
 def _str_param(params: Mapping[str, Any], name: str, *, optional: bool = False) -> str | None:
     v = params.get(name)
     if v is None and optional:
