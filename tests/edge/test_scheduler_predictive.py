@@ -149,14 +149,17 @@ def test_lp_buys_the_peak_share_of_a_later_swap_at_the_peak_end() -> None:
     assert inside[1] >= 90.0 - 1e-6
 
 
-def test_plan_keeps_buffer_packs_ready_beyond_the_margin() -> None:
+@pytest.mark.parametrize("buffer", [None, 0, 1])
+def test_plan_keeps_buffer_packs_ready_beyond_the_margin(buffer: int | None) -> None:
     cfg = grid_config(policy="predictive")
     planner = _Scripted("lp")
-    sched = Scheduler(cfg, PredictivePolicy(planner, buffer_packs=2))
+    sched = Scheduler(cfg, PredictivePolicy(planner, buffer_packs=buffer))
     sched.allocate(Instant(0.0, 9 * 3600.0), _slots(6))
     req = planner.requests[0]
     now = [p for p in req.packs if p.deadline_s == 0.0]
-    assert len(now) == cfg.reserve.margin_packs + 2
+    want = cfg.reserve.buffer_packs if buffer is None else buffer
+    assert cfg.reserve.buffer_packs == 2  # the default
+    assert len(now) == cfg.reserve.margin_packs + want
 
 
 def _slots(n: int = 4, soc: float = 40.0) -> list[SlotInput]:
