@@ -15,6 +15,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from edge.swap.inventory import SlotPlace  # noqa: E402
 from edge.swap.journal import Journal  # noqa: E402
 from edge.swap.messages import PackIdentity  # noqa: E402
 from edge.swap.steps import load_step_graph  # noqa: E402
-from edge.telemetry.models import Details, EventType  # noqa: E402
+from edge.telemetry.models import Details  # noqa: E402
 from tests.doubles import RecordingAlarmSink  # noqa: E402
 
 SLOTS = {f"s{n:02d}": n for n in range(1, 13)}
@@ -54,8 +55,9 @@ class Events:
         self.items: list[tuple[float, str, dict[str, Any]]] = []
         self.changed = asyncio.Event()
 
-    def emit(self, type: EventType, details: Details) -> None:
-        self.items.append((time.perf_counter(), type, details.model_dump(mode="json")))
+    def emit_event(self, event_type: str, details: Details | Mapping[str, Any]) -> None:
+        assert isinstance(details, Details), details
+        self.items.append((time.perf_counter(), event_type, details.model_dump(mode="json")))
         self.changed.set()
 
 

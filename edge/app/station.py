@@ -9,8 +9,10 @@ device services) flushes `online: false` after the safety writes.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from drivers.core.clock import Clock, utc_iso
 from drivers.core.log import get_logger
@@ -35,7 +37,7 @@ from edge.swap.inventory import SlotPlace
 from edge.swap.messages import PackIdentity
 from edge.swap.service import SwapRoom, build_swap
 from edge.telemetry.alarm_events import AlarmEvents
-from edge.telemetry.models import Details, EventType
+from edge.telemetry.models import Details
 from edge.telemetry.publisher import StatePublisher
 from edge.telemetry.service import Telemetry
 
@@ -160,15 +162,15 @@ class SwapBindings:
     def pack_removed(self, slot_id: str) -> None:
         pass  # the output-off the step required has undocked it already
 
-    def emit(self, type: EventType, details: Details) -> None:
+    def emit_event(self, event_type: str, details: Details | Mapping[str, Any]) -> None:
         try:
-            self.hub.emit_event(type, details)
+            self.hub.emit_event(event_type, details)
         except (ValueError, KeyError) as e:
-            log.warning("swap event not published", type=type, error=str(e))
+            log.warning("swap event not published", type=event_type, error=str(e))
         except Exception as e:  # noqa: BLE001 - a failing sink (full disk) never stops the swap
             self.events_lost += 1
-            self._raiser.raise_alarm(AlarmCode.SWAP_EVENT_LOST, "events", f"{type}: {e}")
-            log.error("swap event lost", type=type, error=repr(e))
+            self._raiser.raise_alarm(AlarmCode.SWAP_EVENT_LOST, "events", f"{event_type}: {e}")
+            log.error("swap event lost", type=event_type, error=repr(e))
 
 
 class TelemetryRunner:

@@ -48,6 +48,7 @@ from edge.scheduler.core import SlotInput
 from edge.slot.config import SafetyConfig
 from edge.slot.core import (
     Action,
+    BeginSession,
     ChargerRatings,
     ChargerReading,
     FeedWatchdog,
@@ -613,6 +614,8 @@ class SlotService:
                 carry_out(self._alarms, a)
             elif isinstance(a, SessionCommand):
                 self._session_command(a)
+            elif isinstance(a, BeginSession):
+                self._begin_again()  # docked, in service, once the stopped session has ended
 
     def _session_command(self, c: SessionCommand) -> None:
         if c.kind is SessionCommandKind.START:

@@ -12,16 +12,16 @@ import asyncio
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from drivers.core.alarm_sink import AlarmSink
+from drivers.core.alarm_sink import AlarmSink, ClearAlarm, RaiseAlarm, carry_out
 from drivers.core.clock import Clock, utc_iso
 from drivers.core.log import get_logger
 from drivers.robot.port import RobotPort, RobotPortError
+from edge.events import EventSink
 from edge.swap.choice import SlotView
 from edge.swap.inventory import SlotPlace, parse_place
 from edge.swap.journal import Journal, JournalError
 from edge.swap.messages import (
     Action,
-    ClearAlarm,
     CommandStep,
     CorrectInventory,
     Emit,
@@ -34,7 +34,6 @@ from edge.swap.messages import (
     PackSeated,
     PlcOffline,
     PlcStatus,
-    RaiseAlarm,
     RefitOriginal,
     Rejected,
     ReleaseOutputs,
@@ -52,7 +51,6 @@ from edge.swap.sequence import SwapSequence
 from edge.swap.snapshot import restore, take
 from edge.swap.status import status_view
 from edge.swap.steps import StepGraph
-from edge.telemetry.models import Details, EventType
 
 log = get_logger("swap")
 
@@ -94,23 +92,6 @@ class SlotViews(Protocol):
     def slot_views(self) -> list[SlotView]:
         """What each slot controller knows now (pack, SOC, session, output, alarms)."""
         ...
-
-
-class EventSink(Protocol):
-    def emit(self, type: EventType, details: Details) -> None:
-        """An event of the contract (its payload model); the sink stamps the time."""
-        ...
-
-
-COMMANDS = (
-    "status",
-    "start_swap",
-    "reset_fault",
-    "retry_step",
-    "refit_original",
-    "manual",
-    "inventory_set",
-)
 
 
 def _str_param(params: Mapping[str, Any], name: str, *, optional: bool = False) -> str | None:
@@ -280,11 +261,9 @@ class SwapCoordinator:
                 case PackRemoved():
                     self.outputs.pack_removed(a.slot_id)
                 case Emit():
-                    self.events.emit(a.type, a.details)
-                case RaiseAlarm():
-                    self.alarms.raise_alarm(a.code, a.source, a.detail)
-                case ClearAlarm():
-                    self.alarms.clear_alarm(a.code, a.source)
+                    self.events.emit_event(a.type, a.details)
+                case RaiseAlarm() | ClearAlarm():
+                    carry_out(self.alarms, a)
                 case JournalWrite():
                     pass
         reserved = self.core.reserved_slots()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from drivers.core.alarm_sink import ClearAlarm, RaiseAlarm
 from drivers.robot.contract import RobotStatus
 from edge.command_types import Rejected as CommandRejected
 from edge.swap.choice import SlotView
@@ -159,19 +160,6 @@ class Emit:
     details: Details
 
 
-@dataclass(frozen=True, slots=True)
-class RaiseAlarm:
-    code: str
-    source: str
-    detail: str
-
-
-@dataclass(frozen=True, slots=True)
-class ClearAlarm:
-    code: str
-    source: str
-
-
 Action = (
     JournalWrite
     | CommandStep
@@ -182,7 +170,7 @@ Action = (
     | PackSeated
     | PackRemoved
     | Emit
-    | RaiseAlarm
+    | RaiseAlarm  # the shared kernel's alarm actions (drivers.core.alarm_sink)
     | ClearAlarm
 )
 

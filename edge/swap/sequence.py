@@ -15,6 +15,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from drivers.core.alarm_sink import ClearAlarm, RaiseAlarm
 from drivers.robot.contract import UNITS, RobotStatus, UnitState
 from edge.alarms import AlarmCode
 from edge.swap.choice import NoPackError, choose_pack, choose_store_slot
@@ -30,7 +31,6 @@ from edge.swap.inventory import (
 from edge.swap.journal import JournalRecord, RecordKind
 from edge.swap.messages import (
     Action,
-    ClearAlarm,
     CommandStep,
     CorrectInventory,
     Emit,
@@ -43,7 +43,6 @@ from edge.swap.messages import (
     PackSeated,
     PlcOffline,
     PlcStatus,
-    RaiseAlarm,
     RefitOriginal,
     Rejected,
     ReleaseOutputs,

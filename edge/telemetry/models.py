@@ -102,7 +102,7 @@ class SlotTelemetry(Wire):
 
 
 class RobotTelemetry(Wire):
-    sequence_state: str
+    sequence_state: SwapMode = Field(description="the swap sequence's mode")
     swap_id: str | None = None
     step: str | None = None
     axes_mm: dict[str, float] = {}

@@ -213,7 +213,7 @@ def robot_fields(coordinator: SwapCoordinator) -> dict[str, Any]:
     else:
         quality = Quality.GOOD
     return {
-        "sequence_state": str(core.mode),
+        "sequence_state": core.mode,
         "swap_id": sw.swap_id if sw is not None else None,
         "step": active[0] if active else None,
         "axes_mm": {u: float(st.position_mm) for u, st in plc.units.items()} if plc else {},

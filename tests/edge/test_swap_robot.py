@@ -142,22 +142,33 @@ async def test_plc_offline_holds_and_returns(tmp_path: Path) -> None:
 
 
 async def test_sim_fault_names() -> None:
-    from sim.devices.robot_plc import RobotPlcSim
+    """The simulator takes the fault catalogue's names (sim.faults), and only those."""
+    from sim.devices.robot_plc import FAULT_NAMES, RobotPlcSim
+    from sim.faults import fault_catalogue
 
+    robot = next(d for d in fault_catalogue() if d.device_type == "robot")
+    assert tuple(f.name for f in robot.faults) == FAULT_NAMES
     sim = RobotPlcSim()
-    sim.apply_fault("estop")
+    sim.apply_fault("emergency_stop")
     assert not sim.inputs["estop_chain_healthy"]
-    sim.apply_fault("estop", clear=True)
-    sim.apply_fault("step_fault:rack.store")
-    sim.apply_fault("torque:2")
+    sim.apply_fault("emergency_stop", clear=True)
+    assert sim.inputs["estop_chain_healthy"]
+    sim.apply_fault("step_fault", params={"unit": "rack", "step": "store"})
+    sim.apply_fault("torque_failure", params={"heads": 2})
     assert ("rack", "store") in sim.faults.step_fault and sim.faults.torque_heads == 2
-    sim.apply_fault("stuck", params={"unit": "vehicle", "step": "lock"})
-    sim.apply_fault("torque", params={"heads": 1})
+    sim.apply_fault("stuck_step", params={"unit": "vehicle", "step": "lock"})
+    sim.apply_fault("torque_failure")  # one head by default
     assert ("vehicle", "lock") in sim.faults.stuck and sim.faults.torque_heads == 1
-    with pytest.raises(ValueError, match="unknown fault"):
-        sim.apply_fault("meteor")
-    with pytest.raises(ValueError, match="want stuck"):
-        sim.apply_fault("stuck:rack.fly")
+    sim.apply_fault("stuck_step", clear=True, params={"unit": "vehicle", "step": "lock"})
+    sim.apply_fault("step_fault", clear=True)  # withdraws every pending one
+    assert not sim.faults.stuck and not sim.faults.step_fault
+    for old in ("estop", "torque:2", "stuck", "curtain", "meteor"):
+        with pytest.raises(ValueError, match="unknown fault"):
+            sim.apply_fault(old)
+    with pytest.raises(ValueError, match="no PLC step"):
+        sim.apply_fault("stuck_step", params={"unit": "rack", "step": "fly"})
+    with pytest.raises(ValueError, match="heads"):
+        sim.apply_fault("torque_failure", params={"heads": sim.lock_heads + 1})
 
 
 async def test_journal_failure_stops_the_coordinator_before_the_command(tmp_path: Path) -> None:
