@@ -6,6 +6,7 @@ awaiting every update, as the slot controllers do. Prints cycle time p50/p99 (re
 snapshot), requests per device per cycle, and CPU % of one core.
 
     .venv/bin/python bench/modbus_poll.py [--duration 10] [--chargers 24] [--map generic|vendorb]
+        [--loop asyncio|uvloop]
 """
 
 from __future__ import annotations
@@ -246,7 +247,9 @@ async def bench(args: argparse.Namespace) -> None:
                 f"same schedule: CPU {base_cpu:.1f} %, request p50 {statistics.median(base_ms):.2f} ms "
                 f"p99 {pct(base_ms, 0.99):.2f} ms"
             )
+            print(f"  swapd Modbus layer / bare pymodbus CPU: {cpu / base_cpu:.2f} (goal <= 1.3)")
         print(f"  load average during the run: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+        print(f"  event loop: {type(asyncio.get_running_loop()).__module__.split('.')[0]}")
     finally:
         child.terminate()
         child.wait(5)
@@ -260,6 +263,12 @@ def main() -> None:
     ap.add_argument("--chargers", type=int, default=24)
     ap.add_argument("--map", choices=["generic", "vendorb"], default="generic")
     ap.add_argument("--serve", help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--loop",
+        choices=["asyncio", "uvloop"],
+        default="asyncio",
+        help="event loop of the measured side (swapd run uses uvloop when installed)",
+    )
     args = ap.parse_args()
     if args.serve:
         try:
@@ -267,7 +276,13 @@ def main() -> None:
         except KeyboardInterrupt:
             pass
         return
-    asyncio.run(bench(args))
+    factory = None
+    if args.loop == "uvloop":
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(bench(args))
 
 
 if __name__ == "__main__":

@@ -85,10 +85,6 @@ def make_config(tmp: Path, slots: int, mqtt_port: int) -> Path:
     ]
     # Every slot charges (no grid throttling), so every slot sends CCS and reads at full rate.
     doc["grid"]["cap_kw"] = 70 * slots
-    # The sim seats packs at 50-75 % (SWAPD_SIM_SOC): they charge all through the run, and the
-    # swaps take them from 60 % on.
-    doc["grid"]["ready_soc_pct"] = 60
-    doc["grid"]["max_soc_pct"] = 100
     tel = doc.setdefault("telemetry", {})
     tel["min_interval_s"] = 0.1
     tel["refresh_s"] = 0.1  # every slot goes out at 10 Hz, changed or not
@@ -112,17 +108,31 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def pin(cpus: set[int] | None) -> Callable[[], None] | None:
-    if cpus is None:
+def before_exec(cpus: set[int] | None, nice: int) -> Callable[[], None] | None:
+    """Affinity and niceness of a child, set before exec (its threads inherit both)."""
+    if cpus is None and nice == 0:
         return None
-    return lambda: os.sched_setaffinity(0, cpus)
+
+    def setup() -> None:
+        if cpus is not None:
+            os.sched_setaffinity(0, cpus)
+        if nice:
+            os.setpriority(os.PRIO_PROCESS, 0, nice)
+            # With sched_autogroup_enabled, CFS first shares the CPUs between sessions, and a
+            # task's nice only weighs inside its session: a session of its own, at that nice.
+            os.setsid()
+            with contextlib.suppress(OSError):
+                Path("/proc/self/autogroup").write_text(str(nice))
+
+    return setup
 
 
 class Procs:
     """Child processes, stopped (SIGTERM, then SIGKILL) in reverse order."""
 
-    def __init__(self) -> None:
+    def __init__(self, nice: int = 0) -> None:
         self.items: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.nice = nice
 
     def start(
         self, name: str, argv: list[str], log: Path, cpus: set[int] | None, env: dict[str, str]
@@ -133,7 +143,7 @@ class Procs:
                 stdout=subprocess.PIPE,
                 stderr=err,
                 env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
-                preexec_fn=pin(cpus),  # noqa: PLW1509 - affinity before exec, inherited by threads
+                preexec_fn=before_exec(cpus, self.nice),  # noqa: PLW1509
             )
         self.items.append((name, p))
         return p
@@ -215,6 +225,12 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def cpu_times() -> list[int]:
+    """The machine's `cpu` line of /proc/stat (jiffies: user nice system idle iowait irq
+    softirq steal ...)."""
+    return [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+
+
 def dump(pid: int, path: Path, timeout_s: float = 20.0) -> dict[str, Any]:
     """SIGUSR1 the process; return the dump it writes (the window since the previous one)."""
     before = orjson.loads(path.read_bytes())["seq"] if path.exists() else 0
@@ -232,9 +248,12 @@ def dump(pid: int, path: Path, timeout_s: float = 20.0) -> dict[str, Any]:
 class Cgroup:
     """A cpu cgroup with a CFS quota (v1 cpu controller, else v2 cpu.max); removed on close."""
 
-    def __init__(self, quota: float) -> None:
+    def __init__(self, quota: float, nice: int = 0) -> None:
         name = f"swapd-bench-{os.getpid()}"
         quota_us = max(1000, int(quota * CFS_PERIOD_US))
+        # A task's niceness only weighs inside its group: the group itself competes with the
+        # machine's other tasks by its own weight (nice 0 = 1024, x1.25 per step).
+        shares = min(262144, int(1024 * 1.25 ** (-nice)))
         if (CGROUP_V1 / "cpu.cfs_quota_us").exists():
             self.version = 1
             self.path = CGROUP_V1 / name
@@ -242,6 +261,7 @@ class Cgroup:
             self.path.mkdir()
             (self.path / "cpu.cfs_period_us").write_text(str(CFS_PERIOD_US))
             (self.path / "cpu.cfs_quota_us").write_text(str(quota_us))
+            (self.path / "cpu.shares").write_text(str(shares))
         elif "cpu" in (CGROUP_V2 / "cgroup.controllers").read_text().split():
             self.version = 2
             self.parent = CGROUP_V2
@@ -250,6 +270,7 @@ class Cgroup:
             self.path = CGROUP_V2 / name
             self.path.mkdir()
             (self.path / "cpu.max").write_text(f"{quota_us} {CFS_PERIOD_US}")
+            (self.path / "cpu.weight").write_text(str(max(1, min(10000, shares * 100 // 1024))))
         else:
             raise RuntimeError("no cgroup cpu controller (v1 cpu or v2 cpu.max) to confine to")
         self.quota_us = quota_us
@@ -282,11 +303,11 @@ class Cgroup:
 
 
 @contextlib.contextmanager
-def confined(quota: float | None) -> Iterator[Cgroup | None]:
+def confined(quota: float | None, nice: int = 0) -> Iterator[Cgroup | None]:
     if quota is None:
         yield None
         return
-    cg = Cgroup(quota)
+    cg = Cgroup(quota, nice)
     try:
         yield cg
     finally:
@@ -348,15 +369,22 @@ class Feed:
 # ---- the run --------------------------------------------------------------------------------
 
 
+def full_packs(args: argparse.Namespace) -> int:
+    """Full packs for the swaps of the run (one per vehicle), the rest charge: the sim
+    seats them at 50-75 % (SWAPD_SIM_SOC), so they charge all through the run."""
+    vehicles = int((args.warmup + args.duration) / args.arrival_s) + 1
+    return max(0, min(int(args.slots) - 2, vehicles))
+
+
 async def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     quota: float | None = args.cpu_quota
     daemon_cpus = {0} if quota is not None else None
     side_cpus = {1} if quota is not None else None
     if side_cpus is not None:
         os.sched_setaffinity(0, side_cpus)
-    procs = Procs()
+    procs = Procs(args.nice)
     result: dict[str, Any] = {}
-    with confined(quota) as cg:
+    with confined(quota, args.nice) as cg:
         try:
             port = start_broker(tmp, procs, side_cpus)
             cfg = make_config(tmp, args.slots, port)
@@ -373,7 +401,7 @@ async def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 {
                     "SWAPD_SIM_STATS": str(sim_out),
                     "SWAPD_SIM_ARRIVAL_S": str(args.arrival_s),
-                    "SWAPD_SIM_SOC": "50,75",
+                    "SWAPD_SIM_SOC": f"50,75,{full_packs(args)}",
                 },
             )
             assert sim.stdout is not None
@@ -389,7 +417,8 @@ async def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 [sys.executable, "-m", "edge", "run", "--config", str(cfg)],
                 tmp / "daemon.log",
                 daemon_cpus,
-                {"SWAPD_PERF_OUT": str(perf_out), "NOTIFY_SOCKET": notify_path},
+                {"SWAPD_PERF_OUT": str(perf_out), "NOTIFY_SOCKET": notify_path}
+                | dict(args.daemon_env),
             )
             await asyncio.to_thread(wait_ready, notify, daemon, 60)
             if cg is not None:
@@ -403,21 +432,28 @@ async def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             pids = {"daemon": daemon.pid, "sim": sim.pid, "broker": procs.items[0][1].pid}
             c0 = {k: cpu_s(p) for k, p in pids.items()}
             cg0 = cg.stat() if cg is not None else {}
+            m0 = cpu_times()
             t0 = time.monotonic()
             rss_max = 0.0
+            bench_lag = 0.0  # the bench's own oversleep: a third witness of machine stalls
             end = t0 + args.duration
             while (now := time.monotonic()) < end:
                 if daemon.poll() is not None or sim.poll() is not None:
                     raise RuntimeError("a process died during the run (see its log)")
                 rss_max = max(rss_max, rss_mb(daemon.pid))
-                await asyncio.sleep(min(1.0, end - now))
+                step = min(1.0, end - now)
+                await asyncio.sleep(step)
+                bench_lag = max(bench_lag, time.monotonic() - now - step)
             c1 = {k: cpu_s(p) for k, p in pids.items()}
+            m1 = cpu_times()
             t1 = time.monotonic()
             cg1 = cg.stat() if cg is not None else {}
             rss_max = max(rss_max, rss_mb(daemon.pid))
+            # The window ends here: what the feed sees from now on (dumps, stop) is not counted.
+            alarms, events = Counter(feed.alarms), Counter(feed.events)
+            stops, slot_msgs, slots_seen = dict(feed.stops), feed.slot_msgs, len(feed.slots_seen)
             perf = await asyncio.to_thread(dump, daemon.pid, perf_out)
             simd = await asyncio.to_thread(dump, sim.pid, sim_out)
-            await asyncio.sleep(0.5)  # the last events in flight
             wall = t1 - t0
             cpu = {k: (c1[k] - c0[k]) / wall * 100 for k in pids}
             feed_task.cancel()
@@ -427,10 +463,9 @@ async def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             frames = simd.get("frames", {})
             bms_timeouts = sum(simd.get("bms_timeouts", {}).values())
             modbus = perf.get("modbus", {})
-            offline = max(
-                feed.alarms["modbus.offline"] + feed.alarms["charger.offline"],
-                int(modbus.get("offline_events", 0)),
-            )
+            # A charger going offline raises modbus.offline (and charger.offline for its slot):
+            # one event, as the device owner counts it.
+            offline = max(alarms["modbus.offline"], int(modbus.get("offline_events", 0)))
             result = {
                 "daemon_cpu_pct": round(cpu["daemon"], 1),
                 "rss_mb": round(rss_max, 1),
@@ -441,7 +476,7 @@ async def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 "gc_pause_max_ms": perf["gc_pause_ms"]["max"],
                 "cem": int(frames.get("cem", 0)),
                 "cst": int(frames.get("cst", 0)),
-                "timeouts": bms_timeouts + feed.alarms["pack.bms_timeout"],
+                "timeouts": bms_timeouts + alarms["pack.bms_timeout"],
                 "modbus_offline": offline,
                 # more detail
                 "ccs_jitter_p50_ms": simd["ccs_jitter_ms"]["p50"],
@@ -459,16 +494,25 @@ async def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 "cst_swap": int(frames.get("cst_swap", 0)),
                 "cst_done": int(frames.get("cst_done", 0)),
                 "bms_timeouts": simd.get("bms_timeouts", {}),
-                "alarms": dict(feed.alarms),
-                "charge_stops": dict(feed.stops),
-                "swaps_completed": feed.events["swap.completed"],
-                "swaps_failed": feed.events["swap.failed"],
-                "slot_telemetry_hz": round(feed.slot_msgs / wall / max(1, args.slots), 2),
-                "slots_publishing": len(feed.slots_seen),
+                "alarms": dict(alarms),
+                "charge_stops": stops,
+                "swaps_completed": events["swap.completed"],
+                "swaps_failed": events["swap.failed"],
+                "slot_telemetry_hz": round(slot_msgs / wall / max(1, args.slots), 2),
+                "slots_publishing": slots_seen,
+                "loop": perf.get("loop"),
+                "gc_threshold": perf.get("gc_threshold"),
+                "gc_frozen": perf.get("gc_frozen"),
+                "gc_counts": perf.get("gc_counts"),
+                "daemon_env": dict(args.daemon_env),
                 "cpu_quota": quota,
+                "nice": args.nice,
                 "slots": args.slots,
                 "duration_s": round(wall, 1),
                 "loadavg_1m": round(os.getloadavg()[0], 2),
+                "machine_busy_pct": round(busy_pct(m0, m1), 1),
+                "steal_pct": round(steal_pct(m0, m1), 2),
+                "bench_lag_max_ms": round(bench_lag * 1000, 1),
             }
             if cg is not None:
                 result["throttled_periods"] = cg1.get("nr_throttled", 0) - cg0.get(
@@ -482,10 +526,27 @@ async def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     return result
 
 
+def busy_pct(m0: list[int], m1: list[int]) -> float:
+    """Share of all CPUs busy over the window (everyone's processes, not only ours)."""
+    d = [b - a for a, b in zip(m0, m1, strict=True)]
+    total = sum(d[:8]) or 1
+    return (total - d[3] - d[4]) / total * 100
+
+
+def steal_pct(m0: list[int], m1: list[int]) -> float:
+    d = [b - a for a, b in zip(m0, m1, strict=True)]
+    return d[7] / (sum(d[:8]) or 1) * 100
+
+
 def report(r: dict[str, Any]) -> None:
     q = r["cpu_quota"]
     mode = f"daemon confined to {q:.2f} of CPU 0 ({r['cgroup']})" if q else "full speed"
-    print(f"station_load: {r['slots']} slots, {r['duration_s']:.0f} s measured, {mode}")
+    if r["nice"]:
+        mode += f", nice {r['nice']}"
+    print(
+        f"station_load: {r['slots']} slots, {r['duration_s']:.0f} s measured, {mode}; daemon "
+        f"loop {r['loop']}, gc threshold {r['gc_threshold']}, {r['gc_frozen']} objects frozen"
+    )
     print(
         f"  daemon CPU {r['daemon_cpu_pct']:.1f} % of one core (goal < 25), RSS max "
         f"{r['rss_mb']:.1f} MB (goal < 80); sim {r['sim_cpu_pct']:.1f} %, broker "
@@ -511,8 +572,12 @@ def report(r: dict[str, Any]) -> None:
     )
     print(
         f"  swaps completed {r['swaps_completed']} failed {r['swaps_failed']}; slot telemetry "
-        f"{r['slot_telemetry_hz']:.1f} msg/s per slot ({r['slots_publishing']} slots); "
-        f"load average {r['loadavg_1m']}"
+        f"{r['slot_telemetry_hz']:.1f} msg/s per slot ({r['slots_publishing']} slots)"
+    )
+    print(
+        f"  machine: load average {r['loadavg_1m']}, all CPUs {r['machine_busy_pct']:.0f} % busy "
+        f"(steal {r['steal_pct']:.1f} %), the bench's own oversleep max "
+        f"{r['bench_lag_max_ms']:.0f} ms"
     )
     if q:
         print(f"  throttled CFS periods: {r['throttled_periods']}")
@@ -528,6 +593,20 @@ def main() -> None:
     ap.add_argument("--cpu-quota", type=float, help="confine the daemon to this share of a core")
     ap.add_argument("--arrival-s", type=float, default=180.0, help="seconds between vehicles")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    ap.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="niceness of the daemon, sim and broker (e.g. -20 on a machine shared with others)",
+    )
+    ap.add_argument(
+        "--daemon-env",
+        type=lambda t: tuple(t.split("=", 1)),
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="environment of the daemon (levers: SWAPD_EVENT_LOOP=asyncio, SWAPD_GC_TUNE=0)",
+    )
     args = ap.parse_args()
     if args.cpu_quota is not None and not 0 < args.cpu_quota <= 1:
         ap.error("--cpu-quota wants a fraction in (0, 1]")

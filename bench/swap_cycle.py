@@ -15,6 +15,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,11 @@ from drivers.robot.contract import RobotContract  # noqa: E402
 from drivers.robot.modbus_port import ModbusRobotPort  # noqa: E402
 from edge.swap.choice import SlotView  # noqa: E402
 from edge.swap.coordinator import SwapCoordinator  # noqa: E402
+from edge.swap.inventory import SlotPlace  # noqa: E402
 from edge.swap.journal import Journal  # noqa: E402
 from edge.swap.messages import PackIdentity  # noqa: E402
 from edge.swap.steps import load_step_graph  # noqa: E402
+from edge.telemetry.models import Details  # noqa: E402
 from tests.doubles import RecordingAlarmSink  # noqa: E402
 
 SLOTS = {f"s{n:02d}": n for n in range(1, 13)}
@@ -52,8 +55,9 @@ class Events:
         self.items: list[tuple[float, str, dict[str, Any]]] = []
         self.changed = asyncio.Event()
 
-    def emit(self, type: str, details: dict[str, Any]) -> None:
-        self.items.append((time.perf_counter(), type, details))
+    def emit_event(self, event_type: str, details: Details | Mapping[str, Any]) -> None:
+        assert isinstance(details, Details), details
+        self.items.append((time.perf_counter(), event_type, details.model_dump(mode="json")))
         self.changed.set()
 
 
@@ -62,6 +66,21 @@ class Outputs:
         return None
 
     async def all_outputs_off(self) -> None:
+        return None
+
+    def emergency_off(self) -> None:
+        return None
+
+    def emergency_reset(self, occupied: frozenset[str], reserved: frozenset[str]) -> None:
+        return None
+
+    def set_reserved(self, reserved: frozenset[str], occupied: frozenset[str]) -> None:
+        return None
+
+    def pack_seated(self, slot_id: str) -> None:
+        return None
+
+    def pack_removed(self, slot_id: str) -> None:
         return None
 
 
@@ -76,7 +95,7 @@ class Views:
         inv = self.coord.core.inventory
         out = []
         for sid in SLOTS:
-            rec = inv.at(f"slot:{sid}")
+            rec = inv.at(SlotPlace(sid))
             out.append(
                 SlotView(sid, rec.pack_id, rec.pack_type, soc_pct=95.0) if rec else SlotView(sid)
             )
@@ -85,7 +104,7 @@ class Views:
 
 def stored(events: Events, start: int) -> bool:
     return any(
-        t == "swap.step" and d.get("step") == "store_depleted" and d["status"] == "done"
+        t == "swap.step" and d.get("step") == "store_depleted" and d["state"] == "done"
         for _, t, d in events.items[start:]
     )
 

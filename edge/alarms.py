@@ -22,9 +22,42 @@ class Severity(StrEnum):
     WARNING = "warning"
 
 
+class AlarmCode(StrEnum):
+    """Every alarm code of the catalogue below (one definition each)."""
+
+    SERVICE_RESTARTING = "service.restarting"
+    STATION_LOOP_LAG = "station.loop_lag"
+    CLOCK_UNSYNCHRONISED = "clock.unsynchronised"
+    MODBUS_OFFLINE = "modbus.offline"
+    MODBUS_WRITE_FAILED = "modbus.write_failed"
+    MODBUS_INVALID_VALUE = "modbus.invalid_value"
+    CAN_BUS_ERROR = "can.bus_error"
+    PACK_FAULT = "pack.fault"
+    PACK_OVER_TEMPERATURE = "pack.over_temperature"
+    PACK_CELL_VOLTAGE = "pack.cell_voltage"
+    PACK_BMS_TIMEOUT = "pack.bms_timeout"
+    SLOT_UNAVAILABLE = "slot.unavailable"
+    PACK_INVALID_VALUE = "pack.invalid_value"
+    CHARGER_OFFLINE = "charger.offline"
+    CHARGER_FAULT = "charger.fault"
+    CHARGER_OUTPUT_OFF_UNCONFIRMED = "charger.output_off_unconfirmed"
+    SLOT_EVENT_LOST = "slot.event_lost"
+    SAFETY_EMERGENCY_STOP = "safety.emergency_stop"
+    ROBOT_STEP_FAULT = "robot.step_fault"
+    ROBOT_STEP_TIMEOUT = "robot.step_timeout"
+    ROBOT_INTERLOCK_LOST = "robot.interlock_lost"
+    ROBOT_PLC_OFFLINE = "robot.plc_offline"
+    ROBOT_PLC_STALE = "robot.plc_stale"
+    SWAP_EVENT_LOST = "swap.event_lost"
+    SWAP_PACK_MISMATCH = "swap.pack_mismatch"
+    INVENTORY_INCONSISTENT = "inventory.inconsistent"
+    ROBOT_PLC_RESTARTED = "robot.plc_restarted"
+    OUTBOX_OVERFLOW = "outbox.overflow"
+
+
 @dataclass(frozen=True, slots=True)
 class AlarmDef:
-    code: str
+    code: AlarmCode
     severity: Severity
     component: str
     text: str
@@ -33,112 +66,132 @@ class AlarmDef:
 _DEFS = [
     # foundation
     AlarmDef(
-        "service.restarting",
+        AlarmCode.SERVICE_RESTARTING,
         Severity.MINOR,
         "station",
         "A device service failed and is being restarted",
     ),
-    AlarmDef("station.loop_lag", Severity.WARNING, "station", "Event loop lag above threshold"),
     AlarmDef(
-        "clock.unsynchronised",
+        AlarmCode.STATION_LOOP_LAG, Severity.WARNING, "station", "Event loop lag above threshold"
+    ),
+    AlarmDef(
+        AlarmCode.CLOCK_UNSYNCHRONISED,
         Severity.MINOR,
         "station",
         "System clock not synchronised: command expiry, dedupe and tariffs may be off",
     ),
     # Modbus devices
     AlarmDef(
-        "modbus.offline",
+        AlarmCode.MODBUS_OFFLINE,
         Severity.MAJOR,
         "modbus",
         "Modbus device not answering (communication fault)",
     ),
     AlarmDef(
-        "modbus.write_failed", Severity.MAJOR, "modbus", "Modbus write not confirmed by read-back"
+        AlarmCode.MODBUS_WRITE_FAILED,
+        Severity.MAJOR,
+        "modbus",
+        "Modbus write not confirmed by read-back",
     ),
     AlarmDef(
-        "modbus.invalid_value",
+        AlarmCode.MODBUS_INVALID_VALUE,
         Severity.WARNING,
         "modbus",
         "Modbus device returned invalid register values",
     ),
     # CAN buses
-    AlarmDef("can.bus_error", Severity.MAJOR, "can", "CAN bus error or bus-off; reopening"),
+    AlarmDef(AlarmCode.CAN_BUS_ERROR, Severity.MAJOR, "can", "CAN bus error or bus-off; reopening"),
     # Slots and packs (slot controller)
-    AlarmDef("pack.fault", Severity.CRITICAL, "slot", "Pack reports a fault; slot output off"),
-    AlarmDef("pack.over_temperature", Severity.CRITICAL, "slot", "Pack temperature out of window"),
-    AlarmDef("pack.cell_voltage", Severity.CRITICAL, "slot", "Cell voltage out of window"),
     AlarmDef(
-        "pack.bms_timeout",
+        AlarmCode.PACK_FAULT, Severity.CRITICAL, "slot", "Pack reports a fault; slot output off"
+    ),
+    AlarmDef(
+        AlarmCode.PACK_OVER_TEMPERATURE, Severity.CRITICAL, "slot", "Pack temperature out of window"
+    ),
+    AlarmDef(AlarmCode.PACK_CELL_VOLTAGE, Severity.CRITICAL, "slot", "Cell voltage out of window"),
+    AlarmDef(
+        AlarmCode.PACK_BMS_TIMEOUT,
         Severity.MAJOR,
         "slot",
         "BMS silent or protocol timeout; slot output off",
     ),
-    AlarmDef("slot.unavailable", Severity.MAJOR, "slot", "Slot latched unavailable"),
+    AlarmDef(AlarmCode.SLOT_UNAVAILABLE, Severity.MAJOR, "slot", "Slot latched unavailable"),
     AlarmDef(
-        "pack.invalid_value",
+        AlarmCode.PACK_INVALID_VALUE,
         Severity.MINOR,
         "slot",
         "Pack reported a value out of range (dropped, session goes on)",
     ),
     AlarmDef(
-        "charger.offline", Severity.MAJOR, "slot", "Charger offline; its watchdog stops its output"
+        AlarmCode.CHARGER_OFFLINE,
+        Severity.MAJOR,
+        "slot",
+        "Charger offline; its watchdog stops its output",
     ),
-    AlarmDef("charger.fault", Severity.MAJOR, "slot", "Charger reports a fault"),
+    AlarmDef(AlarmCode.CHARGER_FAULT, Severity.MAJOR, "slot", "Charger reports a fault"),
     AlarmDef(
-        "charger.output_off_unconfirmed",
+        AlarmCode.CHARGER_OUTPUT_OFF_UNCONFIRMED,
         Severity.CRITICAL,
         "slot",
         "Charger output off not confirmed by a read after the command; retrying, watchdog starved",
     ),
     AlarmDef(
-        "slot.event_lost", Severity.MINOR, "slot", "Slot event not stored (event sink failed)"
+        AlarmCode.SLOT_EVENT_LOST,
+        Severity.MINOR,
+        "slot",
+        "Slot event not stored (event sink failed)",
     ),
     # Swap robot
     AlarmDef(
-        "safety.emergency_stop",
+        AlarmCode.SAFETY_EMERGENCY_STOP,
         Severity.CRITICAL,
         "swap",
         "Emergency stop: robot halted, outputs off, latched",
     ),
-    AlarmDef("robot.step_fault", Severity.MAJOR, "swap", "Robot step failed"),
-    AlarmDef("robot.step_timeout", Severity.MAJOR, "swap", "Robot step exceeded its timeout"),
+    AlarmDef(AlarmCode.ROBOT_STEP_FAULT, Severity.MAJOR, "swap", "Robot step failed"),
     AlarmDef(
-        "robot.interlock_lost",
+        AlarmCode.ROBOT_STEP_TIMEOUT, Severity.MAJOR, "swap", "Robot step exceeded its timeout"
+    ),
+    AlarmDef(
+        AlarmCode.ROBOT_INTERLOCK_LOST,
         Severity.CRITICAL,
         "swap",
         "Interlock lost during a step; unit halted",
     ),
-    AlarmDef("robot.plc_offline", Severity.CRITICAL, "swap", "Robot PLC not answering"),
+    AlarmDef(AlarmCode.ROBOT_PLC_OFFLINE, Severity.CRITICAL, "swap", "Robot PLC not answering"),
     AlarmDef(
-        "robot.plc_stale",
+        AlarmCode.ROBOT_PLC_STALE,
         Severity.CRITICAL,
         "swap",
         "Robot PLC heartbeat frozen or status too old; units halted",
     ),
     AlarmDef(
-        "swap.event_lost", Severity.MINOR, "swap", "Swap event not stored (event sink failed)"
+        AlarmCode.SWAP_EVENT_LOST,
+        Severity.MINOR,
+        "swap",
+        "Swap event not stored (event sink failed)",
     ),
     AlarmDef(
-        "swap.pack_mismatch",
+        AlarmCode.SWAP_PACK_MISMATCH,
         Severity.MAJOR,
         "swap",
         "Docked pack identity differs from the announced one",
     ),
     AlarmDef(
-        "inventory.inconsistent",
+        AlarmCode.INVENTORY_INCONSISTENT,
         Severity.CRITICAL,
         "swap",
         "Inventory invariant broken; operator action needed",
     ),
     AlarmDef(
-        "robot.plc_restarted",
+        AlarmCode.ROBOT_PLC_RESTARTED,
         Severity.CRITICAL,
         "swap",
         "Robot PLC lost its command counter (restarted); commands not resent, swap held",
     ),
     # Telemetry
     AlarmDef(
-        "outbox.overflow",
+        AlarmCode.OUTBOX_OVERFLOW,
         Severity.MINOR,
         "telemetry",
         "Outbox disk cap reached; oldest events dropped",
@@ -146,12 +199,6 @@ _DEFS = [
 ]
 
 CATALOGUE: dict[str, AlarmDef] = {d.code: d for d in _DEFS}
-
-# Codes other modules name (issue 12); every code stays defined once, above.
-A_OUTPUT_OFF_UNCONFIRMED = "charger.output_off_unconfirmed"
-A_EVENT_LOST_SLOT = "slot.event_lost"
-A_EVENT_LOST_SWAP = "swap.event_lost"
-A_PLC_STALE = "robot.plc_stale"
 
 
 class UnknownAlarmError(KeyError):

@@ -264,6 +264,22 @@ def _file_checks(cfg: StationConfig) -> tuple[list[tuple[PathKey, str]], list[Pr
     except DataFileError as e:
         out.append((("robot", "map"), "invalid robot map or step graph"))
         elsewhere.extend(p for p in e.problems if p not in elsewhere)
+    # Command-signing keys given as files: read and parsed as `swapd run` does (a key from a
+    # systemd credential exists only inside the service and is checked at start).
+    from edge.operator.signatures import KeyLoadError, parse_public_key
+
+    for i, k in enumerate(cfg.commands.keys):
+        if k.file is None:
+            continue
+        key_path = cfg.resolve(k.file)
+        try:
+            parse_public_key(key_path.read_bytes(), str(key_path))
+        except OSError as e:
+            out.append(
+                (("commands", "keys", i, "file"), f"cannot read {key_path}: {e.strerror or e}")
+            )
+        except KeyLoadError as e:
+            out.append((("commands", "keys", i, "file"), str(e)))
     if cfg.mqtt.tls is not None:
         for name in ("ca_file", "cert_file", "key_file"):
             p = getattr(cfg.mqtt.tls, name)

@@ -6,8 +6,8 @@ fault would be injected again by every simulator that restarts). `publish_fault`
 registered under that id (`FaultInjectable`). Nothing is replied: outcomes are logged and
 counted, bad payloads are dropped.
 
-The simulators' own fault switches have their own shapes; `ChargerInjector` and `RobotInjector`
-give them the listener's (a world's pack seat has it itself). `fault_catalogue()` says which
+The simulators' fault switches take the catalogue's names; `ChargerInjector` and `RobotInjector`
+give them the listener's shape (a world's pack seat has it itself). `fault_catalogue()` says which
 faults each simulated device type supports, with the names read from the simulators.
 """
 
@@ -33,6 +33,7 @@ from sim.broker import BrokerAddress, parse_broker_url
 from sim.devices.charger import FAULT_NAMES as CHARGER_FAULTS
 from sim.devices.charger import ChargerSim
 from sim.devices.pack import Fault as PackFault
+from sim.devices.robot_plc import FAULT_NAMES as ROBOT_FAULTS
 from sim.devices.robot_plc import RobotPlcSim
 
 if TYPE_CHECKING:
@@ -249,68 +250,21 @@ class ChargerInjector:
         self.sim.apply_fault(fault, False)
 
 
-def _text(params: Mapping[str, Any], key: str) -> str:
-    v = params.get(key)
-    if not isinstance(v, str) or not v:
-        raise ValueError(f"param {key!r} (a name) is required")
-    return v
-
-
 class RobotInjector:
-    """The robot PLC simulator (and the vehicle on its platform). Latching faults
-    (e-stop, curtain, door, vehicle not ready) clear by restoring the input; one-shot faults
-    (step_fault, stuck_step, torque_failure) are consumed by the next run, clear undoes the
-    torque one and is a no-op for the others (the step already ran or will run faulty once)."""
-
-    FAULTS = (
-        "emergency_stop",
-        "light_curtain",
-        "door_open",
-        "step_fault",
-        "stuck_step",
-        "torque_failure",
-        "vehicle_not_ready",
-        "frozen_heartbeat",
-    )
+    """The robot PLC simulator (and the vehicle on its platform): its `apply_fault`, whose
+    names (`sim.devices.robot_plc.FAULT_NAMES`) are the catalogue's."""
 
     def __init__(self, plc: RobotPlcSim) -> None:
         self.plc = plc
 
     def faults(self) -> list[str]:
-        return list(self.FAULTS)
+        return list(ROBOT_FAULTS)
 
     def inject(self, fault: str, params: Mapping[str, Any]) -> None:
-        self._switch(fault, True, params)
+        self.plc.apply_fault(fault, params=params)
 
     def clear(self, fault: str) -> None:
-        self._switch(fault, False, {})
-
-    def _switch(self, fault: str, on: bool, params: Mapping[str, Any]) -> None:
-        p = self.plc
-        if fault == "emergency_stop":
-            p.emergency_stop(on)
-        elif fault == "light_curtain":
-            p.break_curtain(on)
-        elif fault == "door_open":
-            p.set_input("doors_closed", not on)
-        elif fault == "frozen_heartbeat":
-            p.freeze(on)
-        elif fault == "vehicle_not_ready":
-            p.set_input("vehicle_hv_off", not on)
-            p.set_input("vehicle_immobilised", not on)
-        elif fault == "torque_failure":
-            heads = params.get("heads", 1) if on else 0
-            if isinstance(heads, bool) or not isinstance(heads, int) or heads < 0:
-                raise ValueError(f"torque_failure: heads must be a count >= 0, got {heads!r}")
-            p.inject_torque_failure(heads)
-        elif fault in ("step_fault", "stuck_step"):
-            if on:
-                unit, step = _text(params, "unit"), _text(params, "step")
-                if unit not in ("vehicle", "rack"):
-                    raise ValueError(f"{fault}: unit must be vehicle or rack, got {unit!r}")
-                (p.inject_step_fault if fault == "step_fault" else p.inject_stuck)(unit, step)
-        else:
-            raise ValueError(f"unknown robot fault {fault!r}")
+        self.plc.apply_fault(fault, clear=True)
 
 
 # ---- the catalogue of faults each simulated device type supports --------------------------------
@@ -426,7 +380,7 @@ def fault_catalogue() -> list[DeviceFaults]:
             "pack", _described((f.value for f in PackFault), _PACK), "sim.devices.pack.Fault"
         ),
         DeviceFaults(
-            "robot", _described(RobotInjector.FAULTS, _ROBOT), "sim.faults.RobotInjector.FAULTS"
+            "robot", _described(ROBOT_FAULTS, _ROBOT), "sim.devices.robot_plc.FAULT_NAMES"
         ),
     ]
 

@@ -31,6 +31,7 @@ from rich.text import Text
 
 from drivers.core.backoff import Backoff
 from drivers.core.log import get_logger
+from edge.telemetry.models import EventType
 from sim.broker import BrokerAddress
 from sim.faults import MqttCredentials, mqtt_client, publish_fault
 
@@ -56,11 +57,6 @@ def _str(v: Any) -> str:
         return DASH
     s = str(v)
     return s if s else DASH
-
-
-def _first(d: Mapping[str, Any], *keys: str) -> Any:
-    """The first of `keys` present and not null (field names differ between producers)."""
-    return next((d[k] for k in keys if d.get(k) is not None), None)
 
 
 def fmt(v: Any, spec: str = ".1f") -> str:
@@ -174,8 +170,8 @@ class ViewModel:
             "dropped": self.dropped,
             "slots_seen": sorted(self.slots),
             "events": dict(sorted(self.event_counts.items())),
-            "swaps_completed": self.event_counts["swap.completed"],
-            "swaps_failed": self.event_counts["swap.failed"],
+            "swaps_completed": self.event_counts[EventType.SWAP_COMPLETED],
+            "swaps_failed": self.event_counts[EventType.SWAP_FAILED],
             "active_alarms": [f"{code}@{source}" for code, source in sorted(self.alarms)],
             "grid_power_kw": _num(self.station.get("grid_power_kw")),
             "grid_mode": self.station.get("grid_mode"),
@@ -212,14 +208,13 @@ class ViewModel:
 
     def _apply_event(self, event_type: str, d: dict[str, Any]) -> str:
         s = self.swap
-        if event_type == "swap.started":
+        if event_type == EventType.SWAP_STARTED:
             self.swap = SwapView(_str(d.get("swap_id")), _str(d.get("vehicle_id")), "running")
             for u in self.units.values():
                 u.state, u.step = "idle", DASH
             return f"swap {self.swap.swap_id} vehicle {self.swap.vehicle_id}"
-        if event_type == "swap.step":
-            # `state` in the telemetry model, `status` in the swap sequence: take either.
-            step, state = _str(d.get("step")), _str(_first(d, "state", "status"))
+        if event_type == EventType.SWAP_STEP:
+            step, state = _str(d.get("step")), _str(d.get("state"))
             unit = _str(d.get("unit"))
             unit = unit if unit in self.units else ("rack" if step in RACK_STEPS else "vehicle")
             s.swap_id = _str(d.get("swap_id")) if d.get("swap_id") else s.swap_id
@@ -230,25 +225,25 @@ class ViewModel:
             self.units[unit].step, self.units[unit].state = step, state
             s.step = step
             return f"{unit}: {step} {state}"
-        if event_type == "swap.completed":
+        if event_type == EventType.SWAP_COMPLETED:
             s.state, s.step = "completed", DASH
             duration = fmt(d.get("duration_s"), ".0f")
-            fitted = _str(_first(d, "pack_out_id", "full_pack_id"))
-            stored = _str(_first(d, "pack_in_id", "depleted_pack_id"))
+            fitted = _str(d.get("pack_out_id"))
+            stored = _str(d.get("pack_in_id"))
             s.detail = f"in {duration} s, fitted {fitted}, stored {stored}"
             return f"swap {_str(d.get('swap_id'))} done {s.detail}"
-        if event_type == "swap.failed":
+        if event_type == EventType.SWAP_FAILED:
             s.state = "failed"
             s.detail = _str(d.get("reason"))
             return f"swap {_str(d.get('swap_id'))} failed at {_str(d.get('step'))}: {s.detail}"
-        if event_type in ("alarm.raised", "alarm.cleared"):
+        if event_type in (EventType.ALARM_RAISED, EventType.ALARM_CLEARED):
             key = (_str(d.get("code")), _str(d.get("source")))
-            if event_type == "alarm.raised":
+            if event_type == EventType.ALARM_RAISED:
                 self.alarms[key] = {**self.alarms.get(key, {}), **d}
             else:
                 self.alarms.pop(key, None)
             return f"{key[0]} @ {key[1]}: {_str(d.get('text'))}"
-        if event_type in ("charge.started", "charge.stopped"):
+        if event_type in (EventType.CHARGE_STARTED, EventType.CHARGE_STOPPED):
             reason = f" ({_str(d.get('reason'))})" if d.get("reason") else ""
             return f"slot {_str(d.get('slot_id'))} pack {_str(d.get('pack_id'))}{reason}"
         return ", ".join(f"{k}={_str(v)}" for k, v in list(d.items())[:4])

@@ -49,7 +49,7 @@ from sim.devices.pack import (
     PackModel,
     PackSpec,
 )
-from sim.devices.robot_plc import RobotPlcSim
+from sim.devices.robot_plc import PlcPlace, RackSlot, RobotPlcSim
 from sim.devices.slcan_server import SlcanPort
 from sim.devices.vehicle import SimVehicle
 from sim.faults import (
@@ -393,7 +393,7 @@ class SimWorld:
         empty_slots: int = 1,
         soc_range_pct: tuple[float, float] = (80.0, 98.0),
         chemistry: str = "LFP",
-        full_thirds: bool = True,
+        full_packs: int | None = None,
     ) -> None:
         self.cfg = cfg
         self.speed = speed
@@ -420,13 +420,13 @@ class SimWorld:
         self.frame_stats: FrameStats | None = None  # the load bench's CCS/CST/CEM record
         self.arrival_soc: tuple[float, float] = (25.0, 8.0)  # mean, std (%) of arriving packs
         self._bay_vehicle: SimVehicle | None = None
-        # Initial rack: all but the last `empty_slots` slots hold a pack; a third are full (with
-        # `full_thirds`) so a first swap has a pack that has finished charging.
+        # Initial rack: all but the last `empty_slots` slots hold a pack; every third (or the
+        # first `full_packs`) is full so a first swap has a pack that has finished charging.
         n_full = max(0, len(cfg.slots) - empty_slots)
         lo, hi = soc_range_pct
         self.initial: dict[str, WorldPack] = {}
         for i, s in enumerate(cfg.slots[:n_full]):
-            full = full_thirds and i % 3 == 0
+            full = i % 3 == 0 if full_packs is None else i < full_packs
             soc = self.rng.uniform(max(lo, 96.0), max(hi, 97.0)) if full else None
             soc = soc if soc is not None else self.rng.uniform(lo, hi)
             self.initial[s.id] = WorldPack.new(
@@ -447,18 +447,19 @@ class SimWorld:
         return cls(cfg, speed=cfg.sim.speed if speed is None else speed, seed=seed, bus=bus, **kw)
 
     # ---- pack moves --------------------------------------------------------------------
-    def _on_move(self, src: str, dst: str) -> None:
-        pack = self.places.pop(src, None)
-        if src.startswith("slot:"):
-            slot_id = self.slot_by_number[int(src[5:])]
-            seat = self.seats[slot_id]
+    def _on_move(self, src: PlcPlace, dst: PlcPlace) -> None:
+        if isinstance(src, RackSlot):
+            pack = None
+            seat = self.seats[self.slot_by_number[src.number]]
             if seat.pack is not None:
                 pack = seat.unseat()
+        else:
+            pack = self.places.pop(src, None)
         if pack is None:
             _log.warning("robot moved a pack the world does not know", src=src, dst=dst)
             return
-        if dst.startswith("slot:"):
-            slot_id = self.slot_by_number[int(dst[5:])]
+        if isinstance(dst, RackSlot):
+            slot_id = self.slot_by_number[dst.number]
             self.seats[slot_id].seat(pack)
             _log.info("pack stored", slot=slot_id, pack=pack.pack_id, soc=pack.model.soc_pct)
         else:
@@ -590,7 +591,7 @@ def sim_factory(
     For the load bench: SWAPD_SIM_STATS=PATH records what the packs receive and the sim's own
     loop lag (edge.app.perf, dumped on SIGUSR1 and at exit); SWAPD_SIM_ARRIVAL_S=S sends a
     vehicle every S seconds (world time) instead of the forecast's Poisson arrivals;
-    SWAPD_SIM_SOC=LO,HI seats packs between LO and HI % (none full, so every slot charges)."""
+    SWAPD_SIM_SOC=LO,HI,N seats N full packs and the others between LO and HI % (charging)."""
     import os
 
     from edge.app.perf import SIM_STATS_ENV, PerfProbe
@@ -600,9 +601,9 @@ def sim_factory(
     async def run() -> AsyncIterator[Mapping[str, FaultInjectable]]:
         soc = os.environ.get("SWAPD_SIM_SOC")
         if soc:
-            lo, _, hi = soc.partition(",")
+            lo, hi, full = soc.split(",")
             world = SimWorld.from_config(
-                cfg, speed=speed, soc_range_pct=(float(lo), float(hi)), full_thirds=False
+                cfg, speed=speed, soc_range_pct=(float(lo), float(hi)), full_packs=int(full)
             )
         else:
             world = SimWorld.from_config(cfg, speed=speed)

@@ -59,6 +59,12 @@ class ModbusRobotPort:
             raise RobotOfflineError(f"{what}: {e}") from e
         except OSError as e:
             raise RobotOfflineError(f"{what}: {e}") from e
+        # pymodbus waits with asyncio.wait_for, which on Python 3.11 swallows a cancellation
+        # that arrives with the answer (the caller's loop then never stops); the task's
+        # pending-cancel count survives, so re-raise it (as drivers.modbus.link does).
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError
         if rr.isError():
             raise RobotPortError(f"{what}: PLC answered {rr}")
         return rr

@@ -15,6 +15,7 @@ from drivers.core.datafile import DataFileError
 from drivers.core.log import get_logger
 from edge.app.logs import configure_logging
 from edge.app.perf import PERF_ENV, PerfProbe, watch_modbus
+from edge.app.runtime import loop_factory, loop_name, tune_gc
 from edge.app.station import build_station
 from edge.app.supervisor import CoreServiceFailed
 from edge.config import load_config
@@ -37,7 +38,8 @@ def run_daemon(config_path: str, sim_speed: float | None = None) -> int:
         print(f"swapd run: {e}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(_main(config_path, config, sim_speed))
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            runner.run(_main(config_path, config, sim_speed))
     except StateFileError as e:
         # One line, the file and the way out; exit 2 so systemd does not restart-loop on it.
         print(f"swapd: {e}", file=sys.stderr)
@@ -96,7 +98,14 @@ async def _main(config_path: str, config: object, sim_speed: float | None = None
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, _on_signal, station, sig)
     probe = _perf_probe(station)
-    log.info("starting", config=config_path, station=config.station.id)
+    gc_tuned = tune_gc()  # after the station is built: its object graph is frozen
+    log.info(
+        "starting",
+        config=config_path,
+        station=config.station.id,
+        loop=loop_name(),
+        gc_tuned=gc_tuned,
+    )
     try:
         await station.run()
     finally:

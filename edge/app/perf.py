@@ -2,7 +2,7 @@
 
 Off unless the environment names an output file: `SWAPD_PERF_OUT=PATH` for `swapd run`,
 `SWAPD_SIM_STATS=PATH` for `swapd sim`. While on it records event-loop lag (a 25 ms timer
-chain: how late each callback runs), garbage-collector pauses (gc.callbacks) and whatever the
+chain: how late each callback runs, by time.monotonic()), garbage-collector pauses (gc.callbacks) and whatever the
 owner adds (`samples`, `counts`, `extra`). On SIGUSR1 and at exit it writes one JSON document
 to PATH (atomically, with a growing `seq`) and starts a new window, so a bench can read the
 figures of exactly the window it measured.
@@ -85,19 +85,20 @@ class PerfProbe:
             self._gc_by_gen[gen] = max(self._gc_by_gen[gen], ms)
 
     def _tick(self) -> None:
-        loop = asyncio.get_running_loop()
-        now = loop.time()
+        # time.monotonic(), not loop.time(): uvloop's loop time is cached per iteration (and in
+        # whole ms), which would hide the lateness of callbacks run late in an iteration.
+        now = time.monotonic()
         self._lag_ms.append(max(0.0, now - self._due) * 1000)
         self._due = now + self.tick_s
-        self._handle = loop.call_at(self._due, self._tick)
+        self._handle = asyncio.get_running_loop().call_later(self.tick_s, self._tick)
 
     # ---- life cycle --------------------------------------------------------------------
     def start(self) -> None:
         """Call from inside the running loop."""
         loop = asyncio.get_running_loop()
         gc.callbacks.append(self._gc)
-        self._due = loop.time() + self.tick_s
-        self._handle = loop.call_at(self._due, self._tick)
+        self._due = time.monotonic() + self.tick_s
+        self._handle = loop.call_later(self.tick_s, self._tick)
         loop.add_signal_handler(signal.SIGUSR1, self.dump)
         self._window_t0 = time.monotonic()
 
@@ -119,6 +120,9 @@ class PerfProbe:
             "gc_pause_ms": summary(self._gc_ms),
             "gc_pause_max_ms_by_gen": [round(x, 3) for x in self._gc_by_gen],
             "gc_counts": [s["collections"] for s in gc.get_stats()],
+            "gc_threshold": list(gc.get_threshold()),
+            "gc_frozen": gc.get_freeze_count(),
+            "loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
             "samples": {k: summary(v) for k, v in self.samples.items()},
             "counts": dict(self.counts),
         }

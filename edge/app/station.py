@@ -9,6 +9,7 @@ device services) flushes `online: false` after the safety writes.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 from drivers.core.clock import Clock, utc_iso
 from drivers.core.log import get_logger
 from drivers.modbus.network import ModbusNetwork
-from edge.alarms import AlarmManager
+from edge.alarms import AlarmCode, AlarmManager
 from edge.app.health import LoopMonitor, Notifier, watchdog_interval_s
 from edge.app.hub import StationHub
 from edge.app.supervisor import Kind, Supervisor, Task
@@ -32,9 +33,11 @@ from edge.scheduler.service import SchedulerService
 from edge.slot.service import SlotService
 from edge.state import GridState, StationState
 from edge.swap.choice import SlotView
+from edge.swap.inventory import SlotPlace
 from edge.swap.messages import PackIdentity
 from edge.swap.service import SwapRoom, build_swap
 from edge.telemetry.alarm_events import AlarmEvents
+from edge.telemetry.models import Details
 from edge.telemetry.publisher import StatePublisher
 from edge.telemetry.service import Telemetry
 
@@ -78,7 +81,7 @@ class SwapRunner:
                 slot.inhibit("reserved")
             elif not known:
                 slot.probe()
-            elif inv.at(f"slot:{slot_id}") is not None:
+            elif inv.at(SlotPlace(slot_id)) is not None:
                 slot.dock()
 
     async def run(self) -> None:
@@ -134,7 +137,8 @@ class SwapBindings:
             if slot_id in reserved:
                 continue
             if slot.docked:
-                slot.reset()  # a session the stop ended (or latched) starts afresh
+                # A session the stop ended starts afresh; a latched slot stays latched (only
+                # `reset_slot` clears a slot latch, issue 14).
                 slot.resume_charging()
             elif slot_id in occupied:
                 slot.dock()
@@ -152,24 +156,21 @@ class SwapBindings:
         sources = {a.source for a in self.alarms.active}
         return [s.slot_view(s.slot_id in sources, self.ready_soc_pct) for s in self.slots.values()]
 
-    def emit(self, type: str, details: dict[str, Any]) -> None:
-        if type == "swap.step" and details.get("status") == "done":
-            # A pack seated in a rack slot starts its session; one leaving it has stopped already.
-            for move in details.get("moves", []):
-                to = str(move.get("to", ""))
-                if to.startswith("slot:") and to[5:] in self.slots:
-                    self.slots[to[5:]].dock()
-        fields = {k: v for k, v in details.items() if k != "ts"}
-        if type == "swap.step" and "state" not in fields:
-            fields["state"] = str(fields.get("status", ""))
+    def pack_seated(self, slot_id: str) -> None:
+        self.slots[slot_id].dock()  # its session starts
+
+    def pack_removed(self, slot_id: str) -> None:
+        pass  # the output-off the step required has undocked it already
+
+    def emit_event(self, event_type: str, details: Details | Mapping[str, Any]) -> None:
         try:
-            self.hub.emit_event(type, fields)
+            self.hub.emit_event(event_type, details)
         except (ValueError, KeyError) as e:
-            log.warning("swap event not published", type=type, error=str(e))
+            log.warning("swap event not published", type=event_type, error=str(e))
         except Exception as e:  # noqa: BLE001 - a failing sink (full disk) never stops the swap
             self.events_lost += 1
-            self._raiser.raise_alarm("swap.event_lost", "events", f"{type}: {e}")
-            log.error("swap event lost", type=type, error=repr(e))
+            self._raiser.raise_alarm(AlarmCode.SWAP_EVENT_LOST, "events", f"{event_type}: {e}")
+            log.error("swap event lost", type=event_type, error=repr(e))
 
 
 class TelemetryRunner:

@@ -17,8 +17,10 @@ from edge.state import OperatingMode, StationState
 from edge.telemetry.models import (
     DisableSlotParams,
     EnableSlotParams,
+    EventType,
     InventorySetParams,
     ManualParams,
+    ModeChanged,
     Params,
     RefitOriginalParams,
     RefreshParams,
@@ -159,7 +161,8 @@ class StationCommands:
         log.info("operating mode changed", mode=str(params.mode), source=source)
         if self.outbound is not None:
             self.outbound.emit_event(
-                "mode.changed", {"operating_mode": str(params.mode), "source": source}
+                EventType.MODE_CHANGED,
+                ModeChanged(operating_mode=OperatingMode(params.mode), source=source),
             )
 
     def _swap(self) -> SwapCoordinator:

@@ -12,7 +12,7 @@ Per pack k (in the rack, or brought by a forecast vehicle from its arrival) and 
   swap:   c by the deadline of the swap the pack is matched to (interpolated inside the step)
           + short[k] >= energy to the ready SOC; short is penalised (never infeasible)
   grid:   sum_k q[k,t] / eff <= limit[t] x dt;  with a demand charge also <= P x dt
-Objective: energy cost - terminal value of stored energy + demand charge x P + penalty x short,
+Objective: energy cost (+ a tiny ramp in time: among equal prices, earlier) - terminal value of stored energy + demand charge x P + penalty x short,
 with P >= the peak already billed (so only a new peak costs).
 """
 
@@ -96,7 +96,25 @@ def solve(req: PlanRequest) -> Plan:
     grid_cols: list[list[int]] = [[] for _ in range(n_t)]
     rack: dict[str, tuple[float, list[int]]] = {}  # key -> (soc0, c columns)
     short_cols: list[int] = []
+    # Earliest deadline first among equal prices: the ramp's weight grows with urgency, so
+    # under a binding limit the plan finishes one pack after another instead of spreading
+    # power over all of them (a derating or a bunch of arrivals then finds packs ready).
+    by_deadline = sorted(
+        (p.deadline_s for p in req.packs if p.deadline_s is not None),
+    )
+    n_dl = max(1, len(by_deadline))
+    top_price, low_price = max(req.price), min(req.price)
+    dear = [pr >= top_price - 1e-9 and top_price > low_price + 1e-9 for pr in req.price]
+    # End of the run of dearest steps each step belongs to.
+    dear_end = [0.0] * n_t
+    for t in range(n_t - 1, -1, -1):
+        dear_end[t] = dear_end[t + 1] if t + 1 < n_t and dear[t + 1] else ends[t]
+    horizon_h = ends[-1] / 3600.0
     for p in req.packs:
+        if p.deadline_s is None:
+            weight = 1.0
+        else:
+            weight = 2.0 - by_deadline.index(p.deadline_s) / n_dl
         room = max(0.0, (req.max_soc_pct - p.soc_pct) / 100 * cap)
         first = 0
         while first < n_t and ends[first] <= p.from_s + 1e-6:
@@ -109,7 +127,16 @@ def solve(req: PlanRequest) -> Plan:
             docked = 1.0
             if t == first and p.from_s > starts[t]:
                 docked = max(0.0, (ends[t] - p.from_s) / req.steps_s[t])
-            q = var(req.price[t] / eff, 0.0, max(0.0, p.rated_kw) * eff * dt_h[t] * docked)
+            mid_h = (starts[t] + ends[t]) / 2 / 3600.0
+            if dear[t] and (p.deadline_s is None or p.deadline_s > dear_end[t]):
+                # At the dearest price, energy for a swap after this dear run as late as
+                # possible: what the next replan finds it does not need (fewer arrivals than
+                # the forecast, a pack arriving fuller) is never bought. For a swap inside
+                # the run, the price is the same early or late, and early is safer.
+                ramp = req.early_per_kwh_h * (horizon_h - mid_h)
+            else:
+                ramp = weight * req.early_per_kwh_h * mid_h
+            q = var((req.price[t] + ramp) / eff, 0.0, max(0.0, p.rated_kw) * eff * dt_h[t] * docked)
             c = var(0.0, 0.0, room)
             # c_t - c_{t-1} - q_t = 0
             ent = [(c, 1.0), (q, -1.0)]
@@ -129,7 +156,8 @@ def solve(req: PlanRequest) -> Plan:
             c_cols.append(c)
             grid_cols[t].append(q)
         # Energy stored at the end is worth the terminal price (the day closes as it opened).
-        cost[c_cols[-1]] -= req.terminal_price / eff
+        terminal = req.terminal_price + weight * req.early_per_kwh_h * ends[-1] / 3600.0
+        cost[c_cols[-1]] -= terminal / eff
         need = max(0.0, (req.ready_soc_pct - p.soc_pct) / 100 * cap)
         if p.deadline_s is not None and need > 1e-9:
             d = max(p.deadline_s, ends[0])

@@ -76,6 +76,10 @@ class PlanRequest:
     demand_charge_per_kw: float = 0.0
     demand_floor_kw: float = 0.0  # the peak already billed this month
     shortfall_penalty: float = 20.0  # per pack-side kWh missing at a deadline
+    # Per grid kWh and hour from the plan's start: among equal prices the plan charges
+    # early (a just-in-time plan has no room for arrivals bunching or a derating). The
+    # terminal value gets the horizon's whole ramp on top, so storing stays worth it.
+    early_per_kwh_h: float = 1e-4
     time_limit_s: float = 1.0
 
     def to_json(self) -> str:

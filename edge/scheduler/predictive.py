@@ -5,7 +5,9 @@ dispatch limit, arrivals far from the forecast; debounced to one replan per `deb
 faults and limits), the policy turns the station as it is into a `PlanRequest` (the rack's packs
 with their SOC, rating and derating; the forecast's swaps, corrected by arrivals seen, matched
 in time order to the packs from the fullest, then to the packs the forecast vehicles will bring;
-the tariff, the active limit and its end, the demand charge, the reserve) and hands it to a
+the tariff, the active limit and its end, the demand charge, the reserve; `reserve.buffer_packs` more
+packs are due now, so each swap's pack is ready a few swaps early: arrivals bunch around the
+mean forecast) and hands it to a
 `Planner`. The planner solves the LP of `edge.scheduler.mpc` (HiGHS) inline (simulate-day,
 tests) or in the solver process the scheduler service owns (the daemon: `solver.py`); this
 module never imports numpy.
@@ -101,6 +103,7 @@ class PredictivePolicy:
         lead_s: float = 0.0,
         reserve_guard: bool = True,
         ready_margin_pct: float = 0.5,
+        buffer_packs: int | None = None,
     ) -> None:
         self.planner: Planner = planner if planner is not None else InlinePlanner()
         self.step_s = step_s
@@ -113,6 +116,7 @@ class PredictivePolicy:
         self.lead_s = lead_s
         self.reserve_guard = reserve_guard
         self.ready_margin_pct = ready_margin_pct
+        self.buffer_packs = buffer_packs
         self.smart = SmartPolicy()
         self.plan: Plan | None = None
         self._planned: dict[str, _Planned] = {}
@@ -197,7 +201,8 @@ class PredictivePolicy:
         rated = [_rated(s) for s in avail]
         mean_rated = sum(rated) / len(rated) if rated else 0.0
         arrivals = ctx.forecast.arrival_times(day, horizon, ctx.forecast_factor)
-        deadlines = [0.0] * (ctx.queue + cfg.reserve.margin_packs)
+        buffer = cfg.reserve.buffer_packs if self.buffer_packs is None else self.buffer_packs
+        deadlines = [0.0] * (ctx.queue + cfg.reserve.margin_packs + buffer)
         deadlines += [max(0.0, a - self.lead_s) for a in arrivals]
         packs: list[PlanPack] = []
         planned: dict[str, _Planned] = {}

@@ -100,7 +100,10 @@ class ProcessPlanner:
                 try:
                     proc.stdin.write(req.to_json().encode() + b"\n")
                     await proc.stdin.drain()
-                    line = await asyncio.wait_for(proc.stdout.readline(), self.reply_timeout_s)
+                    # asyncio.timeout, not wait_for: on Python 3.11 wait_for can drop a cancel
+                    # that arrives with the answer, and this task would then never stop.
+                    async with asyncio.timeout(self.reply_timeout_s):
+                        line = await proc.stdout.readline()
                 except TimeoutError:
                     log.warning("solver did not answer in time: restarting it", seq=req.seq)
                     await self._stop()

@@ -18,7 +18,10 @@ Safety rules (docs/safety.md), each with a test in tests/edge/test_slot_core.py:
 2. BMS timeout (any GB/T timeout, BEM) -> output off (the session sends CEM and re-handshakes);
    alarm pack.bms_timeout; after the third re-handshake fails the slot latches unavailable.
 3. Charger offline -> stop feeding its watchdog (it switches itself off), CST, latch
-   slot.unavailable until the charger is back and reports its output off.
+   slot.unavailable until the charger is back and reports its output off (a good reading taken
+   after it came back). Then, if the outage cut a session short, `BeginSession`: the service
+   starts a new one for a pack still docked and in service. A pack fault or a BMS-lost latch
+   that stood before (or arose during) the outage stays; only the offline cause clears.
 """
 
 from __future__ import annotations
@@ -111,7 +114,13 @@ class SessionCommand:
     limits: ChargerLimits | None = None
 
 
-Action = SetChargerOutput | FeedWatchdog | RaiseAlarm | ClearAlarm | SessionCommand
+@dataclass(frozen=True, slots=True)
+class BeginSession:
+    """The cause that stopped the session is gone (the charger is back): begin a new one if a
+    pack is still docked and the slot in service (the service knows both)."""
+
+
+Action = SetChargerOutput | FeedWatchdog | RaiseAlarm | ClearAlarm | SessionCommand | BeginSession
 
 
 class SlotState(StrEnum):
@@ -195,6 +204,10 @@ class SlotCore:
     _alarms: set[str] = field(default_factory=set)
     _unavailable_reason: str = ""
     _feeding: bool = True
+    # What the slot returns to once its offline charger is back (a pack-fault latch survives
+    # the outage), and whether the outage cut a session short (then a new one begins).
+    _after_offline: SlotState = SlotState.EMPTY
+    _resume_after_offline: bool = False
     # Reasons the output must stay off whatever the session asks ("reserved" by a swap, "estop").
     _inhibit: set[str] = field(default_factory=set)
 
@@ -204,6 +217,9 @@ class SlotCore:
         """A pack is docked in the slot: begin a session (clears a pack-fault latch)."""
         acts: list[Action] = []
         if self.state is SlotState.UNAVAILABLE:
+            if self._unavailable_reason == "charger offline":
+                # a pack docked during the outage: its session begins once the charger is back
+                self._after_offline, self._resume_after_offline = SlotState.EMPTY, True
             return acts
         self._pack = _Pack()
         for code in (
@@ -283,7 +299,18 @@ class SlotCore:
                 )
             )
             self._raise(A_CHARGER_OFFLINE, "charger not answering", acts)
-            self._latch_unavailable("charger offline", acts)
+            # Only a reading taken after it is back may release the latch.
+            self.reading = None
+            if self.state is not SlotState.UNAVAILABLE:  # a BMS-lost latch keeps its own reason
+                self._after_offline = (
+                    SlotState.FAULTED if self.state is SlotState.FAULTED else SlotState.EMPTY
+                )
+                self._resume_after_offline = self.state in (
+                    SlotState.CONNECTING,
+                    SlotState.CHARGING,
+                    SlotState.PAUSED,
+                )
+                self._latch_unavailable("charger offline", acts)
         else:
             self._maybe_release(acts)
         return acts
@@ -318,24 +345,29 @@ class SlotCore:
         return acts
 
     def _maybe_release(self, acts: list[Action]) -> None:
-        """Charger offline latch: clear once it is online and reports its output off."""
+        """Charger offline: once it is online and a good reading shows its output off, feed it
+        again; the offline latch (only that one) clears, and a cut-short session begins again."""
         r = self.reading
         if (
-            self.state is SlotState.UNAVAILABLE
-            and self._unavailable_reason == "charger offline"
-            and self.charger_online
-            and r is not None
-            and r.quality is Quality.GOOD
-            and not r.output_on
+            self._feeding
+            or not self.charger_online
+            or r is None
+            or r.quality is not Quality.GOOD
+            or r.output_on
         ):
-            self._clear(A_CHARGER_OFFLINE, acts)
+            return
+        self._clear(A_CHARGER_OFFLINE, acts)
+        self._feeding = True
+        acts.append(FeedWatchdog(True))
+        self._out = _Output()
+        self._write(acts, 0.0, 0.0, False, force=True)
+        if self.state is SlotState.UNAVAILABLE and self._unavailable_reason == "charger offline":
             self._clear(A_UNAVAILABLE, acts)
             self._unavailable_reason = ""
-            self.state = SlotState.EMPTY
-            self._feeding = True
-            acts.append(FeedWatchdog(True))
-            self._out = _Output()
-            self._write(acts, 0.0, 0.0, False, force=True)
+            self.state = self._after_offline
+            if self.state is SlotState.EMPTY and self._resume_after_offline:
+                acts.append(BeginSession())
+        self._after_offline, self._resume_after_offline = SlotState.EMPTY, False
 
     # -- session side --------------------------------------------------------------------------
 
@@ -459,12 +491,16 @@ class SlotCore:
                 SessionCommand(SessionCommandKind.STOP, reason=StopReason.PACK_FAULT, detail=detail)
             )
         self._raise(code, detail, acts)
-        if self.state is not SlotState.UNAVAILABLE:
+        if self._unavailable_reason == "charger offline":
+            self._after_offline = SlotState.FAULTED  # still latched once the charger is back
+        elif self.state is not SlotState.UNAVAILABLE:
             self.state = SlotState.FAULTED
 
     def _latch_unavailable(self, reason: str, acts: list[Action]) -> None:
         self._output_off(acts)
         if self.state is SlotState.UNAVAILABLE and self._unavailable_reason == "charger offline":
+            if reason != "charger offline":
+                self._unavailable_reason = reason  # BMS lost: stays for reset_slot
             return
         self.state = SlotState.UNAVAILABLE
         self._unavailable_reason = reason

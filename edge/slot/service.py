@@ -41,13 +41,14 @@ from drivers.core.quality import Quality
 from drivers.modbus.charger import ChargerControl
 from drivers.modbus.device import DeviceState, ModbusDevice, Snapshot
 from drivers.modbus.errors import ModbusError
-from edge.alarms import A_EVENT_LOST_SLOT, A_OUTPUT_OFF_UNCONFIRMED
+from edge.alarms import AlarmCode
 from edge.events import EventSink
 from edge.power import to_grid_side, to_pack_side
 from edge.scheduler.core import SlotInput
 from edge.slot.config import SafetyConfig
 from edge.slot.core import (
     Action,
+    BeginSession,
     ChargerRatings,
     ChargerReading,
     FeedWatchdog,
@@ -59,11 +60,15 @@ from edge.slot.core import (
     SlotState,
 )
 from edge.swap.choice import SlotView
+from edge.telemetry.models import ChargeStarted, ChargeStopped, Details, EventType
 
 log = get_logger("slot")
 # Session phases in which the BMS may have closed its contactors (after BCP/BRO).
 _BMS_ENGAGED = frozenset({Phase.PARAMETERS, Phase.CHARGING, Phase.STOPPING})
 _SESSION_OVER = frozenset({Phase.IDLE, Phase.ENDED, Phase.FAILED})
+# A new session would clear these latches (core.start), so none is begun again here: a pack
+# fault stays until another pack is docked, a BMS-lost latch until `reset_slot`.
+_LATCHED = frozenset({SlotState.FAULTED, SlotState.UNAVAILABLE})
 
 # The charger's `state` enum labels that mean its output is live, and those that mean it is off.
 _LIVE_STATES = frozenset({"charging", "derating", "on"})
@@ -215,7 +220,7 @@ class SlotService:
         self._resume_pending = (
             self.docked
             and self.in_service
-            and self.core.state is not SlotState.UNAVAILABLE
+            and self.core.state not in _LATCHED
             and self.core.phase not in ACTIVE_PHASES
         )
         self._maybe_resume()
@@ -225,7 +230,7 @@ class SlotService:
             return
         if self.core.phase in ACTIVE_PHASES or not (self.docked and self.in_service):
             self._resume_pending = False  # up again by itself (re-handshake), or gone
-        elif self.core.phase in _SESSION_OVER and self.core.state is not SlotState.UNAVAILABLE:
+        elif self.core.phase in _SESSION_OVER and self.core.state not in _LATCHED:
             self._resume_pending = False
             self._started = False
             if self.ratings_known.is_set():  # else the first reading of the ratings starts it
@@ -397,7 +402,9 @@ class SlotService:
         the charger's watchdog (it switches itself off) and try, bounded, to write it off."""
         self._failed = True
         self._starve_watchdog("off")
-        self._alarms.raise_alarm(A_OUTPUT_OFF_UNCONFIRMED, self.slot_id, "slot service failed")
+        self._alarms.raise_alarm(
+            AlarmCode.CHARGER_OUTPUT_OFF_UNCONFIRMED, self.slot_id, "slot service failed"
+        )
         try:
             async with asyncio.timeout(timeout_s):
                 await self.write_output(SetChargerOutput(0.0, 0.0, False))
@@ -485,7 +492,7 @@ class SlotService:
             return
         if self.off_confirmed_by(snap, since):
             self._off_confirmed = True
-            self._alarms.clear_alarm(A_OUTPUT_OFF_UNCONFIRMED, self.slot_id)
+            self._alarms.clear_alarm(AlarmCode.CHARGER_OUTPUT_OFF_UNCONFIRMED, self.slot_id)
             self._feed_again("off")
             self._wake.set()
             if "restart" in self.core.inhibited:
@@ -533,15 +540,23 @@ class SlotService:
             and self.core.state is SlotState.CHARGING
             and before is not SlotState.CHARGING
         ):
-            self._emit("charge.started", {"slot_id": self.slot_id, "pack_id": snap.pack_id})
+            self._emit(
+                EventType.CHARGE_STARTED, ChargeStarted(slot_id=self.slot_id, pack_id=snap.pack_id)
+            )
         if isinstance(ev, SessionStopped):
             self._emit(
-                "charge.stopped",
-                {"slot_id": self.slot_id, "pack_id": snap.pack_id, "reason": str(ev.reason)},
+                EventType.CHARGE_STOPPED,
+                ChargeStopped(
+                    slot_id=self.slot_id,
+                    pack_id=snap.pack_id,
+                    reason=str(ev.reason),
+                    # the session's own count (reset when the next one starts)
+                    energy_kwh=round(self.link.session.energy_kwh, 3),
+                ),
             )
         self._on_change(self.slot_id)
 
-    def _emit(self, type_: str, details: dict[str, Any]) -> None:
+    def _emit(self, type_: EventType, details: Details) -> None:
         """Seam (issue 12 item 6): an event sink that fails (a full or unwritable disk) never
         stops the slot: the event is counted as lost and alarmed."""
         if self._events is None:
@@ -550,7 +565,7 @@ class SlotService:
             self._events.emit_event(type_, details)
         except Exception as e:  # noqa: BLE001 - whatever the sink raises, the slot goes on
             self.events_lost += 1
-            self._alarms.raise_alarm(A_EVENT_LOST_SLOT, self.slot_id, f"{type_}: {e}")
+            self._alarms.raise_alarm(AlarmCode.SLOT_EVENT_LOST, self.slot_id, f"{type_}: {e}")
             log.error("event lost", slot=self.slot_id, type=type_, error=repr(e))
 
     def _want(self, out: SetChargerOutput) -> None:
@@ -582,7 +597,7 @@ class SlotService:
         """Seam (issue 12 item 1): an off attempt failed or was not confirmed: starve the
         charger's watchdog at once and raise the alarm (both held until confirmed)."""
         self._starve_watchdog("off")
-        self._alarms.raise_alarm(A_OUTPUT_OFF_UNCONFIRMED, self.slot_id, why)
+        self._alarms.raise_alarm(AlarmCode.CHARGER_OUTPUT_OFF_UNCONFIRMED, self.slot_id, why)
 
     def _apply(self, actions: list[Action]) -> None:
         for a in actions:
@@ -599,6 +614,8 @@ class SlotService:
                 carry_out(self._alarms, a)
             elif isinstance(a, SessionCommand):
                 self._session_command(a)
+            elif isinstance(a, BeginSession):
+                self._begin_again()  # docked, in service, once the stopped session has ended
 
     def _session_command(self, c: SessionCommand) -> None:
         if c.kind is SessionCommandKind.START:

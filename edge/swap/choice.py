@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from edge.swap.inventory import Inventory, slot_place
+from edge.swap.inventory import Inventory, SlotPlace
 from edge.swap.steps import PackChoice
 
 
@@ -33,7 +33,7 @@ class NoPackError(Exception):
 def _refusal(v: SlotView, pack_type: str, policy: PackChoice, inv: Inventory) -> str | None:
     if v.pack_id is None:
         return "empty"
-    rec = inv.at(slot_place(v.slot_id))
+    rec = inv.at(SlotPlace(v.slot_id))
     if rec is None or rec.pack_id != v.pack_id:
         return f"inventory has {rec.pack_id if rec else 'no pack'}, slot reports {v.pack_id}"
     if v.pack_type != pack_type:
@@ -78,7 +78,7 @@ def choose_store_slot(slots: Sequence[SlotView], inv: Inventory) -> SlotView:
     for v in sorted(slots, key=lambda v: v.slot_id):
         if (
             v.pack_id is None
-            and inv.at(slot_place(v.slot_id)) is None
+            and inv.at(SlotPlace(v.slot_id)) is None
             and v.available
             and not v.alarm_active
             and v.output_off

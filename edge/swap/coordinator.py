@@ -12,16 +12,16 @@ import asyncio
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from drivers.core.alarm_sink import AlarmSink
+from drivers.core.alarm_sink import AlarmSink, ClearAlarm, RaiseAlarm, carry_out
 from drivers.core.clock import Clock, utc_iso
 from drivers.core.log import get_logger
 from drivers.robot.port import RobotPort, RobotPortError
+from edge.events import EventSink
 from edge.swap.choice import SlotView
-from edge.swap.inventory import slot_place
+from edge.swap.inventory import SlotPlace, parse_place
 from edge.swap.journal import Journal, JournalError
 from edge.swap.messages import (
     Action,
-    ClearAlarm,
     CommandStep,
     CorrectInventory,
     Emit,
@@ -30,9 +30,10 @@ from edge.swap.messages import (
     Manual,
     PackDocked,
     PackIdentity,
+    PackRemoved,
+    PackSeated,
     PlcOffline,
     PlcStatus,
-    RaiseAlarm,
     RefitOriginal,
     Rejected,
     ReleaseOutputs,
@@ -78,26 +79,19 @@ class SlotOutputs(Protocol):
         docked (again)."""
         ...
 
+    def pack_seated(self, slot_id: str) -> None:
+        """The robot put a pack into this slot: dock it (its session starts)."""
+        ...
+
+    def pack_removed(self, slot_id: str) -> None:
+        """The robot took the pack out of this slot (its output was confirmed off first)."""
+        ...
+
 
 class SlotViews(Protocol):
     def slot_views(self) -> list[SlotView]:
         """What each slot controller knows now (pack, SOC, session, output, alarms)."""
         ...
-
-
-class EventSink(Protocol):
-    def emit(self, type: str, details: dict[str, Any]) -> None: ...
-
-
-COMMANDS = (
-    "status",
-    "start_swap",
-    "reset_fault",
-    "retry_step",
-    "refit_original",
-    "manual",
-    "inventory_set",
-)
 
 
 def _str_param(params: Mapping[str, Any], name: str, *, optional: bool = False) -> str | None:
@@ -230,7 +224,7 @@ class SwapCoordinator:
 
     def _occupied(self) -> frozenset[str]:
         inv = self.core.inventory
-        return frozenset(s for s in self.core.slot_numbers if inv.at(slot_place(s)) is not None)
+        return frozenset(s for s in self.core.slot_numbers if inv.at(SlotPlace(s)) is not None)
 
     async def _execute(self, actions: list[Action]) -> None:
         early = await self.safety_first(actions)
@@ -262,12 +256,14 @@ class SwapCoordinator:
                     self._spawn(self._all_off(), "swap-all-outputs-off")
                 case ReleaseOutputs():
                     self.outputs.emergency_reset(self._occupied(), self.core.reserved_slots())
+                case PackSeated():
+                    self.outputs.pack_seated(a.slot_id)
+                case PackRemoved():
+                    self.outputs.pack_removed(a.slot_id)
                 case Emit():
-                    self.events.emit(a.type, {**a.details, "ts": utc_iso(self.clock.now())})
-                case RaiseAlarm():
-                    self.alarms.raise_alarm(a.code, a.source, a.detail)
-                case ClearAlarm():
-                    self.alarms.clear_alarm(a.code, a.source)
+                    self.events.emit_event(a.type, a.details)
+                case RaiseAlarm() | ClearAlarm():
+                    carry_out(self.alarms, a)
                 case JournalWrite():
                     pass
         reserved = self.core.reserved_slots()
@@ -381,10 +377,15 @@ class SwapCoordinator:
                 )
             await self.feed(Manual(end=not enabled))
         elif command == "inventory_set":
+            place = _str_param(params, "place", optional=True)
+            try:
+                parsed = None if place is None else parse_place(place)
+            except ValueError as e:
+                raise Rejected(str(e), "invalid_params") from None
             await self.feed(
                 CorrectInventory(
                     _str_param(params, "pack_id") or "",
-                    _str_param(params, "place", optional=True),
+                    parsed,
                     _str_param(params, "pack_type", optional=True),
                 )
             )

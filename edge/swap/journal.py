@@ -11,6 +11,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,31 @@ JOURNAL_SCHEMA = Schema(
         ),
     ),
 )
+
+
+class RecordKind(StrEnum):
+    """What a journal record says happened (its `kind` column)."""
+
+    HELD = "held"
+    INVENTORY_CORRECTED = "inventory_corrected"
+    INVENTORY_INCONSISTENT = "inventory_inconsistent"
+    LATCHED = "latched"
+    OUTPUT_OFF_CONFIRMED = "output_off_confirmed"
+    PACK_DEPARTED = "pack_departed"
+    PACK_DISCOVERED = "pack_discovered"
+    PACK_IDENTIFIED = "pack_identified"
+    PACK_RELABELLED = "pack_relabelled"
+    PLC_RESTART_ACKNOWLEDGED = "plc_restart_acknowledged"
+    PLC_RESTARTED = "plc_restarted"
+    RECOVERY = "recovery"
+    RESTARTED = "restarted"
+    STEP_DONE = "step_done"
+    STEP_FAILED = "step_failed"
+    STEP_INTENT = "step_intent"
+    SWAP_COMPLETED = "swap_completed"
+    SWAP_FAILED = "swap_failed"
+    SWAP_STARTED = "swap_started"
+    UNLATCHED = "unlatched"
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,12 +7,14 @@ by the coordinator (journal first, then PLC writes, slot-output requests, events
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
+from drivers.core.alarm_sink import ClearAlarm, RaiseAlarm
 from drivers.robot.contract import RobotStatus
 from edge.command_types import Rejected as CommandRejected
 from edge.swap.choice import SlotView
+from edge.swap.inventory import Place
 from edge.swap.journal import JournalRecord
+from edge.telemetry.models import Details, EventType
 
 # ----- events in
 
@@ -81,7 +83,7 @@ class Manual:
 @dataclass(frozen=True, slots=True)
 class CorrectInventory:
     pack_id: str
-    place: str | None
+    place: Place | None
     pack_type: str | None = None
 
 
@@ -137,22 +139,25 @@ class ReleaseOutputs:
 
 
 @dataclass(frozen=True, slots=True)
+class PackSeated:
+    """A step put a pack into this rack slot: its session may start."""
+
+    slot_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class PackRemoved:
+    """A step took the pack out of this rack slot (its output was confirmed off before)."""
+
+    slot_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class Emit:
-    type: str
-    details: dict[str, Any]
+    """An event of the contract: `details` is the payload model of `type`."""
 
-
-@dataclass(frozen=True, slots=True)
-class RaiseAlarm:
-    code: str
-    source: str
-    detail: str
-
-
-@dataclass(frozen=True, slots=True)
-class ClearAlarm:
-    code: str
-    source: str
+    type: EventType
+    details: Details
 
 
 Action = (
@@ -162,8 +167,10 @@ Action = (
     | RequestOutputOff
     | RequestAllOutputsOff
     | ReleaseOutputs
+    | PackSeated
+    | PackRemoved
     | Emit
-    | RaiseAlarm
+    | RaiseAlarm  # the shared kernel's alarm actions (drivers.core.alarm_sink)
     | ClearAlarm
 )
 

@@ -4,13 +4,18 @@ puts the original pack back on the vehicle. Pure: the sequence applies the plans
 from __future__ import annotations
 
 from drivers.robot.contract import RobotStatus, UnitState
-from edge.swap.inventory import Inventory
+from edge.alarms import AlarmCode
+from edge.swap.inventory import Handling, Inventory, SlotPlace
 from edge.swap.messages import Rejected
-from edge.swap.model import StepStatus, Swap
+from edge.swap.model import ShuttleAt, StepStatus, Swap
 from edge.swap.steps import StepGraph
 
 # alarms of a held swap that an operator's recovery (retry, refit, manual end) clears
-HOLD_ALARMS = ("robot.step_fault", "robot.step_timeout", "robot.interlock_lost")
+HOLD_ALARMS = (
+    AlarmCode.ROBOT_STEP_FAULT,
+    AlarmCode.ROBOT_STEP_TIMEOUT,
+    AlarmCode.ROBOT_INTERLOCK_LOST,
+)
 
 
 def retry_steps(sw: Swap, plc: RobotStatus, graph: StepGraph) -> list[str]:
@@ -27,7 +32,7 @@ def retry_steps(sw: Swap, plc: RobotStatus, graph: StepGraph) -> list[str]:
 
 
 def plan_refit(
-    sw: Swap, inventory: Inventory, shuttle_at: str
+    sw: Swap, inventory: Inventory, shuttle_at: ShuttleAt
 ) -> tuple[list[str], dict[str, list[str]]]:
     """The refit chain from where the packs are now, and each step's dependencies. Raises
     Rejected when refitting is not the way back (retry-step or manual is)."""
@@ -35,27 +40,27 @@ def plan_refit(
     full = inventory.get(sw.full_pack_id)
     if orig is None:
         raise Rejected("original pack not in the inventory")
-    if orig.place.startswith("slot:"):
+    if isinstance(orig.place, SlotPlace):
         raise Rejected("original pack already stored in the rack: use retry-step or manual")
-    if full is not None and full.place in ("vehicle", "shuttle", "stacker"):
+    if full is not None and full.place in (Handling.VEHICLE, Handling.SHUTTLE, Handling.STACKER):
         raise Rejected(f"full pack already on the {full.place}: use retry-step or manual")
     chain: list[str] = []
-    if full is not None and full.place == "buffer":
+    if full is not None and full.place == Handling.BUFFER:
         chain.append("refit_put_back")
     place = orig.place
-    if place == "buffer":
+    if place == Handling.BUFFER:
         raise Rejected("original pack at the hand-off buffer: manual")
-    if place == "stacker":
-        if shuttle_at != "handoff":
+    if place == Handling.STACKER:
+        if shuttle_at != ShuttleAt.HANDOFF:
             chain.append("refit_shuttle_to_handoff")
         chain.append("refit_return")
-        place = "shuttle"
+        place = Handling.SHUTTLE
         chain += ["refit_shuttle_to_vehicle", "refit_raise"]
-    elif place == "shuttle":
-        if shuttle_at == "handoff":
+    elif place == Handling.SHUTTLE:
+        if shuttle_at == ShuttleAt.HANDOFF:
             chain.append("refit_shuttle_to_vehicle")
         chain.append("refit_raise")
-    if place != "vehicle" or sw.unlock_started:
+    if place != Handling.VEHICLE or sw.unlock_started:
         chain += ["refit_lock", "refit_verify"]
     if sw.lift_started:
         chain.append("refit_lower_vehicle")

@@ -15,19 +15,22 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from drivers.core.alarm_sink import ClearAlarm, RaiseAlarm
 from drivers.robot.contract import UNITS, RobotStatus, UnitState
+from edge.alarms import AlarmCode
 from edge.swap.choice import NoPackError, choose_pack, choose_store_slot
 from edge.swap.inventory import (
     HANDLING_PLACES,
+    Handling,
     Inventory,
     InventoryError,
+    Place,
+    SlotPlace,
     is_valid_place,
-    slot_place,
 )
-from edge.swap.journal import JournalRecord
+from edge.swap.journal import JournalRecord, RecordKind
 from edge.swap.messages import (
     Action,
-    ClearAlarm,
     CommandStep,
     CorrectInventory,
     Emit,
@@ -36,9 +39,10 @@ from edge.swap.messages import (
     Manual,
     PackDocked,
     PackIdentity,
+    PackRemoved,
+    PackSeated,
     PlcOffline,
     PlcStatus,
-    RaiseAlarm,
     RefitOriginal,
     Rejected,
     ReleaseOutputs,
@@ -51,11 +55,45 @@ from edge.swap.messages import (
     SlotOutputOff,
     StartSwap,
 )
-from edge.swap.model import Mode, StepRun, StepStatus, Swap
+from edge.swap.model import (
+    FaultReason,
+    Hold,
+    Mode,
+    Move,
+    ShuttleAt,
+    StepRun,
+    StepStatus,
+    Swap,
+    SwapKind,
+)
 from edge.swap.recovery import HOLD_ALARMS, plan_refit, retry_steps
-from edge.swap.steps import StepDef, StepGraph
+from edge.swap.steps import PlaceSymbol, StepDef, StepGraph
+from edge.telemetry.models import (
+    Details,
+    EventType,
+    InventoryCorrected,
+    MoveRef,
+    RecoveryAction,
+    StepChange,
+    SwapCompleted,
+    SwapFailed,
+    SwapFault,
+    SwapPackMismatch,
+    SwapRecovery,
+    SwapStarted,
+    SwapStep,
+)
 
-_ON_ROBOT = ("buffer", "shuttle", "stacker")
+
+def _text(place: Place | None) -> str | None:
+    return None if place is None else str(place)
+
+
+def _move_refs(run: StepRun) -> list[MoveRef]:
+    return [MoveRef(pack_id=p, source=s, to=d) for p, s, d in (m.row() for m in run.moves)]
+
+
+_ON_ROBOT: tuple[PlaceSymbol, ...] = ("buffer", "shuttle", "stacker")
 
 
 class SwapSequence:
@@ -70,10 +108,10 @@ class SwapSequence:
         # highest seq each unit is known to have acknowledged: an ack below it means the PLC
         # lost its counter (restarted), and resending could repeat a motion
         self.acked: dict[str, int] = dict.fromkeys(UNITS, 0)
-        self.shuttle_at = "vehicle"
+        self.shuttle_at = ShuttleAt.VEHICLE
         self.swap_counter = 0
         self.swap: Swap | None = None
-        self.awaiting_dock: dict[str, list[str]] = {}  # slot -> [pack_id, pack_type]
+        self.awaiting_dock: dict[str, PackIdentity] = {}  # slot -> the pack announced for it
         self.pending_docks: dict[str, PackIdentity] = {}
         self.alarms: set[tuple[str, str]] = set()
         self.plc: RobotStatus | None = None
@@ -119,14 +157,14 @@ class SwapSequence:
                     and s not in sw.outputs_off
                 ):
                     sw.outputs_off.add(s)
-                    self._journal(out, "output_off_confirmed", slot=s)
+                    self._journal(out, RecordKind.OUTPUT_OFF_CONFIRMED, slot=s)
             case SlotOutputFailed(slot_id=s, reason=r):
                 sw = self.swap
                 if sw is not None:
                     sw.off_requested.discard(s)
                 if sw is not None and s in (sw.full_slot, sw.store_slot):
                     # no pack may leave or enter that slot: hold; retry_step asks again
-                    self._hold(out, "output_off_failed", "", f"slot {s}: {r}")
+                    self._hold(out, FaultReason.OUTPUT_OFF_FAILED, "", f"slot {s}: {r}")
             case PackDocked(slot_id=s, identity=ident):
                 self._on_docked(s, ident, out)
             case ResetFault():
@@ -136,10 +174,11 @@ class SwapSequence:
             case RefitOriginal():
                 self._refit(now, out)
             case Manual(end=end):
-                self._manual(end, out)
+                self._manual(end, now, out)
             case CorrectInventory():
                 self._correct(event, out)
         self._advance(now, out)
+        self._clock(now)
         return out
 
     def tick(self, now: float) -> list[Action]:
@@ -160,13 +199,14 @@ class SwapSequence:
                 if run.status == StepStatus.ACTIVE and now - run.started_at > st.timeout_s:
                     self._fail(
                         sid,
-                        "step_timeout",
+                        FaultReason.STEP_TIMEOUT,
                         f"{sid} exceeded {st.timeout_s:g} s",
-                        "robot.step_timeout",
+                        AlarmCode.ROBOT_STEP_TIMEOUT,
                         out,
                         halt=True,
                     )
         self._advance(now, out)
+        self._clock(now)
         return out
 
     def resume(self, now: float) -> list[Action]:
@@ -182,6 +222,7 @@ class SwapSequence:
             self.swap.outputs_off.clear()
             for slot in (self.swap.full_slot, self.swap.store_slot):
                 self._request_off(slot, out)
+            self.swap.started_at = now - self.swap.elapsed_s
             for sid, run in self.swap.runs.items():
                 run.started_at = now  # timeouts restart with the process
                 run.last_sent = -math.inf  # resend at once if the PLC has not acknowledged
@@ -189,11 +230,23 @@ class SwapSequence:
                     r.startswith("output_off:") for r in self._def(sid).requires
                 ):
                     self._reconfirm.add((self.swap.swap_id, sid, run.seq))
-        self._journal(out, "restarted", mode=self.mode.value, latched=self.latched)
+        self._journal(out, RecordKind.RESTARTED, mode=self.mode.value, latched=self.latched)
         self._emit(
-            out, "swap.recovery", action="restart", mode=self.mode.value, latched=self.latched
+            out,
+            EventType.SWAP_RECOVERY,
+            SwapRecovery(
+                swap_id=self._swap_id(),
+                action=RecoveryAction.RESTART,
+                mode=self.mode,
+                latched=self.latched,
+            ),
         )
         return out
+
+    def _clock(self, now: float) -> None:
+        """The swap's running time goes into every snapshot (so it survives a restart)."""
+        if self.swap is not None:
+            self.swap.elapsed_s = round(now - self.swap.started_at, 3)
 
     def reserved_slots(self) -> frozenset[str]:
         """Slots a swap is using: their chargers must keep the output off (slot controllers
@@ -206,14 +259,15 @@ class SwapSequence:
     def _def(self, sid: str) -> StepDef:
         return self.graph.step(sid)
 
-    def _journal(self, out: list[Action], kind: str, **data: Any) -> None:
+    def _journal(self, out: list[Action], kind: RecordKind, **data: Any) -> None:
         if self.swap is not None and "swap_id" not in data:
             data["swap_id"] = self.swap.swap_id
         out.append(JournalWrite(JournalRecord(kind, data)))
 
-    def _emit(self, out: list[Action], type_: str, **details: Any) -> None:
-        if self.swap is not None and "swap_id" not in details:
-            details["swap_id"] = self.swap.swap_id
+    def _swap_id(self) -> str | None:
+        return None if self.swap is None else self.swap.swap_id
+
+    def _emit(self, out: list[Action], type_: EventType, details: Details) -> None:
         out.append(Emit(type_, details))
 
     def _raise(self, out: list[Action], code: str, source: str, detail: str) -> None:
@@ -229,14 +283,17 @@ class SwapSequence:
         self.halted = units
         out.append(SetHalt(units))
 
-    def _place(self, sym: str) -> str:
+    def _place(self, sym: PlaceSymbol) -> Place | None:
+        """The place a step graph's symbol stands for in this swap (None: away)."""
         sw = self.swap
         assert sw is not None
         if sym == "full_slot":
-            return slot_place(sw.full_slot)
+            return SlotPlace(sw.full_slot)
         if sym == "store_slot":
-            return slot_place(sw.store_slot)
-        return sym
+            return SlotPlace(sw.store_slot)
+        if sym == "away":
+            return None
+        return Handling(sym)
 
     def _lock_ok(self) -> bool:
         st = self.plc
@@ -255,7 +312,7 @@ class SwapSequence:
             if r in slot and slot[r] not in sw.outputs_off:
                 miss.append(r)
             elif r == "pack_locked_or_clear":
-                clear = self.inventory.at("vehicle") is None and plc.lock_engaged == 0
+                clear = self.inventory.at(Handling.VEHICLE) is None and plc.lock_engaged == 0
                 if not (self._lock_ok() or clear):
                     miss.append(r)
         return miss
@@ -266,17 +323,22 @@ class SwapSequence:
             return
         if self.mode == Mode.RUNNING:
             self.mode = Mode.HELD
-        sw.hold = {"reason": reason, "step": step, "detail": detail}
+        sw.hold = Hold(reason, step, detail)
+        if step:
+            sw.fault_step = step
         packs = [sw.announced_pack_id, sw.full_pack_id]
-        self._journal(out, "held", reason=reason, step=step, detail=detail)
+        self._journal(out, RecordKind.HELD, reason=reason, step=step, detail=detail)
         self._emit(
             out,
-            "swap.fault",
-            reason=reason,
-            step=step,
-            detail=detail,
-            pack_ids=packs,
-            mode=self.mode.value,
+            EventType.SWAP_FAULT,
+            SwapFault(
+                swap_id=sw.swap_id,
+                reason=reason,
+                step=step or None,
+                detail=detail,
+                pack_ids=packs,
+                mode=self.mode,
+            ),
         )
 
     def _fail(
@@ -298,41 +360,46 @@ class SwapSequence:
         if halt and st.unit not in self.halted:
             self._set_halt(self.halted | {st.unit}, out)
         self._raise(out, alarm, f"robot.{st.unit}", f"{sid}: {detail}")
-        self._journal(out, "step_failed", step=sid, seq=run.seq, reason=reason, detail=detail)
+        self._journal(
+            out, RecordKind.STEP_FAILED, step=sid, seq=run.seq, reason=reason, detail=detail
+        )
         self._emit(
             out,
-            "swap.step",
-            step=sid,
-            unit=st.unit,
-            status="failed",
-            seq=run.seq,
-            reason=reason,
-            detail=detail,
-            moves=self._moves_json(run),
+            EventType.SWAP_STEP,
+            SwapStep(
+                swap_id=sw.swap_id,
+                step=sid,
+                unit=st.unit,
+                state=StepChange.FAILED,
+                seq=run.seq,
+                reason=reason,
+                detail=detail,
+                moves=_move_refs(run),
+            ),
         )
         self._hold(out, reason, sid, detail)
 
-    @staticmethod
-    def _moves_json(run: StepRun) -> list[dict[str, str]]:
-        return [{"pack_id": m[0], "from": m[1], "to": m[2]} for m in run.moves]
-
     def _inconsistent(self, out: list[Action], detail: str, step: str = "") -> None:
-        self._raise(out, "inventory.inconsistent", "inventory", detail)
-        self._journal(out, "inventory_inconsistent", detail=detail)
+        self._raise(out, AlarmCode.INVENTORY_INCONSISTENT, "inventory", detail)
+        self._journal(out, RecordKind.INVENTORY_INCONSISTENT, detail=detail)
         if self.swap is not None:
-            self._hold(out, "inventory_inconsistent", step, detail)
+            self._hold(out, FaultReason.INVENTORY_INCONSISTENT, step, detail)
         else:
-            self._emit(out, "swap.fault", reason="inventory_inconsistent", detail=detail)
+            self._emit(
+                out,
+                EventType.SWAP_FAULT,
+                SwapFault(reason=FaultReason.INVENTORY_INCONSISTENT, detail=detail),
+            )
 
     # ----- internals: PLC
 
     def _on_offline(self, reason: str, out: list[Action]) -> None:
-        if not self.plc_online and ("robot.plc_offline", "robot") in self.alarms:
+        if not self.plc_online and (AlarmCode.ROBOT_PLC_OFFLINE, "robot") in self.alarms:
             return
         self.plc_online = False
-        self._raise(out, "robot.plc_offline", "robot", reason)
+        self._raise(out, AlarmCode.ROBOT_PLC_OFFLINE, "robot", reason)
         if self.swap is not None and self.mode == Mode.RUNNING:
-            self._hold(out, "plc_offline", "", reason)
+            self._hold(out, FaultReason.PLC_OFFLINE, "", reason)
 
     def heartbeat_frozen(self, st: RobotStatus, now: float) -> bool:
         """Seam (issue 12 item 2): the PLC's heartbeat must advance. True when it has not
@@ -393,15 +460,15 @@ class SwapSequence:
         if self.plc_stale:
             return
         self.plc_stale = True
-        self._raise(out, "robot.plc_stale", "robot", reason)
+        self._raise(out, AlarmCode.ROBOT_PLC_STALE, "robot", reason)
         self._set_halt(frozenset(UNITS), out)
         sw = self.swap
         if sw is not None:
             for sid in sw.plan:
                 if sw.runs[sid].status == StepStatus.ACTIVE:
                     sw.runs[sid].status = StepStatus.FAILED
-                    sw.runs[sid].reason = "plc_stale"
-            self._hold(out, "plc_stale", "", reason)
+                    sw.runs[sid].reason = FaultReason.PLC_STALE
+            self._hold(out, FaultReason.PLC_STALE, "", reason)
 
     def _on_status(self, st: RobotStatus, now: float, out: list[Action]) -> None:
         if self.heartbeat_frozen(st, now):
@@ -410,13 +477,13 @@ class SwapSequence:
         self.plc_at = now
         if self.plc_stale:
             self.plc_stale = False
-            self._clear(out, "robot.plc_stale", "robot")
+            self._clear(out, AlarmCode.ROBOT_PLC_STALE, "robot")
             if self.swap is None and not self.latched:
                 self._set_halt(frozenset(), out)
         self.plc = st
         if not self.plc_online:
             self.plc_online = True
-            self._clear(out, "robot.plc_offline", "robot")
+            self._clear(out, AlarmCode.ROBOT_PLC_OFFLINE, "robot")
         if not self._positions_confirmed:
             self._positions_confirmed = True
             found = self.plc_disagrees(st)
@@ -431,22 +498,26 @@ class SwapSequence:
                 plc_reset.add(u)
             elif ack <= self.seq[u] or self.acked[u] - ack >= 0x8000:
                 self.acked[u] = ack
-        if plc_reset and ("robot.plc_restarted", "robot") not in self.alarms:
+        if plc_reset and (AlarmCode.ROBOT_PLC_RESTARTED, "robot") not in self.alarms:
             detail = ", ".join(
                 f"{u} acknowledges {st.units[u].ack_seq}, had {self.acked[u]}"
                 for u in sorted(plc_reset)
             )
-            self._raise(out, "robot.plc_restarted", "robot", detail)
-            self._journal(out, "plc_restarted", detail=detail)
+            self._raise(out, AlarmCode.ROBOT_PLC_RESTARTED, "robot", detail)
+            self._journal(out, RecordKind.PLC_RESTARTED, detail=detail)
             if self.swap is not None:
                 for sid in self.swap.plan:
                     run = self.swap.runs[sid]
                     if run.status == StepStatus.ACTIVE and self._def(sid).unit in plc_reset:
                         run.status = StepStatus.FAILED
-                        run.reason = "plc_restarted"
-                self._hold(out, "plc_restarted", "", detail)
+                        run.reason = FaultReason.PLC_RESTARTED
+                self._hold(out, FaultReason.PLC_RESTARTED, "", detail)
             else:
-                self._emit(out, "swap.fault", reason="plc_restarted", detail=detail)
+                self._emit(
+                    out,
+                    EventType.SWAP_FAULT,
+                    SwapFault(reason=FaultReason.PLC_RESTARTED, detail=detail),
+                )
         if not st.inputs.get("estop_chain_healthy", False) and not self.latched:
             self._latch(out)
         if (
@@ -472,14 +543,26 @@ class SwapSequence:
             lost = [i for i in sdef.interlocks if not st.inputs.get(i, False)]
             if lost:
                 self._fail(
-                    sid, "interlock_lost", ",".join(lost), "robot.interlock_lost", out, halt=True
+                    sid,
+                    FaultReason.INTERLOCK_LOST,
+                    ",".join(lost),
+                    AlarmCode.ROBOT_INTERLOCK_LOST,
+                    out,
+                    halt=True,
                 )
                 continue
             if us.ack_seq == run.seq and us.state == UnitState.FAULT:
                 name = self.graph.contract.fault_name(us.fault_code)
                 halted_by_us = sdef.unit in self.halted
                 if not halted_by_us:
-                    self._fail(sid, "plc_fault", name, "robot.step_fault", out, halt=False)
+                    self._fail(
+                        sid,
+                        FaultReason.PLC_FAULT,
+                        name,
+                        AlarmCode.ROBOT_STEP_FAULT,
+                        out,
+                        halt=False,
+                    )
                 else:
                     run.status = StepStatus.FAILED
                     run.reason = name
@@ -517,18 +600,20 @@ class SwapSequence:
         self.latched = True
         self._set_halt(frozenset(UNITS), out)
         out.append(RequestAllOutputsOff())
-        self._raise(out, "safety.emergency_stop", "robot", "emergency-stop chain open")
-        self._journal(out, "latched", reason="emergency_stop")
+        self._raise(out, AlarmCode.SAFETY_EMERGENCY_STOP, "robot", "emergency-stop chain open")
+        self._journal(out, RecordKind.LATCHED, reason=FaultReason.EMERGENCY_STOP)
         sw = self.swap
         if sw is not None:
             for sid in sw.plan:
                 if sw.runs[sid].status == StepStatus.ACTIVE:
                     sw.runs[sid].status = StepStatus.FAILED
-                    sw.runs[sid].reason = "emergency_stop"
-            self._hold(out, "emergency_stop", "", "emergency-stop chain open")
+                    sw.runs[sid].reason = FaultReason.EMERGENCY_STOP
+            self._hold(out, FaultReason.EMERGENCY_STOP, "", "emergency-stop chain open")
         else:
             self._emit(
-                out, "swap.fault", reason="emergency_stop", detail="emergency-stop chain open"
+                out,
+                EventType.SWAP_FAULT,
+                SwapFault(reason=FaultReason.EMERGENCY_STOP, detail="emergency-stop chain open"),
             )
 
     # ----- internals: steps
@@ -546,7 +631,7 @@ class SwapSequence:
         ):
             return
         if all(sw.runs[s].status == StepStatus.DONE for s in sw.plan):
-            self._finish(out, failed=sw.kind != "swap", reason="original pack refitted")
+            self._finish(out, now, failed=sw.kind != SwapKind.SWAP, reason="original pack refitted")
             return
         busy = {self._def(s).unit for s in sw.plan if sw.runs[s].status == StepStatus.ACTIVE}
         for sid in sw.plan:
@@ -568,7 +653,15 @@ class SwapSequence:
                 if sw.blocked.get(sid) != missing:
                     sw.blocked[sid] = missing
                     self._emit(
-                        out, "swap.step", step=sid, unit=st.unit, status="blocked", missing=missing
+                        out,
+                        EventType.SWAP_STEP,
+                        SwapStep(
+                            swap_id=sw.swap_id,
+                            step=sid,
+                            unit=st.unit,
+                            state=StepChange.BLOCKED,
+                            missing=missing,
+                        ),
                     )
                 continue
             sw.blocked.pop(sid, None)
@@ -583,17 +676,18 @@ class SwapSequence:
     def _start_step(self, sid: str, st: StepDef, now: float, out: list[Action]) -> bool:
         sw = self.swap
         assert sw is not None
-        moves: list[list[str]] = []
+        moves: list[Move] = []
         for m in st.moves:
             src, dst = self._place(m.source), self._place(m.to)
+            assert src is not None  # the step graph never moves a pack from away
             rec = self.inventory.at(src)
             if rec is None:
                 self._inconsistent(out, f"{sid}: no pack recorded at {src}", sid)
                 return False
-            if dst != "away" and self.inventory.at(dst) is not None:
+            if dst is not None and self.inventory.at(dst) is not None:
                 self._inconsistent(out, f"{sid}: {dst} already holds a pack", sid)
                 return False
-            moves.append([rec.pack_id, src, dst])
+            moves.append(Move(rec.pack_id, src, dst))
         self.consume_off_confirmations(st)
         unit = st.unit
         self.seq[unit] = self.seq[unit] % 0xFFFF + 1
@@ -612,7 +706,7 @@ class SwapSequence:
         code, arg = self.graph.plc_code(st), self._arg(st)
         self._journal(
             out,
-            "step_intent",
+            RecordKind.STEP_INTENT,
             step=sid,
             unit=unit,
             plc_step=st.plc_step,
@@ -620,18 +714,21 @@ class SwapSequence:
             arg=arg,
             seq=run.seq,
             attempt=run.attempts,
-            moves=moves,
+            moves=[m.row() for m in moves],
         )
         out.append(CommandStep(unit, code, arg, run.seq, sid))
         self._emit(
             out,
-            "swap.step",
-            step=sid,
-            unit=unit,
-            status="started",
-            seq=run.seq,
-            attempt=run.attempts,
-            moves=self._moves_json(run),
+            EventType.SWAP_STEP,
+            SwapStep(
+                swap_id=sw.swap_id,
+                step=sid,
+                unit=unit,
+                state=StepChange.STARTED,
+                seq=run.seq,
+                attempt=run.attempts,
+                moves=_move_refs(run),
+            ),
         )
         return True
 
@@ -680,69 +777,88 @@ class SwapSequence:
             if run.status == StepStatus.ACTIVE:
                 self._fail(
                     sid,
-                    "torque_out_of_window",
+                    FaultReason.TORQUE_OUT_OF_WINDOW,
                     f"{good} of {plc.lock_head_count} heads in window, "
                     f"{self.graph.model.locking_rule.min_heads_ok} needed",
-                    "robot.step_fault",
+                    AlarmCode.ROBOT_STEP_FAULT,
                     out,
                     halt=False,
                 )
             return
-        for pack_id, src, dst in run.moves:
+        for m in run.moves:
             try:
-                self.inventory.move(pack_id, src, dst)
+                self.inventory.move(m.pack_id, m.source, m.to)
             except InventoryError as e:
                 run.status = StepStatus.DONE
                 self._inconsistent(out, f"{sid}: {e}", sid)
                 return
-            if dst.startswith("slot:") and sw.kind == "swap" and dst == slot_place(sw.store_slot):
-                self.awaiting_dock[sw.store_slot] = [sw.announced_pack_id, sw.pack_type]
+            if sw.kind == SwapKind.SWAP and m.to == SlotPlace(sw.store_slot):
+                self.awaiting_dock[sw.store_slot] = PackIdentity(sw.announced_pack_id, sw.pack_type)
         if st.plc_step in ("shuttle_to_handoff", "shuttle_to_vehicle"):
-            self.shuttle_at = "handoff" if st.plc_step == "shuttle_to_handoff" else "vehicle"
+            self.shuttle_at = (
+                ShuttleAt.HANDOFF if st.plc_step == "shuttle_to_handoff" else ShuttleAt.VEHICLE
+            )
         was = run.status
         run.status = StepStatus.DONE
-        self._journal(out, "step_done", step=sid, seq=run.seq, moves=run.moves)
+        self._journal(
+            out, RecordKind.STEP_DONE, step=sid, seq=run.seq, moves=[m.row() for m in run.moves]
+        )
+        for m in run.moves:
+            # the slots take it from here: a seated pack starts its session
+            if isinstance(m.source, SlotPlace):
+                out.append(PackRemoved(m.source.slot_id))
+            if isinstance(m.to, SlotPlace):
+                out.append(PackSeated(m.to.slot_id))
         self._emit(
             out,
-            "swap.step",
-            step=sid,
-            unit=st.unit,
-            status="done",
-            seq=run.seq,
-            moves=self._moves_json(run),
-            **(
-                {"note": "finished before the halt took effect"} if was == StepStatus.FAILED else {}
+            EventType.SWAP_STEP,
+            SwapStep(
+                swap_id=sw.swap_id,
+                step=sid,
+                unit=st.unit,
+                state=StepChange.DONE,
+                seq=run.seq,
+                moves=_move_refs(run),
+                note="finished before the halt took effect" if was == StepStatus.FAILED else None,
             ),
         )
         if (
-            sw.kind == "swap"
+            sw.kind == SwapKind.SWAP
             and sw.store_slot in self.pending_docks
             and sw.store_slot in self.awaiting_dock
         ):
             self._on_docked(sw.store_slot, self.pending_docks.pop(sw.store_slot), out)
 
-    def _finish(self, out: list[Action], *, failed: bool, reason: str) -> None:
+    def _finish(self, out: list[Action], now: float, *, failed: bool, reason: str) -> None:
         sw = self.swap
         assert sw is not None
         if failed:
-            self._journal(out, "swap_failed", reason=reason)
+            self._journal(out, RecordKind.SWAP_FAILED, reason=reason)
             self._emit(
                 out,
-                "swap.failed",
-                vehicle_id=sw.vehicle_id,
-                reason=reason,
-                pack_ids=[sw.announced_pack_id, sw.full_pack_id],
+                EventType.SWAP_FAILED,
+                SwapFailed(
+                    swap_id=sw.swap_id,
+                    vehicle_id=sw.vehicle_id,
+                    step=sw.fault_step,
+                    reason=reason,
+                    pack_ids=[sw.announced_pack_id, sw.full_pack_id],
+                ),
             )
         else:
-            self._journal(out, "swap_completed")
+            self._journal(out, RecordKind.SWAP_COMPLETED)
             self._emit(
                 out,
-                "swap.completed",
-                vehicle_id=sw.vehicle_id,
-                depleted_pack_id=sw.announced_pack_id,
-                full_pack_id=sw.full_pack_id,
-                store_slot=sw.store_slot,
-                full_slot=sw.full_slot,
+                EventType.SWAP_COMPLETED,
+                SwapCompleted(
+                    swap_id=sw.swap_id,
+                    vehicle_id=sw.vehicle_id,
+                    pack_in_id=sw.announced_pack_id,
+                    pack_out_id=sw.full_pack_id,
+                    store_slot=sw.store_slot,
+                    full_slot=sw.full_slot,
+                    duration_s=round(max(0.0, now - sw.started_at), 1),
+                ),
             )
         self.swap = None
         self.mode = Mode.IDLE
@@ -762,11 +878,14 @@ class SwapSequence:
             raise Rejected(
                 "vehicle_id, pack_type and announced_pack_id are required", "invalid_params"
             )
-        if self.inventory.problems() or ("inventory.inconsistent", "inventory") in self.alarms:
+        if (
+            self.inventory.problems()
+            or (AlarmCode.INVENTORY_INCONSISTENT, "inventory") in self.alarms
+        ):
             raise Rejected("inventory inconsistent: correct it first")
         if self.inventory.get(ev.announced_pack_id) is not None:
             raise Rejected(f"pack {ev.announced_pack_id} is already recorded in the station")
-        if self.inventory.at("vehicle") is not None:
+        if self.inventory.at(Handling.VEHICLE) is not None:
             raise Rejected("inventory still has a pack on the vehicle")
         known = {v.slot_id for v in ev.slots}
         if not known <= set(self.slot_numbers):
@@ -789,17 +908,18 @@ class SwapSequence:
             full_pack_id=full.pack_id,
             full_slot=full.slot_id,
             store_slot=store.slot_id,
-            kind="swap",
+            kind=SwapKind.SWAP,
             plan=plan,
             deps={s: list(self._def(s).after) for s in plan},
             runs={s: StepRun() for s in plan},
+            started_at=now,
         )
         self.swap = sw
         self.mode = Mode.RUNNING
-        self.inventory.add(ev.announced_pack_id, ev.pack_type, "vehicle")
+        self.inventory.add(ev.announced_pack_id, ev.pack_type, Handling.VEHICLE)
         self._journal(
             out,
-            "swap_started",
+            RecordKind.SWAP_STARTED,
             vehicle_id=sw.vehicle_id,
             pack_type=sw.pack_type,
             announced_pack_id=sw.announced_pack_id,
@@ -809,14 +929,17 @@ class SwapSequence:
         )
         self._emit(
             out,
-            "swap.started",
-            vehicle_id=sw.vehicle_id,
-            pack_type=sw.pack_type,
-            announced_pack_id=sw.announced_pack_id,
-            full_pack_id=sw.full_pack_id,
-            full_slot=sw.full_slot,
-            store_slot=sw.store_slot,
-            soc_pct=full.soc_pct,
+            EventType.SWAP_STARTED,
+            SwapStarted(
+                swap_id=sw.swap_id,
+                vehicle_id=sw.vehicle_id,
+                pack_type=sw.pack_type,
+                announced_pack_id=sw.announced_pack_id,
+                full_pack_id=sw.full_pack_id,
+                full_slot=sw.full_slot,
+                store_slot=sw.store_slot,
+                soc_pct=full.soc_pct,
+            ),
         )
         self._request_off(sw.full_slot, out)
         self._request_off(sw.store_slot, out)
@@ -832,12 +955,20 @@ class SwapSequence:
         return sw
 
     def _reset_fault(self, out: list[Action]) -> None:
-        if ("robot.plc_restarted", "robot") in self.alarms and self.plc is not None:
+        if (AlarmCode.ROBOT_PLC_RESTARTED, "robot") in self.alarms and self.plc is not None:
             # the operator has checked the robot: accept the PLC's counters as they are now
             self.acked = {u: self.plc.units[u].ack_seq for u in UNITS}
-            self._clear(out, "robot.plc_restarted", "robot")
-            self._journal(out, "plc_restart_acknowledged")
-            self._emit(out, "swap.recovery", action="reset_fault", cleared="robot.plc_restarted")
+            self._clear(out, AlarmCode.ROBOT_PLC_RESTARTED, "robot")
+            self._journal(out, RecordKind.PLC_RESTART_ACKNOWLEDGED)
+            self._emit(
+                out,
+                EventType.SWAP_RECOVERY,
+                SwapRecovery(
+                    swap_id=self._swap_id(),
+                    action=RecoveryAction.RESET_FAULT,
+                    cleared=AlarmCode.ROBOT_PLC_RESTARTED,
+                ),
+            )
             if not self.latched:
                 return
         if not self.latched:
@@ -847,10 +978,14 @@ class SwapSequence:
         if not self.plc.inputs.get("estop_chain_healthy", False):
             raise Rejected("emergency-stop chain still open")
         self.latched = False
-        self._clear(out, "safety.emergency_stop", "robot")
+        self._clear(out, AlarmCode.SAFETY_EMERGENCY_STOP, "robot")
         out.append(ReleaseOutputs())
-        self._journal(out, "unlatched")
-        self._emit(out, "swap.recovery", action="reset_fault")
+        self._journal(out, RecordKind.UNLATCHED)
+        self._emit(
+            out,
+            EventType.SWAP_RECOVERY,
+            SwapRecovery(swap_id=self._swap_id(), action=RecoveryAction.RESET_FAULT),
+        )
         if self.swap is None:
             self._set_halt(frozenset(), out)
 
@@ -864,9 +999,12 @@ class SwapSequence:
         if self.mode != Mode.HELD:
             raise Rejected(f"swap is {self.mode.value}, not held")
         assert self.plc is not None
-        if self.inventory.problems() or ("inventory.inconsistent", "inventory") in self.alarms:
+        if (
+            self.inventory.problems()
+            or (AlarmCode.INVENTORY_INCONSISTENT, "inventory") in self.alarms
+        ):
             raise Rejected("inventory inconsistent: correct it first")
-        if ("robot.plc_restarted", "robot") in self.alarms:
+        if (AlarmCode.ROBOT_PLC_RESTARTED, "robot") in self.alarms:
             raise Rejected("robot PLC restarted: check the robot and inventory, then reset-fault")
         failed = retry_steps(sw, self.plc, self.graph)
         for sid in failed:
@@ -879,14 +1017,18 @@ class SwapSequence:
         self._clear_hold_alarms(out)
         if self.halted:
             self._set_halt(frozenset(), out)
-        self._journal(out, "recovery", action="retry_step", steps=failed)
-        self._emit(out, "swap.recovery", action="retry_step", steps=failed)
+        self._journal(out, RecordKind.RECOVERY, action=RecoveryAction.RETRY_STEP, steps=failed)
+        self._emit(
+            out,
+            EventType.SWAP_RECOVERY,
+            SwapRecovery(swap_id=sw.swap_id, action=RecoveryAction.RETRY_STEP, steps=failed),
+        )
 
     def _refit(self, now: float, out: list[Action]) -> None:
         sw = self._require_operable()
         if self.mode != Mode.HELD:
             raise Rejected(f"swap is {self.mode.value}, not held")
-        if sw.kind != "swap":
+        if sw.kind != SwapKind.SWAP:
             raise Rejected("already refitting the original pack")
         assert self.plc is not None
         if any(sw.runs[s].status == StepStatus.ACTIVE for s in sw.plan) or any(
@@ -894,7 +1036,7 @@ class SwapSequence:
         ):
             raise Rejected("a step is still running")
         chain, deps = plan_refit(sw, self.inventory, self.shuttle_at)
-        sw.kind = "refit"
+        sw.kind = SwapKind.REFIT
         sw.plan = chain
         sw.deps = deps
         sw.runs = {s: StepRun() for s in chain}
@@ -904,10 +1046,14 @@ class SwapSequence:
         self._clear_hold_alarms(out)
         if self.halted:
             self._set_halt(frozenset(), out)
-        self._journal(out, "recovery", action="refit_original", steps=chain)
-        self._emit(out, "swap.recovery", action="refit_original", steps=chain)
+        self._journal(out, RecordKind.RECOVERY, action=RecoveryAction.REFIT_ORIGINAL, steps=chain)
+        self._emit(
+            out,
+            EventType.SWAP_RECOVERY,
+            SwapRecovery(swap_id=sw.swap_id, action=RecoveryAction.REFIT_ORIGINAL, steps=chain),
+        )
 
-    def _manual(self, end: bool, out: list[Action]) -> None:
+    def _manual(self, end: bool, now: float, out: list[Action]) -> None:
         sw = self.swap
         if not end:
             if sw is None:
@@ -917,34 +1063,42 @@ class SwapSequence:
             for sid in sw.plan:
                 if sw.runs[sid].status == StepStatus.ACTIVE:
                     sw.runs[sid].status = StepStatus.FAILED
-                    sw.runs[sid].reason = "manual"
+                    sw.runs[sid].reason = FaultReason.MANUAL
             self.mode = Mode.MANUAL
             self._set_halt(frozenset(UNITS), out)
-            self._journal(out, "recovery", action="manual")
-            self._emit(out, "swap.recovery", action="manual")
+            self._journal(out, RecordKind.RECOVERY, action=FaultReason.MANUAL)
+            self._emit(
+                out,
+                EventType.SWAP_RECOVERY,
+                SwapRecovery(swap_id=sw.swap_id, action=RecoveryAction.MANUAL),
+            )
             return
         if sw is None or self.mode != Mode.MANUAL:
             raise Rejected("not in manual mode")
         problems = self.inventory.problems()
         if problems:
             raise Rejected(f"inventory inconsistent: {'; '.join(problems)}")
-        busy = [p for p in ("shuttle", "buffer", "stacker") if self.inventory.at(p) is not None]
+        busy = [
+            p
+            for p in (Handling.SHUTTLE, Handling.BUFFER, Handling.STACKER)
+            if self.inventory.at(p) is not None
+        ]
         if busy:
             raise Rejected(f"packs still recorded at {', '.join(busy)}: correct the inventory")
-        on_vehicle = self.inventory.at("vehicle")
+        on_vehicle = self.inventory.at(Handling.VEHICLE)
         if on_vehicle is not None:
             self.inventory.remove(on_vehicle.pack_id)
-            self._journal(out, "pack_departed", pack_id=on_vehicle.pack_id)
+            self._journal(out, RecordKind.PACK_DEPARTED, pack_id=on_vehicle.pack_id)
         self._clear_hold_alarms(out)
-        self._clear(out, "inventory.inconsistent", "inventory")
+        self._clear(out, AlarmCode.INVENTORY_INCONSISTENT, "inventory")
         self.mode = Mode.HELD  # _finish resets to IDLE
-        self._finish(out, failed=True, reason="manual")
+        self._finish(out, now, failed=True, reason=FaultReason.MANUAL)
 
     def _correct(self, ev: CorrectInventory, out: list[Action]) -> None:
         # Params before mode rules, as for every command: a bad place is invalid_params always.
         if ev.place is not None and not is_valid_place(ev.place, self.inventory.slots):
             raise Rejected(
-                f"unknown place {ev.place!r} (slot:<id>, {', '.join(HANDLING_PLACES)})",
+                f"unknown place {str(ev.place)!r} (slot:<id>, {', '.join(HANDLING_PLACES)})",
                 "invalid_params",
             )
         if self.mode == Mode.RUNNING:
@@ -960,54 +1114,64 @@ class SwapSequence:
             raise Rejected(str(e), "invalid_params") from None
         self._journal(
             out,
-            "inventory_corrected",
+            RecordKind.INVENTORY_CORRECTED,
             pack_id=ev.pack_id,
-            place=ev.place,
+            place=_text(ev.place),
             pack_type=ev.pack_type,
-            previous=old.place if old else None,
+            previous=_text(old.place if old else None),
         )
         self._emit(
             out,
-            "inventory.corrected",
-            pack_id=ev.pack_id,
-            place=ev.place,
-            previous=old.place if old else None,
+            EventType.INVENTORY_CORRECTED,
+            InventoryCorrected(
+                swap_id=self._swap_id(),
+                pack_id=ev.pack_id,
+                place=_text(ev.place),
+                previous=_text(old.place if old else None),
+                source="operator",
+            ),
         )
         if not self.inventory.problems():
-            self._clear(out, "inventory.inconsistent", "inventory")
+            self._clear(out, AlarmCode.INVENTORY_INCONSISTENT, "inventory")
         for place in {ev.place, old.place if old else None}:
-            if place and place.startswith("slot:"):
-                self._clear(out, "swap.pack_mismatch", place[5:])
-                self.awaiting_dock.pop(place[5:], None)
+            if isinstance(place, SlotPlace):
+                self._clear(out, AlarmCode.SWAP_PACK_MISMATCH, place.slot_id)
+                self.awaiting_dock.pop(place.slot_id, None)
 
     def _on_docked(self, slot: str, ident: PackIdentity, out: list[Action]) -> None:
         if slot not in self.slot_numbers:
             return
-        place = slot_place(slot)
+        place = SlotPlace(slot)
         sw = self.swap
         if slot in self.awaiting_dock:
-            exp_id, exp_type = self.awaiting_dock.pop(slot)
+            expected = self.awaiting_dock.pop(slot)
+            exp_id, exp_type = expected.pack_id, expected.pack_type or ""
             if ident.pack_id == exp_id and ident.pack_type in (None, exp_type):
-                self._journal(out, "pack_identified", slot=slot, pack_id=ident.pack_id, ok=True)
+                self._journal(
+                    out, RecordKind.PACK_IDENTIFIED, slot=slot, pack_id=ident.pack_id, ok=True
+                )
                 return
             detail = (
                 f"announced {exp_id} ({exp_type}), pack says {ident.pack_id} "
                 f"({ident.pack_type or 'type unknown'})"
             )
-            self._raise(out, "swap.pack_mismatch", slot, detail)
+            self._raise(out, AlarmCode.SWAP_PACK_MISMATCH, slot, detail)
             self._emit(
                 out,
-                "swap.pack_mismatch",
-                slot_id=slot,
-                announced_pack_id=exp_id,
-                pack_id=ident.pack_id,
-                pack_type=ident.pack_type,
+                EventType.SWAP_PACK_MISMATCH,
+                SwapPackMismatch(
+                    swap_id=self._swap_id(),
+                    slot_id=slot,
+                    announced_pack_id=exp_id,
+                    pack_id=ident.pack_id,
+                    pack_type=ident.pack_type,
+                ),
             )
             self._relabel(place, ident, out, exp_type)
             return
         if (
             sw is not None
-            and sw.kind == "swap"
+            and sw.kind == SwapKind.SWAP
             and slot == sw.store_slot
             and any(
                 m.to == "store_slot" and sw.runs[sid].status != StepStatus.DONE
@@ -1023,37 +1187,44 @@ class SwapSequence:
         if rec is None and self.inventory.get(ident.pack_id) is None:
             self.inventory.add(ident.pack_id, ident.pack_type or "", place)
             self._journal(
-                out, "pack_discovered", slot=slot, pack_id=ident.pack_id, pack_type=ident.pack_type
+                out,
+                RecordKind.PACK_DISCOVERED,
+                slot=slot,
+                pack_id=ident.pack_id,
+                pack_type=ident.pack_type,
             )
             self._emit(
                 out,
-                "inventory.corrected",
-                pack_id=ident.pack_id,
-                place=place,
-                previous=None,
-                source="docked",
+                EventType.INVENTORY_CORRECTED,
+                InventoryCorrected(
+                    swap_id=self._swap_id(),
+                    pack_id=ident.pack_id,
+                    place=str(place),
+                    previous=None,
+                    source="docked",
+                ),
             )
             return
         self._raise(
             out,
-            "inventory.inconsistent",
+            AlarmCode.INVENTORY_INCONSISTENT,
             "inventory",
             f"slot {slot} reports {ident.pack_id}, inventory has "
             f"{rec.pack_id if rec else 'no pack'}",
         )
         self._relabel(place, ident, out, rec.pack_type if rec else "")
 
-    def _relabel(self, place: str, ident: PackIdentity, out: list[Action], fallback: str) -> None:
+    def _relabel(self, place: Place, ident: PackIdentity, out: list[Action], fallback: str) -> None:
         try:
             old = self.inventory.relabel(place, ident.pack_id, ident.pack_type or fallback)
         except InventoryError as e:
-            self._raise(out, "inventory.inconsistent", "inventory", str(e))
-            self._journal(out, "inventory_inconsistent", detail=str(e))
+            self._raise(out, AlarmCode.INVENTORY_INCONSISTENT, "inventory", str(e))
+            self._journal(out, RecordKind.INVENTORY_INCONSISTENT, detail=str(e))
             return
         self._journal(
             out,
-            "pack_relabelled",
-            place=place,
+            RecordKind.PACK_RELABELLED,
+            place=str(place),
             pack_id=ident.pack_id,
             pack_type=ident.pack_type,
             previous=old,

@@ -11,8 +11,9 @@ from drivers.core.clock import Clock
 from drivers.robot.contract import RobotContract
 from drivers.robot.modbus_port import ModbusRobotPort
 from edge.config import StationConfig
+from edge.events import EventSink
 from edge.statefiles import StateFileError, journal_advice
-from edge.swap.coordinator import EventSink, SlotOutputs, SlotViews, SwapCoordinator
+from edge.swap.coordinator import SlotOutputs, SlotViews, SwapCoordinator
 from edge.swap.journal import Journal, JournalError
 from edge.swap.steps import StepGraph, load_step_graph
 

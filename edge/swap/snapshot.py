@@ -1,106 +1,94 @@
 """The swap core's snapshot: its whole state as JSON, committed to the journal with every
-transition's records, and the core rebuilt from it after a restart."""
+transition's records, and the core rebuilt from it after a restart.
+
+The file form is derived from `CoreState` and the dataclasses of edge/swap/model.py (pydantic
+`TypeAdapter`); a field added with a default reads older snapshots unchanged. Format version 1
+is what swapd has always written (tests/data/state holds such files).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Annotated, Any
+
+from pydantic import PlainSerializer, PlainValidator, TypeAdapter
 
 from drivers.robot.contract import UNITS
-from edge.swap.inventory import Inventory
+from edge.swap.inventory import Inventory, PackRecord
 from edge.swap.messages import PackIdentity
-from edge.swap.model import Mode, StepRun, StepStatus, Swap
+from edge.swap.model import Mode, ShuttleAt, Swap
 from edge.swap.sequence import SwapSequence
 from edge.swap.steps import StepGraph
 
+VERSION = 1
+
+
+def _identity(value: object) -> PackIdentity:
+    if isinstance(value, PackIdentity):
+        return value
+    if isinstance(value, list | tuple) and len(value) == 2 and isinstance(value[0], str):
+        return PackIdentity(value[0], None if value[1] is None else str(value[1]))
+    raise ValueError(f"a pack identity is [pack_id, pack_type], not {value!r}")
+
+
+# [pack_id, pack_type] in the file
+Identity = Annotated[
+    PackIdentity,
+    PlainValidator(_identity),
+    PlainSerializer(lambda p: [p.pack_id, p.pack_type], return_type=list[str | None]),
+]
+Units = Annotated[frozenset[str], PlainSerializer(sorted, return_type=list[str])]
+Alarms = Annotated[
+    set[tuple[str, str]],
+    PlainSerializer(lambda a: [list(x) for x in sorted(a)], return_type=list[list[str]]),
+]
+
+
+@dataclass
+class CoreState:
+    """What of `SwapSequence` survives a restart: each field is the attribute of that name."""
+
+    mode: Mode
+    latched: bool
+    halted: Units
+    seq: dict[str, int]
+    shuttle_at: ShuttleAt
+    swap_counter: int
+    awaiting_dock: dict[str, Identity]
+    pending_docks: dict[str, Identity]
+    alarms: Alarms
+    inventory: list[PackRecord]
+    swap: Swap | None
+    acked: dict[str, int] = field(default_factory=dict)  # not in the first files
+    version: int = VERSION
+
+
+_STATE = TypeAdapter(CoreState)
+_DERIVED = ("inventory", "version")  # not plain attributes of the core
+
 
 def take(core: SwapSequence) -> dict[str, Any]:
-    sw = core.swap
-    return {
-        "version": 1,
-        "mode": core.mode.value,
-        "latched": core.latched,
-        "halted": sorted(core.halted),
-        "seq": dict(core.seq),
-        "acked": dict(core.acked),
-        "shuttle_at": core.shuttle_at,
-        "swap_counter": core.swap_counter,
-        "awaiting_dock": core.awaiting_dock,
-        "pending_docks": {k: [v.pack_id, v.pack_type] for k, v in core.pending_docks.items()},
-        "alarms": sorted([list(a) for a in core.alarms]),
-        "inventory": core.inventory.to_json(),
-        "swap": None
-        if sw is None
-        else {
-            "swap_id": sw.swap_id,
-            "vehicle_id": sw.vehicle_id,
-            "pack_type": sw.pack_type,
-            "announced_pack_id": sw.announced_pack_id,
-            "full_pack_id": sw.full_pack_id,
-            "full_slot": sw.full_slot,
-            "store_slot": sw.store_slot,
-            "kind": sw.kind,
-            "plan": sw.plan,
-            "deps": sw.deps,
-            "runs": {
-                k: {
-                    "status": r.status.value,
-                    "seq": r.seq,
-                    "attempts": r.attempts,
-                    "moves": r.moves,
-                    "reason": r.reason,
-                }
-                for k, r in sw.runs.items()
-            },
-            "outputs_off": sorted(sw.outputs_off),
-            "hold": sw.hold,
-            "unlock_started": sw.unlock_started,
-            "lift_started": sw.lift_started,
-        },
-    }
+    state = CoreState(
+        **{f.name: getattr(core, f.name) for f in fields(CoreState) if f.name not in _DERIVED},
+        inventory=core.inventory.packs(),
+    )
+    out: dict[str, Any] = _STATE.dump_python(state, mode="json")
+    return out
 
 
 def restore(
-    graph: StepGraph, slot_numbers: Mapping[str, int], snap: dict[str, Any]
+    graph: StepGraph, slot_numbers: Mapping[str, int], snap: Mapping[str, Any]
 ) -> SwapSequence:
+    """Raises ValueError (pydantic's ValidationError) for a snapshot that does not fit."""
+    state = _STATE.validate_python(snap)
+    if state.version > VERSION:
+        raise ValueError(f"snapshot format {state.version} is newer than this swapd reads")
     core = SwapSequence(graph, slot_numbers)
-    core.mode = Mode(snap["mode"])
-    core.latched = bool(snap["latched"])
-    core.halted = frozenset(snap["halted"])
-    core.seq = {u: int(snap["seq"].get(u, 0)) for u in UNITS}
-    core.acked = {u: int(snap.get("acked", {}).get(u, 0)) for u in UNITS}
-    core.shuttle_at = str(snap["shuttle_at"])
-    core.swap_counter = int(snap["swap_counter"])
-    core.awaiting_dock = {k: list(v) for k, v in snap["awaiting_dock"].items()}
-    core.pending_docks = {k: PackIdentity(v[0], v[1]) for k, v in snap["pending_docks"].items()}
-    core.alarms = {(a[0], a[1]) for a in snap["alarms"]}
-    core.inventory = Inventory.from_json(frozenset(core.slot_numbers), snap["inventory"])
-    s = snap["swap"]
-    if s is not None:
-        core.swap = Swap(
-            swap_id=s["swap_id"],
-            vehicle_id=s["vehicle_id"],
-            pack_type=s["pack_type"],
-            announced_pack_id=s["announced_pack_id"],
-            full_pack_id=s["full_pack_id"],
-            full_slot=s["full_slot"],
-            store_slot=s["store_slot"],
-            kind=s["kind"],
-            plan=list(s["plan"]),
-            deps={k: list(v) for k, v in s["deps"].items()},
-            runs={
-                k: StepRun(
-                    StepStatus(r["status"]),
-                    int(r["seq"]),
-                    int(r["attempts"]),
-                    moves=[list(m) for m in r["moves"]],
-                    reason=r["reason"],
-                )
-                for k, r in s["runs"].items()
-            },
-            outputs_off=set(s["outputs_off"]),
-            hold=s["hold"],
-            unlock_started=bool(s["unlock_started"]),
-            lift_started=bool(s["lift_started"]),
-        )
+    for f in fields(CoreState):
+        if f.name not in _DERIVED:
+            setattr(core, f.name, getattr(state, f.name))
+    core.seq = {u: state.seq.get(u, 0) for u in UNITS}
+    core.acked = {u: state.acked.get(u, 0) for u in UNITS}
+    core.inventory = Inventory.of(frozenset(core.slot_numbers), state.inventory)
     return core

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from edge.swap.sequence import SwapSequence
@@ -35,7 +36,7 @@ def status_view(core: SwapSequence) -> dict[str, Any]:
             "full_pack_id": sw.full_pack_id,
             "full_slot": sw.full_slot,
             "store_slot": sw.store_slot,
-            "hold": sw.hold,
+            "hold": None if sw.hold is None else asdict(sw.hold),
             "blocked": sw.blocked,
             "steps": {
                 s: {

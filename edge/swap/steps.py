@@ -14,7 +14,9 @@ from drivers.robot.contract import RobotContract
 # Package data: the shipped step graph, `builtin:swap-steps` in a station config.
 DEFAULT_STEPS = files("edge.swap") / "swap-steps.yaml"
 
-Place = Literal["vehicle", "shuttle", "buffer", "stacker", "full_slot", "store_slot", "away"]
+# A move's ends in the graph: a handling place, this swap's full or store slot, or away (the
+# pack leaves with the vehicle); the sequence resolves them to inventory places.
+PlaceSymbol = Literal["vehicle", "shuttle", "buffer", "stacker", "full_slot", "store_slot", "away"]
 Interlock = Literal[
     "estop_chain_healthy",
     "doors_closed",
@@ -31,8 +33,8 @@ class _Strict(BaseModel):
 
 
 class MoveDef(_Strict):
-    source: Place = Field(alias="from")
-    to: Place
+    source: PlaceSymbol = Field(alias="from")
+    to: PlaceSymbol
 
 
 class StepDef(_Strict):

@@ -9,7 +9,7 @@ from drivers.core.clock import utc_iso
 from drivers.core.log import get_logger
 from edge.alarms import ActiveAlarm, AlarmChange, AlarmManager
 from edge.events import EventSink
-from edge.telemetry.models import AlarmDetails, AlarmRef
+from edge.telemetry.models import AlarmDetails, AlarmRef, EventType
 from edge.telemetry.outbox import OutboxError
 
 log = get_logger("telemetry")
@@ -31,7 +31,8 @@ class AlarmEvents:
             raised_at=utc_iso(a.raised_at),
         )
         try:
-            self._sink.emit_event("alarm.raised" if change.raised else "alarm.cleared", details)
+            etype = EventType.ALARM_RAISED if change.raised else EventType.ALARM_CLEARED
+            self._sink.emit_event(etype, details)
         except OutboxError:
             # Raising an alarm is on safety paths: a full or broken disk must not break it.
             log.exception("alarm event not stored", code=a.code, source=a.source)

@@ -3,6 +3,7 @@ AsyncAPI document (`swapd asyncapi`). Units are in field names; `ts` is RFC 3339
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, create_model
@@ -15,6 +16,7 @@ from edge.command_types import ErrorCode
 __all__ = ["ErrorCode"]  # re-exported: the contract's result codes live with Rejected
 from edge.scheduler.core import GridMode
 from edge.state import OperatingMode
+from edge.swap.model import Mode as SwapMode
 
 Timestamp = Annotated[
     str,
@@ -100,7 +102,7 @@ class SlotTelemetry(Wire):
 
 
 class RobotTelemetry(Wire):
-    sequence_state: str
+    sequence_state: SwapMode = Field(description="the swap sequence's mode")
     swap_id: str | None = None
     step: str | None = None
     axes_mm: dict[str, float] = {}
@@ -124,35 +126,99 @@ class RobotTelemetryMessage(RobotTelemetry):
 # ---- events -------------------------------------------------------------------------------
 
 
-class Details(BaseModel):
-    """Event details; rooms may add fields beyond the documented ones."""
+class EventType(StrEnum):
+    """Every event of the contract: `<room>.<name>`, published on `event/<room>/<name>`."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    SWAP_STARTED = "swap.started"
+    SWAP_STEP = "swap.step"
+    SWAP_COMPLETED = "swap.completed"
+    SWAP_FAILED = "swap.failed"
+    ALARM_RAISED = "alarm.raised"
+    ALARM_CLEARED = "alarm.cleared"
+    CHARGE_STARTED = "charge.started"
+    CHARGE_STOPPED = "charge.stopped"
+    OUTBOX_OVERFLOW = "outbox.overflow"
+    COMMAND_EXECUTED = "command.executed"
+    MODE_CHANGED = "mode.changed"
+    SWAP_FAULT = "swap.fault"
+    SWAP_RECOVERY = "swap.recovery"
+    SWAP_PACK_MISMATCH = "swap.pack_mismatch"
+    INVENTORY_CORRECTED = "inventory.corrected"
+
+
+class Details(Wire):
+    """Event details: exactly the documented fields (a field the contract does not name is
+    refused). An optional field not set goes out as null."""
+
+
+class StepChange(StrEnum):
+    STARTED = "started"  # commanded (intent journalled first)
+    DONE = "done"
+    FAILED = "failed"
+    BLOCKED = "blocked"  # may not start yet: `missing` says what it waits for
+
+
+class RecoveryAction(StrEnum):
+    RESTART = "restart"  # the daemon restarted and resumed from its journal
+    RESET_FAULT = "reset_fault"
+    RETRY_STEP = "retry_step"
+    REFIT_ORIGINAL = "refit_original"
+    MANUAL = "manual"
+
+
+class MoveRef(Wire):
+    model_config = ConfigDict(populate_by_name=True)
+
+    pack_id: str
+    source: str = Field(alias="from", description="slot:<id>, vehicle, shuttle, buffer, stacker")
+    to: str = Field(description="slot:<id>, vehicle, shuttle, buffer, stacker, or away")
 
 
 class SwapStarted(Details):
     swap_id: str
     vehicle_id: str | None = None
     pack_type: str | None = None
+    announced_pack_id: str | None = Field(None, description="the pack the vehicle says it carries")
+    full_pack_id: str | None = Field(None, description="the pack it gets")
+    full_slot: str | None = Field(None, description="the slot the full pack comes from")
+    store_slot: str | None = Field(None, description="the slot that takes the depleted pack")
+    soc_pct: float | None = Field(None, ge=0, le=100, description="SOC of the full pack, chosen")
 
 
 class SwapStep(Details):
     swap_id: str
     step: str
-    state: str = Field(description="started, done, failed, retried, ...")
+    state: StepChange
+    unit: Literal["vehicle", "rack"] | None = None
+    seq: int | None = Field(None, description="the command's sequence counter (not when blocked)")
+    attempt: int | None = Field(None, description="started: 1, then 2 on a retry, ...")
+    moves: list[MoveRef] | None = Field(None, description="packs the step carries")
+    reason: str | None = Field(None, description="failed: why (plc_fault, step_timeout, ...)")
+    detail: str | None = Field(None, description="failed: the PLC fault name, the timeout, ...")
+    missing: list[str] | None = Field(None, description="blocked: interlocks/requirements open")
+    note: str | None = Field(None, description="done: e.g. finished before the halt took effect")
 
 
 class SwapCompleted(Details):
     swap_id: str
-    pack_in_id: str | None = None
-    pack_out_id: str | None = None
-    duration_s: float | None = None
+    vehicle_id: str | None = None
+    pack_in_id: str | None = Field(None, description="the depleted pack taken into the station")
+    pack_out_id: str | None = Field(None, description="the full pack fitted to the vehicle")
+    full_slot: str | None = None
+    store_slot: str | None = None
+    duration_s: float | None = Field(
+        None,
+        ge=0,
+        description="from swap.started to this event (time the daemon was down not counted)",
+    )
 
 
 class SwapFailed(Details):
     swap_id: str
-    step: str | None = None
-    reason: str
+    vehicle_id: str | None = None
+    step: str | None = Field(None, description="the step whose fault ended the swap, if one did")
+    reason: str = Field(description="original pack refitted, or manual")
+    pack_ids: list[str] | None = Field(None, description="the announced and the full pack")
 
 
 class AlarmDetails(Details):
@@ -173,7 +239,7 @@ class ChargeStopped(Details):
     slot_id: str
     pack_id: str | None = None
     reason: str = ""
-    energy_kwh: float | None = None
+    energy_kwh: float | None = Field(None, description="delivered in this session")
 
 
 class DroppedRange(Wire):
@@ -200,23 +266,43 @@ class CommandExecuted(Details):
 
 
 class SwapFault(Details):
-    reason: str
+    """The swap is held (or, with no swap, the robot side stopped): the operator decides."""
+
+    swap_id: str | None = Field(None, description="null when no swap is in progress")
+    reason: str = Field(description="emergency_stop, plc_offline, step_timeout, plc_fault, ...")
     detail: str = ""
+    step: str | None = Field(None, description="the step that failed, if one did")
+    pack_ids: list[str] | None = Field(None, description="the announced and the full pack")
+    mode: SwapMode | None = Field(None, description="the sequence's mode after the fault")
 
 
 class SwapRecovery(Details):
-    action: str = Field(description="reset_fault, retry_step, refit_original or manual")
+    swap_id: str | None = Field(None, description="null when no swap is in progress")
+    action: RecoveryAction
+    steps: list[str] | None = Field(None, description="retry_step, refit_original: the steps run")
+    cleared: str | None = Field(None, description="reset_fault: the alarm code it cleared")
+    mode: SwapMode | None = Field(None, description="restart: the mode resumed")
+    latched: bool | None = Field(None, description="restart: emergency stop still latched")
 
 
 class SwapPackMismatch(Details):
+    swap_id: str | None = Field(None, description="the swap that stored the pack, if running")
     slot_id: str
-    announced_pack_id: str | None = None
+    announced_pack_id: str | None = Field(None, description="what the vehicle announced")
     pack_id: str = Field(description="what the docked pack says it is (BRM)")
+    pack_type: str | None = Field(None, description="its type (BRM), if known")
 
 
 class InventoryCorrected(Details):
+    swap_id: str | None = Field(None, description="the swap in progress, if any")
     pack_id: str
-    place: str
+    place: str | None = Field(
+        description="slot:<id>, vehicle, shuttle, buffer, stacker, or null (left the station)"
+    )
+    previous: str | None = Field(None, description="where it was recorded before (null: new)")
+    source: Literal["operator", "docked"] | None = Field(
+        None, description="operator: inventory_set; docked: a slot found a pack it did not know"
+    )
 
 
 class ModeChanged(Details):
@@ -224,25 +310,27 @@ class ModeChanged(Details):
     source: str = Field(description="remote, local or station")
 
 
-EVENT_DETAILS: dict[str, type[Details]] = {
-    "swap.started": SwapStarted,
-    "swap.step": SwapStep,
-    "swap.completed": SwapCompleted,
-    "swap.failed": SwapFailed,
-    "alarm.raised": AlarmDetails,
-    "alarm.cleared": AlarmDetails,
-    "charge.started": ChargeStarted,
-    "charge.stopped": ChargeStopped,
-    "outbox.overflow": OutboxOverflow,
-    "command.executed": CommandExecuted,
-    "mode.changed": ModeChanged,
-    "swap.fault": SwapFault,
-    "swap.recovery": SwapRecovery,
-    "swap.pack_mismatch": SwapPackMismatch,
-    "inventory.corrected": InventoryCorrected,
+EVENT_DETAILS: dict[EventType, type[Details]] = {
+    EventType.SWAP_STARTED: SwapStarted,
+    EventType.SWAP_STEP: SwapStep,
+    EventType.SWAP_COMPLETED: SwapCompleted,
+    EventType.SWAP_FAILED: SwapFailed,
+    EventType.ALARM_RAISED: AlarmDetails,
+    EventType.ALARM_CLEARED: AlarmDetails,
+    EventType.CHARGE_STARTED: ChargeStarted,
+    EventType.CHARGE_STOPPED: ChargeStopped,
+    EventType.OUTBOX_OVERFLOW: OutboxOverflow,
+    EventType.COMMAND_EXECUTED: CommandExecuted,
+    EventType.MODE_CHANGED: ModeChanged,
+    EventType.SWAP_FAULT: SwapFault,
+    EventType.SWAP_RECOVERY: SwapRecovery,
+    EventType.SWAP_PACK_MISMATCH: SwapPackMismatch,
+    EventType.INVENTORY_CORRECTED: InventoryCorrected,
 }
 # Kept when the outbox reaches its disk cap; everything else goes first.
-PROTECTED_EVENT_TYPES = frozenset({"alarm.raised", "alarm.cleared", "outbox.overflow"})
+PROTECTED_EVENT_TYPES = frozenset(
+    {EventType.ALARM_RAISED, EventType.ALARM_CLEARED, EventType.OUTBOX_OVERFLOW}
+)
 
 
 class EventMessage(Wire):

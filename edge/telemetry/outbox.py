@@ -18,7 +18,12 @@ import orjson
 
 from drivers.core.log import get_logger
 from edge.schema import Schema, SchemaError, migrate, sql
-from edge.telemetry.models import PROTECTED_EVENT_TYPES, DroppedRange, OutboxOverflow
+from edge.telemetry.models import (
+    PROTECTED_EVENT_TYPES,
+    DroppedRange,
+    EventType,
+    OutboxOverflow,
+)
 
 log = get_logger("outbox")
 
@@ -200,8 +205,8 @@ class Outbox:
             count = sum(r.last_seq - r.first_seq + 1 for r in chunk)
             details = OutboxOverflow(dropped_count=count, ranges=chunk)
             body = orjson.dumps(details.model_dump(mode="json"))
-            size = len(body) + len("outbox.overflow") + len(ts) + 32 + ROW_OVERHEAD_BYTES
-            self._insert("outbox.overflow", ts, body, size)
+            size = len(body) + len(EventType.OUTBOX_OVERFLOW) + len(ts) + 32 + ROW_OVERHEAD_BYTES
+            self._insert(EventType.OUTBOX_OVERFLOW, ts, body, size)
 
     def pending(self, after_id: int, limit: int = 200) -> list[StoredEvent]:
         try:

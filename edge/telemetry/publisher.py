@@ -21,7 +21,12 @@ from edge.slot.core import SlotState
 from edge.state import StationState
 from edge.telemetry.alarm_events import alarm_refs
 from edge.telemetry.fit import fit
-from edge.telemetry.models import Details, RobotTelemetry, SlotTelemetry, StationTelemetry
+from edge.telemetry.models import (
+    Details,
+    RobotTelemetry,
+    SlotTelemetry,
+    StationTelemetry,
+)
 from edge.telemetry.service import Telemetry
 
 if TYPE_CHECKING:
@@ -208,7 +213,7 @@ def robot_fields(coordinator: SwapCoordinator) -> dict[str, Any]:
     else:
         quality = Quality.GOOD
     return {
-        "sequence_state": str(core.mode),
+        "sequence_state": core.mode,
         "swap_id": sw.swap_id if sw is not None else None,
         "step": active[0] if active else None,
         "axes_mm": {u: float(st.position_mm) for u, st in plc.units.items()} if plc else {},

@@ -27,6 +27,7 @@ from drivers.core.alarm_sink import AlarmSink
 from drivers.core.backoff import Backoff
 from drivers.core.clock import Clock, SystemClock, utc_iso
 from drivers.core.log import get_logger
+from edge.alarms import AlarmCode
 from edge.operator.config import CommandsConfig
 from edge.statefiles import StateFileError, outbox_advice
 from edge.telemetry.changes import ChangeTracker
@@ -38,6 +39,7 @@ from edge.telemetry.models import (
     CommandError,
     CommandExecuted,
     Details,
+    EventType,
     RobotTelemetry,
     SlotTelemetry,
     StationTelemetry,
@@ -189,15 +191,16 @@ class Telemetry:
 
     def emit_event(self, event_type: str, details: Details | Mapping[str, Any]) -> str:
         """Store an event durably and queue it for the broker; returns its msg_id."""
-        model = EVENT_DETAILS.get(event_type)
-        if model is None:
-            raise UnknownEventType(event_type)
+        try:
+            model = EVENT_DETAILS[EventType(event_type)]
+        except ValueError:
+            raise UnknownEventType(event_type) from None
         if isinstance(details, model):
             d = details
         else:
             raw = details.model_dump() if isinstance(details, Details) else dict(details)
             d = model.model_validate(raw)
-        body = orjson.dumps(d.model_dump(mode="json"))
+        body = orjson.dumps(d.model_dump(mode="json", by_alias=True))
         if len(body) > MAX_PAYLOAD_BYTES - 1024:
             raise ValueError(f"event {event_type} details of {len(body)} bytes are too large")
         overflows = self.outbox.overflows
@@ -207,14 +210,16 @@ class Telemetry:
             self._overflow_alarm = True
             if self._alarms is not None:
                 self._alarms.raise_alarm(
-                    "outbox.overflow", "outbox", f"{self.outbox.dropped_total} events dropped"
+                    AlarmCode.OUTBOX_OVERFLOW,
+                    "outbox",
+                    f"{self.outbox.dropped_total} events dropped",
                 )
         return msg_id
 
     def _audit(self, name: str, cmd_id: str, error: CommandError | None) -> None:
         """Every command that reached the station leaves a durable trace."""
         self.emit_event(
-            "command.executed",
+            EventType.COMMAND_EXECUTED,
             CommandExecuted(
                 cmd_id=cmd_id,
                 command=name,
@@ -488,7 +493,7 @@ class Telemetry:
         if self._overflow_alarm and len(self.outbox) == 0:
             self._overflow_alarm = False
             if self._alarms is not None:
-                self._alarms.clear_alarm("outbox.overflow", "outbox")
+                self._alarms.clear_alarm(AlarmCode.OUTBOX_OVERFLOW, "outbox")
 
     async def _command_loop(self, client: Client) -> None:
         async for msg in client.messages:

@@ -14,7 +14,7 @@ import argparse
 import asyncio
 import contextlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +23,19 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 
 from drivers.core.clock import Clock, SystemClock
 from drivers.robot.contract import RobotContract, RobotStatus, UnitState, UnitStatus
+
+# The fault catalogue's names (sim.faults describes them): latching ones restore on clear,
+# one-shot ones act on the next run of their step.
+FAULT_NAMES = (
+    "emergency_stop",
+    "light_curtain",
+    "door_open",
+    "step_fault",
+    "stuck_step",
+    "torque_failure",
+    "vehicle_not_ready",
+    "frozen_heartbeat",
+)
 
 # The step table of docs/swap.md (seconds); recovery moves are our own assumption.
 DEFAULT_DURATIONS_S: dict[tuple[str, str], float] = {
@@ -44,6 +57,19 @@ DEFAULT_DURATIONS_S: dict[tuple[str, str], float] = {
     ("rack", "return_to_shuttle"): 5,
     ("rack", "put_back"): 20,
 }
+
+
+@dataclass(frozen=True, slots=True)
+class RackSlot:
+    """A rack slot as the PLC knows it: by its number (the step argument), never by the
+    station's slot id (that is `edge.swap.inventory.SlotPlace`)."""
+
+    number: int
+
+
+# Where the PLC sees a pack: a handling place ("vehicle", "shuttle", "buffer", "stacker") or a
+# numbered rack slot.
+PlcPlace = str | RackSlot
 
 # pack moves per step: (source, target); "slot" means slot number `arg`
 _MOVES: dict[tuple[str, str], tuple[str, str]] = {
@@ -139,10 +165,10 @@ class RobotPlcSim:
         # Called with every step that starts running (monitors see the PLC's own view).
         self.step_observers: list[Callable[[Motion], None]] = []
         self.changed = asyncio.Event()
-        # Called with (source, target) places (`slot:<n>`, `vehicle`, ...) when a step that
+        # Called with (source, target) places (`RackSlot(n)`, `vehicle`, ...) when a step that
         # carries a pack finishes, before the step reads DONE: a simulated world moves the
         # pack's BMS and charger load along with it.
-        self.on_move: Callable[[str, str], None] | None = None
+        self.on_move: Callable[[PlcPlace, PlcPlace], None] | None = None
         self._server: ModbusTcpServer | None = None
         c = self.contract
         self._device = SimDevice(
@@ -229,21 +255,21 @@ class RobotPlcSim:
         u.fault_code = self.contract.fault_codes[name]
         self.changed.set()
 
-    def _source_target(self, unit: str, step: str, arg: int) -> tuple[str, str] | None:
+    def _source_target(self, unit: str, step: str, arg: int) -> tuple[PlcPlace, PlcPlace] | None:
         mv = _MOVES.get((unit, step))
         if mv is None:
             return None
         src, dst = mv
-        return (f"slot:{arg}" if src == "slot" else src, f"slot:{arg}" if dst == "slot" else dst)
+        return (RackSlot(arg) if src == "slot" else src, RackSlot(arg) if dst == "slot" else dst)
 
-    def _occupied(self, place: str) -> bool:
-        if place.startswith("slot:"):
-            return self.slots[int(place[5:])]
+    def _occupied(self, place: PlcPlace) -> bool:
+        if isinstance(place, RackSlot):
+            return self.slots[place.number]
         return self.places[place]
 
-    def _set(self, place: str, value: bool) -> None:
-        if place.startswith("slot:"):
-            self.slots[int(place[5:])] = value
+    def _set(self, place: PlcPlace, value: bool) -> None:
+        if isinstance(place, RackSlot):
+            self.slots[place.number] = value
         else:
             self.places[place] = value
 
@@ -367,53 +393,50 @@ class RobotPlcSim:
         """A PLC whose status image stops updating (its heartbeat frozen); commands still land."""
         self.frozen_status = self.contract.encode_status(self.status()) if frozen else None
 
-    FAULTS = (
-        "estop",
-        "curtain",
-        "doors_open",
-        "hv_on",
-        "not_immobilised",
-        "step_fault:<unit>.<step>",
-        "stuck:<unit>.<step>",
-        "torque:<heads>",
-    )
-
     def apply_fault(
-        self, fault: str, *, clear: bool = False, params: dict[str, Any] | None = None
+        self, fault: str, *, clear: bool = False, params: Mapping[str, Any] | None = None
     ) -> None:
-        """Fault injection by name (for `swapd sim fault` / `<root>/sim/<id>/fault`): see
-        FAULTS. The parameter goes after a colon or in `params` (`unit`+`step`, `heads`).
-        Raises ValueError."""
-        name, _, param = fault.partition(":")
-        if params and not param:
-            if "heads" in params:
-                param = str(params["heads"])
-            elif "unit" in params and "step" in params:
-                param = f"{params['unit']}.{params['step']}"
-        inputs = {
-            "estop": "estop_chain_healthy",
-            "curtain": "light_curtain_clear",
-            "doors_open": "doors_closed",
-            "hv_on": "vehicle_hv_off",
-            "not_immobilised": "vehicle_immobilised",
-        }
-        if name in inputs and not param:
-            self.set_input(inputs[name], clear)
-            return
-        if name in ("step_fault", "stuck"):
-            unit, _, step = param.partition(".")
-            if unit not in self.units or step not in self.contract.steps[unit]:
-                raise ValueError(f"{fault}: want {name}:<vehicle|rack>.<PLC step name>")
-            target = self.faults.step_fault if name == "step_fault" else self.faults.stuck
+        """Fault injection by its catalogue name (FAULT_NAMES; `swapd sim fault` and
+        `<root>/sim/robot/fault` reach it through sim.faults.RobotInjector). Latching faults
+        clear by restoring the input; one-shot ones (`step_fault`, `stuck_step` with `unit` and
+        `step`, `torque_failure` with `heads`) are consumed by the next run, and clear withdraws
+        those still pending. Raises ValueError for an unknown fault or unusable params."""
+        on = not clear
+        p = params or {}
+        if fault == "emergency_stop":
+            self.emergency_stop(on)
+        elif fault == "light_curtain":
+            self.break_curtain(on)
+        elif fault == "door_open":
+            self.set_input("doors_closed", not on)
+        elif fault == "vehicle_not_ready":
+            self.set_input("vehicle_hv_off", not on)
+            self.set_input("vehicle_immobilised", not on)
+        elif fault == "frozen_heartbeat":
+            self.freeze(on)
+        elif fault == "torque_failure":
+            heads = p.get("heads", 1) if on else 0
+            if isinstance(heads, bool) or not isinstance(heads, int):
+                raise ValueError(f"torque_failure: heads must be a count, got {heads!r}")
+            if not 0 <= heads <= self.lock_heads:
+                raise ValueError(f"torque_failure: heads must be 0..{self.lock_heads}")
+            self.inject_torque_failure(heads)
+        elif fault in ("step_fault", "stuck_step"):
+            pending = self.faults.step_fault if fault == "step_fault" else self.faults.stuck
+            if clear and not p:
+                pending.clear()
+                return
+            unit, step = p.get("unit"), p.get("step")
+            if unit not in self.units or not isinstance(step, str):
+                raise ValueError(f"{fault}: params unit (vehicle|rack) and step are required")
+            if step not in self.contract.steps[unit]:
+                raise ValueError(f"{fault}: {unit} has no PLC step {step!r}")
             if clear:
-                target.discard((unit, step))
+                pending.discard((unit, step))
             else:
-                target.add((unit, step))
-            return
-        if name == "torque" and param.isdigit() and 0 < int(param) <= self.lock_heads:
-            self.faults.torque_heads = 0 if clear else int(param)
-            return
-        raise ValueError(f"unknown fault {fault!r} (one of {', '.join(self.FAULTS)})")
+                pending.add((unit, step))
+        else:
+            raise ValueError(f"unknown fault {fault!r} (one of {', '.join(FAULT_NAMES)})")
 
     def vehicle_arrives(self, *, with_pack: bool = True, ready: bool = True) -> None:
         self.places["vehicle"] = with_pack
@@ -439,9 +462,9 @@ class RobotPlcSim:
         u = self.units[unit]
         return self.step_of(unit) if u.state == UnitState.BUSY else None
 
-    def occupancy(self) -> dict[str, bool]:
-        out = dict(self.places)
-        out.update({f"slot:{n}": v for n, v in self.slots.items()})
+    def occupancy(self) -> dict[PlcPlace, bool]:
+        out: dict[PlcPlace, bool] = {RackSlot(n): v for n, v in self.slots.items()}
+        out.update(self.places)
         return out
 
 

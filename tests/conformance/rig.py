@@ -132,6 +132,12 @@ async def _watch_chargers(cfg: StationConfig, seats: list[Seat], period_s: float
                         seat.charger_enabled = bool(rr.registers[1])
                 except Exception:  # noqa: BLE001 - an observer that misses a read tries again
                     pass
+                # pymodbus waits with asyncio.wait_for, which on Python 3.11 swallows a cancel
+                # that arrives with the answer: the teardown then waited on this task forever
+                # (1 run in ~50). The task's pending-cancel count survives; honour it.
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError
             await asyncio.sleep(period_s)
     finally:
         for c in clients:

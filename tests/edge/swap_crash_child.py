@@ -11,7 +11,7 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from edge.swap.coordinator import SwapCoordinator  # noqa: E402
 from edge.swap.journal import Journal, JournalRecord  # noqa: E402
 from edge.swap.messages import PackIdentity  # noqa: E402
 from edge.swap.steps import load_step_graph  # noqa: E402
+from edge.telemetry.models import Details  # noqa: E402
 from tests.doubles import RecordingAlarmSink  # noqa: E402
 from tests.edge.swap_fixtures import ANNOUNCED, PACK_TYPE, RACK, SLOTS, Outputs, Views  # noqa: E402
 
@@ -44,8 +45,10 @@ class DyingJournal(Journal):
 
 
 class PrintEvents:
-    def emit(self, type: str, details: dict[str, Any]) -> None:
-        sys.stdout.write(orjson.dumps({"type": type, **details}).decode() + "\n")
+    def emit_event(self, event_type: str, details: Details | Mapping[str, Any]) -> None:
+        assert isinstance(details, Details), details
+        line = {"type": event_type, **details.model_dump(mode="json", by_alias=True)}
+        sys.stdout.write(orjson.dumps(line).decode() + "\n")
         sys.stdout.flush()
 
 

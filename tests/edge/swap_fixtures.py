@@ -4,28 +4,29 @@ sockets) and a live rig (coordinator + simulated PLC over loopback Modbus TCP)."
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from drivers.core.alarm_sink import ClearAlarm, RaiseAlarm
 from drivers.core.clock import SystemClock
 from drivers.robot.contract import RobotContract
 from drivers.robot.modbus_port import ModbusRobotPort
 from edge.swap.choice import SlotView
 from edge.swap.coordinator import SwapCoordinator
-from edge.swap.inventory import slot_place
+from edge.swap.inventory import Handling, SlotPlace
 from edge.swap.journal import Journal
 from edge.swap.messages import (
     Action,
-    ClearAlarm,
     CommandStep,
     Emit,
     Event,
     PackDocked,
     PackIdentity,
+    PackRemoved,
+    PackSeated,
     PlcStatus,
-    RaiseAlarm,
     RequestAllOutputsOff,
     RequestOutputOff,
     SetHalt,
@@ -34,7 +35,8 @@ from edge.swap.messages import (
 )
 from edge.swap.sequence import SwapSequence
 from edge.swap.steps import StepGraph, load_step_graph
-from sim.devices.robot_plc import RobotPlcSim
+from edge.telemetry.models import Details
+from sim.devices.robot_plc import RackSlot, RobotPlcSim
 from sim.devices.vehicle import SimVehicle
 from tests.conftest import free_port
 from tests.doubles import ManualClock, RecordingAlarmSink
@@ -64,6 +66,12 @@ def slot_views(
     return tuple(out)
 
 
+def wire(details: Details) -> dict[str, Any]:
+    """An event's details as published (fields not set left out, for short asserts)."""
+    out: dict[str, Any] = details.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return out
+
+
 class CoreRig:
     """The pure sequence driven against the simulated PLC's logic, all on a ManualClock."""
 
@@ -78,12 +86,14 @@ class CoreRig:
         self.pending_outputs: list[str] = []
         self.commands: list[CommandStep] = []
         self.events: list[tuple[str, dict[str, Any]]] = []
+        self.published: list[tuple[str, dict[str, Any]]] = []  # as the outbox stores them
         self.alarms: set[tuple[str, str]] = set()
         self.all_off = 0
         self.emergency = 0
         self.resets: list[tuple[frozenset[str], frozenset[str]]] = []
         self.reserved: frozenset[str] = frozenset()
         self.journal: list[Any] = []
+        self.seated: list[PackSeated | PackRemoved] = []
         for sid, (pid, _, _) in RACK.items():
             self.feed(PackDocked(sid, PackIdentity(pid, PACK_TYPE)))
         self.vehicle = SimVehicle(self.sim, "V1", ANNOUNCED, PACK_TYPE)
@@ -105,7 +115,10 @@ class CoreRig:
             elif isinstance(a, RequestAllOutputsOff):
                 self.all_off += 1
             elif isinstance(a, Emit):
-                self.events.append((a.type, a.details))
+                self.events.append((a.type, wire(a.details)))
+                self.published.append((a.type, a.details.model_dump(mode="json", by_alias=True)))
+            elif isinstance(a, PackSeated | PackRemoved):
+                self.seated.append(a)
             elif isinstance(a, RaiseAlarm):
                 self.alarms.add((a.code, a.source))
             elif isinstance(a, ClearAlarm):
@@ -145,7 +158,7 @@ class CoreRig:
         return [t for t, _ in self.events]
 
     def step_events(self, status: str) -> list[str]:
-        return [d["step"] for t, d in self.events if t == "swap.step" and d["status"] == status]
+        return [d["step"] for t, d in self.events if t == "swap.step" and d["state"] == status]
 
     def commanded(self) -> list[str]:
         return [c.step_id for c in self.commands]
@@ -154,8 +167,9 @@ class CoreRig:
         return any(t == type_ for t, _ in self.events)
 
     def place(self, pack: str) -> str | None:
+        """Where the inventory has `pack`, as written in files (`slot:<id>`, `vehicle`, ...)."""
         rec = self.core.inventory.get(pack)
-        return rec.place if rec else None
+        return str(rec.place) if rec else None
 
     def check_matches_sim(self) -> None:
         """Inventory and the PLC's physical places agree (occupied <=> a pack recorded)."""
@@ -168,10 +182,13 @@ def check_occupancy(sim: RobotPlcSim, inventory: Any) -> None:
         occ = sim.occupancy()
         if sim.released:
             occ["vehicle"] = False  # released: the car leaves with its pack
-        for place, full in occ.items():
-            if place.startswith("slot:"):
-                sid = f"S{place[5:]}"
-                place = slot_place(sid)
+        for plc_place, full in occ.items():
+            # the rigs number their slots S<n>, n the PLC's slot number
+            place = (
+                SlotPlace(f"S{plc_place.number}")
+                if isinstance(plc_place, RackSlot)
+                else Handling(plc_place)
+            )
             assert (inventory.at(place) is not None) == full, place
 
 
@@ -182,8 +199,9 @@ class Events:
         self.items: list[tuple[str, dict[str, Any]]] = []
         self.changed = asyncio.Event()
 
-    def emit(self, type: str, details: dict[str, Any]) -> None:
-        self.items.append((type, details))
+    def emit_event(self, event_type: str, details: Details | Mapping[str, Any]) -> None:
+        assert isinstance(details, Details), details  # the swap room emits payload models
+        self.items.append((event_type, wire(details)))
         self.changed.set()
 
     async def wait_for(self, pred: Callable[[], bool], timeout_s: float = 20.0) -> None:
@@ -210,6 +228,8 @@ class Outputs:
         self.emergency = 0
         self.resets: list[tuple[frozenset[str], frozenset[str]]] = []
         self.reserved: frozenset[str] = frozenset()
+        self.seated: list[str] = []
+        self.removed: list[str] = []
 
     async def output_off(self, slot_id: str) -> None:
         self.off.append(slot_id)
@@ -225,6 +245,12 @@ class Outputs:
 
     def set_reserved(self, reserved: frozenset[str], occupied: frozenset[str]) -> None:
         self.reserved = reserved
+
+    def pack_seated(self, slot_id: str) -> None:
+        self.seated.append(slot_id)
+
+    def pack_removed(self, slot_id: str) -> None:
+        self.removed.append(slot_id)
 
 
 class Views:

@@ -22,6 +22,7 @@ from edge.operator.config import CommandsConfig
 from edge.operator.service import CommandService
 from edge.operator.signatures import Verifier
 from edge.state import OperatingMode
+from edge.swap.model import Mode as SwapMode
 from edge.telemetry.asyncapi import build
 from edge.telemetry.config import MqttConfig, TelemetryConfig
 from edge.telemetry.models import (
@@ -68,7 +69,7 @@ def slot(soc_pct: float = 50.0, voltage_v: float = 600.0) -> SlotTelemetry:
 
 def robot(step: str | None = None) -> RobotTelemetry:
     return RobotTelemetry(
-        sequence_state="idle" if step is None else "running",
+        sequence_state=SwapMode.IDLE if step is None else SwapMode.RUNNING,
         step=step,
         axes_mm={"lift": 0.0, "shuttle": 120.0},
         interlocks={"curtain_clear": True, "doors_closed": True, "estop_healthy": True},

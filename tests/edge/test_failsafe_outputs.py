@@ -185,6 +185,7 @@ def journal_with_swap_in_flight(path: Path) -> None:
     from drivers.core.clock import utc_iso
     from drivers.robot.contract import RobotContract
     from edge.swap.choice import SlotView
+    from edge.swap.inventory import SlotPlace
     from edge.swap.journal import Journal
     from edge.swap.messages import JournalWrite, PlcStatus, SlotOutputOff, StartSwap
     from edge.swap.sequence import SwapSequence
@@ -197,7 +198,7 @@ def journal_with_swap_in_flight(path: Path) -> None:
     cfg_state.mkdir(parents=True, exist_ok=True)
     contract = RobotContract.load()
     core = SwapSequence(load_step_graph(contract=contract), {"s01": 1, "s02": 2})
-    core.inventory.add("SIMB-000003E8", "LFP", "slot:s01")
+    core.inventory.add("SIMB-000003E8", "LFP", SlotPlace("s01"))
     plc = RobotPlcSim(contract, slots=2, occupied_slots={1})
     acts = core.handle(PlcStatus(plc.status()), 0.0)
     views = (

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -13,15 +15,19 @@ import orjson
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from pydantic import ValidationError
+from structlog.testing import capture_logs
 
 from drivers.core.clock import SystemClock
+from drivers.core.datafile import DataFileError
 from edge.alarms import AlarmManager
 from edge.command_types import LOCAL, SIM, Rejected
+from edge.config import load_config
 from edge.operator.commands import StationCommands
 from edge.operator.config import REMOTE_DEFAULTS, CommandsConfig
 from edge.operator.ctl import CtlServer
 from edge.operator.service import CommandService
-from edge.operator.signatures import Verifier, load_keys, signed_bytes
+from edge.operator.signatures import KeyLoadError, Verifier, load_keys, signed_bytes
 from edge.state import GridState, OperatingMode, StationState
 from edge.telemetry.commands import CommandProcessor, CommandStore, find_cmd_id
 from edge.telemetry.config import TelemetryConfig
@@ -29,6 +35,7 @@ from edge.telemetry.outbox import open_db
 from edge.telemetry.service import Telemetry
 from tests.conftest import Broker
 from tests.doubles import InMemoryTarget, ManualClock
+from tests.edge.station_fixtures import mini_config
 from tests.edge.swap_fixtures import live_rig
 from tests.edge.telemetry_fixtures import (
     STATION_ID,
@@ -64,6 +71,16 @@ class _Proc:
         self.cfg = TelemetryConfig.model_validate({"outbox_path": tmp_path / "x"})
         self.service = command_service(self.target, self.limits, self.cfg, self.clock, verifier)
         self.db = open_db(tmp_path / "c.sqlite", "normal")
+        self.proc = CommandProcessor(
+            self.cfg,
+            self.service,
+            CommandStore(self.db, self.limits.dedupe_max),
+            self.clock,
+            limits=self.limits,
+        )
+
+    def restart(self) -> None:
+        """The route as after a daemon restart: a new store and processor on the same file."""
         self.proc = CommandProcessor(
             self.cfg,
             self.service,
@@ -227,6 +244,64 @@ async def test_signatures_accepted_rejected_and_rotated(tmp_path: Path) -> None:
     e.db.close()
 
 
+def test_keys_from_files_and_systemd_credentials_and_bad_keys_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    private = Ed25519PrivateKey.generate()
+    raw = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "cmd-key").write_text(base64.b64encode(raw).decode() + "\n")
+    keys = CommandsConfig.model_validate({"keys": [{"id": "k-cred", "credential": "cmd-key"}]})
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    with pytest.raises(KeyLoadError, match="CREDENTIALS_DIRECTORY"):
+        load_keys(list(keys.keys))
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    verifier = Verifier(STATION_ID, load_keys(list(keys.keys)))
+    expires_at = iso(NOW)
+    sig = private.sign(signed_bytes(STATION_ID, "refresh", "c1", expires_at, {}))
+    assert verifier.verify(
+        "refresh", "c1", expires_at, {}, "k-cred", base64.b64encode(sig).decode()
+    )
+    # The config refuses what cannot work.
+    for bad in (
+        {"remote": {"start_swap": "signed"}},  # signed, but no key
+        {"remote": {"fly": "allow"}},
+        {"keys": [{"id": "a", "file": "a.pub"}, {"id": "a", "file": "b.pub"}]},
+        {"keys": [{"id": f"k{i}", "file": "a.pub"} for i in range(3)]},  # two at once at most
+        {"keys": [{"id": "a", "file": "a.pub", "credential": "a"}]},
+    ):
+        with pytest.raises(ValidationError):
+            CommandsConfig.model_validate(bad)
+    # check-config (load_config) reads and parses key files as `swapd run` would.
+    (tmp_path / "not-a-key.pub").write_text("hello\n")
+    extra = (
+        "commands:\n"
+        "  keys:\n"
+        f"    - {{id: gone, file: '{tmp_path / 'gone.pub'}'}}\n"
+        f"    - {{id: junk, file: '{tmp_path / 'not-a-key.pub'}'}}\n"
+    )
+    with pytest.raises(DataFileError) as info:
+        load_config(mini_config(tmp_path, 1, extra=extra))
+    fields = {p.field: p.message for p in info.value.problems}
+    assert "cannot read" in fields["commands.keys.0.file"]
+    assert "not an Ed25519 public key" in fields["commands.keys.1.file"]
+
+
+async def test_expires_at_is_judged_with_the_clock_tolerance(tmp_path: Path) -> None:
+    e = _Proc(tmp_path)  # clock_tolerance_s: 5 (default)
+    assert e.limits.clock_tolerance_s == 5.0
+    assert (await e.run("refresh", _cmd("t1", {}, ttl_s=-3.0)))[1] is None  # within 5 s
+    assert (await e.run("refresh", _cmd("t2", {}, ttl_s=-6.0)))[1] == "expired"
+    ahead = e.cfg.max_command_ttl_s
+    assert (await e.run("refresh", _cmd("t3", {}, ttl_s=ahead + 3.0)))[1] is None
+    assert (await e.run("refresh", _cmd("t4", {}, ttl_s=ahead + 6.0)))[1] == "out_of_range"
+    strict = _Proc(tmp_path / "s", clock_tolerance_s=0)
+    assert (await strict.run("refresh", _cmd("t5", {}, ttl_s=-1.0)))[1] == "expired"
+    e.db.close()
+    strict.db.close()
+
+
 # ---- bounded input -------------------------------------------------------------------------
 
 
@@ -267,6 +342,51 @@ async def test_dedupe_under_a_flood_never_evicts_live_entries_nor_runs_twice(
         assert await e.proc.handle("set_mode", _cmd(f"f{i}", {"mode": "drain"})) == first[i]
     assert len(e.target.calls) == 50
     # Once they expire (60 s, remembered at least an hour) the store takes new commands again.
+    e.clock.advance(3600 + 61)
+    assert (await e.run("set_mode", _cmd("late", {"mode": "normal"}, ttl_s=3600 + 120)))[1] is None
+    e.db.close()
+
+
+@pytest.mark.timeout(120)
+async def test_a_flood_at_the_default_100000_evicts_no_live_entry(tmp_path: Path) -> None:
+    """At full scale: 100,000 live commands remembered (the default `dedupe_max`), then a flood
+    of new ones. None of the live ones is forgotten or runs twice, and a refusal stays cheap
+    (the loop is not starved by a full store)."""
+    e = _Proc(tmp_path, rate_per_client_per_s=10_000, burst_per_client=10_000)
+    assert e.limits.dedupe_max == 100_000
+    live = 20
+    first = [await e.proc.handle("set_mode", _cmd(f"f{i}", {"mode": "drain"})) for i in range(live)]
+    # The rest of the first 100,000, stored as the processor stores them (in bulk: one by one
+    # they would take the test half a minute), then the route restarts on them.
+    keep = (NOW + timedelta(seconds=3600 + 60)).timestamp()
+    e.db.execute("BEGIN")
+    e.db.executemany(
+        "INSERT INTO commands (cmd_id, keep_until, result) VALUES (?, ?, ?)",
+        ((f"b{i}", keep, b'{"earlier": %d}' % i) for i in range(100_000 - live)),
+    )
+    e.db.execute("COMMIT")
+    e.restart()
+    flood = 20_000
+    t0 = time.perf_counter()
+    answers = set()
+    for i in range(flood):  # from many client ids: the rate limit is not what stops them
+        raw = await e.proc.handle(
+            "set_mode", _cmd(f"x{i}", {"mode": "normal"}, client_id=f"c{i % 50}")
+        )
+        err = orjson.loads(raw)["error"]
+        answers.add((err["code"], err["message"]))
+    per_command_s = (time.perf_counter() - t0) / flood
+    print(f"full store: {per_command_s * 1e6:.0f} us per refused command")
+    assert answers == {("busy", "too many commands remembered; retry later")}
+    rows = e.db.execute("SELECT COUNT(*) FROM commands").fetchone()[0]
+    assert rows == 100_000  # nothing evicted, nothing added
+    assert per_command_s < 0.005, per_command_s
+    for i in range(live):  # answered from the store, byte for byte, never run again
+        assert await e.proc.handle("set_mode", _cmd(f"f{i}", {"mode": "drain"})) == first[i]
+    for i in (0, 50_000, 100_000 - live - 1):
+        assert await e.proc.handle("set_mode", _cmd(f"b{i}", {})) == b'{"earlier": %d}' % i
+    assert len(e.target.calls) == live
+    # Once they have expired, new commands are taken again.
     e.clock.advance(3600 + 61)
     assert (await e.run("set_mode", _cmd("late", {"mode": "normal"}, ttl_s=3600 + 120)))[1] is None
     e.db.close()
@@ -354,20 +474,31 @@ async def test_same_command_same_answer_over_mqtt_ctl_and_sim(
                         err = res["error"]
                         return (err["code"], err["message"]) if err else (None, "")
 
-                    for name, params, code in TABLE:
-                        answers = {
-                            route: await fn(name, params)
-                            for route, fn in (
-                                ("mqtt", over_mqtt),
-                                ("ctl", over_ctl),
-                                ("sim", over_sim),
-                            )
-                        }
-                        assert len(set(answers.values())) == 1, (name, params, answers)
-                        assert answers["sim"][0] == code, (name, answers)
-                        if name == "start_swap":
-                            assert state.operating_mode is OperatingMode.MAINTENANCE
-                            assert "maintenance" in answers["sim"][1]
+                    with capture_logs() as logs:
+                        for name, params, code in TABLE:
+                            answers = {
+                                route: await fn(name, params)
+                                for route, fn in (
+                                    ("mqtt", over_mqtt),
+                                    ("ctl", over_ctl),
+                                    ("sim", over_sim),
+                                )
+                            }
+                            assert len(set(answers.values())) == 1, (name, params, answers)
+                            assert answers["sim"][0] == code, (name, answers)
+                            if name == "start_swap":
+                                assert state.operating_mode is OperatingMode.MAINTENANCE
+                                assert "maintenance" in answers["sim"][1]
+                    # Each command is logged once, with its origin, whatever the answer.
+                    lines = [
+                        e for e in logs if e["event"] in ("command carried out", "command refused")
+                    ]
+                    for route in ("mqtt", "ctl", "sim"):
+                        mine = [e for e in lines if e["route"] == route]
+                        assert [e["command"] for e in mine] == [n for n, _, _ in TABLE], route
+                    assert len(lines) == 3 * len(TABLE)
+                    assert all(e["cmd_id"] for e in lines if e["route"] == "mqtt")
+                    assert all(e["uid"] == os.getuid() for e in lines if e["route"] == "ctl")
         finally:
             await ctl.stop()
             tel.close()

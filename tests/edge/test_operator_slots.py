@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from structlog.testing import capture_logs
 
+from drivers.can.events import Phase
 from edge.command_types import LOCAL, SIM, Rejected
 from edge.operator.commands import OutOfService
 from edge.operator.signatures import signed_bytes
@@ -196,3 +197,89 @@ async def test_a_latched_slot_is_reset_per_slot_over_ctl_and_signed_mqtt(
         assert lines[0]["cmd_id"] == "r-unsigned" and lines[0]["code"] == "unauthorized"
         assert lines[2]["uid"] == os.getuid() and "pid" in lines[2]
         assert lines[3]["cmd_id"] == "r-signed" and lines[3]["key_id"] == "k1"
+
+
+@pytest.mark.timeout(120)
+async def test_out_of_service_is_in_telemetry_and_survives_a_restart(
+    mosquitto: Broker, tmp_path: Path
+) -> None:
+    path = mini_config(tmp_path, 2, mqtt_port=mosquitto.port)
+    topic = "swapstation/v1/it-station/telemetry/slot/s01"
+    async with (
+        running_station(path, soc_pct=40.0) as w,
+        recorder(mosquitto.host, mosquitto.port, topic) as rec,
+    ):
+        await wait_for(lambda: _enabled(w, "ch01"), 30)
+        await w.station.command_service.execute(
+            "disable_slot", {"slot_id": "s01", "reason": "connector worn"}, LOCAL
+        )
+        await rec.wait_for(lambda: any(m.json()["in_service"] is False for m in rec.messages))
+    # A new daemon on the same state: s01 stays out from the start (never a session, output
+    # never on), s02 charges; enabled again, s01's pack is charged too.
+    async with running_station(path, soc_pct=40.0) as w:
+        s01, s02 = w.packs["s01"].core, w.packs["s02"].core
+        await wait_for(lambda: s02.phase is BmsPhase.CHARGING and _enabled(w, "ch02"), 30)
+        assert w.station.slots["s01"].in_service is False
+        assert s01.counters.handshakes == 0 and not _enabled(w, "ch01")
+        await w.station.command_service.execute("enable_slot", {"slot_id": "s01"}, LOCAL)
+        await wait_for(lambda: s01.phase is BmsPhase.CHARGING and _enabled(w, "ch01"), 30)
+
+
+@pytest.mark.timeout(120)
+async def test_the_emergency_stop_reset_leaves_a_bms_lost_latch_to_reset_slot(
+    tmp_path: Path,
+) -> None:
+    """reset_fault (the e-stop reset) restarts the sessions the stop ended, but a slot latched
+    "BMS lost" before it stays latched: only `reset_slot` clears a slot latch."""
+    async with running_station(mini_config(tmp_path, 2), soc_pct=40.0) as w:
+        st, svc = w.station, w.station.command_service
+        s01, s02 = w.packs["s01"].core, w.packs["s02"].core
+        await wait_for(lambda: s01.phase is BmsPhase.CHARGING and s02.phase is BmsPhase.CHARGING)
+        w.packs["s01"].inject(Fault.SILENT)
+        await wait_for(lambda: st.slots["s01"].core.state is SlotState.UNAVAILABLE, 60)
+        w.packs["s01"].clear(Fault.SILENT)
+        w.packs["s01"].replug()
+        handshakes = s01.counters.handshakes
+        coord = st.swap.coordinator
+        w.plc.emergency_stop(True)
+        await wait_for(lambda: not _enabled(w, "ch02"), 5)
+        w.plc.emergency_stop(False)
+        await wait_for(
+            lambda: coord.core.plc is not None and coord.core.plc.inputs["estop_chain_healthy"], 5
+        )
+        await svc.execute("reset_fault", {}, LOCAL)
+        await wait_for(lambda: s02.phase is BmsPhase.CHARGING and _enabled(w, "ch02"), 30)
+        assert st.slots["s01"].core.state is SlotState.UNAVAILABLE
+        assert st.alarms.is_active("slot.unavailable", "s01")
+        assert s01.counters.handshakes == handshakes and not _enabled(w, "ch01")
+        await svc.execute("reset_slot", {"slot_id": "s01"}, LOCAL)
+        await wait_for(lambda: s01.phase is BmsPhase.CHARGING and _enabled(w, "ch01"), 30)
+        assert s01.counters.handshakes > handshakes
+
+
+@pytest.mark.timeout(120)
+async def test_neither_enable_slot_nor_the_estop_reset_clears_a_pack_fault(tmp_path: Path) -> None:
+    """A new session would clear the pack-fault latch: enable_slot and the e-stop reset begin
+    none on a faulted slot (the latch stays until another pack is docked)."""
+    async with running_station(mini_config(tmp_path, 2), soc_pct=40.0) as w:
+        st, svc, coord = w.station, w.station.command_service, w.station.swap.coordinator
+        s01, s02 = w.packs["s01"].core, w.packs["s02"].core
+        await wait_for(lambda: s01.phase is BmsPhase.CHARGING and s02.phase is BmsPhase.CHARGING)
+        w.packs["s01"].inject(Fault.OVER_TEMPERATURE)
+        await wait_for(lambda: st.slots["s01"].core.state is SlotState.FAULTED, 10)
+        await wait_for(lambda: s01.phase is BmsPhase.ENDED, 10)
+        await wait_for(lambda: st.slots["s01"].core.phase is Phase.ENDED, 10)  # charger side too
+        handshakes = s01.counters.handshakes
+        await svc.execute("disable_slot", {"slot_id": "s01"}, LOCAL)
+        await svc.execute("enable_slot", {"slot_id": "s01"}, LOCAL)
+        w.plc.emergency_stop(True)
+        await wait_for(lambda: not _enabled(w, "ch02"), 5)
+        w.plc.emergency_stop(False)
+        await wait_for(
+            lambda: coord.core.plc is not None and coord.core.plc.inputs["estop_chain_healthy"], 5
+        )
+        await svc.execute("reset_fault", {}, LOCAL)
+        await wait_for(lambda: s02.phase is BmsPhase.CHARGING and _enabled(w, "ch02"), 30)
+        assert st.slots["s01"].core.state is SlotState.FAULTED
+        assert st.alarms.is_active("pack.over_temperature", "s01")
+        assert s01.counters.handshakes == handshakes and not _enabled(w, "ch01")

@@ -111,6 +111,57 @@ def test_lp_demand_charge_flattens_the_peak() -> None:
     assert max(dc.grid_kw) == pytest.approx(3 * 0.6 * CAP / EFF / 2, rel=0.02)
 
 
+def test_lp_finishes_the_earliest_deadline_first_under_a_binding_limit() -> None:
+    # One charger's worth of power, equal prices: the pack due first is charged first, so
+    # a derating or arrivals bunching up find it ready instead of two packs half charged.
+    packs = [
+        PlanPack("late", 40.0, 60.0, deadline_s=2 * 3600.0),
+        PlanPack("soon", 40.0, 60.0, deadline_s=3600.0),
+    ]
+    req = _req(packs, price=(0.7,) * 8, limit_kw=(60.0,) * 8, terminal_price=0.3)
+    plan = solve(req)
+    _check_invariants(req, plan)
+    assert plan.short_kwh == pytest.approx(0.0, abs=1e-6)
+    assert plan.soc_pct["late"][0] == pytest.approx(40.0, abs=1e-6)
+    assert plan.soc_pct["soon"][1] > 80.0
+    assert plan.soc_pct["soon"][1] - 40.0 > 10 * (plan.soc_pct["late"][1] - 40.0)
+    # At a cheap price, as early as the limit allows.
+    assert plan.grid_kw[0] == pytest.approx(60.0, abs=1e-3)
+
+
+def test_lp_buys_the_peak_share_of_a_later_swap_at_the_peak_end() -> None:
+    # A swap after the peak that the cheap steps alone cannot make ready: the peak's share
+    # is bought at the peak's end (energy bought late is energy the next replan may find it
+    # does not need); a swap inside the peak is made ready as early as possible.
+    packs = [
+        PlanPack("after", 40.0, 60.0, deadline_s=7200.0),
+        PlanPack("inside", 70.0, 60.0, deadline_s=5400.0),
+    ]
+    req = _req(packs, price=(1.2,) * 6 + (0.3,) * 2, terminal_price=0.3, limit_kw=(200.0,) * 8)
+    plan = solve(req)
+    _check_invariants(req, plan)
+    assert plan.short_kwh == pytest.approx(0.0, abs=1e-6)
+    after, inside = plan.soc_pct["after"], plan.soc_pct["inside"]
+    assert after[4] == pytest.approx(40.0, abs=1e-6)
+    assert after[5] > 40.0  # the last peak step
+    assert after[7] >= 90.0 - 1e-6
+    assert inside[0] > 70.0 + 10.0
+    assert inside[1] >= 90.0 - 1e-6
+
+
+@pytest.mark.parametrize("buffer", [None, 0, 1])
+def test_plan_keeps_buffer_packs_ready_beyond_the_margin(buffer: int | None) -> None:
+    cfg = grid_config(policy="predictive")
+    planner = _Scripted("lp")
+    sched = Scheduler(cfg, PredictivePolicy(planner, buffer_packs=buffer))
+    sched.allocate(Instant(0.0, 9 * 3600.0), _slots(6))
+    req = planner.requests[0]
+    now = [p for p in req.packs if p.deadline_s == 0.0]
+    want = cfg.reserve.buffer_packs if buffer is None else buffer
+    assert cfg.reserve.buffer_packs == 2  # the default
+    assert len(now) == cfg.reserve.margin_packs + want
+
+
 def _slots(n: int = 4, soc: float = 40.0) -> list[SlotInput]:
     return [
         SlotInput(f"s{i}", soc, bms_limit_kw=60.0, charger_rating_kw=60.0, docked_at_s=0.0)

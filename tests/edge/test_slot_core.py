@@ -24,6 +24,7 @@ from edge.alarms import CATALOGUE
 from edge.slot.config import SafetyConfig
 from edge.slot.core import (
     Action,
+    BeginSession,
     ChargerRatings,
     ChargerReading,
     FeedWatchdog,
@@ -267,6 +268,94 @@ def test_rule3_charger_offline_starves_watchdog_cst_latch_until_back_and_off() -
     core2.set_charger_online(True, 2.0)
     core2.on_reading(ChargerReading(0.0, 0.0, False, Quality.STALE), 2.1)
     assert core2.state is SlotState.UNAVAILABLE
+
+
+OFF_READING = ChargerReading(380.0, 0.0, False)
+
+
+def outage(core: SlotCore) -> list[Action]:
+    """The charger goes offline, comes back and reads its output off; the actions of the return."""
+    core.set_charger_online(False, 1.0)
+    acts = core.set_charger_online(True, 2.0)
+    return acts + core.on_reading(OFF_READING, 2.1)
+
+
+def test_rule3_a_session_cut_short_by_a_charger_outage_begins_again() -> None:
+    core = charging_core()
+    core.set_charger_online(False, 1.0)
+    core.on_session_event(SessionStopped(StopReason.BMS_STOPPED_BY_CHARGER), 1.1)
+    core.on_session_event(PhaseChanged(Phase.STOPPING, Phase.ENDED), 1.2)
+    acts = core.set_charger_online(True, 2.0)
+    assert BeginSession() not in acts  # no reading since it came back
+    acts = core.on_reading(OFF_READING, 2.1)
+    assert BeginSession() in acts and FeedWatchdog(True) in acts
+    assert core.state is SlotState.EMPTY
+    acts = core.start(2.2)  # what the service does for a docked pack
+    assert SessionCommand(SessionCommandKind.START) in acts
+
+
+def test_rule3_a_reading_from_before_the_outage_releases_nothing() -> None:
+    core = charging_core()
+    core.on_reading(OFF_READING, 0.5)
+    core.set_charger_online(False, 1.0)
+    acts = core.set_charger_online(True, 2.0)
+    assert FeedWatchdog(True) not in acts and core.state is SlotState.UNAVAILABLE
+
+
+def test_rule3_no_new_session_when_none_was_running() -> None:
+    core = SlotCore("slot-1", RATINGS)
+    acts = outage(core)
+    assert FeedWatchdog(True) in acts and BeginSession() not in acts
+    assert core.state is SlotState.EMPTY
+
+
+def test_rule3_a_pack_fault_latch_survives_a_charger_outage() -> None:
+    core = charging_core()
+    core.on_session_event(flags(max_temperature_c=80), 0.5)
+    assert core.state is SlotState.FAULTED
+    acts = outage(core)
+    assert BeginSession() not in acts and FeedWatchdog(True) in acts
+    assert core.state is SlotState.FAULTED
+    assert "pack.over_temperature" in core.snapshot(2.2).alarms
+
+
+def test_rule3_a_pack_fault_during_the_outage_stays_latched() -> None:
+    core = charging_core()
+    core.set_charger_online(False, 1.0)
+    core.on_session_event(SessionStopped(StopReason.BMS_FAULT, faults=("over_temperature",)), 1.1)
+    assert core.state is SlotState.UNAVAILABLE
+    acts = core.set_charger_online(True, 2.0) + core.on_reading(OFF_READING, 2.1)
+    assert BeginSession() not in acts and ClearAlarm("slot.unavailable", "slot-1") in acts
+    assert core.state is SlotState.FAULTED
+
+
+def test_rule3_a_bms_lost_latch_is_left_for_reset_slot() -> None:
+    core = charging_core()
+    core.on_session_event(SessionStopped(StopReason.COMM_FAILED, "BCL timeout"), 0.5)
+    acts = outage(core)
+    assert FeedWatchdog(True) in acts and BeginSession() not in acts
+    assert core.state is SlotState.UNAVAILABLE
+    assert "slot.unavailable" in core.snapshot(2.2).alarms
+    assert "charger.offline" not in core.snapshot(2.2).alarms
+    core.reset_unavailable(3.0)
+    assert core.state is SlotState.EMPTY
+
+
+def test_rule3_bms_lost_during_the_outage_is_left_for_reset_slot() -> None:
+    core = charging_core()
+    core.set_charger_online(False, 1.0)
+    core.on_session_event(PhaseChanged(Phase.ERROR, Phase.FAILED), 1.1)
+    acts = core.set_charger_online(True, 2.0) + core.on_reading(OFF_READING, 2.1)
+    assert BeginSession() not in acts and core.state is SlotState.UNAVAILABLE
+
+
+def test_rule3_a_pack_docked_during_the_outage_starts_once_the_charger_is_back() -> None:
+    core = charging_core()
+    core.on_session_event(flags(max_temperature_c=80), 0.5)
+    core.set_charger_online(False, 1.0)
+    assert core.start(1.5) == []  # docked while the charger is away: nothing yet
+    acts = core.set_charger_online(True, 2.0) + core.on_reading(OFF_READING, 2.1)
+    assert BeginSession() in acts and core.state is SlotState.EMPTY
 
 
 def test_charger_fault_reading_stops() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from edge.swap.inventory import SlotPlace
 from edge.swap.messages import (
     CorrectInventory,
     JournalWrite,
@@ -103,7 +104,7 @@ def test_each_interlock_blocks_its_step(interlock: str, step: str) -> None:
     rig.start()
     rig.run(lambda: rig.clock.monotonic() > 1100.0 + 100, dt=1.0)
     assert step not in rig.commanded()
-    blocked = [d for t, d in rig.events if t == "swap.step" and d["status"] == "blocked"]
+    blocked = [d for t, d in rig.events if t == "swap.step" and d["state"] == "blocked"]
     assert any(d["step"] == step for d in blocked)
     if interlock == "output_off":
         assert rig.pending_outputs  # requested, not yet confirmed
@@ -196,7 +197,7 @@ def test_torque_failure_holds_unless_the_locking_rule_is_met() -> None:
     rig.sim.inject_torque_failure(2)
     rig.start()
     rig.run(lambda: rig.core.mode == Mode.HELD)
-    fail = [d for t, d in rig.events if t == "swap.step" and d["status"] == "failed"][0]
+    fail = [d for t, d in rig.events if t == "swap.step" and d["state"] == "failed"][0]
     assert fail["step"] == "lock" and fail["reason"] == "torque_out_of_window"
     assert "6 of 8 heads" in fail["detail"]
     assert "verify" not in rig.commanded()
@@ -322,11 +323,11 @@ def test_manual_halts_both_and_ends_after_inventory_correction() -> None:
     assert rig.core.mode == Mode.MANUAL and rig.sim.halt_bits == {"vehicle", "rack"}
     with pytest.raises(Rejected, match="packs still recorded at shuttle, buffer"):
         rig.feed(Manual(end=True))
-    with pytest.raises(Rejected, match="unknown place"):
-        rig.feed(CorrectInventory("P-002", "roof"))
+    with pytest.raises(Rejected, match="unknown place 'slot:S99'"):
+        rig.feed(CorrectInventory("P-002", SlotPlace("S99")))
     # the attendant put the full pack back in S2 and the depleted one in S5
-    rig.feed(CorrectInventory("P-002", "slot:S2"))
-    rig.feed(CorrectInventory(ANNOUNCED, "slot:S5"))
+    rig.feed(CorrectInventory("P-002", SlotPlace("S2")))
+    rig.feed(CorrectInventory(ANNOUNCED, SlotPlace("S5")))
     rig.feed(Manual(end=True))
     assert rig.core.mode == Mode.IDLE and rig.sim.halt_bits == frozenset()
     assert rig.events[-1][0] == "swap.failed" and rig.events[-1][1]["reason"] == "manual"
@@ -502,11 +503,11 @@ def test_vehicle_never_lowered_unless_pack_locked_or_clear() -> None:
     t_wait = rig.clock.monotonic() + 30
     rig.run(lambda: rig.clock.monotonic() >= t_wait, dt=1.0)
     assert "lower_vehicle" not in rig.commanded()
-    blocked = [d for t, d in rig.events if t == "swap.step" and d["status"] == "blocked"]
+    blocked = [d for t, d in rig.events if t == "swap.step" and d["state"] == "blocked"]
     assert {
         "step": "lower_vehicle",
         "unit": "vehicle",
-        "status": "blocked",
+        "state": "blocked",
         "missing": ["pack_locked_or_clear"],
         "swap_id": "swap-000001",
     } in blocked
@@ -555,3 +556,13 @@ def test_a_stale_status_halts_a_running_step_and_no_step_starts_on_it() -> None:
     assert rig.sim.halt_bits == frozenset({"vehicle", "rack"})
     assert rig.core.mode == Mode.HELD
     assert len(rig.commands) == n
+
+
+def test_places_parse_from_their_file_form_and_print_back() -> None:
+    from edge.swap.inventory import Handling, parse_place
+
+    assert parse_place("slot:S2") == SlotPlace("S2") and str(SlotPlace("S2")) == "slot:S2"
+    assert parse_place("buffer") is Handling.BUFFER and str(Handling.BUFFER) == "buffer"
+    for bad in ("roof", "slot:", "Slot:S2"):
+        with pytest.raises(ValueError, match="unknown place"):
+            parse_place(bad)

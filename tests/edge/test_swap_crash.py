@@ -124,4 +124,4 @@ async def test_kill9_during_every_step_then_restart(tmp_path: Path) -> None:
     inv = Inventory.from_json(frozenset(SLOTS), snap["inventory"])
     assert inv.problems() == []
     check_occupancy(sim, inv)
-    assert inv.get("P-CAR-1") is not None and inv.get("P-CAR-1").place == "slot:S4"  # type: ignore[union-attr]
+    assert inv.get("P-CAR-1") is not None and str(inv.get("P-CAR-1").place) == "slot:S4"  # type: ignore[union-attr]

@@ -55,7 +55,7 @@ async def test_faults_and_recovery_over_modbus(tmp_path: Path) -> None:
         await rig.coord.execute("retry_step", {})
         # e-stop in the middle of the next step
         await rig.events.wait_for(
-            lambda: rig.events.has("swap.step", step="verify", status="started")
+            lambda: rig.events.has("swap.step", step="verify", state="started")
         )
         rig.sim.emergency_stop(True)
         await rig.events.wait_for(lambda: ("safety.emergency_stop", "robot") in rig.alarms.active)
@@ -122,9 +122,7 @@ async def test_plc_offline_holds_and_returns(tmp_path: Path) -> None:
     async with live_rig(tmp_path, speed=50.0) as rig:
         rig.vehicle.arrive()
         await rig.coord.execute("start_swap", rig.vehicle.announcement())
-        await rig.events.wait_for(
-            lambda: rig.events.has("swap.step", step="lift", status="started")
-        )
+        await rig.events.wait_for(lambda: rig.events.has("swap.step", step="lift", state="started"))
         port = rig.sim._server
         assert port is not None
         addr = port.comm_params.source_address
@@ -144,22 +142,33 @@ async def test_plc_offline_holds_and_returns(tmp_path: Path) -> None:
 
 
 async def test_sim_fault_names() -> None:
-    from sim.devices.robot_plc import RobotPlcSim
+    """The simulator takes the fault catalogue's names (sim.faults), and only those."""
+    from sim.devices.robot_plc import FAULT_NAMES, RobotPlcSim
+    from sim.faults import fault_catalogue
 
+    robot = next(d for d in fault_catalogue() if d.device_type == "robot")
+    assert tuple(f.name for f in robot.faults) == FAULT_NAMES
     sim = RobotPlcSim()
-    sim.apply_fault("estop")
+    sim.apply_fault("emergency_stop")
     assert not sim.inputs["estop_chain_healthy"]
-    sim.apply_fault("estop", clear=True)
-    sim.apply_fault("step_fault:rack.store")
-    sim.apply_fault("torque:2")
+    sim.apply_fault("emergency_stop", clear=True)
+    assert sim.inputs["estop_chain_healthy"]
+    sim.apply_fault("step_fault", params={"unit": "rack", "step": "store"})
+    sim.apply_fault("torque_failure", params={"heads": 2})
     assert ("rack", "store") in sim.faults.step_fault and sim.faults.torque_heads == 2
-    sim.apply_fault("stuck", params={"unit": "vehicle", "step": "lock"})
-    sim.apply_fault("torque", params={"heads": 1})
+    sim.apply_fault("stuck_step", params={"unit": "vehicle", "step": "lock"})
+    sim.apply_fault("torque_failure")  # one head by default
     assert ("vehicle", "lock") in sim.faults.stuck and sim.faults.torque_heads == 1
-    with pytest.raises(ValueError, match="unknown fault"):
-        sim.apply_fault("meteor")
-    with pytest.raises(ValueError, match="want stuck"):
-        sim.apply_fault("stuck:rack.fly")
+    sim.apply_fault("stuck_step", clear=True, params={"unit": "vehicle", "step": "lock"})
+    sim.apply_fault("step_fault", clear=True)  # withdraws every pending one
+    assert not sim.faults.stuck and not sim.faults.step_fault
+    for old in ("estop", "torque:2", "stuck", "curtain", "meteor"):
+        with pytest.raises(ValueError, match="unknown fault"):
+            sim.apply_fault(old)
+    with pytest.raises(ValueError, match="no PLC step"):
+        sim.apply_fault("stuck_step", params={"unit": "rack", "step": "fly"})
+    with pytest.raises(ValueError, match="heads"):
+        sim.apply_fault("torque_failure", params={"heads": sim.lock_heads + 1})
 
 
 async def test_journal_failure_stops_the_coordinator_before_the_command(tmp_path: Path) -> None:
@@ -225,3 +234,35 @@ async def test_port_reads_back_the_command_registers(tmp_path: Path) -> None:
         echo = await rig.coord.port.read_commands()  # type: ignore[attr-defined]
         assert echo["vehicle"].seq == 11 and echo["rack"].seq == 4
         assert echo["rack"].step_code == 4 and echo["rack"].arg == 4  # store into S4
+
+
+async def test_a_cancel_swallowed_with_the_plc_answer_still_stops_the_port(
+    tmp_path: Path,
+) -> None:
+    """Python 3.11's asyncio.wait_for (inside pymodbus) can return the answer when our task is
+    cancelled at the moment it arrives, dropping the CancelledError; the port must re-raise it
+    (else the coordinator polls on after the station's stop). The swallow is played here by a
+    request that cancels its own task and absorbs the CancelledError as wait_for does, around a
+    real read from the simulated PLC."""
+    import asyncio
+
+    async with live_rig(tmp_path, speed=100.0) as rig:
+        port = rig.coord.port
+        client = port._client  # type: ignore[attr-defined]
+
+        async def answer_with_the_cancel() -> Any:
+            task = asyncio.current_task()
+            assert task is not None
+            rr = await client.read_input_registers(0, count=1, device_id=1)
+            task.cancel()
+            try:
+                await asyncio.sleep(0)
+            except asyncio.CancelledError:
+                pass  # wait_for on 3.11: the result wins, the cancel is lost
+            return rr
+
+        async def call() -> Any:
+            return await port._call("read status", answer_with_the_cancel)  # type: ignore[attr-defined]
+
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.create_task(call(), name="swallowed-cancel")

@@ -368,11 +368,25 @@ def test_emit_event_checks_type_and_details_and_stores_before_returning(tmp_path
             tel.emit_event("swap.teleported", {})
         with pytest.raises(ValidationError):
             tel.emit_event("swap.failed", {"swap_id": "w1"})  # reason missing
-        assert tel.emit_event("swap.started", SwapStarted(swap_id="w1", lane=2)) == "abc:1"
+        with pytest.raises(ValidationError, match="lane"):
+            SwapStarted(swap_id="w1", lane=2)  # type: ignore[call-arg]  # not in the contract
+        with pytest.raises(ValidationError, match="lane"):
+            tel.emit_event("swap.started", {"swap_id": "w1", "lane": 2})
+        assert tel.emit_event("swap.started", SwapStarted(swap_id="w1", vehicle_id="V1")) == "abc:1"
         assert tel.emit_event("charge.started", {"slot_id": "s1"}) == "abc:2"
         stored = tel.outbox.pending(0)
         assert [orjson.loads(e.details) for e in stored] == [
-            {"swap_id": "w1", "vehicle_id": None, "pack_type": None, "lane": 2},
+            {"swap_id": "w1", "vehicle_id": "V1"}
+            | dict.fromkeys(
+                [
+                    "pack_type",
+                    "announced_pack_id",
+                    "full_pack_id",
+                    "full_slot",
+                    "store_slot",
+                    "soc_pct",
+                ]
+            ),
             {"slot_id": "s1", "pack_id": None},
         ]
     finally:

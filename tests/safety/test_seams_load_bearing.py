@@ -27,6 +27,7 @@ from edge.app.supervisor import Supervisor
 from edge.slot.core import SlotCore
 from edge.slot.service import SlotService
 from edge.swap.coordinator import SwapCoordinator
+from edge.swap.inventory import SlotPlace
 from edge.swap.sequence import SwapSequence
 from sim.devices.pack import Fault
 from tests.edge import station_fixtures
@@ -238,7 +239,7 @@ async def test_dock_known_packs_docking_the_reserved_slot(
     def dock_every_pack(self: SwapRunner, slots: dict[str, SlotService]) -> None:
         inv = self.room.coordinator.core.inventory
         for slot_id, slot in slots.items():
-            if inv.at(f"slot:{slot_id}") is not None:
+            if inv.at(SlotPlace(slot_id)) is not None:
                 slot.dock()
 
     monkeypatch.setattr(SwapRunner, "dock_known_packs", dock_every_pack)

@@ -55,7 +55,7 @@ def slot(slot_id: str, soc: float, power_kw: float, phase: str = "charging") -> 
 
 def robot() -> dict[str, Any]:
     return {
-        "sequence_state": "exchanging",
+        "sequence_state": "running",
         "swap_id": "sw-0007",
         "step": "unlock",
         "axes_mm": {"vehicle": 300.0, "rack": 1200.0},

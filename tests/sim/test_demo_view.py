@@ -119,27 +119,27 @@ def test_swap_outcomes_and_offline_status() -> None:
     assert "station OFFLINE" in text_of(m)
 
 
-def test_swap_events_as_the_swap_sequence_emits_them() -> None:
-    """edge/swap/sequence.py (branch swap) says `status` where the telemetry model says `state`
-    and names the packs full_pack_id / depleted_pack_id: the view takes both."""
+def test_the_view_shows_the_swap_events_the_swap_core_publishes() -> None:
+    """The swap core's events exactly as the outbox stores them (its payload models dumped):
+    the units follow the steps and the completed swap shows its duration and packs."""
+    from tests.edge.swap_fixtures import ANNOUNCED, CoreRig
+
+    rig = CoreRig()
+    rig.vehicle.arrive()
+    rig.start()
+    rig.run(lambda: rig.has("swap.completed"))
     m = ViewModel(ROOT)
-    sw = {"swap_id": "sw-1"}
-    for seq, (etype, details) in enumerate(
-        [
-            ("swap.started", {**sw, "vehicle_id": "TAXI-3", "full_slot": "s02"}),
-            ("swap.step", {**sw, "step": "fetch_full", "unit": "rack", "status": "started"}),
-            ("swap.step", {**sw, "step": "lift", "unit": "vehicle", "status": "done"}),
-            ("swap.step", {**sw, "status": "blocked", "step": "", "missing": ["output_off:s02"]}),
-            ("swap.completed", {**sw, "full_pack_id": "PK-F", "depleted_pack_id": "PK-D"}),
-        ],
-        start=1,
-    ):
-        assert m.ingest(f"{ROOT}/event/{etype.replace('.', '/')}", event(etype, seq, **details))
-    assert (m.units["rack"].step, m.units["rack"].state) == ("fetch_full", "started")
-    assert (m.units["vehicle"].step, m.units["vehicle"].state) == ("lift", "done")
+    for n, (etype, details) in enumerate(rig.published, start=1):
+        msg = {**event(etype, n), "details": details}  # details carry their own `seq`
+        assert m.ingest(f"{ROOT}/event/{etype.replace('.', '/')}", msg)
+    assert m.units["vehicle"].step == "release" and m.units["vehicle"].state == "done"
+    assert m.units["rack"].state == "done"
+    done = rig.published[-1][1]
+    assert done["duration_s"] > 60
     text = text_of(m)
-    assert "waiting for output_off:s02" in text
-    assert "fitted PK-F, stored PK-D" in text
+    assert done["pack_out_id"] == "P-002" and done["pack_in_id"] == ANNOUNCED
+    assert f"done in {done['duration_s']:.0f} s, fitted P-002, stored {ANNOUNCED}" in text
+    assert "in - s" not in text
 
 
 def test_missing_fields_show_a_dash() -> None:

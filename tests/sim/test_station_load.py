@@ -53,9 +53,9 @@ def test_short_bench_prints_its_figures_and_nothing_trips() -> None:
     r = orjson.loads(proc.stdout.decode().strip().splitlines()[-1])
     assert r.keys() >= KEYS
     assert (r["cem"], r["cst"], r["timeouts"], r["modbus_offline"]) == (0, 0, 0, 0), r
-    # Every slot holds a charging pack: CCS reached the packs at about 20 Hz each, the chargers
-    # were polled, and every slot's telemetry went out.
-    assert r["ccs_periods"] > 3 * 20 * 12 * 0.8, r
+    # One full pack (for the vehicle), two charging: CCS reached them at about 20 Hz each, the
+    # chargers were polled, and every slot's telemetry went out.
+    assert r["ccs_periods"] > 2 * 20 * 12 * 0.8, r
     assert 40 < r["ccs_period_p99_ms"] < 200, r
     assert r["modbus_cycles"] > 0 and r["daemon_cpu_pct"] > 0 and r["rss_mb"] > 10, r
     assert r["slots_publishing"] == 4 and r["slot_telemetry_hz"] > 5, r

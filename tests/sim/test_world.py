@@ -252,6 +252,7 @@ async def test_robot_moves_carry_packs_between_seats_and_the_seat_is_the_charger
 ) -> None:
     from sim.devices.charger import ChargerPhysics, ChargerRatings
     from sim.devices.pack import BmsPhase
+    from sim.devices.robot_plc import PlcPlace, RackSlot
     from sim.world import PackSeat, VehicleFlow
 
     cfg = load_config(bench_config(station_copy(tmp_path), tmp_path / "b", bus="virtual"))
@@ -265,7 +266,7 @@ async def test_robot_moves_carry_packs_between_seats_and_the_seat_is_the_charger
     full = world.seats[first].pack
     assert full is not None and full.pack_id == "SIMB-00000001" and full.pack_type == "LFP"
 
-    world._on_move("slot:1", "buffer")  # fetch: off the bus and off the charger
+    world._on_move(RackSlot(1), "buffer")  # fetch: off the bus and off the charger
     assert world.seats[first].pack is None and world.places["buffer"] is full
     assert world.seats[first].pack_voltage_v() == 0.0
     assert world.seats[first].max_current_a() == 0.0
@@ -279,7 +280,12 @@ async def test_robot_moves_carry_packs_between_seats_and_the_seat_is_the_charger
     assert v.announcement()["announced_pack_id"] == v.pack_id
     world.vehicle_at_bay(v)
     n = len(cfg.slots)
-    for src, dst in (("vehicle", "shuttle"), ("shuttle", "stacker"), ("stacker", f"slot:{n}")):
+    moves: list[tuple[PlcPlace, PlcPlace]] = [
+        ("vehicle", "shuttle"),
+        ("shuttle", "stacker"),
+        ("stacker", RackSlot(n)),
+    ]
+    for src, dst in moves:
         world._on_move(src, dst)
     seat = world.seats[last]
     assert seat.pack is not None and seat.pack.pack_id == v.pack_id
