@@ -20,13 +20,11 @@ from drivers.robot.contract import UNITS, RobotStatus, UnitState
 from edge.alarms import AlarmCode
 from edge.swap.choice import NoPackError, choose_pack, choose_store_slot
 from edge.swap.inventory import (
-    HANDLING_PLACES,
     Handling,
     Inventory,
     InventoryError,
     Place,
     SlotPlace,
-    is_valid_place,
 )
 from edge.swap.journal import JournalRecord, RecordKind
 from edge.swap.messages import (
@@ -45,7 +43,6 @@ from edge.swap.messages import (
     PlcStatus,
     RefitOriginal,
     Rejected,
-    ReleaseOutputs,
     RequestAllOutputsOff,
     RequestOutputOff,
     ResetFault,
@@ -66,7 +63,13 @@ from edge.swap.model import (
     Swap,
     SwapKind,
 )
-from edge.swap.recovery import HOLD_ALARMS, plan_refit, retry_steps
+from edge.swap.operator_commands import (
+    correct_inventory,
+    manual,
+    refit_original,
+    reset_fault,
+    retry_step,
+)
 from edge.swap.steps import PlaceSymbol, StepDef, StepGraph
 from edge.telemetry.models import (
     Details,
@@ -83,10 +86,6 @@ from edge.telemetry.models import (
     SwapStarted,
     SwapStep,
 )
-
-
-def _text(place: Place | None) -> str | None:
-    return None if place is None else str(place)
 
 
 def _move_refs(run: StepRun) -> list[MoveRef]:
@@ -168,15 +167,15 @@ class SwapSequence:
             case PackDocked(slot_id=s, identity=ident):
                 self._on_docked(s, ident, out)
             case ResetFault():
-                self._reset_fault(out)
+                reset_fault(self, out)
             case RetryStep():
-                self._retry(now, out)
+                retry_step(self, now, out)
             case RefitOriginal():
-                self._refit(now, out)
+                refit_original(self, now, out)
             case Manual(end=end):
-                self._manual(end, now, out)
+                manual(self, end, now, out)
             case CorrectInventory():
-                self._correct(event, out)
+                correct_inventory(self, event, out)
         self._advance(now, out)
         self._clock(now)
         return out
@@ -943,200 +942,6 @@ class SwapSequence:
         )
         self._request_off(sw.full_slot, out)
         self._request_off(sw.store_slot, out)
-
-    def _require_operable(self) -> Swap:
-        sw = self.swap
-        if sw is None:
-            raise Rejected("no swap in progress")
-        if self.latched:
-            raise Rejected("emergency stop latched: reset-fault first")
-        if not self.plc_online or self.plc is None:
-            raise Rejected("robot PLC offline")
-        return sw
-
-    def _reset_fault(self, out: list[Action]) -> None:
-        if (AlarmCode.ROBOT_PLC_RESTARTED, "robot") in self.alarms and self.plc is not None:
-            # the operator has checked the robot: accept the PLC's counters as they are now
-            self.acked = {u: self.plc.units[u].ack_seq for u in UNITS}
-            self._clear(out, AlarmCode.ROBOT_PLC_RESTARTED, "robot")
-            self._journal(out, RecordKind.PLC_RESTART_ACKNOWLEDGED)
-            self._emit(
-                out,
-                EventType.SWAP_RECOVERY,
-                SwapRecovery(
-                    swap_id=self._swap_id(),
-                    action=RecoveryAction.RESET_FAULT,
-                    cleared=AlarmCode.ROBOT_PLC_RESTARTED,
-                ),
-            )
-            if not self.latched:
-                return
-        if not self.latched:
-            raise Rejected("no emergency-stop latch to reset")
-        if not self.plc_online or self.plc is None:
-            raise Rejected("robot PLC offline: cannot see the emergency-stop chain")
-        if not self.plc.inputs.get("estop_chain_healthy", False):
-            raise Rejected("emergency-stop chain still open")
-        self.latched = False
-        self._clear(out, AlarmCode.SAFETY_EMERGENCY_STOP, "robot")
-        out.append(ReleaseOutputs())
-        self._journal(out, RecordKind.UNLATCHED)
-        self._emit(
-            out,
-            EventType.SWAP_RECOVERY,
-            SwapRecovery(swap_id=self._swap_id(), action=RecoveryAction.RESET_FAULT),
-        )
-        if self.swap is None:
-            self._set_halt(frozenset(), out)
-
-    def _clear_hold_alarms(self, out: list[Action]) -> None:
-        for code, source in sorted(self.alarms):
-            if code in HOLD_ALARMS:
-                self._clear(out, code, source)
-
-    def _retry(self, now: float, out: list[Action]) -> None:
-        sw = self._require_operable()
-        if self.mode != Mode.HELD:
-            raise Rejected(f"swap is {self.mode.value}, not held")
-        assert self.plc is not None
-        if (
-            self.inventory.problems()
-            or (AlarmCode.INVENTORY_INCONSISTENT, "inventory") in self.alarms
-        ):
-            raise Rejected("inventory inconsistent: correct it first")
-        if (AlarmCode.ROBOT_PLC_RESTARTED, "robot") in self.alarms:
-            raise Rejected("robot PLC restarted: check the robot and inventory, then reset-fault")
-        failed = retry_steps(sw, self.plc, self.graph)
-        for sid in failed:
-            sw.runs[sid].status = StepStatus.PENDING
-        for slot in (sw.full_slot, sw.store_slot):
-            sw.off_requested.discard(slot)  # ask again even if an earlier request hangs
-            self._request_off(slot, out)
-        sw.hold = None
-        self.mode = Mode.RUNNING
-        self._clear_hold_alarms(out)
-        if self.halted:
-            self._set_halt(frozenset(), out)
-        self._journal(out, RecordKind.RECOVERY, action=RecoveryAction.RETRY_STEP, steps=failed)
-        self._emit(
-            out,
-            EventType.SWAP_RECOVERY,
-            SwapRecovery(swap_id=sw.swap_id, action=RecoveryAction.RETRY_STEP, steps=failed),
-        )
-
-    def _refit(self, now: float, out: list[Action]) -> None:
-        sw = self._require_operable()
-        if self.mode != Mode.HELD:
-            raise Rejected(f"swap is {self.mode.value}, not held")
-        if sw.kind != SwapKind.SWAP:
-            raise Rejected("already refitting the original pack")
-        assert self.plc is not None
-        if any(sw.runs[s].status == StepStatus.ACTIVE for s in sw.plan) or any(
-            u.state == UnitState.BUSY for u in self.plc.units.values()
-        ):
-            raise Rejected("a step is still running")
-        chain, deps = plan_refit(sw, self.inventory, self.shuttle_at)
-        sw.kind = SwapKind.REFIT
-        sw.plan = chain
-        sw.deps = deps
-        sw.runs = {s: StepRun() for s in chain}
-        sw.blocked = {}
-        sw.hold = None
-        self.mode = Mode.RUNNING
-        self._clear_hold_alarms(out)
-        if self.halted:
-            self._set_halt(frozenset(), out)
-        self._journal(out, RecordKind.RECOVERY, action=RecoveryAction.REFIT_ORIGINAL, steps=chain)
-        self._emit(
-            out,
-            EventType.SWAP_RECOVERY,
-            SwapRecovery(swap_id=sw.swap_id, action=RecoveryAction.REFIT_ORIGINAL, steps=chain),
-        )
-
-    def _manual(self, end: bool, now: float, out: list[Action]) -> None:
-        sw = self.swap
-        if not end:
-            if sw is None:
-                raise Rejected("no swap in progress")
-            if self.mode == Mode.MANUAL:
-                raise Rejected("already in manual mode")
-            for sid in sw.plan:
-                if sw.runs[sid].status == StepStatus.ACTIVE:
-                    sw.runs[sid].status = StepStatus.FAILED
-                    sw.runs[sid].reason = FaultReason.MANUAL
-            self.mode = Mode.MANUAL
-            self._set_halt(frozenset(UNITS), out)
-            self._journal(out, RecordKind.RECOVERY, action=FaultReason.MANUAL)
-            self._emit(
-                out,
-                EventType.SWAP_RECOVERY,
-                SwapRecovery(swap_id=sw.swap_id, action=RecoveryAction.MANUAL),
-            )
-            return
-        if sw is None or self.mode != Mode.MANUAL:
-            raise Rejected("not in manual mode")
-        problems = self.inventory.problems()
-        if problems:
-            raise Rejected(f"inventory inconsistent: {'; '.join(problems)}")
-        busy = [
-            p
-            for p in (Handling.SHUTTLE, Handling.BUFFER, Handling.STACKER)
-            if self.inventory.at(p) is not None
-        ]
-        if busy:
-            raise Rejected(f"packs still recorded at {', '.join(busy)}: correct the inventory")
-        on_vehicle = self.inventory.at(Handling.VEHICLE)
-        if on_vehicle is not None:
-            self.inventory.remove(on_vehicle.pack_id)
-            self._journal(out, RecordKind.PACK_DEPARTED, pack_id=on_vehicle.pack_id)
-        self._clear_hold_alarms(out)
-        self._clear(out, AlarmCode.INVENTORY_INCONSISTENT, "inventory")
-        self.mode = Mode.HELD  # _finish resets to IDLE
-        self._finish(out, now, failed=True, reason=FaultReason.MANUAL)
-
-    def _correct(self, ev: CorrectInventory, out: list[Action]) -> None:
-        # Params before mode rules, as for every command: a bad place is invalid_params always.
-        if ev.place is not None and not is_valid_place(ev.place, self.inventory.slots):
-            raise Rejected(
-                f"unknown place {str(ev.place)!r} (slot:<id>, {', '.join(HANDLING_PLACES)})",
-                "invalid_params",
-            )
-        if self.mode == Mode.RUNNING:
-            raise Rejected("swap running: hold it (fault) or take manual control first")
-        if self.swap is not None and any(
-            self.swap.runs[s].status == StepStatus.ACTIVE for s in self.swap.plan
-        ):
-            raise Rejected("a step is still running")
-        old = self.inventory.get(ev.pack_id)
-        try:
-            self.inventory.set_place(ev.pack_id, ev.place, ev.pack_type)
-        except InventoryError as e:
-            raise Rejected(str(e), "invalid_params") from None
-        self._journal(
-            out,
-            RecordKind.INVENTORY_CORRECTED,
-            pack_id=ev.pack_id,
-            place=_text(ev.place),
-            pack_type=ev.pack_type,
-            previous=_text(old.place if old else None),
-        )
-        self._emit(
-            out,
-            EventType.INVENTORY_CORRECTED,
-            InventoryCorrected(
-                swap_id=self._swap_id(),
-                pack_id=ev.pack_id,
-                place=_text(ev.place),
-                previous=_text(old.place if old else None),
-                source="operator",
-            ),
-        )
-        if not self.inventory.problems():
-            self._clear(out, AlarmCode.INVENTORY_INCONSISTENT, "inventory")
-        for place in {ev.place, old.place if old else None}:
-            if isinstance(place, SlotPlace):
-                self._clear(out, AlarmCode.SWAP_PACK_MISMATCH, place.slot_id)
-                self.awaiting_dock.pop(place.slot_id, None)
 
     def _on_docked(self, slot: str, ident: PackIdentity, out: list[Action]) -> None:
         if slot not in self.slot_numbers:

@@ -65,7 +65,8 @@ class ChargerLoad(Protocol):
         ...
 
     def absorb(self, current_a: float, dt_s: float) -> None:
-        """The charger delivered `current_a` for `dt_s` (physics seconds)."""
+        """The charger delivered `current_a` for `dt_s` (physics seconds). Called every physics
+        step, with 0 A while the output is off, so the load's clock (a pack cooling) runs on."""
         ...
 
 
@@ -171,8 +172,8 @@ class ChargerPhysics:
         if not on:
             self.output_current_a = 0.0  # contactor open: no ramp down
         self.output_voltage_v = v_pack + self.output_current_a * self.internal_ohm if on else 0.0
-        if self.output_current_a > 0:
-            self.load.absorb(self.output_current_a, dt_s)
+        # Every step, 0 A included: a resting pack keeps cooling on the world's clock.
+        self.load.absorb(max(0.0, self.output_current_a), dt_s)
         steady = self.ambient_c + self.heat_c_per_kw * self.output_power_kw
         self.temperature_c += (steady - self.temperature_c) * min(1.0, dt_s / self.thermal_tau_s)
 

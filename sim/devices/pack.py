@@ -86,7 +86,9 @@ class PackSpec:
     vin: str = ""
     cycle_count: int = 0
     thermal_mass_j_per_k: float = 150_000.0
-    cooling_w_per_k: float = 40.0
+    # The rack's liquid cooling loop: about 5 kW at 20 K over ambient, so a resting pack is
+    # back near ambient (time constant 10 min) within world-minutes.
+    cooling_w_per_k: float = 250.0
 
     @property
     def max_cell_voltage_v(self) -> float:

@@ -71,3 +71,41 @@ def test_external_charger_drives_the_pack_and_bcs_reports_it() -> None:
     model.apply_current(delivered, 1.0)
     assert core._measured_current_a() == pytest.approx(250.0)
     assert model.soc_pct > 40.0
+
+
+def test_rack_cooling_runs_on_the_world_clock_while_the_charger_is_off() -> None:
+    """The charger's physics step is the seated pack's clock: with the output off a hot pack
+    cools toward ambient in world-minutes (not only while current flows)."""
+    from sim.devices.charger import ChargerPhysics, ChargerRatings
+
+    class Seat:  # the pack in its rack slot, as sim.world.PackSeat wires it
+        def __init__(self, model: PackModel) -> None:
+            self.model = model
+
+        def pack_voltage_v(self) -> float:
+            return self.model.voltage_v
+
+        def max_current_a(self) -> float:
+            return self.model.max_current_a
+
+        def absorb(self, current_a: float, dt_s: float) -> None:
+            self.model.apply_current(current_a, dt_s / self.model.speed)
+
+    m = PackModel(PackSpec(soc_pct=95.0, temperature_c=47.0, ambient_c=25.0), speed=50.0)
+    ph = ChargerPhysics(load=Seat(m), ratings=ChargerRatings(max_current_a=250, max_power_kw=60))
+    assert not ph.enabled
+    for _ in range(20 * 60):  # 20 world-minutes in 1 s physics steps, output off
+        ph.step(1.0)
+    assert ph.output_current_a == 0.0
+    assert m.soc_pct == 95.0
+    assert m.temperature_c < 30.0  # was 47: the swap limit (45) is met long before
+    assert m.temperature_c > 25.0  # Newton cooling: approaches ambient, never below
+
+
+def test_charging_heat_is_carried_away_by_the_rack() -> None:
+    """At the rack charger's 60 kW (about 160 A) the pack settles well inside its limits."""
+    m = PackModel(PackSpec(soc_pct=10.0, target_soc_pct=100.0))
+    for _ in range(3600):
+        m.apply_current(160.0, 1.0)
+        m.soc_pct = 50.0  # hold the SOC: only the thermal balance is under test
+    assert 25.0 < m.temperature_c < 40.0
