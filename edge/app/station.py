@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +27,12 @@ from edge.operator.ctl import CtlServer
 from edge.operator.service import CommandService
 from edge.operator.signatures import Verifier, load_keys
 from edge.operator.timesync import ClockWatch
-from edge.scheduler.core import Allocation, Scheduler
+from edge.scheduler.core import Allocation, Scheduler, SlotInput
 from edge.scheduler.policies import make_policy
 from edge.scheduler.service import SchedulerService
 from edge.slot.service import SlotService
 from edge.state import GridState, StationState
-from edge.swap.choice import SlotView
+from edge.swap.choice import SlotView, within_handover_window
 from edge.swap.inventory import SlotPlace
 from edge.swap.messages import PackIdentity
 from edge.swap.service import SwapRoom, build_swap
@@ -300,10 +300,19 @@ def build_station(
                 slot.set_grant(g.power_kw)  # grid-side; the slot converts it (edge.power)
         hub.allocation(alloc)
 
+    def scheduler_inputs() -> list[SlotInput]:
+        # The reserve counts only packs the swap could hand over (temperature, health); the
+        # window is the swap room's, read when the scheduler runs (the room is built below).
+        window = room.graph.model.pack_choice
+        return [
+            replace(s.slot_input(), handover_ok=within_handover_window(s.slot_view(False), window))
+            for s in slots.values()
+        ]
+
     scheduler = SchedulerService(
         Scheduler(config.grid, make_policy(config.grid.policy)),
         scheduler_clock or clock,  # the demo's world clock: plans in world time
-        lambda: [s.slot_input() for s in slots.values()],
+        scheduler_inputs,
         apply_allocation,
     )
 

@@ -66,6 +66,9 @@ class SlotInput:
     docked_at_s: float = 0.0  # monotonic time the pack docked (first docked, first served)
     bidirectional: bool = False
     capacity_kwh: float = 70.0
+    # The pack is within the swap's hand-over window apart from its SOC (temperature, health):
+    # a full pack too hot to hand over is no reserve for the next vehicle.
+    handover_ok: bool = True
 
     # Derived once (the allocation reads them many times).
     charge_limit_kw: float = field(init=False, default=0.0)
@@ -158,8 +161,13 @@ def is_ready(slot: SlotInput, ready_soc_pct: float) -> bool:
 
 
 def count_ready(slots: Sequence[SlotInput], ready_soc_pct: float) -> int:
+    """Packs a vehicle could be given now: the reserve."""
     r = ready_soc_pct - 1e-9
-    return sum(1 for s in slots if s.available and s.soc_pct is not None and s.soc_pct >= r)
+    return sum(
+        1
+        for s in slots
+        if s.available and s.handover_ok and s.soc_pct is not None and s.soc_pct >= r
+    )
 
 
 class Scheduler:

@@ -55,6 +55,15 @@ def _refusal(v: SlotView, pack_type: str, policy: PackChoice, inv: Inventory) ->
     return None
 
 
+def within_handover_window(v: SlotView, policy: PackChoice) -> bool:
+    """Temperature and health allow handing this pack over (its SOC aside): what the scheduler
+    counts as reserve."""
+    return (
+        v.soh_pct >= policy.soh_min_pct
+        and policy.temperature_min_c <= v.temperature_c <= policy.temperature_max_c
+    )
+
+
 def choose_pack(
     slots: Sequence[SlotView], pack_type: str, policy: PackChoice, inv: Inventory
 ) -> SlotView:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -143,6 +144,18 @@ def test_smart_holds_at_peak_when_reserve_is_met_and_charges_in_the_valley() -> 
     assert night.power_kw("s10") == 60.0  # valley: top everything up
     assert night.grid_mode is GridMode.CHARGE
     assert "cheapest tariff" in night.grid_reason
+
+
+def test_full_packs_too_hot_to_hand_over_are_no_reserve() -> None:
+    # The same peak hour, but the ten full packs are outside the swap's temperature window:
+    # they cannot be given to a vehicle, so the reserve is not met and the rest charges.
+    cfg = grid_config(swap_forecast_per_hour=[1] * 24)
+    hot = [dataclasses.replace(p, handover_ok=False) for p in _packs([92] * 10)]
+    packs = [*hot, _packs([92] * 10 + [30])[-1]]
+    alloc = Scheduler(cfg, SmartPolicy()).allocate(Instant(0, 13.5 * 3600), packs)
+    assert alloc.power_kw("s10") > 0.0
+    cool = Scheduler(cfg, SmartPolicy()).allocate(Instant(0, 13.5 * 3600), _packs([92] * 10 + [30]))
+    assert cool.power_kw("s10") == 0.0
 
 
 def test_dispatch_lease_applies_at_once_and_reverts_when_it_ends() -> None:
