@@ -263,7 +263,9 @@ async def _restart_with_the_charger_still_on(tmp_path: Path) -> str | None:
             ch01.physics.current_limit_a = 100.0
             ch01.physics.enabled = True
             ch01.physics.output_current_a = 100.0  # delivering already, not ramping up
-            ch01._wd_fed_at = ch01._clock.monotonic()  # fed by the daemon just killed
+            # Fed by the daemon just killed, 2 s ago: its watchdog cuts it ~3 s into the restart,
+            # inside the swap's 5 s wait for the off (equal bounds made the outcome a race).
+            ch01._wd_fed_at = ch01._clock.monotonic() - 2.0
             ch01.apply_fault("stuck_output", True)
             yield sims
 
