@@ -101,16 +101,24 @@ def retry_step(seq: SwapSequence, now: float, out: list[Action]) -> None:
     for slot in (sw.full_slot, sw.store_slot):
         sw.off_requested.discard(slot)  # ask again even if an earlier request hangs
         seq._request_off(slot, out)
+    _resume(seq, sw, RecoveryAction.RETRY_STEP, failed, out)
+
+
+def _resume(
+    seq: SwapSequence, sw: Swap, action: RecoveryAction, steps: list[str], out: list[Action]
+) -> None:
+    """A held swap runs again (retry or refit): hold and halt lifted, the recovery journalled
+    and published."""
     sw.hold = None
     seq.mode = Mode.RUNNING
     _clear_hold_alarms(seq, out)
     if seq.halted:
         seq._set_halt(frozenset(), out)
-    seq._journal(out, RecordKind.RECOVERY, action=RecoveryAction.RETRY_STEP, steps=failed)
+    seq._journal(out, RecordKind.RECOVERY, action=action, steps=steps)
     seq._emit(
         out,
         EventType.SWAP_RECOVERY,
-        SwapRecovery(swap_id=sw.swap_id, action=RecoveryAction.RETRY_STEP, steps=failed),
+        SwapRecovery(swap_id=sw.swap_id, action=action, steps=steps),
     )
 
 
@@ -131,17 +139,7 @@ def refit_original(seq: SwapSequence, now: float, out: list[Action]) -> None:
     sw.deps = deps
     sw.runs = {s: StepRun() for s in chain}
     sw.blocked = {}
-    sw.hold = None
-    seq.mode = Mode.RUNNING
-    _clear_hold_alarms(seq, out)
-    if seq.halted:
-        seq._set_halt(frozenset(), out)
-    seq._journal(out, RecordKind.RECOVERY, action=RecoveryAction.REFIT_ORIGINAL, steps=chain)
-    seq._emit(
-        out,
-        EventType.SWAP_RECOVERY,
-        SwapRecovery(swap_id=sw.swap_id, action=RecoveryAction.REFIT_ORIGINAL, steps=chain),
-    )
+    _resume(seq, sw, RecoveryAction.REFIT_ORIGINAL, chain, out)
 
 
 def manual(seq: SwapSequence, end: bool, now: float, out: list[Action]) -> None:
