@@ -78,7 +78,12 @@ async def test_a_refused_voltage_write_does_not_lose_a_later_current_reduction(
     async with running_station(mini_config(tmp_path, 1), soc_pct=40.0) as w:
         sim, st = w.chargers["ch01"], w.station
         await charging(w)
-        assert (sim.get("current_limit_a") or 0.0) > 20.0
+        await wait_for(lambda: float(sim.get("current_limit_a") or 0.0) > 100.0, 10)
+        # Wide deadbands make the reduction the only request: no ramp step before it uses up the
+        # refusals, no setpoint drift after it (pack voltage moving the 4 kW current) carries it
+        # in its place. Without them a loaded machine let a broken writer pass this test.
+        core = st.slots["s01"].core
+        core.current_deadband_a, core.voltage_deadband_v = 50.0, 50.0
         sim.apply_fault("refuse_write:voltage_setpoint_v", True, 2)
         until = datetime.now(UTC) + timedelta(minutes=5)
         await st.commands.set_power_limit(SetPowerLimitParams(power_kw=4.0, valid_until=until))
