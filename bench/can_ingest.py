@@ -39,6 +39,7 @@ from drivers.can.config import CanBusConfig  # noqa: E402
 from drivers.can.events import ChargeRequest, Phase, SessionEvent  # noqa: E402
 from drivers.can.runner import ChargerLink  # noqa: E402
 from drivers.can.session import ChargerLimits, ChargerMeasurements, SessionTimers  # noqa: E402
+from sim.ports import free_port  # noqa: E402
 
 LIMITS = ChargerLimits(max_voltage_v=750.0, min_voltage_v=150.0, max_current_a=250.0)
 C = default_codec()
@@ -231,9 +232,7 @@ def private_broker() -> Iterator[int]:
     import tempfile
 
     exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    with socket.socket() as sk:
-        sk.bind(("127.0.0.1", 0))
-        port = int(sk.getsockname()[1])
+    port = free_port()
     with tempfile.TemporaryDirectory() as d:
         conf = Path(d) / "m.conf"
         user = "user root\n" if os.geteuid() == 0 else ""

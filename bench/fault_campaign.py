@@ -22,6 +22,7 @@ import json
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,16 @@ from tests.conftest import Broker  # noqa: E402
 from tests.safety.harness import one_schedule, replay_command  # noqa: E402
 
 HERE = Path(__file__).resolve()
+
+
+def describe(e: BaseException) -> str:
+    """Every leaf of an exception (group) with the frame that raised it: a harness error on a
+    loaded CI machine must be diagnosable from the printed line alone."""
+    if isinstance(e, BaseExceptionGroup):
+        return "; ".join(describe(x) for x in e.exceptions)
+    tb = traceback.extract_tb(e.__traceback__)
+    where = f" at {Path(tb[-1].filename).name}:{tb[-1].lineno} in {tb[-1].name}" if tb else ""
+    return f"{type(e).__name__}: {e}{where}"
 
 
 async def run_seeds(args: argparse.Namespace, seeds: list[int], report: Any) -> None:
@@ -55,7 +66,7 @@ async def run_seeds(args: argparse.Namespace, seeds: list[int], report: Any) -> 
                         slots=args.slots,
                     )
                 except Exception as e:  # noqa: BLE001 - one broken run must not end the campaign
-                    res["error"] = f"{type(e).__name__}: {e}"
+                    res["error"] = describe(e)
                 else:
                     res.update(
                         faults=out.injected,

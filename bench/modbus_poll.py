@@ -16,7 +16,6 @@ import asyncio
 import json
 import os
 import resource
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from pymodbus.client import AsyncModbusTcpClient  # noqa: E402
 
 from drivers.core.clock import SystemClock  # noqa: E402
 from drivers.modbus import DeviceState, ModbusNetwork, ModbusTcpEndpoint  # noqa: E402
+from sim.ports import LoopbackPorts  # noqa: E402
 from tests.doubles import RecordingAlarmSink  # noqa: E402
 
 # The robot-PLC stand-in: a map of the bench's own (status words incl. the interlock inputs
@@ -60,15 +60,11 @@ watchdog: {point: heartbeat, period_s: 1.0, timeout_s: 5.0}
 
 
 def free_ports(n: int) -> list[int]:
-    socks, ports = [], []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
-    return ports
+    ports = LoopbackPorts()
+    try:
+        return [ports.take() for _ in range(n)]
+    finally:
+        ports.close()
 
 
 async def serve(spec_file: str) -> None:

@@ -49,6 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from sim.benchcfg import bench_config  # noqa: E402
+from sim.ports import free_port  # noqa: E402
 
 STATION = "load-01"
 PREFIX = "swapstation/v1"
@@ -100,12 +101,6 @@ def make_config(tmp: Path, slots: int, mqtt_port: int) -> Path:
 
 
 # ---- processes ------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def before_exec(cpus: set[int] | None, nice: int) -> Callable[[], None] | None:

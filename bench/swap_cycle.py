@@ -33,6 +33,7 @@ from edge.swap.journal import Journal  # noqa: E402
 from edge.swap.messages import PackIdentity  # noqa: E402
 from edge.swap.steps import load_step_graph  # noqa: E402
 from edge.telemetry.models import Details  # noqa: E402
+from sim.ports import free_port  # noqa: E402
 from tests.doubles import RecordingAlarmSink  # noqa: E402
 
 SLOTS = {f"s{n:02d}": n for n in range(1, 13)}
@@ -125,8 +126,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     graph = load_step_graph(contract=contract)
     critical_s, _ = graph.critical_path(args.speed)
     occupied = list(range(1, 9))
-    with socket_port() as tcp:
-        pass  # a free port; the simulator binds it
+    tcp = free_port()  # the simulator binds it
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -226,18 +226,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "plc_polls_per_swap": statistics.median(polls),
         "poll_period_s": args.poll_s,
     }
-
-
-class socket_port:
-    def __enter__(self) -> int:
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return int(s.getsockname()[1])
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def main() -> int:

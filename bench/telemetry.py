@@ -30,6 +30,8 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from sim.ports import free_port  # noqa: E402
+
 STATION = "bench-01"
 ROOT = f"swapstation/v1/{STATION}"
 
@@ -138,12 +140,6 @@ class Sub:
 
 
 # ---- broker -----------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_broker(d: Path, port: int) -> subprocess.Popen[bytes]:

@@ -9,7 +9,6 @@ loads it through the ordinary config loader.
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,25 +16,7 @@ import yaml
 
 from drivers.core.datafile import read_yaml
 from drivers.core.resources import is_builtin
-
-
-class LoopbackPorts:
-    """Free loopback ports, all different: each stays bound until close(), so the kernel cannot
-    hand the same ephemeral port out twice while one config is being written."""
-
-    def __init__(self) -> None:
-        self._held: list[socket.socket] = []
-
-    def take(self) -> int:
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        s.bind(("127.0.0.1", 0))
-        self._held.append(s)
-        return int(s.getsockname()[1])
-
-    def close(self) -> None:
-        for s in self._held:
-            s.close()
-        self._held.clear()
+from sim.ports import LoopbackPorts
 
 
 def bench_config(

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator
@@ -23,6 +22,7 @@ from typing import Any, Self
 from urllib.parse import urlsplit
 
 from drivers.core.log import get_logger
+from sim.ports import free_port
 
 LOOPBACK = "127.0.0.1"
 _log = get_logger("sim.broker")
@@ -182,12 +182,6 @@ def mosquitto_binary() -> str | None:
     return found
 
 
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
 class MosquittoBroker(_Broker):
     """A private Mosquitto process on a loopback port, its config and log in a temp directory."""
 
@@ -208,7 +202,7 @@ class MosquittoBroker(_Broker):
         binary = mosquitto_binary()
         if binary is None:
             raise BrokerError("mosquitto is not installed (apt-get install mosquitto)")
-        self._port = self._port or _free_port(self._host)
+        self._port = self._port or free_port(self._host)
         self._dir = tempfile.TemporaryDirectory(prefix="swapd-mosquitto-")
         workdir = Path(self._dir.name)
         log = workdir / "mosquitto.log"

@@ -15,14 +15,9 @@ from typing import Any
 
 import pytest
 
+from sim.ports import free_port as free_port  # one lease registry for every test port
 from tests.doubles import ManualClock
 from tests.release_fixtures import release  # noqa: F401  (session fixture: the installed wheel)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ from pymodbus.client import AsyncModbusTcpClient
 
 from edge.config import load_config
 from edge.slot.core import SlotState
-from sim.benchcfg import LoopbackPorts
 from sim.devices.charger import ChargerSimSpec, run_charger_sims
+from sim.ports import LoopbackPorts
 from tests.conformance.gbt_bms import BmsPeerConfig
 from tests.conformance.generic_peer import GenericPeer
 from tests.conformance.rig import conformance_station

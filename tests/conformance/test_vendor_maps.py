@@ -291,7 +291,7 @@ async def test_device_owner_on_a_write_only_block(tmp_path: Path) -> None:
 
     from drivers.core.clock import SystemClock
     from drivers.modbus import ModbusDevice, ModbusLink
-    from sim.benchcfg import LoopbackPorts
+    from sim.ports import LoopbackPorts
     from tests.doubles import RecordingAlarmSink
 
     ports = LoopbackPorts()

@@ -13,10 +13,10 @@ from drivers.can.config import CanBusConfig
 from drivers.core.clock import SystemClock
 from edge.app.station import Station, build_station
 from edge.config import StationConfig, load_config
-from sim.benchcfg import LoopbackPorts
 from sim.devices.charger import ChargerSim, run_charger_sims, spec_from_endpoint
 from sim.devices.pack import BmsCore, BmsPhase, PackModel, PackSpec, SimPack
 from sim.devices.robot_plc import RobotPlcSim
+from sim.ports import LoopbackPorts
 
 ROOT = Path(__file__).resolve().parents[2]
 
