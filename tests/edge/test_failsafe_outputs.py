@@ -322,10 +322,12 @@ async def test_a_crashing_modbus_service_does_not_replay_the_wanted_output(tmp_p
                 await asyncio.sleep(0.005)
 
         sampler = asyncio.create_task(sample())
-        dev._clock = Boom()  # type: ignore[assignment]
-        await wait_for(lambda: w.station.supervisor.restarts("modbus") == 1, 5)
-        await wait_for(lambda: bool(seen_off), 6)
-        sampler.cancel()
+        try:
+            dev._clock = Boom()  # type: ignore[assignment]
+            await wait_for(lambda: w.station.supervisor.restarts("modbus") == 1, 5)
+            await wait_for(lambda: bool(seen_off), 6)
+        finally:
+            sampler.cancel()
         # held off until a read after a new off command confirmed it, then charging resumes
         await charging(w)
         assert not w.station.alarms.is_active("charger.output_off_unconfirmed", "s01")

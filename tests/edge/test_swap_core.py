@@ -493,6 +493,31 @@ def test_output_off_failure_holds_and_retry_asks_again() -> None:
     assert rig.has("swap.completed")
 
 
+def test_a_step_back_into_a_slot_needs_a_fresh_output_off() -> None:
+    """Issue 12 item 3: `fetch_full` used up S2's output-off confirmation. Putting the pack back
+    into S2 (refit) asks for the off again and commands nothing into S2 before a new
+    confirmation: the slot may have been energised since the first one."""
+    from edge.swap.messages import SlotOutputOff
+
+    rig = CoreRig(auto_outputs=False)
+    rig.vehicle.arrive()
+    rig.sim.inject_step_fault("vehicle", "unlock")
+    rig.start()
+    assert rig.pending_outputs == ["S2", "S4"]
+    for slot in rig.pending_outputs:
+        rig.feed(SlotOutputOff(slot))
+    rig.pending_outputs.clear()
+    rig.run(lambda: rig.core.mode == Mode.HELD and rig.place("P-002") == "buffer")
+    rig.feed(RefitOriginal())
+    t_wait = rig.clock.monotonic() + 60
+    rig.run(lambda: rig.clock.monotonic() >= t_wait, dt=1.0)
+    assert "refit_put_back" not in rig.commanded()  # the PLC was never sent into S2
+    assert rig.pending_outputs == ["S2"]  # asked afresh
+    rig.auto_outputs = True
+    rig.run(lambda: completed(rig))
+    assert "refit_put_back" in rig.commanded() and rig.place("P-002") == "slot:S2"
+
+
 def test_vehicle_never_lowered_unless_pack_locked_or_clear() -> None:
     rig = CoreRig()
     rig.vehicle.arrive()

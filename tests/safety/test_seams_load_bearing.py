@@ -22,8 +22,9 @@ from _pytest.outcomes import Failed
 
 from drivers.modbus.device import ModbusDevice
 from drivers.modbus.errors import ModbusError
+from edge.app import station as station_module
 from edge.app.station import SwapRunner
-from edge.app.supervisor import Supervisor
+from edge.app.supervisor import Supervisor, Task
 from edge.slot.core import SlotCore
 from edge.slot.service import SlotService
 from edge.swap.coordinator import SwapCoordinator
@@ -212,7 +213,32 @@ async def test_enable_allowed_allowing_anything(monkeypatch: pytest.MonkeyPatch)
     assert b is not None and "outputs(acts)" in b.line, b
 
 
+async def test_modbus_service_without_fail_safe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Modbus network service's fail-safe (`modbus_service`: every device stops feeding and
+    forgets its wanted setpoints, every slot is held off until a fresh read confirms it) does
+    nothing: the restarted network feeds the chargers and replays their setpoints, and the
+    charger is never seen off."""
+    monkeypatch.setattr(
+        station_module, "modbus_service", lambda network, slots: Task("modbus", network.run)
+    )
+    b = await broken(
+        outputs.test_a_crashing_modbus_service_does_not_replay_the_wanted_output, tmp_path
+    )
+    assert b is not None and "seen_off" in b.line, b  # sampled from the charger's registers
+
+
 # ---- item 3: a reserved slot is never energised ---------------------------------------------
+
+
+def test_consume_off_confirmations_keeping_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`SwapSequence.consume_off_confirmations` keeps a slot's output-off confirmation after a
+    step touched the slot: the refit puts the pack back into its slot on the confirmation taken
+    before the fetch, and the PLC is sent into a slot nobody checked since."""
+    monkeypatch.setattr(SwapSequence, "consume_off_confirmations", lambda self, st: None)
+    b = broken_sync(swap_core.test_a_step_back_into_a_slot_needs_a_fresh_output_off)
+    assert b is not None and "rig.commanded()" in b.line, b  # the PLC's own commands
 
 
 async def test_inhibit_ignoring_the_swap_reservation(monkeypatch: pytest.MonkeyPatch) -> None:
