@@ -11,14 +11,18 @@ command that replays it. Station time runs at wall-clock rate (the GB/T and Modb
 invariants are about are real-time in the daemon, see docs/safety.md, "Fault campaign"), so a
 long campaign runs `--jobs` schedules at once, each in its own worker process with its own
 station, broker, ports and state directory. `--max-wall` stops handing out schedules after that
-many seconds; the totals then say how many ran.
+many seconds; the totals then say how many ran. SIGTERM or Ctrl-C stops it the same way at
+once: the schedules running are abandoned (their stations, brokers and daemons stopped), the
+totals of those that finished are printed.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import signal
 import sys
 import tempfile
 import time
@@ -155,6 +159,17 @@ async def run_parallel(args: argparse.Namespace, seeds: list[int], totals: Total
         )
         assert proc.stdin is not None and proc.stdout is not None
         try:
+            await _serve(proc)
+        except asyncio.CancelledError:
+            if proc.returncode is None:
+                proc.terminate()  # the worker stops its station and broker
+            raise
+        finally:
+            await proc.wait()
+
+    async def _serve(proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
             while queue and (args.max_wall is None or time.monotonic() - t0 < args.max_wall):
                 seed = queue.pop(0)
                 proc.stdin.write(f"{seed}\n".encode())
@@ -166,7 +181,6 @@ async def run_parallel(args: argparse.Namespace, seeds: list[int], totals: Total
                 totals.add(json.loads(line))
         finally:
             proc.stdin.close()
-            await proc.wait()
 
     await asyncio.gather(*(job() for _ in range(args.jobs)))
 
@@ -192,14 +206,37 @@ async def main_async(args: argparse.Namespace) -> int:
     totals = Totals(args.in_process)
     seeds = list(range(args.seed, args.seed + args.runs))
     t0 = time.monotonic()
-    if args.jobs > 1:
-        await run_parallel(args, seeds, totals)
-    else:
-        for seed in seeds:
-            if args.max_wall is not None and time.monotonic() - t0 >= args.max_wall:
-                break
-            await run_seeds(args, [seed], totals.add)
+    try:
+        if args.jobs > 1:
+            await run_parallel(args, seeds, totals)
+        else:
+            for seed in seeds:
+                if args.max_wall is not None and time.monotonic() - t0 >= args.max_wall:
+                    break
+                await run_seeds(args, [seed], totals.add)
+    except asyncio.CancelledError:
+        print("\nstopped: the schedules running were abandoned", flush=True)
     return totals.summary(time.monotonic() - t0, args.jobs)
+
+
+def _cancel_on_signals() -> None:
+    """SIGTERM and SIGINT cancel the main task, so every `finally` (brokers, daemons) runs."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+
+
+async def _main(args: argparse.Namespace) -> int:
+    _cancel_on_signals()
+    return await main_async(args)
+
+
+async def _worker(args: argparse.Namespace) -> None:
+    _cancel_on_signals()
+    with contextlib.suppress(asyncio.CancelledError):
+        await worker(args)
 
 
 def main() -> int:
@@ -218,10 +255,10 @@ def main() -> int:
     if args.worker:
         # the figures go to the parent as JSON on stdout; the logs stay quiet
         configure_logging(level="error")
-        asyncio.run(worker(args))
+        asyncio.run(_worker(args))
         return 0
     configure_logging(level="warning")  # the figures on stdout; the daemon logs to its file
-    return asyncio.run(main_async(args))
+    return asyncio.run(_main(args))
 
 
 if __name__ == "__main__":
