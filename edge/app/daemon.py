@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import fcntl
 import os
 import signal
@@ -26,6 +27,9 @@ from edge.statefiles import StateFileError
 def run_daemon(config_path: str, sim_speed: float | None = None) -> int:
     configure_logging()
     log = get_logger("daemon")
+    # `kill -USR2 PID` writes every thread's stack to stderr (the journal): what a daemon that
+    # does not stop or answer is waiting for, without stopping it.
+    faulthandler.register(signal.SIGUSR2, all_threads=True)
     try:
         config = load_config(config_path)
     except DataFileError as e:

@@ -156,15 +156,18 @@ class ProcessDaemon:
             )
         self.starts += 1
         sock = Path(self.cfg.station.ctl_socket)
-        async with asyncio.timeout(30):
-            while True:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"daemon exited at start: {self.proc.returncode}")
-                if sock.exists():
-                    with contextlib.suppress(OSError):
-                        await asyncio.to_thread(request, str(sock), "status", {}, 2.0)
-                        return
-                await asyncio.sleep(0.1)
+        try:
+            async with asyncio.timeout(30):
+                while True:
+                    if self.proc.poll() is not None:
+                        raise RuntimeError(f"daemon exited at start: {self.proc.returncode}")
+                    if sock.exists():
+                        with contextlib.suppress(OSError):
+                            await asyncio.to_thread(request, str(sock), "status", {}, 2.0)
+                            return
+                    await asyncio.sleep(0.1)
+        except TimeoutError:
+            raise TimeoutError(f"no ctl answer 30 s after start; {await self.stacks()}") from None
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -183,7 +186,19 @@ class ProcessDaemon:
             return None
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
-        return await self._wait(20)
+        try:
+            return await self._wait(20)
+        except TimeoutError:
+            raise TimeoutError(f"still running 20 s after SIGTERM; {await self.stacks()}") from None
+
+    async def stacks(self) -> str:
+        """The daemon's thread stacks (SIGUSR2, faulthandler) and its log's last lines."""
+        if self.alive():
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGUSR2)
+            await asyncio.sleep(1.0)
+        lines = self.log.read_text(errors="replace").splitlines()[-60:]
+        return "daemon log tail:\n" + "\n".join(lines)
 
     async def kill(self) -> int | None:
         if not self.alive():
