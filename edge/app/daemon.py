@@ -99,8 +99,13 @@ async def _main(config_path: str, config: object, sim_speed: float | None = None
     sched_clock = ScaledClock(sim_speed) if sim_speed is not None and sim_speed != 1.0 else None
     station = build_station(config, SystemClock(), scheduler_clock=sched_clock)
     loop = asyncio.get_running_loop()
+    # A stop must end: if the process still runs this long after the first signal, every
+    # thread's stack goes to stderr (the journal) and it exits 1, before systemd's SIGKILL
+    # (TimeoutStopSec=20) would leave no trace of what it waited for.
+    forced_exit_s = config.station.stop_deadline_s + 10.0
+    armed: list[bool] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, _on_signal, station, sig)
+        loop.add_signal_handler(sig, _on_signal, station, sig, forced_exit_s, armed)
     probe = _perf_probe(station)
     gc_tuned = tune_gc()  # after the station is built: its object graph is frozen
     log.info(
@@ -133,9 +138,14 @@ def _perf_probe(station: object) -> PerfProbe | None:
     return probe
 
 
-def _on_signal(station: object, sig: signal.Signals) -> None:
+def _on_signal(
+    station: object, sig: signal.Signals, forced_exit_s: float, armed: list[bool]
+) -> None:
     from edge.app.station import Station
 
     assert isinstance(station, Station)
     get_logger("daemon").info("signal received; stopping", signal=sig.name)
+    if not armed:  # the first signal sets the deadline; a second one does not move it
+        armed.append(True)
+        faulthandler.dump_traceback_later(forced_exit_s, exit=True)
     station.stop()

@@ -271,3 +271,43 @@ def test_daemon_ready_watchdog_and_sigterm(tmp_path: Path) -> None:
     assert ready_s < 10.0
     assert out == b""  # stdout is for results only; logs go to stderr
     assert b'"component":"station"' in err
+
+
+def test_a_stop_that_hangs_dumps_the_stacks_and_exits(tmp_path: Path) -> None:
+    """A daemon whose stop never ends (here `Station.stop` does nothing) exits 1 on its own at
+    the stop deadline + 10 s, every thread's stack in its log: systemd's SIGKILL at
+    TimeoutStopSec would leave no trace of what it waited for."""
+    cfg = station_copy(tmp_path, {"stop_deadline_s: 5": "stop_deadline_s: 1"})
+    sock_path = str(tmp_path / "notify.sock")
+    script = (
+        "import sys\n"
+        "from edge.app.station import Station\n"
+        "Station.stop = lambda self: None\n"
+        "from edge.app.daemon import run_daemon\n"
+        f"sys.exit(run_daemon({str(cfg)!r}))\n"
+    )
+    with _dgram(sock_path) as rx:
+        rx.settimeout(30)
+        env = {**os.environ, "NOTIFY_SOCKET": sock_path}
+        proc = subprocess.Popen(
+            [sys.executable, "-c", script],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            got: list[str] = []
+            while "READY=1" not in "\n".join(got):
+                got.append(rx.recv(4096).decode())
+            proc.send_signal(signal.SIGTERM)
+            t0 = time.monotonic()
+            rc = proc.wait(timeout=30)
+            took_s = time.monotonic() - t0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            _, err = proc.communicate()
+    assert rc == 1
+    assert 10.5 <= took_s < 20.0  # 1 s deadline + 10 s, before TimeoutStopSec=20
+    assert b"Timeout (0:00:11)!" in err and b"most recent call first" in err

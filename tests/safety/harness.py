@@ -475,6 +475,8 @@ async def _apply(c: Composed, f: FaultEvent, out: Outcome) -> Callable[[], Any] 
         code = await (c.daemon.kill() if f.fault == "kill" else c.daemon.sigterm())
         if f.fault == "sigterm" and code not in (0, None):
             out.violations.append(f"I4 daemon: SIGTERM exit code {code}, want 0")
+            if isinstance(c.daemon, ProcessDaemon):
+                out.notes.append(f"{f}: exit {code}; {await c.daemon.stacks()}")
         await _restart(c, out, f.fault)
         return None
     raise ValueError(f"unknown fault {f}")
