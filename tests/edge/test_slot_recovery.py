@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from edge.config import load_config
 from edge.slot.core import SlotState
-from sim.devices.charger import ChargerSim
+from sim.devices.charger import ChargerSim, run_charger_sims, spec_from_endpoint
 from sim.devices.pack import BmsPhase, Fault
 from tests.edge.station_fixtures import World, mini_config, running_station, wait_for
 
@@ -124,3 +125,46 @@ async def test_a_bms_lost_latch_survives_a_charger_outage(tmp_path: Path) -> Non
         assert pack.core.counters.handshakes == handshakes
         assert slot.core.state is SlotState.UNAVAILABLE
         assert st.alarms.is_active("slot.unavailable", "s01")
+
+
+async def test_a_charger_that_powers_off_and_reboots_is_offline_then_charges_again(
+    tmp_path: Path,
+) -> None:
+    """The commonest outage in the field: the charger loses power (its port refuses every
+    connection), then boots with its registers at their defaults. Offline and held off while it
+    is gone; back, a new session for the pack before the charger delivers again."""
+    path = mini_config(tmp_path, 1)
+    cfg = load_config(path)
+    spec = spec_from_endpoint(cfg.chargers[0], path.parent)
+    async with running_station(path, soc_pct=40.0, charger_sims=False) as w:
+        pack, st = w.packs["s01"].core, w.station
+        slot = st.slots["s01"]
+        async with run_charger_sims([spec], speed=50.0) as sims:
+            sim = sims["ch01"]
+            await wait_for(lambda: bool(sim.get("enable")) and delivering(sim) > 10.0, 30)
+            handshakes = pack.counters.handshakes
+        # powered off: connections refused
+        await wait_for(lambda: st.alarms.is_active("modbus.offline", "ch01"), 5)
+        assert slot.core.state is SlotState.UNAVAILABLE
+        assert not st.network.devices["ch01"].watchdog_feeding
+        await wait_for(lambda: pack.phase is BmsPhase.ENDED, 15)
+        async with run_charger_sims([spec], speed=50.0) as sims:  # booted, registers reset
+            sim = sims["ch01"]
+            seen_on_before_handshake: list[float] = []
+
+            async def watch() -> None:
+                while pack.counters.handshakes == handshakes:
+                    if sim.get("enable") or delivering(sim) > OFF_A:
+                        seen_on_before_handshake.append(delivering(sim))
+                    await asyncio.sleep(0.01)
+
+            watcher = asyncio.create_task(watch())
+            try:
+                await wait_for(lambda: not st.alarms.is_active("modbus.offline", "ch01"), 10)
+                await wait_for(lambda: pack.counters.handshakes > handshakes, 15)
+            finally:
+                watcher.cancel()
+            assert seen_on_before_handshake == []
+            await wait_for(lambda: bool(sim.get("enable")) and delivering(sim) > 10.0, 30)
+            assert pack.phase is BmsPhase.CHARGING
+            assert not st.alarms.is_active("charger.offline", "s01")
