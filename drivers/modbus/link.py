@@ -23,6 +23,7 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException
 from pymodbus.pdu import ModbusPDU
 
+from drivers.core.aio import raise_if_cancelled
 from drivers.core.log import get_logger
 from drivers.modbus.errors import (
     ModbusCommError,
@@ -227,9 +228,7 @@ class ModbusLink:
         task's pending-cancel count survives that, so re-raise it here."""
         async with asyncio.timeout(timeout_s):
             result = await aw
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise asyncio.CancelledError
+        raise_if_cancelled()
         return result
 
     def _call(self, req: _Request) -> Awaitable[ModbusPDU]:

@@ -106,6 +106,8 @@ async def _main(config_path: str, config: object, sim_speed: float | None = None
     armed: list[bool] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, _on_signal, station, sig, forced_exit_s, armed)
+    # From here on SIGUSR2 writes the tasks' stacks (before, faulthandler's thread stacks).
+    loop.add_signal_handler(signal.SIGUSR2, dump_tasks, sys.stderr)
     probe = _perf_probe(station)
     gc_tuned = tune_gc()  # after the station is built: its object graph is frozen
     log.info(
@@ -138,6 +140,16 @@ def _perf_probe(station: object) -> PerfProbe | None:
     return probe
 
 
+def dump_tasks(file: TextIO) -> None:
+    """Every asyncio task with the frames it is suspended in (SIGUSR2, or a stop running late)."""
+    tasks = asyncio.all_tasks()
+    print(f"{len(tasks)} asyncio tasks:", file=file)
+    for t in tasks:
+        print(f"- {t.get_name()}: {t.get_coro()!r}", file=file)
+        t.print_stack(limit=8, file=file)
+    file.flush()
+
+
 def _on_signal(
     station: object, sig: signal.Signals, forced_exit_s: float, armed: list[bool]
 ) -> None:
@@ -148,4 +160,7 @@ def _on_signal(
     if not armed:  # the first signal sets the deadline; a second one does not move it
         armed.append(True)
         faulthandler.dump_traceback_later(forced_exit_s, exit=True)
+        # A loop still turning has its tasks' stacks written first: a hung stop is usually a
+        # task awaiting something that never comes, which thread stacks do not show.
+        asyncio.get_running_loop().call_later(forced_exit_s - 1.0, dump_tasks, sys.stderr)
     station.stop()

@@ -144,12 +144,18 @@ class Supervisor:
             started = self._clock.monotonic()
             try:
                 await e.service.run()
+                if self._stop.is_set():
+                    return  # stopped by its stop(): never restarted while the station stops
                 if e.kind is Kind.CORE:
                     raise RuntimeError(f"core service {name} returned")
                 log.warning("device service returned; restarting", service=name)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if self._stop.is_set():
+                    log.warning("service failed while stopping", service=name, error=repr(exc))
+                    await self.fail_safe(e)  # its devices still made safe, just not restarted
+                    return
                 if e.kind is Kind.CORE:
                     log.critical(
                         "core service failed; stopping the daemon",

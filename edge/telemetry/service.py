@@ -23,6 +23,7 @@ import orjson
 from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.reasoncodes import ReasonCode
 
+from drivers.core.aio import raise_if_cancelled
 from drivers.core.alarm_sink import AlarmSink
 from drivers.core.backoff import Backoff
 from drivers.core.clock import Clock, SystemClock, utc_iso
@@ -304,6 +305,7 @@ class Telemetry:
             except asyncio.CancelledError:
                 if not (attempt.cancelled() and self._stop.is_set()):
                     raise
+                raise_if_cancelled()  # ours too, not only the attempt's
         finally:
             stop_wait.cancel()
             if not attempt.done():
@@ -385,6 +387,7 @@ class Telemetry:
 
     async def _wait(self, event: asyncio.Event, timeout_s: float | None) -> None:
         """Until `event` is set or `timeout_s` passes on the injected clock."""
+        raise_if_cancelled()
         if event.is_set():
             return
         if timeout_s is None:
@@ -400,6 +403,7 @@ class Telemetry:
 
     async def _telemetry_loop(self, client: Client) -> None:
         while True:
+            raise_if_cancelled()
             self._changed.clear()
             now = self._clock.monotonic()
             due = self._tracker.due(now)
@@ -439,6 +443,7 @@ class Telemetry:
 
         try:
             while True:
+                raise_if_cancelled()
                 self._events_ready.clear()
                 overflows = self.outbox.overflows
                 batch = self.outbox.pending(queued_upto, EVENT_BATCH)
@@ -509,6 +514,7 @@ class Telemetry:
                 # A result topic the broker refuses (ACL) must not cost the connection; the
                 # result is stored, a repeat of the command gets it.
                 log.error("command result refused", error=str(e))
+            raise_if_cancelled()
 
 
 def _rc_value(rc: int | ReasonCode | None) -> int | None:

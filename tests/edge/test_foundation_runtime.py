@@ -1,4 +1,5 @@
 import asyncio
+import contextlib
 import io
 import logging
 import os
@@ -199,6 +200,40 @@ async def test_stop_is_bounded_by_the_deadline() -> None:
     assert time.monotonic() - t0 < 2.0
 
 
+class SwallowsItsCancellation:
+    """A service whose run() returns though it was cancelled (Python 3.11's `wait_for` race
+    inside aiomqtt or pymodbus does this)."""
+
+    name = "broker"
+
+    def __init__(self) -> None:
+        self.runs = 0
+
+    async def run(self) -> None:
+        self.runs += 1
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.Event().wait()
+
+    async def stop(self) -> None:
+        pass
+
+
+async def test_a_service_ending_while_the_station_stops_is_not_restarted(
+    clock: ManualClock,
+) -> None:
+    """It was restarted, its backoff sleep kept the supervisor's task group open and
+    `swapd run` never exited after SIGTERM (seen under load in the fault campaign)."""
+    sup = Supervisor(clock, RecordingAlarmSink())
+    svc = SwallowsItsCancellation()
+    sup.add(svc, Kind.DEVICE)
+    task = asyncio.create_task(sup.run(stop_deadline_s=0.5), name="sup")
+    await sup.wait_started()
+    sup.request_stop()
+    async with asyncio.timeout(5):  # the ManualClock never ends a backoff sleep
+        await task
+    assert svc.runs == 1
+
+
 # --- logs -----------------------------------------------------------------------------------
 def test_json_logs_with_component_and_rate_limit() -> None:
     buf = io.StringIO()
@@ -310,4 +345,5 @@ def test_a_stop_that_hangs_dumps_the_stacks_and_exits(tmp_path: Path) -> None:
             _, err = proc.communicate()
     assert rc == 1
     assert 10.5 <= took_s < 20.0  # 1 s deadline + 10 s, before TimeoutStopSec=20
+    assert b"asyncio tasks:" in err  # first the tasks' stacks, the loop still turning
     assert b"Timeout (0:00:11)!" in err and b"most recent call first" in err

@@ -347,3 +347,40 @@ async def test_password_from_the_environment_and_bad_credentials_back_off_to_the
         await asyncio.wait_for(_until(lambda: tel2.failures >= 1), 10)
         assert tel2.connects == 0
         assert tel2.failures > 30  # refused credentials: the longest backoff at once
+
+
+async def test_stop_ends_though_a_publish_swallowed_its_cancellation(
+    mosquitto: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Python 3.11's `asyncio.wait_for` (inside aiomqtt's publish) can return normally though
+    its task was cancelled at that moment. The stop cancelled the telemetry loop in such a
+    publish; the loop went on, the session waited for it and `swapd run` never exited (seen
+    under load in the fault campaign). Here the publish always swallows the cancellation."""
+    from edge.telemetry.link import Client
+
+    real = Client.publish_qos0_batch
+    swallowed: list[bool] = []
+
+    async def swallowing(self: Client, items: list[tuple[str, bytes]]) -> None:
+        await real(self, items)
+        try:
+            await asyncio.Event().wait()  # until the stop cancels it
+        except asyncio.CancelledError:
+            swallowed.append(True)
+
+    monkeypatch.setattr(Client, "publish_qos0_batch", swallowing)
+    tel = make_telemetry(mosquitto.host, mosquitto.port, tmp_path)
+    tel.update_slot("s01", slot())
+    task = asyncio.create_task(tel.run(), name="telemetry-under-test")
+    try:
+        await asyncio.wait_for(tel.connected.wait(), 10)
+        await _until(lambda: tel.telemetry_published == 0 and tel.connects == 1)
+        await asyncio.sleep(0.2)  # the loop sits in its first publish
+        tel.stop()
+        async with asyncio.timeout(5):
+            await task
+        assert swallowed == [True]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        tel.close()

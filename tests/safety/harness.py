@@ -408,8 +408,16 @@ async def _wait_step(c: Composed, step: str, timeout_s: float) -> bool:
 
 async def _restart(c: Composed, out: Outcome, why: str) -> None:
     await c.daemon.start()
+    if c.cfg.mqtt.enabled:
+        # Down until the new daemon's birth message: before it the retained status is still
+        # the old one's "offline" (a watcher that reconnects meanwhile is sent it again).
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(30):
+                while c.monitor.status_online is not True:
+                    await asyncio.sleep(0.05)
+    else:
+        c.monitor.status_online = None
     c.monitor.expect_down = False
-    c.monitor.status_online = None  # a fresh birth message follows
     out.recoveries += 1
     del why
 
@@ -472,6 +480,7 @@ async def _apply(c: Composed, f: FaultEvent, out: Outcome) -> Callable[[], Any] 
             c.daemon.fill_disk(True)
             return lambda: c.daemon.fill_disk(False)
         c.monitor.expect_down = True
+        c.monitor.status_online = None  # only the next daemon's birth message counts
         code = await (c.daemon.kill() if f.fault == "kill" else c.daemon.sigterm())
         if f.fault == "sigterm" and code not in (0, None):
             out.violations.append(f"I4 daemon: SIGTERM exit code {code}, want 0")
