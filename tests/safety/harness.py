@@ -337,6 +337,7 @@ class Composed:
     world: SimWorld
     daemon: Daemon
     monitor: Monitor
+    final_stop: str | None = None  # what went wrong when the schedule's end stopped the daemon
 
 
 @contextlib.asynccontextmanager
@@ -375,13 +376,20 @@ async def composed(
             root = f"{cfg.mqtt.prefix}/{cfg.station.id}"
             tasks.append(asyncio.create_task(watch_status(monitor, *broker, root)))
         try:
+            c = Composed(cfg, world, daemon, monitor)
             await daemon.start()
             tasks.append(asyncio.create_task(monitor.run(), name="monitor"))
-            yield Composed(cfg, world, daemon, monitor)
+            yield c
         finally:
             monitor.expect_down = True
-            with contextlib.suppress(Exception):
-                await daemon.sigterm()
+            try:
+                code = await daemon.sigterm()
+                if code not in (0, None):
+                    c.final_stop = f"exit code {code}"
+                    if isinstance(daemon, ProcessDaemon):
+                        c.final_stop += f"; {await daemon.stacks()}"
+            except Exception as e:  # noqa: BLE001 - reported with the schedule's outcome
+                c.final_stop = f"{type(e).__name__}: {e}"
             await daemon.close()  # a daemon that did not stop in time leaks into no later test
             for t in tasks:
                 t.cancel()
@@ -586,4 +594,7 @@ async def one_schedule(
         arrival_rate_per_hour=360.0 / speed,  # a vehicle every ~10 s of wall time
     ) as c:
         out = await run_schedule(c, sched)
+    if c.final_stop is not None:  # I4 too: SIGTERM at the schedule's end must exit 0 in time
+        out.violations.append("I4 daemon: SIGTERM at the end did not exit 0")
+        out.notes.append(f"end of schedule: {c.final_stop}")
     return sched, out
