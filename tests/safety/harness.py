@@ -197,7 +197,7 @@ class ProcessDaemon:
             assert self.proc is not None
             self.proc.send_signal(signal.SIGUSR2)
             await asyncio.sleep(1.0)
-        lines = self.log.read_text(errors="replace").splitlines()[-60:]
+        lines = self.log.read_text(errors="replace").splitlines()[-200:]
         return "daemon log tail:\n" + "\n".join(lines)
 
     async def kill(self) -> int | None:
