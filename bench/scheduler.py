@@ -16,7 +16,7 @@ from pathlib import Path
 from edge.scheduler.config import GridConfig
 from edge.scheduler.core import Instant, Scheduler, SlotInput
 from edge.scheduler.plan import PlanRequest
-from edge.scheduler.policies import make_policy
+from edge.scheduler.policies import POLICY_NAMES, make_policy
 from edge.scheduler.scenario import load_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,7 +99,7 @@ def bench_day() -> None:
         )
 
 
-POLICIES = ("naive", "smart", "predictive", "optimal", "optimal-lp")
+POLICIES = POLICY_NAMES
 SCENARIOS = ("city-taxi-day", "grid-emergency-day", "heat-wave-day", "demand-charge-day")
 
 

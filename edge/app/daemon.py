@@ -28,7 +28,8 @@ def run_daemon(config_path: str, sim_speed: float | None = None) -> int:
     configure_logging()
     log = get_logger("daemon")
     # `kill -USR2 PID` writes every thread's stack to stderr (the journal): what a daemon that
-    # does not stop or answer is waiting for, without stopping it.
+    # does not stop or answer is waiting for, without stopping it. Registered before the loop
+    # runs, so a start that hangs (config, state files, the lock) can be asked too.
     faulthandler.register(signal.SIGUSR2, all_threads=True)
     try:
         config = load_config(config_path)
@@ -103,9 +104,21 @@ async def _main(config_path: str, config: object, sim_speed: float | None = None
     # thread's stack goes to stderr (the journal) and it exits 1, before systemd's SIGKILL
     # (TimeoutStopSec=20) would leave no trace of what it waited for.
     forced_exit_s = config.station.stop_deadline_s + 10.0
-    armed: list[bool] = []
+    armed = False
+
+    def on_signal(sig: signal.Signals) -> None:
+        nonlocal armed
+        log.info("signal received; stopping", signal=sig.name)
+        if not armed:  # the first signal sets the deadline; a second one does not move it
+            armed = True
+            faulthandler.dump_traceback_later(forced_exit_s, exit=True)
+            # A loop still turning has its tasks' stacks written first: a hung stop is usually
+            # a task awaiting something that never comes, which thread stacks do not show.
+            loop.call_later(forced_exit_s - 1.0, dump_tasks, sys.stderr)
+        station.stop()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, _on_signal, station, sig, forced_exit_s, armed)
+        loop.add_signal_handler(sig, on_signal, sig)
     # From here on SIGUSR2 writes the tasks' stacks (before, faulthandler's thread stacks).
     loop.add_signal_handler(signal.SIGUSR2, dump_tasks, sys.stderr)
     probe = _perf_probe(station)
@@ -148,19 +161,3 @@ def dump_tasks(file: TextIO) -> None:
         print(f"- {t.get_name()}: {t.get_coro()!r}", file=file)
         t.print_stack(limit=8, file=file)
     file.flush()
-
-
-def _on_signal(
-    station: object, sig: signal.Signals, forced_exit_s: float, armed: list[bool]
-) -> None:
-    from edge.app.station import Station
-
-    assert isinstance(station, Station)
-    get_logger("daemon").info("signal received; stopping", signal=sig.name)
-    if not armed:  # the first signal sets the deadline; a second one does not move it
-        armed.append(True)
-        faulthandler.dump_traceback_later(forced_exit_s, exit=True)
-        # A loop still turning has its tasks' stacks written first: a hung stop is usually a
-        # task awaiting something that never comes, which thread stacks do not show.
-        asyncio.get_running_loop().call_later(forced_exit_s - 1.0, dump_tasks, sys.stderr)
-    station.stop()

@@ -30,7 +30,6 @@ COMMANDS = (
     "disable_slot",
     "enable_slot",
 )
-POLICY_NAMES = (*COMMANDS, "end_manual")
 # Only the local operator: reading the whole sequence state has no MQTT result body.
 LOCAL_ONLY = frozenset({"status"})
 

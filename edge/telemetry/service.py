@@ -403,7 +403,6 @@ class Telemetry:
 
     async def _telemetry_loop(self, client: Client) -> None:
         while True:
-            raise_if_cancelled()
             self._changed.clear()
             now = self._clock.monotonic()
             due = self._tracker.due(now)

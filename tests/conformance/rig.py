@@ -29,7 +29,6 @@ from drivers.can.codec import CanFrame
 from drivers.core.clock import SystemClock
 from drivers.modbus.config import ModbusTcpEndpoint
 from edge.app.station import Station, build_station
-from edge.cli.ctl import request
 from edge.config import StationConfig, load_config
 from sim.devices.charger import ChargerSim, run_charger_sims, spec_from_endpoint
 from sim.devices.slcan_server import SlcanPort
@@ -37,6 +36,7 @@ from tests.conformance.gbt_bms import BmsPeerConfig, GbtBmsPeer, Phase
 from tests.conformance.robot_plc import RobotPlcPeer
 from tests.conformance.vendors.base import VendorEmulator, serving
 from tests.edge.station_fixtures import mini_config
+from tests.swapd_proc import wait_ctl_ready
 
 LIMIT_REG, ENABLE_REG = 101, 102  # charger-generic.yaml: holding 101 = current limit, 102 = enable
 Daemon = Literal["in-process", "process"]
@@ -219,19 +219,10 @@ class SwapdProcess:
                 stderr=out,
             )
         LIVE.add(self.proc)
-        sock = Path(self.cfg.station.ctl_socket)
         try:
-            async with asyncio.timeout(timeout_s):
-                while True:
-                    if self.proc.poll() is not None:
-                        raise RuntimeError(
-                            f"swapd exited at start ({self.proc.returncode}): {self.tail()}"
-                        )
-                    if sock.exists():
-                        with contextlib.suppress(OSError):
-                            await asyncio.to_thread(request, str(sock), "status", {}, 2.0)
-                            return
-                    await asyncio.sleep(0.1)
+            await wait_ctl_ready(self.proc, Path(self.cfg.station.ctl_socket), timeout_s)
+        except RuntimeError as e:
+            raise RuntimeError(f"{e}: {self.tail()}") from None
         except TimeoutError:
             raise RuntimeError(f"swapd not ready within {timeout_s} s: {self.tail()}") from None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -10,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from edge.cli import main
+from edge.cli.simulate_day import register_simulate_day
 from edge.scheduler.optimal import solve_day
+from edge.scheduler.policies import POLICY_NAMES
 from edge.scheduler.scenario import load_scenario
 from edge.scheduler.simday import simulate_day
 from tests.edge.scheduler_fixtures import SMALL_SCENARIO, write_small
@@ -188,6 +191,15 @@ def test_unknown_policy_is_bad_input(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as ei:
         main(["simulate-day", "--scenario", str(write_small(tmp_path)), "--policy", "greedy"])
     assert ei.value.code == 2
+
+
+def test_the_cli_offers_every_policy_by_the_scheduler_s_names() -> None:
+    # simulate-day's parser imports nothing heavy, so it spells the names out; they must agree.
+    parser = argparse.ArgumentParser()
+    register_simulate_day(parser.add_subparsers(), {})
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    policy = next(a for a in sub.choices["simulate-day"]._actions if a.dest == "policy")
+    assert tuple(policy.choices or ()) == POLICY_NAMES
 
 
 def test_export_request_served_from_surplus_and_lp_refuses_it(

@@ -34,6 +34,7 @@ from edge.config import StationConfig, load_config
 from sim.benchcfg import bench_config
 from sim.world import SimWorld, SwapRefused, SwapRequester, in_process_requester, mqtt_requester
 from tests.safety.monitor import Monitor, watch_status
+from tests.swapd_proc import wait_ctl_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -155,17 +156,8 @@ class ProcessDaemon:
                 preexec_fn=child_setup,  # noqa: PLW1509 - one signal disposition, no threads yet
             )
         self.starts += 1
-        sock = Path(self.cfg.station.ctl_socket)
         try:
-            async with asyncio.timeout(30):
-                while True:
-                    if self.proc.poll() is not None:
-                        raise RuntimeError(f"daemon exited at start: {self.proc.returncode}")
-                    if sock.exists():
-                        with contextlib.suppress(OSError):
-                            await asyncio.to_thread(request, str(sock), "status", {}, 2.0)
-                            return
-                    await asyncio.sleep(0.1)
+            await wait_ctl_ready(self.proc, Path(self.cfg.station.ctl_socket), 30)
         except TimeoutError:
             raise TimeoutError(f"no ctl answer 30 s after start; {await self.stacks()}") from None
 
