@@ -76,10 +76,41 @@ def _orjson_dumps(obj: Any, default: Any = None) -> str:
     return orjson.dumps(obj, default=default or str).decode()
 
 
+class LossyStream:
+    """The log's stream, which a failing write cannot turn into a crash: a full disk under a
+    log file (EFBIG, ENOSPC) or a closed pipe drops the line and counts it, and the next line
+    that goes through says how many were lost. Without it, one `log.warning` in a service's
+    error path raised out of that service (seen in the fault campaign's full-disk fault)."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+        self.lost = 0
+
+    def isatty(self) -> bool:
+        return self._out.isatty()
+
+    def write(self, text: str) -> int:
+        try:
+            if self.lost:
+                note = orjson.dumps({"event": "log lines lost", "lost": self.lost}).decode()
+                self._out.write(note + "\n")
+                self.lost = 0
+            return self._out.write(text)
+        except (OSError, ValueError):  # ValueError: the stream was closed
+            self.lost += text.count("\n")  # print() writes the line, then its newline
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._out.flush()
+        except (OSError, ValueError):
+            pass
+
+
 def configure_logging(
     level: str = "info", stream: TextIO | None = None, json: bool | None = None
 ) -> None:
-    out = stream or sys.stderr
+    out: Any = LossyStream(stream or sys.stderr)
     use_json = (not out.isatty()) if json is None else json
     limiter = RateLimiter()
     shared: list[Any] = [

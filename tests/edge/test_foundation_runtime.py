@@ -1,5 +1,6 @@
 import asyncio
 import contextlib
+import errno
 import io
 import logging
 import os
@@ -253,6 +254,40 @@ def test_json_logs_with_component_and_rate_limit() -> None:
             lib.warning("broker unreachable")
         lib_lines = [orjson.loads(x) for x in buf.getvalue().splitlines()[2:]]
         assert len(lib_lines) == 1 and lib_lines[0]["component"] == "telemetry"
+    finally:
+        structlog.reset_defaults()
+        root.handlers[:], lvl, pm = saved
+        root.setLevel(lvl)
+        logging.getLogger("pymodbus").setLevel(pm)
+
+
+class _FillingDisk(io.StringIO):
+    full = False
+
+    def write(self, s: str) -> int:
+        if self.full:
+            raise OSError(errno.EFBIG, "File too large")
+        return super().write(s)
+
+
+def test_a_log_write_that_fails_loses_the_line_not_the_caller() -> None:
+    # A full disk under the log file: the callers (any service's error path) must go on.
+    buf = _FillingDisk()
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level, logging.getLogger("pymodbus").level)
+    configure_logging(stream=buf, json=True)
+    try:
+        log = get_logger("telemetry")
+        log.info("before")
+        buf.full = True
+        log.warning("broker lost")
+        log.info("during")
+        logging.getLogger("aiomqtt").error("library line")
+        buf.full = False
+        log.info("after")
+        lines = [orjson.loads(x) for x in buf.getvalue().splitlines()]
+        assert [x["event"] for x in lines] == ["before", "log lines lost", "after"]
+        assert lines[1]["lost"] == 3
     finally:
         structlog.reset_defaults()
         root.handlers[:], lvl, pm = saved
