@@ -538,7 +538,14 @@ async def run_schedule(c: Composed, sched: Schedule) -> Outcome:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
     c.monitor.check()
-    out.violations += [str(v) for v in c.monitor.violations]
+    out.violations += [f"{v} (at {v.at_s - t0:.1f} s)" for v in c.monitor.violations]
+    if out.violations and isinstance(c.daemon, ProcessDaemon):
+        # What the daemon said then: a violation that does not replay is read from this.
+        alive = (
+            "running" if c.daemon.alive() else f"exited {c.daemon.proc and c.daemon.proc.poll()}"
+        )
+        tail = c.daemon.log.read_text(errors="replace").splitlines()[-80:]
+        out.notes.append(f"daemon {alive}, exits {c.daemon.exits}; log tail:\n" + "\n".join(tail))
     out.swaps_served = c.world.stats.vehicles_served
     out.wall_s = time.monotonic() - t0
     out.station_s = out.wall_s
