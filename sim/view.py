@@ -600,26 +600,33 @@ def _logs_above_live(active: bool) -> Iterator[None]:
 
     import structlog
 
+    from edge.app.logs import LossyStream
+
     proxy = sys.stderr  # rich's FileProxy while Live redirects stderr
     real = {id(sys.__stderr__), id(getattr(proxy, "rich_proxied_file", None))}
+
+    def to_terminal(stream: object) -> bool:
+        return id(getattr(stream, "inner", stream)) in real  # through the LossyStream wrapper
+
+    lossy: Any = LossyStream(proxy)  # a TextIO in all but name
     saved_factory = structlog.get_config()["logger_factory"]
     # Only loggers that write to the terminal; one sent to a file stays there.
-    to_terminal = id(getattr(saved_factory, "_file", None)) in real
-    if to_terminal:
-        structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=proxy))
+    structlog_to_terminal = to_terminal(getattr(saved_factory, "_file", None))
+    if structlog_to_terminal:
+        structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=lossy))
     swapped = [
         (h, h.stream)
         for h in logging.getLogger().handlers
-        if type(h) is logging.StreamHandler and id(h.stream) in real
+        if type(h) is logging.StreamHandler and to_terminal(h.stream)
     ]
     for h, _ in swapped:
-        h.setStream(proxy)
+        h.setStream(lossy)
     try:
         yield
     finally:
         for h, stream in swapped:
             h.setStream(stream)
-        if to_terminal:
+        if structlog_to_terminal:
             structlog.configure(logger_factory=saved_factory)
 
 

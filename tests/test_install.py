@@ -17,6 +17,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -171,11 +172,15 @@ exec setpriv --reuid={USER} --regid=$(id -g {USER}) --clear-groups --no-new-priv
                 stdout=subprocess.DEVNULL,
                 stderr=log,
             )
-            try:
-                msg = notify.recv(4096).decode()
-            except TimeoutError:
-                pytest.fail("no READY=1\n" + (tmp_path / "run.log").read_text()[-4000:])
-            assert "READY=1" in msg
+            # STATUS= lines may come first (the health service starts before READY=1 is sent).
+            deadline = time.monotonic() + 60
+            msg = ""
+            while "READY=1" not in msg.splitlines():
+                notify.settimeout(max(0.1, deadline - time.monotonic()))
+                try:
+                    msg = notify.recv(4096).decode()
+                except TimeoutError:
+                    pytest.fail("no READY=1\n" + (tmp_path / "run.log").read_text()[-4000:])
             assert daemon.poll() is None
             daemon.send_signal(signal.SIGTERM)
             assert daemon.wait(timeout=40) == 0, (tmp_path / "run.log").read_text()[-4000:]

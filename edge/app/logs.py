@@ -83,26 +83,26 @@ class LossyStream:
     error path raised out of that service (seen in the fault campaign's full-disk fault)."""
 
     def __init__(self, out: TextIO) -> None:
-        self._out = out
+        self.inner = out
         self.lost = 0
 
     def isatty(self) -> bool:
-        return self._out.isatty()
+        return self.inner.isatty()
 
     def write(self, text: str) -> int:
         try:
             if self.lost:
                 note = orjson.dumps({"event": "log lines lost", "lost": self.lost}).decode()
-                self._out.write(note + "\n")
+                self.inner.write(note + "\n")
                 self.lost = 0
-            return self._out.write(text)
+            return self.inner.write(text)
         except (OSError, ValueError):  # ValueError: the stream was closed
             self.lost += text.count("\n")  # print() writes the line, then its newline
             return len(text)
 
     def flush(self) -> None:
         try:
-            self._out.flush()
+            self.inner.flush()
         except (OSError, ValueError):
             pass
 

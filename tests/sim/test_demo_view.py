@@ -416,7 +416,7 @@ async def test_logs_print_above_the_view_on_a_terminal(broker: BrokerAddress) ->
             logging.getLogger("somelib").warning("line from a library")
             stop.set()
         assert sys.stderr is stderr_before
-        assert structlog.get_config()["logger_factory"]._file is stderr_before
+        assert structlog.get_config()["logger_factory"]._file.inner is stderr_before
     finally:
         logging.getLogger().handlers[:] = saved_handlers
         structlog.configure(**saved_config)
