@@ -432,6 +432,9 @@ class Telemetry:
             event_id, replayed, task = window.popleft()
             try:
                 await task
+                # Our cancel went to the publish task; one that swallowed it (wait_for on 3.11)
+                # returned normally, and the loop would sit in `_events_ready.wait()` for ever.
+                raise_if_cancelled()
             except PublishRefused as e:
                 # The broker will refuse it again (ACL, size): do not stall every later event.
                 self.events_refused += 1
@@ -454,6 +457,7 @@ class Telemetry:
                         deleted_upto = acked_upto
                         self._maybe_clear_overflow()
                     if not self._events_ready.is_set():
+                        raise_if_cancelled()
                         await self._events_ready.wait()
                     continue
                 for ev in batch:

@@ -326,6 +326,47 @@ async def test_stop_is_bounded_while_the_broker_never_answers(tmp_path: Path) ->
         await server.wait_closed()
 
 
+async def test_stop_ends_though_an_event_publish_swallowed_its_cancellation(
+    mosquitto: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The event loop awaits its publish tasks; the stop's cancel goes on to the one awaited,
+    and one that swallowed it returned normally. The loop then waited for new events for ever
+    and `swapd run` exited 1 at its stop deadline (fault campaign seed 101026)."""
+    from edge.telemetry.link import Client
+
+    real = Client.publish_confirmed
+    swallowed: list[bool] = []
+    blocked = asyncio.Event()
+
+    async def swallowing(
+        self: Client, topic: str, payload: bytes, qos: int = 1, retain: bool = False
+    ) -> None:
+        await real(self, topic, payload, qos, retain)
+        if "/event/" in topic:
+            blocked.set()
+            try:
+                await asyncio.Event().wait()  # until the stop cancels it
+            except asyncio.CancelledError:
+                swallowed.append(True)
+
+    monkeypatch.setattr(Client, "publish_confirmed", swallowing)
+    tel = make_telemetry(mosquitto.host, mosquitto.port, tmp_path)
+    task = asyncio.create_task(tel.run(), name="telemetry-under-test")
+    try:
+        await asyncio.wait_for(tel.connected.wait(), 10)
+        tel.emit_event("swap.started", {"swap_id": "w1"})
+        await asyncio.wait_for(blocked.wait(), 10)
+        await asyncio.sleep(0)  # the loop is in settle(), awaiting that publish
+        tel.stop()
+        async with asyncio.timeout(5):
+            await task
+        assert swallowed == [True]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        tel.close()
+
+
 async def test_password_from_the_environment_and_bad_credentials_back_off_to_the_max(
     broker_factory: type[Broker], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
