@@ -335,36 +335,50 @@ async def test_stop_ends_though_an_event_publish_swallowed_its_cancellation(
     from edge.telemetry.link import Client
 
     real = Client.publish_confirmed
-    swallowed: list[bool] = []
-    blocked = asyncio.Event()
+    held = _SwallowingPublish()
 
     async def swallowing(
         self: Client, topic: str, payload: bytes, qos: int = 1, retain: bool = False
     ) -> None:
         await real(self, topic, payload, qos, retain)
         if "/event/" in topic:
-            blocked.set()
-            try:
-                await asyncio.Event().wait()  # until the stop cancels it
-            except asyncio.CancelledError:
-                swallowed.append(True)
+            await held.hold()
 
     monkeypatch.setattr(Client, "publish_confirmed", swallowing)
     tel = make_telemetry(mosquitto.host, mosquitto.port, tmp_path)
-    task = asyncio.create_task(tel.run(), name="telemetry-under-test")
-    try:
-        await asyncio.wait_for(tel.connected.wait(), 10)
-        tel.emit_event("swap.started", {"swap_id": "w1"})
-        await asyncio.wait_for(blocked.wait(), 10)
-        await asyncio.sleep(0)  # the loop is in settle(), awaiting that publish
-        tel.stop()
-        async with asyncio.timeout(5):
-            await task
-        assert swallowed == [True]
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        tel.close()
+    await held.stop_must_end(tel, lambda: tel.emit_event("swap.started", {"swap_id": "w1"}))
+
+
+class _SwallowingPublish:
+    """A publish as 3.11's `asyncio.wait_for` inside aiomqtt can make it: it takes the cancel
+    and returns normally."""
+
+    def __init__(self) -> None:
+        self.held = asyncio.Event()
+        self.swallowed = 0
+
+    async def hold(self) -> None:
+        self.held.set()
+        try:
+            await asyncio.Event().wait()  # until the stop cancels it
+        except asyncio.CancelledError:
+            self.swallowed += 1
+
+    async def stop_must_end(self, tel: Any, start: Any) -> None:
+        task = asyncio.create_task(tel.run(), name="telemetry-under-test")
+        try:
+            await asyncio.wait_for(tel.connected.wait(), 10)
+            start()
+            await asyncio.wait_for(self.held.wait(), 10)
+            await asyncio.sleep(0)  # the loop is now awaiting that publish
+            tel.stop()
+            async with asyncio.timeout(5):
+                await task
+            assert self.swallowed == 1
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            tel.close()
 
 
 async def test_password_from_the_environment_and_bad_credentials_back_off_to_the_max(
@@ -400,28 +414,13 @@ async def test_stop_ends_though_a_publish_swallowed_its_cancellation(
     from edge.telemetry.link import Client
 
     real = Client.publish_qos0_batch
-    swallowed: list[bool] = []
+    held = _SwallowingPublish()
 
     async def swallowing(self: Client, items: list[tuple[str, bytes]]) -> None:
         await real(self, items)
-        try:
-            await asyncio.Event().wait()  # until the stop cancels it
-        except asyncio.CancelledError:
-            swallowed.append(True)
+        await held.hold()
 
     monkeypatch.setattr(Client, "publish_qos0_batch", swallowing)
     tel = make_telemetry(mosquitto.host, mosquitto.port, tmp_path)
     tel.update_slot("s01", slot())
-    task = asyncio.create_task(tel.run(), name="telemetry-under-test")
-    try:
-        await asyncio.wait_for(tel.connected.wait(), 10)
-        await _until(lambda: tel.telemetry_published == 0 and tel.connects == 1)
-        await asyncio.sleep(0.2)  # the loop sits in its first publish
-        tel.stop()
-        async with asyncio.timeout(5):
-            await task
-        assert swallowed == [True]
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        tel.close()
+    await held.stop_must_end(tel, lambda: None)
