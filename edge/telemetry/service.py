@@ -457,7 +457,6 @@ class Telemetry:
                         deleted_upto = acked_upto
                         self._maybe_clear_overflow()
                     if not self._events_ready.is_set():
-                        raise_if_cancelled()
                         await self._events_ready.wait()
                     continue
                 for ev in batch:
