@@ -383,9 +383,20 @@ async def composed(
             except Exception as e:  # noqa: BLE001 - reported with the schedule's outcome
                 c.final_stop = f"{type(e).__name__}: {e}"
             await daemon.close()  # a daemon that did not stop in time leaks into no later test
-            for t in tasks:
+            await cancel_all(tasks)
+
+
+async def cancel_all(tasks: list[asyncio.Task[Any]], within_s: float = 30.0) -> None:
+    """Cancel `tasks` and wait for their end, cancelling again while they run: a task whose
+    cancel a library swallowed (3.11's `wait_for` in aiomqtt) would otherwise be waited for
+    forever. A campaign worker once hung 58 min after its daemon had stopped (seed 102389, no
+    stacks kept); the status watcher's aiomqtt calls are the one such place left here."""
+    async with asyncio.timeout(within_s):
+        while pending := [t for t in tasks if not t.done()]:
+            for t in pending:
                 t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.wait(pending, timeout=1.0)
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _wait_step(c: Composed, step: str, timeout_s: float) -> bool:

@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from drivers.core.aio import raise_if_cancelled
 from drivers.robot.contract import UnitState
 from sim.devices.pack import BmsPhase, Fault
 from sim.devices.robot_plc import Motion
@@ -239,6 +240,7 @@ async def watch_status(monitor: Monitor, host: str, port: int, root: str) -> Non
         try:
             async with aiomqtt.Client(host, port) as client:
                 await client.subscribe(f"{root}/status", qos=1)
+                raise_if_cancelled()  # connect and subscribe can swallow a cancel (3.11)
                 async for msg in client.messages:
                     try:
                         body: Any = orjson.loads(bytes(msg.payload))  # type: ignore[arg-type]

@@ -5,6 +5,8 @@ and a full disk are the real thing), with the outside monitor watching. The long
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import subprocess
 import sys
@@ -12,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from bench.fault_campaign import Overran, within
 from tests.conftest import Broker
-from tests.safety.harness import KINDS, one_schedule, replay_command
+from tests.safety.harness import KINDS, cancel_all, one_schedule, replay_command
 
 pytestmark = [pytest.mark.timeout(150), pytest.mark.slow]
 
@@ -71,3 +74,53 @@ def test_the_bench_runs_a_small_parallel_campaign() -> None:
     assert (runs, violations) == (5, 0), done.stdout
     assert faults >= 10 and recoveries >= 1, done.stdout
     assert done.returncode == 0, done.stdout
+
+
+async def _swallows_cancels(times: int) -> None:
+    """Swallows its first `times` cancels, as 3.11's `wait_for` in aiomqtt can, then waits."""
+    for _ in range(times):
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.Event().wait()
+    await asyncio.Event().wait()
+
+
+@pytest.mark.timeout(20)
+async def test_the_teardown_ends_a_task_that_swallowed_its_cancel() -> None:
+    task = asyncio.create_task(_swallows_cancels(1))
+    await asyncio.sleep(0)
+    await cancel_all([task], within_s=5.0)
+    assert task.cancelled()
+
+
+@pytest.mark.timeout(20)
+async def test_a_schedule_past_its_deadline_is_a_harness_error_with_stacks() -> None:
+    assert await within(5.0, asyncio.sleep(0.01, result="done")) == "done"
+
+    async def hung_teardown() -> None:
+        await asyncio.Event().wait()
+
+    with pytest.raises(Overran) as caught:
+        await within(0.2, hung_teardown(), grace_s=5.0)
+    assert not caught.value.stuck and "ended by its cancel" in str(caught.value)
+    assert "in hung_teardown" in str(caught.value)  # the stack of where it hung
+
+    with pytest.raises(Overran) as caught:
+        await within(0.2, _swallows_cancels(2), grace_s=0.3)
+    assert caught.value.stuck and "still running" in str(caught.value)
+    assert "in _swallows_cancels" in str(caught.value)
+    left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    await cancel_all(left, within_s=5.0)  # the worker's killpg does this in the campaign
+
+
+def test_the_bench_reports_an_overrun_schedule_and_goes_on() -> None:
+    """A schedule past `--length` + `--overrun` is cancelled and printed as a harness error with
+    its worker's task stacks; the next seed still runs."""
+    root = Path(__file__).resolve().parents[2]
+    cmd = [sys.executable, str(root / "bench" / "fault_campaign.py")]
+    cmd += ["--runs", "2", "--length", "10", "--overrun", "0", "--seed", "201"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=140, cwd=root)
+    errors = re.findall(r"^seed (\d+): HARNESS ERROR schedule overran", done.stdout, re.MULTILINE)
+    assert errors == ["201", "202"], done.stdout + done.stderr
+    assert "asyncio tasks:" in done.stdout and "ended by its cancel" in done.stdout, done.stdout
+    assert "harness errors (no verdict) for seeds [201, 202]" in done.stdout
+    assert done.returncode == 1
