@@ -216,8 +216,13 @@ async def test_two_processes_sim_and_run_complete_a_swap_and_report_a_fault(
     procs.append(_swapd("run", "--config", cfg, log=tmp_path / "run.log"))
 
     def logs() -> str:
-        return "".join(
-            f"--- {n}\n" + (tmp_path / n).read_text()[-2500:] for n in ("sim.log", "run.log")
+        told = [f"{t} {orjson.dumps(p).decode()[:300]}" for t, p in event_feed if "/event/" in t]
+        return (
+            "".join(
+                f"--- {n}\n" + (tmp_path / n).read_text()[-2500:] for n in ("sim.log", "run.log")
+            )
+            + "--- events over MQTT\n"
+            + "\n".join(told[-40:])
         )
 
     try:
