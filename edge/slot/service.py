@@ -294,6 +294,7 @@ class SlotService:
             output_off=idle or not (self.core.reading.output_on if self.core.reading else False),
             alarm_active=alarm_active,
             available=s.state is not SlotState.UNAVAILABLE and self.in_service,
+            reported=not self.probing,
         )
 
     async def output_off(self, timeout_s: float = 5.0, *, undock: bool = True) -> None:

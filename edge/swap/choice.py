@@ -24,6 +24,7 @@ class SlotView:
     output_off: bool = True  # charger output confirmed off
     alarm_active: bool = False  # any active alarm on this slot
     available: bool = True  # not latched unavailable
+    reported: bool = True  # the slot has said whether it holds a pack (start-up probe over)
 
 
 class NoPackError(Exception):
@@ -83,10 +84,13 @@ def choose_pack(
 
 
 def choose_store_slot(slots: Sequence[SlotView], inv: Inventory) -> SlotView:
-    """A free slot for the depleted pack: empty in the inventory and by its own report."""
+    """A free slot for the depleted pack: empty in the inventory and by its own report. A slot
+    still probing at first boot has not reported: a pack stored there before its probe ended
+    was taken for "empty at start-up" and undocked, and the swap never completed."""
     for v in sorted(slots, key=lambda v: v.slot_id):
         if (
-            v.pack_id is None
+            v.reported
+            and v.pack_id is None
             and inv.at(SlotPlace(v.slot_id)) is None
             and v.available
             and not v.alarm_active

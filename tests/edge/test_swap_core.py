@@ -591,3 +591,19 @@ def test_places_parse_from_their_file_form_and_print_back() -> None:
     for bad in ("roof", "slot:", "Slot:S2"):
         with pytest.raises(ValueError, match="unknown place"):
             parse_place(bad)
+
+
+def test_a_slot_still_probing_at_first_boot_is_never_the_store_slot() -> None:
+    """A swap accepted 0.6 s after a first boot stored the depleted pack in a slot whose
+    start-up probe was still running; the probe's timeout then took the slot for empty and
+    undocked the stored pack, and the swap never completed (CI, tests/sim/test_world.py)."""
+    rig = CoreRig()
+    rig.vehicle.arrive()
+    rig.start(views=slot_views(RACK, S4={"reported": False}))
+    assert rig.core.swap is not None and rig.core.swap.store_slot == "S5"
+    rig2 = CoreRig()
+    rig2.vehicle.arrive()
+    probing = {"reported": False}
+    with pytest.raises(Rejected, match="no free slot"):
+        rig2.start(views=slot_views(RACK, S4=probing, S5=probing, S6=probing))
+    assert rig2.core.swap is None
