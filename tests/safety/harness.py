@@ -522,6 +522,12 @@ async def run_schedule(c: Composed, sched: Schedule) -> Outcome:
         if callable(clear):
             await asyncio.sleep(f.duration_s)
             clear()
+            if c.monitor.expect_down:
+                # A daemon fault holds it down on purpose: judge this fault once it is back.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(60):
+                        while c.monitor.expect_down:
+                            await asyncio.sleep(0.1)
             if c.daemon.alive():
                 out.recoveries += 1
             else:
