@@ -89,7 +89,13 @@ async def test_a_refused_voltage_write_does_not_lose_a_later_current_reduction(
         await st.commands.set_power_limit(SetPowerLimitParams(power_kw=4.0, valid_until=until))
         # 4 kW grid-side at ~370 V pack: at most ~11 A; the charger's own register must follow,
         # by the writer's retries (0.1 s, 0.2 s), not by the scheduler's next period (5 s).
-        await wait_for(lambda: float(sim.get("current_limit_a") or 0.0) <= 12.0, 2.5)
+        # Still enabled: an output off (limit 0) from some other cause is not the reduction.
+        await wait_for(
+            lambda: (
+                sim.get("enable") is True and 0.0 < float(sim.get("current_limit_a") or 0.0) <= 12.0
+            ),
+            2.5,
+        )
         assert sim.faults.refuse_writes["voltage_setpoint_v"][0] == 0
 
 
