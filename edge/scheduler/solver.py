@@ -2,11 +2,13 @@
 
 The daemon stays free of numpy/highspy and its event loop never waits on a solve: the
 `SchedulerService` owns a `ProcessPlanner`, which runs `python -m edge.scheduler.solver` as a
-child process and talks to it in JSON lines (one `PlanRequest` in, one `Plan` out). Only the
-newest request is sent; an answer that takes longer than `reply_timeout_s` (wall clock) kills
-the child and comes back as a failed plan ("timeout"); a child that dies answers "solver_died"
-and is started again (after `restart_delay_s`). Failed plans make the policy fall back to
-`smart` for that replan, counted.
+child process and talks to it in JSON lines (one `PlanRequest` in, one `Plan` out). The child
+first loads its libraries and says `{"ready": true}`; no question is sent before that, so a slow
+start (seconds on a loaded machine) is never taken for a slow solve. A child not ready within
+`start_timeout_s` is killed and started again. Only the newest request is sent; an answer that
+takes longer than `reply_timeout_s` (wall clock) kills the child and comes back as a failed plan
+("timeout"); a child that dies answers "solver_died" and is started again (after
+`restart_delay_s`). Failed plans make the policy fall back to `smart` for that replan, counted.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from edge.scheduler.plan import Plan, PlanRequest
 
 log = get_logger("scheduler.solver")
 
+READY = b'{"ready": true}'  # the child's first line, once its libraries are loaded
+
 
 class ProcessPlanner:
     """`Planner` whose solves run in a child process; `run()` is a task of the scheduler
@@ -33,11 +37,13 @@ class ProcessPlanner:
         *,
         command: list[str] | None = None,
         reply_timeout_s: float = 10.0,
+        start_timeout_s: float = 60.0,
         restart_delay_s: float = 1.0,
         on_result: Callable[[], None] | None = None,
     ) -> None:
         self.command = command or [sys.executable, "-m", "edge.scheduler.solver"]
         self.reply_timeout_s = reply_timeout_s
+        self.start_timeout_s = start_timeout_s
         self.restart_delay_s = restart_delay_s
         self.on_result = on_result
         self._pending: PlanRequest | None = None
@@ -65,15 +71,37 @@ class ProcessPlanner:
         if self.on_result is not None:
             self.on_result()
 
-    async def _start(self) -> asyncio.subprocess.Process:
+    async def _start(self) -> asyncio.subprocess.Process | None:
+        """A child that has said it is ready, or None (it died or took too long: killed)."""
         proc = await asyncio.create_subprocess_exec(
             *self.command,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             limit=16 * 1024 * 1024,
         )
+        self._proc = proc
         self.starts += 1
-        log.info("solver process started", pid=proc.pid, starts=self.starts)
+        assert proc.stdout is not None
+        wall0 = time.monotonic()
+        line = b""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.start_timeout_s):
+                line = await proc.stdout.readline()
+        if line.strip() != READY:
+            log.warning(
+                "solver process not ready: restarting it",
+                pid=proc.pid,
+                answered=line[:80].decode(errors="replace"),
+                after_s=round(time.monotonic() - wall0, 1),
+            )
+            await self._stop()
+            return None
+        log.info(
+            "solver process started",
+            pid=proc.pid,
+            starts=self.starts,
+            ready_s=round(time.monotonic() - wall0, 2),
+        )
         return proc
 
     async def _stop(self) -> None:
@@ -87,8 +115,14 @@ class ProcessPlanner:
     async def run(self) -> None:
         try:
             while True:
-                if self._proc is None or self._proc.returncode is not None:
-                    self._proc = await self._start()
+                started = self._proc is not None and self._proc.returncode is None
+                if not started and await self._start() is None:
+                    if self._pending is not None:  # not left waiting on a child that fails
+                        req, self._pending = self._pending, None
+                        self._answer(Plan.failed(req, "solver_died"))
+                    await asyncio.sleep(self.restart_delay_s)
+                    continue
+                assert self._proc is not None
                 if self._pending is None:
                     self._wake.clear()
                     await self._wake.wait()
@@ -136,6 +170,7 @@ def main() -> None:
 
     from edge.scheduler.mpc import solve
 
+    proto.write(READY.decode() + "\n")
     for line in sys.stdin:
         if not line.strip():
             continue

@@ -22,6 +22,7 @@ from edge.scheduler.predictive import InlinePlanner, PredictivePolicy
 from edge.scheduler.scenario import load_scenario
 from edge.scheduler.service import SchedulerService
 from edge.scheduler.simday import simulate_day
+from edge.scheduler.solver import READY, ProcessPlanner
 from tests.doubles import ManualClock
 from tests.edge.scheduler_fixtures import grid_config, write_small
 
@@ -328,12 +329,62 @@ async def test_service_owns_the_solver_process_and_restarts_it(clock: ManualCloc
         await _until(lambda: pol.fallbacks["solver_died"] == 1)
         assert published[-1].grid_reason.startswith("fallback to smart (solver_died)")
         svc.trigger("fault_cleared")
-        await _until(lambda: pol.solved == 2)
+        await _until(lambda: pol.solved == 2, 60.0)  # a child's start on a loaded machine
         assert svc.solver.starts == 2 and svc.solver.pid != pid
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     assert svc.solver.pid is None  # the child is gone with the service
+
+
+def _child(script: str) -> list[str]:
+    return [sys.executable, "-c", f"import sys, time\n{script}"]
+
+
+async def _answered(planner: ProcessPlanner, timeout_s: float = 20.0) -> Plan:
+    async with asyncio.timeout(timeout_s):
+        while (plan := planner.poll()) is None:
+            await asyncio.sleep(0.01)
+    return plan
+
+
+async def test_a_slow_solver_start_is_not_taken_for_a_slow_solve() -> None:
+    """The reply timeout counts from the question, which is sent only once the child has loaded
+    its libraries and said so: a start slower than the timeout (a loaded machine) still plans."""
+    answer = solve(_req([PlanPack("p1", 30.0, 120.0, 0.0)])).to_json()
+    planner = ProcessPlanner(
+        command=_child(
+            f"time.sleep(2.5)\nprint({READY!r}.decode(), flush=True)\n"
+            f"for _ in sys.stdin:\n    print({answer!r}, flush=True)"
+        ),
+        reply_timeout_s=2.0,
+    )
+    planner.submit(_req([PlanPack("p1", 30.0, 120.0, 0.0)]))
+    task = asyncio.create_task(planner.run())
+    try:
+        plan = await _answered(planner)
+        assert plan.ok, plan.reason
+        assert planner.starts == 1
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert planner.pid is None
+
+
+async def test_a_solver_that_never_gets_ready_is_restarted_and_its_question_answered() -> None:
+    planner = ProcessPlanner(
+        command=_child("time.sleep(60)"), start_timeout_s=0.3, restart_delay_s=0.05
+    )
+    planner.submit(_req([PlanPack("p1", 30.0, 120.0, 0.0)]))
+    task = asyncio.create_task(planner.run())
+    try:
+        plan = await _answered(planner)
+        assert not plan.ok and plan.reason == "solver_died"
+        await _until(lambda: planner.starts >= 2)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert planner.pid is None
 
 
 def test_swap_requests_feed_the_queue_and_the_forecast(clock: ManualClock) -> None:
