@@ -82,8 +82,18 @@ async def test_a_refused_voltage_write_does_not_lose_a_later_current_reduction(
         # Wide deadbands make the reduction the only request: no ramp step before it uses up the
         # refusals, no setpoint drift after it (pack voltage moving the 4 kW current) carries it
         # in its place. Without them a loaded machine let a broken writer pass this test.
-        core = st.slots["s01"].core
-        core.current_deadband_a, core.voltage_deadband_v = 50.0, 50.0
+        slot = st.slots["s01"]
+        slot.core.current_deadband_a, slot.core.voltage_deadband_v = 50.0, 50.0
+        # The refusals (one write: the driver's two attempts) must meet the reduction, not a
+        # setpoint decided before the deadbands and still on its way (seen: a broken writer
+        # passed because a 163 -> 170 A step took them): wait until the charger holds the last one.
+        await wait_for(
+            lambda: (
+                abs(float(sim.get("current_limit_a") or 0.0) - slot.snapshot().setpoint_current_a)
+                < 0.05
+            ),
+            5,
+        )
         sim.apply_fault("refuse_write:voltage_setpoint_v", True, 2)
         until = datetime.now(UTC) + timedelta(minutes=5)
         await st.commands.set_power_limit(SetPowerLimitParams(power_kw=4.0, valid_until=until))
